@@ -1,0 +1,361 @@
+"""Typed, frozen configuration of a robustgen run.
+
+Defaults are the authors' CIFAR-10 recipe (REFERENCE.md §2, paper Sec. 3.3 and App. D); the
+presets in ``configs/`` and ``--set a.b=c`` overrides change them. Every key is checked once,
+here, at the edge: unknown keys, wrong types and out-of-range values raise a one-line
+``RobustgenError`` naming the key and the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from robustgen.errors import RobustgenError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+DEFAULT_PRESET = "digits_demo"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "cifar10"  # registry name (digits, cifar10, cifar100, svhn) or npz:PATH
+    data_root: Optional[str] = None  # folder with local copies / download target
+    download: bool = True  # torchvision datasets: download when missing (needs network)
+    val_size: int = 1024  # training images held out (seeded) for model selection
+    crop_padding: int = 4  # random-crop zero padding in pixels (0 disables cropping)
+    flip: bool = True  # random horizontal flips
+    split_seed: int = 0  # seed of the validation split (and of the digits train/test split)
+
+
+@dataclass(frozen=True)
+class ThreatConfig:
+    norm: str = "linf"  # linf or l2
+    eps: float = 8 / 255  # radius in [0,1] pixel units; fractions such as 8/255 are accepted
+
+
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """The non-robust classifier f_NR used as pseudo-labeller (standard training)."""
+
+    arch: str = "wrn-28-10"
+    activation: str = "silu"
+    checkpoint: Optional[str] = None  # use this trained robustgen checkpoint instead of training
+    epochs: float = 100.0  # passes over the real train split
+    batch_size: int = 256
+    lr_per_256: float = 0.1  # peak lr = lr_per_256 * batch_size / 256
+    momentum: float = 0.9
+    weight_decay: float = 5e-4  # not applied to BatchNorm parameters
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    name: str = "gaussian"  # a registered generator
+    num_samples: int = 1_000_000  # images to generate (the paper: 100K per CIFAR-10 class)
+    pca_components: int = 200  # gaussian: PCA dimension per class (App. D)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    top_k_per_class: Optional[int] = None  # keep the k most confident samples per class (App. D)
+    batch_size: int = 1024
+
+
+@dataclass(frozen=True)
+class InnerAttackConfig:
+    """The training attack (inner maximisation)."""
+
+    steps: int = 10
+    step_rule: str = "adam"  # adam (authors) or sign (ports; for L2 the normalised gradient)
+    adam_lr: list = field(default_factory=lambda: [0.1, 0.01])  # Adam learning rates ...
+    adam_lr_boundaries: list = field(default_factory=lambda: [5])  # ... switched at these steps
+    sign_step_size: Optional[float] = None  # sign steps: size in norm units (null: eps / 4 = 2/255 at 8/255)
+    init: str = "uniform"  # uniform in the ball (authors), normal (x + 0.001 N(0,1), reference TRADES) or zero
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Adversarial training of the robust model (REFERENCE.md §2)."""
+
+    arch: str = "wrn-28-10"
+    activation: str = "silu"
+    loss: str = "trades"  # trades or pgd_at (Madry)
+    beta: float = 6.0  # TRADES trade-off
+    alpha: float = 0.3  # fraction of real images in every batch (paper Eq. 3); 1 = no generated data
+    batch_size: int = 1024
+    epochs: float = 400.0  # in units of epoch_size samples
+    epoch_size: Optional[int] = None  # samples per epoch (null: the real train split's size); the paper: 50000
+    lr_per_256: float = 0.1  # peak lr = lr_per_256 * batch_size / 256 (0.4 at batch 1024)
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # not applied to BatchNorm parameters
+    warmup_epochs: float = 10.0
+    label_smoothing_generated: float = 0.1
+    label_smoothing_real: float = 0.0
+    generated_sampling: str = "with_replacement"  # or permutation
+    ema_decay: float = 0.995
+    inner: InnerAttackConfig = field(default_factory=InnerAttackConfig)
+    eval_every_epochs: float = 10.0  # PGD-40 model selection on the validation split
+    checkpoint_every_epochs: float = 1.0  # resumable training state
+    precision: str = "fp32"  # fp32 or bf16 (autocast for training; attacks for reported numbers stay fp32)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the model for training
+    log_every_steps: int = 50
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    attack: str = "pgd40"  # a registered evaluation attack
+    n: Optional[int] = None  # first n test images (null: all)
+    batch_size: int = 500
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
+    baseline: bool = True  # robustgen run: also train alpha = 1 (no generated data) with the same steps
+    data: DataConfig = field(default_factory=DataConfig)
+    threat: ThreatConfig = field(default_factory=ThreatConfig)
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# --------------------------------------------------------------------------- parsing
+_FRACTION = re.compile(r"^\s*([-+]?[0-9.eE+-]+)\s*/\s*([0-9.eE+-]+)\s*$")
+
+
+def parse_number(value: Any, *, key: str, source: str) -> float:
+    """A float from a number or a fraction string such as '8/255' (exact fractions, never 0.031)."""
+    if isinstance(value, bool):
+        raise RobustgenError(f"{source}: {key} must be a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        match = _FRACTION.match(value)
+        try:
+            if match:
+                return float(match.group(1)) / float(match.group(2))
+            return float(value)
+        except (ValueError, ZeroDivisionError):
+            pass
+    raise RobustgenError(f"{source}: {key} must be a number or a fraction like 8/255, got {value!r}")
+
+
+def _coerce(value: Any, annotation: Any, *, key: str, source: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], key=key, source=source)
+    if dataclasses.is_dataclass(annotation):
+        return _build(annotation, value, prefix=key + ".", source=source)
+    if value is None:
+        raise RobustgenError(f"{source}: {key} must not be null")
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise RobustgenError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise RobustgenError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        return parse_number(value, key=key, source=source)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise RobustgenError(f"{source}: {key} must be a string, got {value!r}")
+        return value
+    if annotation is list or origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise RobustgenError(f"{source}: {key} must be a list, got {value!r}")
+        return [parse_number(v, key=key, source=source) for v in value]
+    raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
+
+
+def _build(cls: type, values: Any, *, prefix: str, source: str):
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise RobustgenError(f"{source}: {prefix.rstrip('.') or 'config'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise RobustgenError(
+            f"{source}: unknown config key '{prefix}{unknown[0]}' (known under '{prefix or '.'}': {', '.join(sorted(names))})"
+        )
+    kwargs = {k: _coerce(v, hints[k], key=prefix + k, source=source) for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _set_in(tree: dict, dotted: str, value: Any, *, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise RobustgenError(f"{source}: cannot set '{dotted}': '{k}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise RobustgenError(f"--set {item!r}: expected key=value, e.g. train.alpha=0.3")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def resolve_preset(name_or_path: str) -> Path:
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / (name_or_path if name_or_path.endswith(".yaml") else name_or_path + ".yaml")
+    if preset.is_file():
+        return preset
+    known = ", ".join(list_presets())
+    raise RobustgenError(f"config not found: {name_or_path} (not a file, nor a preset: {known})")
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise RobustgenError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
+        raise RobustgenError(f"{path}: invalid YAML ({first})") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise RobustgenError(f"{path}: a config must be a mapping of sections, got {type(tree).__name__}")
+    return tree
+
+
+def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The resolved config: a preset name or YAML path (default: the embedded digits demo),
+    then ``key=value`` overrides, then validation."""
+    path = resolve_preset(config or DEFAULT_PRESET)
+    tree = read_yaml(path)
+    source = str(path)
+    for item in overrides:
+        key, value = parse_override(item)
+        _set_in(tree, key, value, source=f"--set {key}")
+    cfg = _build(RunConfig, tree, prefix="", source=source)
+    validate(cfg, source=source)
+    return cfg
+
+
+def config_from_dict(tree: dict, *, source: str = "config") -> RunConfig:
+    cfg = _build(RunConfig, tree, prefix="", source=source)
+    validate(cfg, source=source)
+    return cfg
+
+
+def replace(cfg, **changes):
+    """dataclasses.replace with dotted keys: replace(cfg, **{'train.alpha': 1.0})."""
+    tree = config_to_dict(cfg)
+    for dotted, value in changes.items():
+        _set_in(tree, dotted, value, source="replace")
+    return config_from_dict(tree, source="replace")
+
+
+def _check(ok: bool, source: str, message: str) -> None:
+    if not ok:
+        raise RobustgenError(f"{source}: {message}")
+
+
+def validate(cfg: RunConfig, *, source: str) -> None:
+    from robustgen.attacks.pgd import INITS, NORMS, STEP_RULES
+    from robustgen.models import is_known_arch, list_models
+
+    t, c, th = cfg.train, cfg.classifier, cfg.threat
+    _check(th.norm in NORMS, source, f"threat.norm must be one of {NORMS}, got {th.norm!r}")
+    _check(th.eps >= 0, source, f"threat.eps must be >= 0, got {th.eps}")
+    _check(th.norm != "linf" or th.eps <= 1, source, f"threat.eps {th.eps} > 1 is meaningless for images in [0,1]")
+    _check(0.0 <= t.alpha <= 1.0, source, f"train.alpha must be in [0, 1], got {t.alpha}")
+    for key, arch in (("train.arch", t.arch), ("classifier.arch", c.arch)):
+        _check(is_known_arch(arch), source, f"{key}: unknown architecture {arch!r} (known: {', '.join(list_models())})")
+    for key, act in (("train.activation", t.activation), ("classifier.activation", c.activation)):
+        _check(act in ("silu", "relu"), source, f"{key} must be silu or relu, got {act!r}")
+    _check(t.loss in ("trades", "pgd_at"), source, f"train.loss must be trades or pgd_at, got {t.loss!r}")
+    _check(t.inner.step_rule in STEP_RULES, source, f"train.inner.step_rule must be one of {STEP_RULES}")
+    _check(t.inner.init in INITS, source, f"train.inner.init must be one of {INITS}")
+    _check(len(t.inner.adam_lr) == len(t.inner.adam_lr_boundaries) + 1, source,
+           "train.inner.adam_lr needs exactly one more value than train.inner.adam_lr_boundaries")
+    _check(t.generated_sampling in ("with_replacement", "permutation"), source,
+           "train.generated_sampling must be with_replacement or permutation")
+    _check(t.precision in ("fp32", "bf16"), source, f"train.precision must be fp32 or bf16, got {t.precision!r}")
+    for key, value in (("train.batch_size", t.batch_size), ("classifier.batch_size", c.batch_size),
+                       ("eval.batch_size", cfg.eval.batch_size), ("label.batch_size", cfg.label.batch_size),
+                       ("train.log_every_steps", t.log_every_steps)):
+        _check(value > 0, source, f"{key} must be > 0, got {value}")
+    for key, value in (("train.epochs", t.epochs), ("classifier.epochs", c.epochs),
+                       ("train.eval_every_epochs", t.eval_every_epochs),
+                       ("train.checkpoint_every_epochs", t.checkpoint_every_epochs)):
+        _check(value > 0, source, f"{key} must be > 0, got {value}")
+    for key, value in (("train.warmup_epochs", t.warmup_epochs), ("classifier.warmup_epochs", c.warmup_epochs),
+                       ("train.beta", t.beta), ("train.weight_decay", t.weight_decay),
+                       ("classifier.weight_decay", c.weight_decay), ("train.inner.steps", t.inner.steps),
+                       ("data.val_size", cfg.data.val_size), ("data.crop_padding", cfg.data.crop_padding)):
+        _check(value >= 0, source, f"{key} must be >= 0, got {value}")
+    for key, value in (("train.label_smoothing_generated", t.label_smoothing_generated),
+                       ("train.label_smoothing_real", t.label_smoothing_real),
+                       ("classifier.label_smoothing", c.label_smoothing), ("train.ema_decay", t.ema_decay)):
+        _check(0.0 <= value <= 1.0, source, f"{key} must be in [0, 1], got {value}")
+    _check(t.epoch_size is None or t.epoch_size > 0, source, "train.epoch_size must be > 0 or null")
+    _check(t.alpha == 1.0 or cfg.generator.num_samples > 0, source,
+           "train.alpha < 1 needs generated data: generator.num_samples must be > 0")
+    _check(cfg.generator.num_samples >= 0, source, "generator.num_samples must be >= 0")
+    _check(cfg.generator.pca_components > 0, source, "generator.pca_components must be > 0")
+    _check(cfg.label.top_k_per_class is None or cfg.label.top_k_per_class > 0, source,
+           "label.top_k_per_class must be > 0 or null")
+    _check(cfg.eval.n is None or cfg.eval.n > 0, source, "eval.n must be > 0 or null")
+    _check(cfg.data.dataset.startswith("npz:") or cfg.data.dataset in _dataset_names(), source,
+           f"data.dataset: unknown dataset {cfg.data.dataset!r} (known: {', '.join(_dataset_names())}, npz:PATH)")
+    from robustgen.evaluate import list_attacks
+    from robustgen.generate import list_generators
+
+    _check(cfg.eval.attack in list_attacks(), source,
+           f"eval.attack: unknown attack {cfg.eval.attack!r} (known: {', '.join(list_attacks())})")
+    _check(cfg.generator.name in list_generators(), source,
+           f"generator.name: unknown generator {cfg.generator.name!r} (known: {', '.join(list_generators())})")
+
+
+def _dataset_names() -> list[str]:
+    from robustgen.data import list_datasets
+
+    return [d for d in list_datasets() if not d.startswith("npz:")]

@@ -1,0 +1,33 @@
+"""Data: real datasets, the released .npz layout, alpha-mixed batch indices, device-side augmentation."""
+
+from robustgen.data.augment import crop_flip, to_float_nchw
+from robustgen.data.datasets import (
+    CIFAR10_CLASSES,
+    ImageDataset,
+    default_data_root,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+    train_val_split,
+    validate_dataset,
+)
+from robustgen.data.mixing import GENERATED_SAMPLING, MixedBatchIndices, batch_composition
+from robustgen.data.npz import read_npz, write_npz
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "GENERATED_SAMPLING",
+    "ImageDataset",
+    "MixedBatchIndices",
+    "batch_composition",
+    "crop_flip",
+    "default_data_root",
+    "list_datasets",
+    "load_dataset",
+    "read_npz",
+    "register_dataset",
+    "to_float_nchw",
+    "train_val_split",
+    "validate_dataset",
+    "write_npz",
+]

@@ -1,0 +1,290 @@
+"""Real image datasets: the ``ImageDataset`` container, a name registry and the built-ins.
+
+Images stay uint8 [N, H, W, C] in host memory; they become float only on the device
+(see ``augment.py``). Built-ins: ``digits`` (scikit-learn's bundled 8x8 digits, offline, for
+tests and smoke runs), ``cifar10`` / ``cifar100`` / ``svhn`` (torchvision), and
+``npz:PATH`` (the released-data layout, REFERENCE.md §4).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from robustgen.errors import RobustgenError
+from robustgen.data.npz import read_npz, validate_dataset, validate_images, validate_labels
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "ImageDataset",
+    "list_datasets",
+    "load_dataset",
+    "register_dataset",
+    "train_val_split",
+    "validate_dataset",
+    "default_data_root",
+]
+
+SPLITS = ("train", "test")
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+                   "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True, eq=False)
+class ImageDataset:
+    """Images uint8 [N, H, W, C], labels int64 [N], class names, and where they came from."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: tuple[str, ...]
+    name: str
+
+    def __post_init__(self):
+        object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+        if not self.class_names:
+            raise RobustgenError(f"{self.name}: dataset has no class names")
+        validate_images(self.images, source=self.name, allow_empty=True)
+        validate_labels(self.labels, n=self.images.shape[0], num_classes=len(self.class_names),
+                        source=self.name, allow_empty=True)
+        object.__setattr__(self, "labels", self.labels.astype(np.int64, copy=False))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(int(d) for d in self.images.shape[1:])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def __repr__(self) -> str:
+        return (f"ImageDataset(name={self.name!r}, n={len(self)}, image_shape={self.image_shape}, "
+                f"num_classes={self.num_classes})")
+
+    def subset(self, indices) -> "ImageDataset":
+        """A copy holding the rows ``indices`` (int array or boolean mask), in that order."""
+        idx = np.asarray(indices)
+        if idx.dtype != bool:
+            idx = idx.astype(np.int64, copy=False)
+        return ImageDataset(self.images[idx], self.labels[idx], self.class_names, self.name)
+
+    def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """Per-channel mean and (population) std of images/255, for the model's normalisation."""
+        n = len(self)
+        if n == 0:
+            raise RobustgenError(f"{self.name}: cannot compute mean/std of an empty dataset")
+        c = self.images.shape[3]
+        total = np.zeros(c, np.float64)
+        total_sq = np.zeros(c, np.float64)
+        # Chunked so a 50K x 32x32x3 set never becomes one float64 copy (1.2 GB).
+        for start in range(0, n, 4096):
+            chunk = self.images[start:start + 4096].reshape(-1, c).astype(np.float64)
+            total += chunk.sum(0)
+            total_sq += np.square(chunk).sum(0)
+        count = n * self.images.shape[1] * self.images.shape[2]
+        mean = total / count
+        var = np.maximum(total_sq / count - mean ** 2, 0.0)
+        return tuple(float(m / 255.0) for m in mean), tuple(float(math.sqrt(v) / 255.0) for v in var)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+
+LoaderFn = Callable[..., ImageDataset]
+_REGISTRY: dict[str, LoaderFn] = {}
+
+
+def register_dataset(name: str):
+    """Decorator: register ``fn(split, *, data_root, download, seed) -> ImageDataset`` as ``name``."""
+    if not name or ":" in name:
+        raise ValueError(f"invalid dataset name {name!r}")
+
+    def deco(fn: LoaderFn) -> LoaderFn:
+        if name in _REGISTRY:
+            raise ValueError(f"dataset {name!r} is already registered")
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names, plus the ``npz:PATH`` form."""
+    return sorted(_REGISTRY) + ["npz:PATH"]
+
+
+def load_dataset(spec: str, split: str, *, data_root: str | None = None, download: bool = True,
+                 seed: int = 0) -> ImageDataset:
+    """Load split ``"train"`` or ``"test"`` of dataset ``spec`` (a registered name or ``npz:PATH``)."""
+    if split not in SPLITS:
+        raise RobustgenError(f"dataset split must be one of {list(SPLITS)}, got {split!r}")
+    if spec.startswith("npz:"):
+        return _load_npz_dataset(spec[len("npz:"):], split, spec=spec)
+    if spec not in _REGISTRY:
+        raise RobustgenError(f"unknown dataset {spec!r}; choose from {list_datasets()}")
+    return _REGISTRY[spec](split, data_root=data_root, download=download, seed=seed)
+
+
+def train_val_split(ds: ImageDataset, val_size: int, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """Hold out ``val_size`` random examples (seeded) as validation; the rest stay for training.
+
+    Both parts keep the original order of their rows. ``val_size`` 0 gives an empty validation set.
+    """
+    n = len(ds)
+    if val_size < 0 or val_size >= n:
+        raise RobustgenError(
+            f"{ds.name}: validation size {val_size} must be in [0, {n}) for a training set of {n} images")
+    rng = np.random.default_rng(seed)
+    is_val = np.zeros(n, dtype=bool)
+    is_val[rng.permutation(n)[:val_size]] = True
+    return ds.subset(np.flatnonzero(~is_val)), ds.subset(np.flatnonzero(is_val))
+
+
+# ---------------------------------------------------------------------------------------------
+# digits (scikit-learn, bundled: always offline)
+
+@register_dataset("digits")
+def _load_digits(split: str, *, data_root=None, download=True, seed: int = 0) -> ImageDataset:
+    """scikit-learn's 1797 8x8 digits as uint8 [N, 8, 8, 1]; seeded stratified 70/30 split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    # 0..16 -> 0..255, round half up.
+    images = np.floor(bunch.images * (255.0 / 16.0) + 0.5).astype(np.uint8)[..., None]
+    labels = bunch.target.astype(np.int64)
+    # The split depends on the seed alone, so train and test never overlap for one seed.
+    train_idx, test_idx = train_test_split(np.arange(len(labels)), test_size=0.3,
+                                           stratify=labels, random_state=seed)
+    idx = np.sort(train_idx if split == "train" else test_idx)
+    return ImageDataset(images[idx], labels[idx], tuple(str(i) for i in range(10)), "digits")
+
+
+# ---------------------------------------------------------------------------------------------
+# torchvision datasets
+
+def default_data_root(data_root: str | None = None) -> Path:
+    """``data_root`` if given, else $ROBUSTGEN_DATA, else ~/.cache/robustgen/data."""
+    if data_root:
+        return Path(data_root).expanduser()
+    env = os.environ.get("ROBUSTGEN_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path("~/.cache/robustgen/data").expanduser()
+
+
+def torchvision_to_arrays(data, targets, *, layout: str) -> tuple[np.ndarray, np.ndarray]:
+    """Convert a torchvision dataset's ``data``/``targets`` to uint8 NHWC images and int64 labels."""
+    images = np.asarray(data)
+    if layout == "NCHW":
+        images = images.transpose(0, 2, 3, 1)
+    elif layout != "NHWC":
+        raise ValueError(f"layout must be 'NHWC' or 'NCHW', got {layout!r}")
+    images = np.ascontiguousarray(images, dtype=np.uint8)
+    labels = np.asarray(targets, dtype=np.int64).reshape(-1)
+    return images, labels
+
+
+def _torchvision_dataset(name: str, split: str, data_root, download: bool, build, expected: str,
+                         layout: str, class_names=None) -> ImageDataset:
+    root = default_data_root(data_root)
+    try:
+        if download:
+            root.mkdir(parents=True, exist_ok=True)
+        tv = build(str(root), download)
+    except Exception as e:  # torchvision raises RuntimeError (absent), URLError/OSError (offline), ...
+        how = "download is disabled" if not download else f"download failed ({type(e).__name__})"
+        raise RobustgenError(
+            f"dataset '{name}' not found under {root} (expected {expected}) and {how}; "
+            f"pass --data-root / data.data_root pointing at a folder that holds it") from None
+    targets = tv.targets if hasattr(tv, "targets") else tv.labels  # SVHN calls them labels
+    images, labels = torchvision_to_arrays(tv.data, targets, layout=layout)
+    names = tuple(class_names) if class_names is not None else tuple(tv.classes)
+    validate_dataset(images, labels, num_classes=len(names), source=f"{name} ({root})")
+    return ImageDataset(images, labels, names, name)
+
+
+@register_dataset("cifar10")
+def _load_cifar10(split: str, *, data_root=None, download=True, seed: int = 0) -> ImageDataset:
+    from torchvision.datasets import CIFAR10
+
+    return _torchvision_dataset(
+        "cifar10", split, data_root, download,
+        lambda root, dl: CIFAR10(root, train=(split == "train"), download=dl),
+        expected="cifar-10-batches-py/", layout="NHWC")
+
+
+@register_dataset("cifar100")
+def _load_cifar100(split: str, *, data_root=None, download=True, seed: int = 0) -> ImageDataset:
+    from torchvision.datasets import CIFAR100
+
+    return _torchvision_dataset(
+        "cifar100", split, data_root, download,
+        lambda root, dl: CIFAR100(root, train=(split == "train"), download=dl),
+        expected="cifar-100-python/", layout="NHWC")
+
+
+@register_dataset("svhn")
+def _load_svhn(split: str, *, data_root=None, download=True, seed: int = 0) -> ImageDataset:
+    from torchvision.datasets import SVHN
+
+    return _torchvision_dataset(
+        "svhn", split, data_root, download,
+        lambda root, dl: SVHN(root, split=split, download=dl),
+        expected=f"{split}_32x32.mat", layout="NCHW",
+        class_names=tuple(str(i) for i in range(10)))
+
+
+# ---------------------------------------------------------------------------------------------
+# npz:PATH (released-data layout)
+
+def _npz_split_paths(path: str) -> dict[str, Path]:
+    """Where the train and test files of ``npz:PATH`` live (see ``load_dataset``)."""
+    if "{split}" in path:
+        return {s: Path(path.replace("{split}", s)).expanduser() for s in SPLITS}
+    p = Path(path).expanduser()
+    if p.is_dir():
+        return {s: p / f"{s}.npz" for s in SPLITS}
+    # A plain file is the train split; its test split is the sibling test.npz.
+    return {"train": p, "test": p.parent / "test.npz"}
+
+
+def _load_npz_dataset(path: str, split: str, *, spec: str) -> ImageDataset:
+    if not path:
+        raise RobustgenError("dataset 'npz:' needs a path, e.g. npz:data/cifar10 or npz:data/{split}.npz")
+    paths = _npz_split_paths(path)
+    target = paths[split]
+    if not target.exists():
+        raise RobustgenError(f"{target}: file not found (the {split} split of dataset {spec!r})")
+
+    # Class count: the file's class_names, else the train split's (so a test split that lacks
+    # some class still gets the right count), else this file's max label + 1.
+    num_classes = None
+    train_names = None
+    if split == "test" and paths["train"].exists() and paths["train"] != target:
+        # Only the labels (and names) of the train file are read: cheap even for 50K images.
+        info = read_npz(paths["train"], keys_required=("label",), keys=("label", "class_names"))
+        if "class_names" in info:
+            train_names = tuple(info["class_names"].tolist())
+            num_classes = len(train_names)
+        else:
+            num_classes = int(info["label"].max()) + 1
+    arrays = read_npz(target, num_classes=num_classes)
+    names = tuple(arrays["class_names"].tolist()) if "class_names" in arrays else None
+    if train_names is not None and names is not None and names != train_names:
+        raise RobustgenError(f"{target}: class_names {list(names)} differ from the train split's "
+                             f"{list(train_names)} in {paths['train']}")
+    if names is None:
+        names = train_names
+    if names is None:
+        k = num_classes if num_classes is not None else int(arrays["label"].max()) + 1
+        names = tuple(str(i) for i in range(k))
+    return ImageDataset(arrays["image"], arrays["label"], names, spec)

@@ -1,0 +1,7 @@
+"""Robust evaluation: clean accuracy and per-point worst-case robust accuracy under a registered
+attack (PGD-40 now; AutoAttack and AA+MT plug in through ``register_attack``)."""
+
+from robustgen.evaluate.attacks import get_attack, list_attacks, register_attack
+from robustgen.evaluate.robust import evaluate_robustness
+
+__all__ = ["evaluate_robustness", "get_attack", "list_attacks", "register_attack"]

@@ -1,0 +1,5 @@
+"""Pseudo-labelling and per-class filtering of generated images (paper Sec. 4, App. D)."""
+
+from robustgen.label.pseudo import predict_probabilities, pseudo_label, top_k_per_class
+
+__all__ = ["predict_probabilities", "pseudo_label", "top_k_per_class"]

@@ -1,0 +1,93 @@
+"""Pseudo-labelling of generated images with the non-robust classifier f_NR (paper Sec. 4, App. D).
+
+Score every generated image with f_NR, label it with the argmax class, and (for the filtered
+BigGAN/VDVAE sets of App. D) keep the ``k`` most confident images of each class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from robustgen.errors import RobustgenError
+
+__all__ = ["predict_probabilities", "pseudo_label", "top_k_per_class"]
+
+
+@torch.no_grad()
+def predict_probabilities(
+    model: nn.Module,
+    images_uint8_nhwc: np.ndarray,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> np.ndarray:
+    """Softmax of ``model`` on uint8 NHWC images -> float32 [N, K].
+
+    The model (already on ``device``) takes [0, 1] NCHW input and returns logits; it runs in
+    eval mode and its previous train/eval mode is restored afterwards. Each uint8 batch is
+    moved to ``device`` and converted there. Works on memory-mapped arrays batch by batch.
+    """
+    images = images_uint8_nhwc
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+        raise RobustgenError(
+            f"expected uint8 NHWC images, got {getattr(images, 'dtype', type(images))} "
+            f"with shape {getattr(images, 'shape', None)}"
+        )
+    if len(images) == 0:
+        raise RobustgenError("no images to label")
+    if batch_size < 1:
+        raise RobustgenError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    out: list[np.ndarray] = []
+    try:
+        with tqdm(total=len(images), unit="img", desc="pseudo-label", disable=not progress) as bar:
+            for start in range(0, len(images), batch_size):
+                batch = np.ascontiguousarray(images[start : start + batch_size])
+                # [B, H, W, C] uint8 -> [B, C, H, W] float in [0, 1], on the device
+                x = torch.from_numpy(batch).to(device, non_blocking=True)
+                x = x.permute(0, 3, 1, 2).float().div_(255.0)
+                logits = model(x)
+                out.append(logits.float().softmax(dim=-1).cpu().numpy())
+                bar.update(len(batch))
+    finally:
+        model.train(was_training)
+    return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def pseudo_label(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(argmax labels int64 [N], max probability float32 [N]) from probabilities [N, K]."""
+    p = np.asarray(probabilities)
+    if p.ndim != 2 or p.shape[1] == 0:
+        raise RobustgenError(f"expected probabilities of shape [N, K], got {p.shape}")
+    labels = p.argmax(axis=1).astype(np.int64)
+    confidences = np.take_along_axis(p, labels[:, None], axis=1)[:, 0].astype(np.float32)
+    return labels, confidences
+
+
+def top_k_per_class(labels: np.ndarray, confidences: np.ndarray, *, k: int, num_classes: int) -> np.ndarray:
+    """Sorted int64 indices of the ``k`` most confident samples of each labelled class.
+
+    A class with fewer than ``k`` members keeps all of them; ties go to the lower index.
+    """
+    labels = np.asarray(labels)
+    confidences = np.asarray(confidences)
+    if labels.ndim != 1 or confidences.shape != labels.shape:
+        raise RobustgenError(f"labels {labels.shape} and confidences {confidences.shape} must be [N] each")
+    if k < 0:
+        raise RobustgenError(f"k must be >= 0, got {k}")
+    n = labels.size
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise RobustgenError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
+    # by class, then confidence descending, then index ascending (lexsort: last key is primary)
+    order = np.lexsort((np.arange(n), -confidences.astype(np.float64), labels))
+    class_start = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=num_classes))[:-1]])
+    rank = np.arange(n) - class_start[labels[order]]
+    return np.sort(order[rank < k]).astype(np.int64)

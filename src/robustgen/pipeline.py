@@ -1,0 +1,213 @@
+"""``robustgen run``: the stage graph and its caching (no math here).
+
+Every stage writes into ``OUT/stages/<stage>-<fingerprint>/`` and finishes by writing
+``manifest.json`` atomically. The fingerprint hashes the stage's own config, its inputs'
+fingerprints and the code version, so a finished stage is reused by any later run that needs
+the same thing (another alpha reuses the classifier and the samples), a changed config never
+overwrites older results, and an interrupted stage resumes from its own checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from robustgen import __version__
+from robustgen.checkpoint import read_json, write_json
+from robustgen.config import RunConfig, config_to_dict, replace
+from robustgen.stages import (Splits, adversarial_settings, evaluate_checkpoint, generate_samples, label_samples,
+                              load_splits, read_generated, resolve_device, train_classifier, train_robust)
+
+
+def fingerprint(*parts) -> str:
+    blob = json.dumps([__version__, *parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def data_fingerprint(cfg: RunConfig, splits: Splits) -> str:
+    """Content hash of the real splits, so a changed npz file or split invalidates every stage."""
+    h = hashlib.sha256()
+    for ds in (splits.train, splits.val, splits.test):
+        h.update(np.ascontiguousarray(ds.images).data)
+        h.update(np.ascontiguousarray(ds.labels).data)
+    return fingerprint(cfg.data.dataset, cfg.data.val_size, cfg.data.split_seed, h.hexdigest())
+
+
+def log(message: str) -> None:
+    print(f"[robustgen] {message}", file=sys.stderr, flush=True)
+
+
+class Stage:
+    """A cached stage folder: ``done`` when its manifest exists with the same fingerprint."""
+
+    def __init__(self, out: Path, name: str, fp: str):
+        self.name, self.fp = name, fp
+        self.dir = out / "stages" / f"{name}-{fp}"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.dir / "manifest.json"
+
+    def cached(self) -> dict | None:
+        if self.manifest_path.exists():
+            manifest = read_json(self.manifest_path)
+            if manifest.get("fingerprint") == self.fp:
+                return manifest["result"]
+        return None
+
+    def run(self, compute: Callable[[Path], dict], inputs: dict) -> dict:
+        result = self.cached()
+        if result is not None:
+            log(f"{self.name}: reusing {self.dir}")
+            return result
+        log(f"{self.name}: running in {self.dir}")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        result = compute(self.dir)
+        write_json(self.manifest_path, {"stage": self.name, "fingerprint": self.fp, "version": __version__,
+                                        "inputs": inputs, "wall_time_s": round(time.perf_counter() - t0, 2),
+                                        "result": result})
+        return result
+
+
+def model_variants(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
+    """The robust models a run trains: the configured alpha, plus an alpha = 1 baseline."""
+    main_name = "baseline" if cfg.train.alpha == 1.0 else f"{cfg.generator.name}-alpha{cfg.train.alpha:g}"
+    variants = [(main_name, cfg)]
+    if cfg.baseline and cfg.train.alpha != 1.0:
+        variants.insert(0, ("baseline", replace(cfg, **{"train.alpha": 1.0})))
+    return variants
+
+
+def train_fingerprint(variant: RunConfig, data_fp: str, label_fp: str | None) -> str:
+    return fingerprint("train", data_fp, label_fp if variant.train.alpha < 1 else None,
+                       asdict(variant.train), asdict(variant.threat), variant.data.crop_padding,
+                       variant.data.flip, variant.seed, variant.eval.batch_size)
+
+
+def plan(cfg: RunConfig) -> dict:
+    """What ``run`` would do, without loading data or computing anything."""
+    needs_generated = any(v.train.alpha < 1 for _, v in model_variants(cfg))
+    stages = []
+    if needs_generated:
+        stages.append({"stage": "classifier", "arch": cfg.classifier.arch, "epochs": cfg.classifier.epochs,
+                       "checkpoint": cfg.classifier.checkpoint})
+        stages.append({"stage": "generate", "generator": cfg.generator.name, "num_samples": cfg.generator.num_samples})
+        stages.append({"stage": "label", "top_k_per_class": cfg.label.top_k_per_class})
+    for name, v in model_variants(cfg):
+        t = v.train
+        epoch = t.epoch_size or "train split size"
+        stages.append({"stage": f"train[{name}]", "arch": t.arch, "loss": t.loss, "alpha": t.alpha,
+                       "batch_size": t.batch_size, "epochs": t.epochs, "epoch_size": epoch,
+                       "threat": f"{v.threat.norm} eps={v.threat.eps:.6g}"})
+        stages.append({"stage": f"eval[{name}]", "attack": v.eval.attack, "n": v.eval.n or "all test images"})
+    return {"device": cfg.device, "dataset": cfg.data.dataset, "stages": stages}
+
+
+def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
+    """classifier -> generate -> label -> train (each variant) -> eval, then results + report."""
+    from robustgen.report import write_report
+
+    started = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    splits = load_splits(cfg)
+    log(f"{cfg.data.dataset} on {device}: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} images, "
+        f"{splits.train.num_classes} classes, shape {splits.train.image_shape}")
+    data_fp = data_fingerprint(cfg, splits)
+    variants = model_variants(cfg)
+    label_fp = generated = label_result = generate_dir = None
+
+    if any(v.train.alpha < 1 for _, v in variants):
+        if cfg.classifier.checkpoint:
+            classifier_path = Path(cfg.classifier.checkpoint)
+            classifier_fp = fingerprint("external-classifier", str(classifier_path.resolve()),
+                                        classifier_path.stat().st_mtime if classifier_path.exists() else None)
+        else:
+            classifier_fp = fingerprint("classifier", data_fp, asdict(cfg.classifier), cfg.data.crop_padding,
+                                        cfg.data.flip, cfg.seed)
+            stage = Stage(out, "classifier", classifier_fp)
+            result = stage.run(lambda d: train_classifier(cfg, splits, d, device=device, fingerprint=classifier_fp,
+                                                          progress=progress), {"data": data_fp})
+            classifier_path = stage.dir / "best.safetensors"
+            log(f"classifier: test accuracy {result['test_accuracy']:.4f}")
+        generate_fp = fingerprint("generate", data_fp, asdict(cfg.generator))
+        gen_stage = Stage(out, "generate", generate_fp)
+        generate_dir = gen_stage.dir
+        gen_stage.run(lambda d: generate_samples(cfg, splits.train, d / "samples.npz"), {"data": data_fp})
+        label_fp = fingerprint("label", generate_fp, classifier_fp, asdict(cfg.label))
+        label_stage = Stage(out, "label", label_fp)
+        label_result = label_stage.run(
+            lambda d: label_samples(classifier_path, gen_stage.dir / "samples.npz", d / "labeled.npz",
+                                    top_k=cfg.label.top_k_per_class, batch_size=cfg.label.batch_size,
+                                    device=device, progress=progress),
+            {"generate": generate_fp, "classifier": classifier_fp})
+        generated = read_generated(label_stage.dir / "labeled.npz", splits.train.num_classes,
+                                   splits.train.image_shape)
+
+    models = []
+    for name, variant in variants:
+        train_fp = train_fingerprint(variant, data_fp, label_fp)
+        stage = Stage(out, f"train-{name}", train_fp)
+        summary = stage.run(lambda d: train_robust(variant, splits, generated, d, device=device, fingerprint=train_fp,
+                                                   name=name, progress=progress),
+                            {"data": data_fp, "label": label_fp if variant.train.alpha < 1 else None})
+        e = variant.eval
+        eval_fp = fingerprint("eval", train_fp, asdict(e), asdict(variant.threat))
+        eval_stage = Stage(out, f"eval-{name}", eval_fp)
+        metrics = eval_stage.run(
+            lambda d: _evaluate_into(d, stage.dir / "best.safetensors", variant, splits, device, progress),
+            {"train": train_fp})
+        models.append({
+            "name": name, "alpha": variant.train.alpha, "generated_samples": summary["generated_samples"],
+            "clean_accuracy": metrics["clean_accuracy"], "robust_accuracy": metrics["robust_accuracy"],
+            "attack": metrics["attack"], "norm": metrics["norm"], "eps": metrics["eps"], "n_eval": metrics["n"],
+            "max_perturbation": metrics["max_perturbation"], "steps": summary["steps"],
+            "batch_size": summary["batch_size"], "selected": summary["selection"],
+            "train_time_s": summary["wall_time_s"], "eval_time_s": metrics["time_s"],
+            "wall_time_s": round(summary["wall_time_s"] + metrics["time_s"], 2),
+            "checkpoint": summary["checkpoint"],
+        })
+        log(f"{name}: clean {metrics['clean_accuracy']:.4f}, robust {metrics['robust_accuracy']:.4f} "
+            f"({metrics['attack']}, n={metrics['n']})")
+
+    results = {
+        "version": __version__, "dataset": cfg.data.dataset, "device": str(device),
+        "threat": {"norm": cfg.threat.norm, "eps": cfg.threat.eps},
+        "models": models, "labeling": label_result,
+        "wall_time_s": round(time.perf_counter() - started, 2), "config": config_to_dict(cfg),
+    }
+    samples = generate_dir / "samples.npz" if generate_dir is not None else None
+    write_report(out, results, samples_path=samples, class_names=splits.train.class_names)
+    write_json(out / "results.json", results)
+    return results
+
+
+def _evaluate_into(stage_dir: Path, checkpoint: Path, cfg: RunConfig, splits: Splits, device, progress) -> dict:
+    e = cfg.eval
+    metrics = evaluate_checkpoint(checkpoint, splits.test, attack=e.attack, norm=cfg.threat.norm, eps=cfg.threat.eps,
+                                  n=e.n, batch_size=e.batch_size, seed=e.seed, device=device, progress=progress)
+    write_json(stage_dir / "eval.json", metrics)
+    return metrics
+
+
+def describe_plan(cfg: RunConfig) -> str:
+    p = plan(cfg)
+    lines = [f"dataset {p['dataset']} on device {p['device']}"]
+    for s in p["stages"]:
+        rest = ", ".join(f"{k}={v}" for k, v in s.items() if k != "stage")
+        lines.append(f"  {s['stage']}: {rest}")
+    return "\n".join(lines)
+
+
+def adversarial_steps(cfg: RunConfig, n_real: int) -> int:
+    return adversarial_settings(cfg, n_real).total_steps

@@ -1,0 +1,255 @@
+"""The five stages of the method (paper Sec. 3.3, Fig. 2) as library functions over files.
+
+    classifier: train f_NR on the real train split          -> model.safetensors
+    generate:   fit the generator on the train split, sample -> samples.npz (image, label = condition)
+    label:      pseudo-label samples with f_NR              -> labeled.npz (image, label, confidence, condition)
+    train:      TRADES on alpha-mixed batches               -> best/last.safetensors, history.json
+    evaluate:   clean + robust accuracy on the test split    -> eval.json
+
+Each function reads its inputs from disk, writes its outputs atomically and returns a JSON-able
+summary; the CLI verbs and ``pipeline`` call them. No math lives here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from robustgen.checkpoint import load_model, model_spec, save_model, write_json
+from robustgen.config import RunConfig, config_to_dict
+from robustgen.data import ImageDataset, load_dataset, read_npz, train_val_split, write_npz
+from robustgen.errors import RobustgenError
+from robustgen.evaluate import evaluate_robustness
+from robustgen.generate import get_generator
+from robustgen.label import predict_probabilities, pseudo_label, top_k_per_class
+from robustgen.models import create_model
+from robustgen.train.loop import LoopSettings, steps_for, train_loop
+from robustgen.train.schedule import scaled_lr
+from robustgen.train.steps import TrainingAttack, pgd_at_step_loss, standard_step_loss, trades_step_loss
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ImageDataset  # real training images, validation images removed
+    val: ImageDataset  # held-out training images for model selection
+    test: ImageDataset
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RobustgenError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def load_splits(cfg: RunConfig) -> Splits:
+    d = cfg.data
+    full = load_dataset(d.dataset, "train", data_root=d.data_root, download=d.download, seed=d.split_seed)
+    test = load_dataset(d.dataset, "test", data_root=d.data_root, download=d.download, seed=d.split_seed)
+    if test.image_shape != full.image_shape:
+        raise RobustgenError(f"{d.dataset}: train images are {full.image_shape} but test images are {test.image_shape}")
+    if test.num_classes > full.num_classes:
+        raise RobustgenError(f"{d.dataset}: the test split has labels beyond the train split's {full.num_classes} classes")
+    train, val = train_val_split(full, d.val_size, d.split_seed)
+    return Splits(train=train, val=val, test=test)
+
+
+def build_model(arch: str, activation: str, data: ImageDataset) -> tuple[nn.Module, dict]:
+    mean, std = data.mean_std()
+    h, _, c = data.image_shape
+    model = create_model(arch, num_classes=data.num_classes, in_channels=c, mean=mean, std=std,
+                         activation=activation)
+    return model, model_spec(arch=arch, num_classes=data.num_classes, in_channels=c,
+                             activation=activation, image_size=h)
+
+
+def _selection_evaluator(cfg: RunConfig, val: ImageDataset, device: torch.device, *, robust: bool):
+    """Model selection on the held-out split: PGD-40 robust accuracy (or clean accuracy)."""
+
+    def evaluate(variants: dict[str, nn.Module], step: int) -> dict[str, dict]:
+        out = {}
+        for name, model in variants.items():
+            if len(val) == 0:
+                continue
+            if robust:
+                m = evaluate_robustness(model, val.images, val.labels, attack="pgd40", norm=cfg.threat.norm,
+                                        eps=cfg.threat.eps, batch_size=cfg.eval.batch_size, device=device,
+                                        seed=cfg.seed + step)
+                out[name] = {"score": m["robust_accuracy"], "val_clean_accuracy": m["clean_accuracy"],
+                             "val_robust_accuracy": m["robust_accuracy"]}
+            else:
+                acc = clean_accuracy(model, val.images, val.labels, batch_size=cfg.eval.batch_size, device=device)
+                out[name] = {"score": acc, "val_clean_accuracy": acc}
+        return out
+
+    return evaluate
+
+
+@torch.no_grad()
+def clean_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                   device: torch.device) -> float:
+    probs = predict_probabilities(model, images, batch_size=batch_size, device=device)
+    return float((probs.argmax(1) == labels).mean())
+
+
+def _maybe_compile(model: nn.Module, enabled: bool) -> nn.Module | None:
+    return torch.compile(model) if enabled else None
+
+
+# --------------------------------------------------------------------------- classifier
+def train_classifier(cfg: RunConfig, splits: Splits, out_dir: Path, *, device: torch.device,
+                     fingerprint: str, progress: bool = True) -> dict:
+    """Standard (non-robust) training of f_NR; returns its test accuracy."""
+    c = cfg.classifier
+    model, spec = build_model(c.arch, c.activation, splits.train)
+    model.to(device)
+    n = len(splits.train)
+    total = steps_for(epochs=c.epochs, epoch_size=n, batch_size=c.batch_size)
+    settings = LoopSettings(
+        batch_size=c.batch_size, total_steps=total,
+        warmup_steps=steps_for(epochs=c.warmup_epochs, epoch_size=n, batch_size=c.batch_size) if c.warmup_epochs else 0,
+        peak_lr=scaled_lr(c.batch_size, lr_per_256=c.lr_per_256), momentum=c.momentum, nesterov=True,
+        weight_decay=c.weight_decay, alpha=1.0, label_smoothing_real=c.label_smoothing,
+        checkpoint_every_steps=max(1, total // 10), log_every_steps=max(1, min(50, total // 20)),
+        crop_padding=cfg.data.crop_padding, flip=cfg.data.flip, seed=cfg.seed)
+    result = train_loop(model, settings=settings, real=splits.train, generated=None,
+                        step_loss=standard_step_loss(), evaluate=_selection_evaluator(cfg, splits.val, device, robust=False),
+                        out_dir=out_dir, device=device, spec=spec,
+                        extra_meta={"role": "classifier", "config": config_to_dict(cfg)},
+                        fingerprint=fingerprint, desc="classifier", progress=progress)
+    best = load_model(out_dir / "best.safetensors", device=device)
+    test_acc = clean_accuracy(best, splits.test.images, splits.test.labels, batch_size=cfg.eval.batch_size, device=device)
+    summary = {"test_accuracy": test_acc, "steps": total, "wall_time_s": round(result.wall_time_s, 2),
+               "checkpoint": str(out_dir / "best.safetensors")}
+    write_json(out_dir / "metrics.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- generate
+def generate_samples(cfg: RunConfig, train: ImageDataset, out_path: Path) -> dict:
+    """Fit the configured generator on the real train split and sample ``num_samples`` images."""
+    g = cfg.generator
+    generator = get_generator(g.name)
+    t0 = time.perf_counter()
+    fitted = generator.fit(train.images, train.labels, num_classes=train.num_classes, num_components=g.pca_components)
+    fit_s = time.perf_counter() - t0
+    images, condition = generator.sample(fitted, g.num_samples, seed=g.seed)
+    write_npz(out_path, image=images, label=condition, class_names=np.asarray(train.class_names))
+    return {"generator": g.name, "num_samples": int(len(condition)), "fit_time_s": round(fit_s, 2),
+            "sample_time_s": round(time.perf_counter() - t0 - fit_s, 2), "path": str(out_path)}
+
+
+# --------------------------------------------------------------------------- label
+def label_samples(classifier_path: Path, samples_path: Path, out_path: Path, *, top_k: int | None,
+                  batch_size: int, device: torch.device, progress: bool = True) -> dict:
+    """Pseudo-label generated images with f_NR (paper Sec. 3.3), optionally keep the top-k per class."""
+    model = load_model(classifier_path, device=device)
+    num_classes = model_num_classes(classifier_path)
+    arrays = read_npz(samples_path, num_classes=num_classes)
+    images = arrays["image"]
+    probs = predict_probabilities(model, images, batch_size=batch_size, device=device, progress=progress)
+    labels, confidence = pseudo_label(probs)
+    keep = np.arange(len(labels))
+    if top_k is not None:
+        keep = top_k_per_class(labels, confidence, k=top_k, num_classes=num_classes)
+    out = {"image": images[keep], "label": labels[keep], "confidence": confidence[keep]}
+    if "label" in arrays:
+        out["condition"] = arrays["label"][keep]
+    if "class_names" in arrays:
+        out["class_names"] = arrays["class_names"]
+    write_npz(out_path, **out)
+    summary = {"num_labeled": int(len(keep)), "mean_confidence": float(confidence[keep].mean()) if len(keep) else 0.0,
+               "counts_per_class": np.bincount(labels[keep], minlength=num_classes).tolist(), "path": str(out_path)}
+    if "condition" in out:
+        summary["agreement_with_condition"] = float((out["condition"] == out["label"]).mean()) if len(keep) else 0.0
+    return summary
+
+
+def model_num_classes(path: Path) -> int:
+    from robustgen.checkpoint import model_info
+
+    return int(model_info(path)["spec"]["num_classes"])
+
+
+# --------------------------------------------------------------------------- adversarial training
+def training_attack(cfg: RunConfig) -> TrainingAttack:
+    i = cfg.train.inner
+    return TrainingAttack(norm=cfg.threat.norm, eps=cfg.threat.eps, steps=i.steps, step_rule=i.step_rule,
+                          adam_lr=tuple(i.adam_lr), adam_lr_boundaries=tuple(int(b) for b in i.adam_lr_boundaries),
+                          sign_step_size=i.sign_step_size, init=i.init)
+
+
+def adversarial_settings(cfg: RunConfig, n_real: int) -> LoopSettings:
+    t = cfg.train
+    epoch = t.epoch_size or n_real
+    total = steps_for(epochs=t.epochs, epoch_size=epoch, batch_size=t.batch_size)
+    per_epoch = epoch / t.batch_size
+    return LoopSettings(
+        batch_size=t.batch_size, total_steps=total, warmup_steps=int(round(t.warmup_epochs * per_epoch)),
+        peak_lr=scaled_lr(t.batch_size, lr_per_256=t.lr_per_256), momentum=t.momentum, nesterov=t.nesterov,
+        weight_decay=t.weight_decay, alpha=t.alpha, label_smoothing_real=t.label_smoothing_real,
+        label_smoothing_generated=t.label_smoothing_generated, generated_sampling=t.generated_sampling,
+        ema_decay=t.ema_decay if t.ema_decay > 0 else None,
+        eval_every_steps=max(1, int(round(t.eval_every_epochs * per_epoch))),
+        checkpoint_every_steps=max(1, int(round(t.checkpoint_every_epochs * per_epoch))),
+        log_every_steps=t.log_every_steps, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
+        channels_last=t.channels_last, seed=cfg.seed)
+
+
+def read_generated(path: Path, num_classes: int, image_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    arrays = read_npz(path, num_classes=num_classes, keys=("image", "label"))
+    if arrays["image"].shape[1:] != tuple(image_shape):
+        raise RobustgenError(f"{path}: generated images are {arrays['image'].shape[1:]} but the real data is {tuple(image_shape)}")
+    return arrays["image"], arrays["label"]
+
+
+def train_robust(cfg: RunConfig, splits: Splits, generated: tuple[np.ndarray, np.ndarray] | None,
+                 out_dir: Path, *, device: torch.device, fingerprint: str, name: str = "model",
+                 progress: bool = True) -> dict:
+    """TRADES (or PGD-AT) on batches with exactly round(alpha * B) real images."""
+    t = cfg.train
+    if t.alpha < 1.0 and (generated is None or len(generated[1]) == 0):
+        raise RobustgenError(f"train.alpha = {t.alpha} < 1 needs generated data")
+    model, spec = build_model(t.arch, t.activation, splits.train)
+    model.to(device)
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    settings = adversarial_settings(cfg, len(splits.train))
+    bf16 = t.precision == "bf16"
+    attack = training_attack(cfg)
+    step_loss = (trades_step_loss(attack, beta=t.beta, bf16=bf16) if t.loss == "trades"
+                 else pgd_at_step_loss(attack, bf16=bf16))
+    result = train_loop(model, settings=settings, real=splits.train, generated=generated if t.alpha < 1 else None,
+                        step_loss=step_loss, evaluate=_selection_evaluator(cfg, splits.val, device, robust=True),
+                        out_dir=out_dir, device=device, spec=spec,
+                        extra_meta={"role": "robust", "name": name, "config": config_to_dict(cfg)},
+                        fingerprint=fingerprint, desc=f"train[{name}]", compiled=_maybe_compile(model, t.compile),
+                        progress=progress)
+    summary = {"name": name, "alpha": t.alpha, "steps": settings.total_steps, "batch_size": t.batch_size,
+               "generated_samples": 0 if t.alpha == 1 or generated is None else int(len(generated[1])),
+               "selection": result.best, "wall_time_s": round(result.wall_time_s, 2),
+               "resumed_from_step": result.resumed_from, "checkpoint": str(out_dir / "best.safetensors")}
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------- evaluate
+def evaluate_checkpoint(checkpoint: Path, test: ImageDataset, *, attack: str, norm: str, eps: float,
+                        n: int | None, batch_size: int, seed: int, device: torch.device,
+                        progress: bool = True) -> dict:
+    model = load_model(checkpoint, device=device)
+    classes = model_num_classes(checkpoint)
+    if test.num_classes > classes:
+        raise RobustgenError(f"{checkpoint}: model has {classes} classes but the test data has {test.num_classes}")
+    count = len(test) if n is None else min(n, len(test))
+    result = evaluate_robustness(model, test.images[:count], test.labels[:count], attack=attack, norm=norm, eps=eps,
+                                 batch_size=batch_size, device=device, seed=seed, progress=progress,
+                                 desc=f"eval[{attack}]")
+    return {"checkpoint": str(checkpoint), **result}

@@ -1,0 +1,148 @@
+"""The CLI end to end on a tiny config, stage reuse, load_model, and bad input handling."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import robustgen
+from robustgen.cli import main
+
+TINY = [
+    "data.val_size=64", "classifier.epochs=1", "classifier.batch_size=64",
+    "generator.num_samples=300", "train.epochs=1", "train.batch_size=64", "train.inner.steps=2",
+    "train.eval_every_epochs=1", "eval.n=60", "eval.batch_size=60", "train.log_every_steps=5",
+]
+
+
+def _sets(items):
+    return [a for item in items for a in ("--set", item)]
+
+
+def run_cli(args, capsys=None):
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    return e.value.code
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    main(["run", "--out", str(out), "--quiet", *_sets(TINY)])
+    return out
+
+
+def test_run_writes_results_report_and_grid(tiny_run):
+    results = json.loads((tiny_run / "results.json").read_text())
+    names = [m["name"] for m in results["models"]]
+    assert names == ["baseline", "gaussian-alpha0.5"]
+    for m in results["models"]:
+        for key in ("name", "alpha", "clean_accuracy", "robust_accuracy", "attack", "n_eval"):
+            assert key in m
+        assert 0 <= m["robust_accuracy"] <= m["clean_accuracy"] <= 1
+        assert m["n_eval"] == 60 and m["attack"] == "pgd40"
+        assert m["max_perturbation"] <= 0.3 + 1e-6
+    assert results["models"][0]["alpha"] == 1.0 and results["models"][1]["generated_samples"] == 300
+    report = (tiny_run / "report.md").read_text()
+    assert "| baseline | 1 |" in report and "samples.png" in report
+    assert (tiny_run / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_reuses_every_stage(tiny_run, capsys):
+    before = sorted(p.name for p in (tiny_run / "stages").iterdir())
+    main(["run", "--out", str(tiny_run), "--quiet", *_sets(TINY)])
+    err = capsys.readouterr().err
+    assert "running" not in err and err.count("reusing") == len(before)
+    # another alpha reuses the classifier, the samples and their labels
+    main(["run", "--out", str(tiny_run), "--quiet", *_sets(TINY + ["train.alpha=0.7", "baseline=false"])])
+    err = capsys.readouterr().err
+    assert "classifier: reusing" in err and "label: reusing" in err and "train-gaussian-alpha0.7: running" in err
+
+
+def test_load_model_and_eval_verb(tiny_run, tmp_path, capsys):
+    ckpt = str(next((tiny_run / "stages").glob("train-gaussian-alpha0.5-*")) / "best.safetensors")
+    expected = json.loads(next((tiny_run / "stages").glob("eval-gaussian-alpha0.5-*/eval.json")).read_text())
+    model = robustgen.load_model(ckpt)
+    assert not model.training
+    logits = model(torch.rand(3, 1, 8, 8))
+    assert logits.shape == (3, 10)
+    out = tmp_path / "eval.json"
+    main(["eval", "--checkpoint", ckpt, "--n", "60", "--eps", "0.3", "--out", str(out), "--quiet"])
+    data = json.loads(out.read_text())
+    assert data["n"] == 60 and data["robust_accuracy"] == pytest.approx(expected["robust_accuracy"])
+
+
+def test_generate_and_label_verbs(tiny_run, tmp_path):
+    samples = tmp_path / "s.npz"
+    main(["generate", "--num-samples", "50", "--out", str(samples)])
+    arrays = np.load(samples)
+    assert arrays["image"].shape == (50, 8, 8, 1) and arrays["image"].dtype == np.uint8
+    clf = next((tiny_run / "stages").glob("classifier-*")) / "best.safetensors"
+    labeled = tmp_path / "l.npz"
+    main(["label", "--checkpoint", str(clf), "--input", str(samples), "--out", str(labeled), "--top-k", "2", "--quiet"])
+    lab = np.load(labeled)
+    assert len(lab["label"]) <= 20 and np.bincount(lab["label"]).max() <= 2
+    assert set(lab.files) >= {"image", "label", "confidence", "condition"}
+
+
+def test_dry_run_prints_plan_without_output(tmp_path, capsys):
+    main(["run", "cifar10_linf_wrn-28-10", "--dry-run", "--out", str(tmp_path / "x")])
+    text = capsys.readouterr().out
+    assert "train[baseline]" in text and "alpha=0.3" in text
+    assert not (tmp_path / "x").exists()
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "robustgen.cli", *args], capture_output=True, text=True)
+
+
+def _bad_npz(tmp_path, **arrays):
+    folder = tmp_path / "data"
+    folder.mkdir(exist_ok=True)
+    good = dict(image=np.zeros((20, 8, 8, 1), np.uint8), label=np.arange(20) % 2)
+    for split in ("train", "test"):
+        np.savez(folder / f"{split}.npz", **{**good, **arrays})
+    return folder
+
+
+@pytest.mark.parametrize("case", ["unknown_key", "alpha", "eps", "missing_npz", "corrupt_npz", "dtype", "shape",
+                                  "label_range", "nan"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, case):
+    args = ["run", "--out", str(tmp_path / "out"), "--set", "data.val_size=4"]
+    if case == "unknown_key":
+        args += ["--set", "train.alpah=0.3"]
+    elif case == "alpha":
+        args += ["--set", "train.alpha=2"]
+    elif case == "eps":
+        args += ["--set", "threat.eps=-1/255"]
+    elif case == "missing_npz":
+        args += ["--set", f"data.dataset=npz:{tmp_path}/nothing.npz"]
+    elif case == "corrupt_npz":
+        (tmp_path / "train.npz").write_bytes(b"PK\x03\x04 definitely not a zip")
+        args += ["--set", f"data.dataset=npz:{tmp_path}/train.npz"]
+    elif case == "dtype":
+        args += ["--set", f"data.dataset=npz:{_bad_npz(tmp_path, image=np.zeros((20, 8, 8, 1), np.float32))}"]
+    elif case == "shape":
+        args += ["--set", f"data.dataset=npz:{_bad_npz(tmp_path, image=np.zeros((20, 8, 8), np.uint8))}"]
+    elif case == "label_range":
+        args += ["--set", f"data.dataset=npz:{_bad_npz(tmp_path, label=np.full(20, -3))}"]
+    elif case == "nan":
+        args += ["--set", f"data.dataset=npz:{_bad_npz(tmp_path, confidence=np.full(20, np.nan))}"]
+    result = _cli(*args)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("robustgen: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    if case not in ("unknown_key", "alpha", "eps"):
+        assert ".npz" in lines[0] or "nothing" in lines[0]
+    assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_bad_checkpoint_is_one_line(tmp_path):
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"garbage")
+    result = _cli("eval", "--checkpoint", str(bad))
+    assert result.returncode == 2 and "model.safetensors" in result.stderr and "Traceback" not in result.stderr

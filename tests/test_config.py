@@ -1,0 +1,65 @@
+"""Config loading: presets, overrides, fractions, and one-line errors for bad keys and values."""
+
+import pytest
+
+from robustgen.config import list_presets, load_config, parse_number
+from robustgen.errors import RobustgenError
+
+
+def test_default_is_the_digits_demo_and_presets_validate():
+    cfg = load_config()
+    assert cfg.data.dataset == "digits" and cfg.train.alpha < 1
+    for name in list_presets():
+        load_config(name)
+
+
+def test_paper_preset_matches_the_authors_recipe():
+    cfg = load_config("cifar10_linf_wrn-28-10")
+    t = cfg.train
+    assert (t.arch, t.loss, t.beta, t.alpha, t.batch_size, t.epochs, t.epoch_size) == (
+        "wrn-28-10", "trades", 6.0, 0.3, 1024, 400.0, 50000)
+    assert (t.inner.steps, t.inner.step_rule, t.inner.adam_lr, t.inner.adam_lr_boundaries) == (10, "adam", [0.1, 0.01], [5])
+    assert t.ema_decay == 0.995 and t.label_smoothing_generated == 0.1 and t.weight_decay == 5e-4
+    assert cfg.threat.eps == 8 / 255 and cfg.generator.num_samples == 1_000_000
+    assert load_config("cifar10_l2_wrn-70-16").threat.eps == 128 / 255
+
+
+def test_overrides_and_fractions():
+    cfg = load_config(None, ["train.alpha=0.7", "threat.eps=4/255", "threat.norm=l2", "eval.n=10"])
+    assert cfg.train.alpha == 0.7 and cfg.threat.eps == 4 / 255 and cfg.threat.norm == "l2" and cfg.eval.n == 10
+    assert parse_number("8/255", key="k", source="s") == 8 / 255
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.alpah=0.3", "unknown config key 'train.alpah'"),
+    ("bogus=1", "unknown config key 'bogus'"),
+    ("train.alpha=1.5", "train.alpha must be in [0, 1]"),
+    ("train.alpha=-0.1", "train.alpha must be in [0, 1]"),
+    ("threat.eps=-0.1", "threat.eps must be >= 0"),
+    ("threat.eps=abc", "threat.eps must be a number"),
+    ("threat.norm=l3", "threat.norm must be one of"),
+    ("train.batch_size=0.5", "train.batch_size must be an integer"),
+    ("train.nesterov=3", "train.nesterov must be true or false"),
+    ("train.arch=resnet-1000", "unknown architecture"),
+    ("data.dataset=imagenet22k", "unknown dataset"),
+    ("eval.attack=nope", "unknown attack"),
+    ("train", "expected key=value"),
+])
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(RobustgenError) as err:
+        load_config(None, [override])
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(RobustgenError, match="config not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    with pytest.raises(RobustgenError, match="bad.yaml: invalid YAML"):
+        load_config(str(bad))
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  alpah: 0.3\n")
+    with pytest.raises(RobustgenError, match=r"typo.yaml: unknown config key 'train.alpah'"):
+        load_config(str(typo))
