@@ -38,13 +38,13 @@ def tiny_run(tmp_path_factory):
 def test_run_writes_results_report_and_grid(tiny_run):
     results = json.loads((tiny_run / "results.json").read_text())
     names = [m["name"] for m in results["models"]]
-    assert names == ["baseline", "gaussian-alpha0.5"]
+    assert names == ["baseline", "gaussian-alpha0.8"]
     for m in results["models"]:
         for key in ("name", "alpha", "clean_accuracy", "robust_accuracy", "attack", "n_eval"):
             assert key in m
         assert 0 <= m["robust_accuracy"] <= m["clean_accuracy"] <= 1
         assert m["n_eval"] == 60 and m["attack"] == "pgd40"
-        assert m["max_perturbation"] <= 0.3 + 1e-6
+        assert m["max_perturbation"] <= 0.2 + 1e-6
     assert results["models"][0]["alpha"] == 1.0 and results["models"][1]["generated_samples"] == 300
     report = (tiny_run / "report.md").read_text()
     assert "| baseline | 1 |" in report and "samples.png" in report
@@ -63,14 +63,14 @@ def test_second_run_reuses_every_stage(tiny_run, capsys):
 
 
 def test_load_model_and_eval_verb(tiny_run, tmp_path, capsys):
-    ckpt = str(next((tiny_run / "stages").glob("train-gaussian-alpha0.5-*")) / "best.safetensors")
-    expected = json.loads(next((tiny_run / "stages").glob("eval-gaussian-alpha0.5-*/eval.json")).read_text())
+    ckpt = str(next((tiny_run / "stages").glob("train-gaussian-alpha0.8-*")) / "best.safetensors")
+    expected = json.loads(next((tiny_run / "stages").glob("eval-gaussian-alpha0.8-*/eval.json")).read_text())
     model = robustgen.load_model(ckpt)
     assert not model.training
     logits = model(torch.rand(3, 1, 8, 8))
     assert logits.shape == (3, 10)
     out = tmp_path / "eval.json"
-    main(["eval", "--checkpoint", ckpt, "--n", "60", "--eps", "0.3", "--out", str(out), "--quiet"])
+    main(["eval", "--checkpoint", ckpt, "--n", "60", "--eps", "0.2", "--out", str(out), "--quiet"])
     data = json.loads(out.read_text())
     assert data["n"] == 60 and data["robust_accuracy"] == pytest.approx(expected["robust_accuracy"])
 

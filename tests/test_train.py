@@ -188,3 +188,49 @@ def test_standard_training_learns_a_separable_toy_problem(tmp_path):
     x = torch.from_numpy(real.images).permute(0, 3, 1, 2).float() / 255
     acc = (model(x).argmax(1).numpy() == real.labels).mean()
     assert acc > 0.9
+
+
+@pytest.mark.parametrize("loss_name", ["trades", "pgd_at"])
+def test_bf16_channels_last_and_pgd_at_steps_train(tmp_path, loss_name):
+    from robustgen.train.steps import pgd_at_step_loss
+
+    torch.manual_seed(0)
+    model = create_model("small-cnn", num_classes=4, in_channels=1).to(memory_format=torch.channels_last)
+    attack = TrainingAttack(norm="l2", eps=0.5, steps=2, step_rule="sign")
+    step_loss = (trades_step_loss(attack, beta=6.0, bf16=True) if loss_name == "trades"
+                 else pgd_at_step_loss(attack, bf16=True))
+    s = LoopSettings(batch_size=16, total_steps=4, warmup_steps=1, peak_lr=0.05, channels_last=True,
+                     log_every_steps=2)
+    result = train_loop(model, settings=s, real=_dataset(), generated=None, step_loss=step_loss, evaluate=None,
+                        out_dir=tmp_path, device=torch.device("cpu"), spec={"num_classes": 4}, extra_meta={},
+                        fingerprint="x", progress=False)
+    losses = [h["loss"] for h in result.history if "loss" in h]
+    assert len(losses) == 2 and all(math.isfinite(v) for v in losses)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager_loss(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("small-cnn", num_classes=4, in_channels=1).train()
+    compiled = torch.compile(model)
+    x = torch.rand(16, 1, 8, 8)
+    targets = F.one_hot(torch.randint(0, 4, (16,)), 4).float()
+    step = trades_step_loss(TrainingAttack(norm="linf", eps=0.1, steps=2), beta=6.0)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    eager = step(model, x, targets, torch.Generator().manual_seed(0))
+    model.load_state_dict(state)
+    fused = step(compiled, x, targets, torch.Generator().manual_seed(0))
+    assert fused.item() == pytest.approx(eager.item(), rel=1e-4)
+
+
+def test_model_initialisation_depends_on_the_seed_alone():
+    from robustgen.stages import build_model
+
+    data = _dataset()
+    a, _ = build_model("small-cnn", "silu", data, seed=5)
+    torch.rand(1000)  # a stage that ran before must not change the next model's weights
+    b, _ = build_model("small-cnn", "silu", data, seed=5)
+    c, _ = build_model("small-cnn", "silu", data, seed=6)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))

@@ -156,11 +156,14 @@ def evaluate(config, overrides, checkpoint, attack, norm, eps, n, out, quiet):
 
     extra = []
     if config is None:
-        stored = model_info(checkpoint).get("config", {}).get("data")
-        if stored:  # the data the model was trained on, unless a config says otherwise
-            extra += [f"data.dataset={stored['dataset']}", f"data.split_seed={stored['split_seed']}"]
-            if stored.get("data_root"):
-                extra.append(f"data.data_root={stored['data_root']}")
+        stored = model_info(checkpoint).get("config", {})
+        if stored.get("data"):  # the data and threat model it was trained for, unless told otherwise
+            data = stored["data"]
+            extra += [f"data.dataset={data['dataset']}", f"data.split_seed={data['split_seed']}"]
+            if data.get("data_root"):
+                extra.append(f"data.data_root={data['data_root']}")
+        if stored.get("threat"):
+            extra += [f"threat.norm={stored['threat']['norm']}", f"threat.eps={stored['threat']['eps']!r}"]
     if attack is not None:
         extra.append(f"eval.attack={attack}")
     if norm is not None:

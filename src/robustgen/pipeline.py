@@ -23,7 +23,7 @@ import torch
 from robustgen import __version__
 from robustgen.checkpoint import read_json, write_json
 from robustgen.config import RunConfig, config_to_dict, replace
-from robustgen.stages import (Splits, adversarial_settings, evaluate_checkpoint, generate_samples, label_samples,
+from robustgen.stages import (Splits, evaluate_checkpoint, generate_samples, label_samples,
                               load_splits, read_generated, resolve_device, train_classifier, train_robust)
 
 
@@ -208,6 +208,3 @@ def describe_plan(cfg: RunConfig) -> str:
         lines.append(f"  {s['stage']}: {rest}")
     return "\n".join(lines)
 
-
-def adversarial_steps(cfg: RunConfig, n_real: int) -> int:
-    return adversarial_settings(cfg, n_real).total_steps

@@ -61,11 +61,15 @@ def load_splits(cfg: RunConfig) -> Splits:
     return Splits(train=train, val=val, test=test)
 
 
-def build_model(arch: str, activation: str, data: ImageDataset) -> tuple[nn.Module, dict]:
+def build_model(arch: str, activation: str, data: ImageDataset, *, seed: int) -> tuple[nn.Module, dict]:
+    """A freshly initialised model whose weights depend on ``seed`` alone (not on which stages
+    happened to run before in this process)."""
     mean, std = data.mean_std()
     h, _, c = data.image_shape
-    model = create_model(arch, num_classes=data.num_classes, in_channels=c, mean=mean, std=std,
-                         activation=activation)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(arch, num_classes=data.num_classes, in_channels=c, mean=mean, std=std,
+                             activation=activation)
     return model, model_spec(arch=arch, num_classes=data.num_classes, in_channels=c,
                              activation=activation, image_size=h)
 
@@ -108,7 +112,7 @@ def train_classifier(cfg: RunConfig, splits: Splits, out_dir: Path, *, device: t
                      fingerprint: str, progress: bool = True) -> dict:
     """Standard (non-robust) training of f_NR; returns its test accuracy."""
     c = cfg.classifier
-    model, spec = build_model(c.arch, c.activation, splits.train)
+    model, spec = build_model(c.arch, c.activation, splits.train, seed=cfg.seed)
     model.to(device)
     n = len(splits.train)
     total = steps_for(epochs=c.epochs, epoch_size=n, batch_size=c.batch_size)
@@ -217,7 +221,7 @@ def train_robust(cfg: RunConfig, splits: Splits, generated: tuple[np.ndarray, np
     t = cfg.train
     if t.alpha < 1.0 and (generated is None or len(generated[1]) == 0):
         raise RobustgenError(f"train.alpha = {t.alpha} < 1 needs generated data")
-    model, spec = build_model(t.arch, t.activation, splits.train)
+    model, spec = build_model(t.arch, t.activation, splits.train, seed=cfg.seed)
     model.to(device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)

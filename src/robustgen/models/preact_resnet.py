@@ -16,11 +16,11 @@ from torch import nn
 from robustgen.models.common import (
     PAPER_BN_MOMENTUM,
     NormalizedClassifier,
-    PreActBlock,
     conv3x3,
     head,
     init_weights,
     make_activation,
+    residual_stages,
 )
 
 
@@ -32,16 +32,10 @@ class PreActResNet(NormalizedClassifier):
                  activation: str = "silu"):
         super().__init__(in_channels, mean, std)
         self.stem = conv3x3(in_channels, 64)
-        stages, channels = [], 64
-        for i, n in enumerate(blocks):
-            stage_width, stride = 64 * 2**i, 1 if i == 0 else 2
-            stage = []
-            for j in range(n):
-                stage.append(PreActBlock(channels, stage_width, stride if j == 0 else 1, activation,
-                                         bn_momentum=PAPER_BN_MOMENTUM))
-                channels = stage_width
-            stages.append(nn.Sequential(*stage))
-        self.stages = nn.Sequential(*stages)
+        widths = [64 * 2**i for i in range(len(blocks))]
+        strides = [1] + [2] * (len(blocks) - 1)
+        self.stages, channels = residual_stages(64, widths, strides, blocks, activation,
+                                                bn_momentum=PAPER_BN_MOMENTUM)
         self.bn = nn.BatchNorm2d(channels, momentum=PAPER_BN_MOMENTUM)
         self.act = make_activation(activation)
         self.logits = nn.Linear(channels, num_classes)

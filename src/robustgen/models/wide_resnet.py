@@ -16,11 +16,11 @@ from torch import nn
 from robustgen.models.common import (
     PAPER_BN_MOMENTUM,
     NormalizedClassifier,
-    PreActBlock,
     conv3x3,
     head,
     init_weights,
     make_activation,
+    residual_stages,
 )
 
 
@@ -46,15 +46,8 @@ class WideResNet(NormalizedClassifier):
         blocks_per_group = (depth - 4) // 6
         widths = (16 * width, 32 * width, 64 * width)
         self.stem = conv3x3(in_channels, 16)
-        groups, channels = [], 16
-        for group_width, stride in zip(widths, (1, 2, 2)):
-            blocks = []
-            for i in range(blocks_per_group):
-                blocks.append(PreActBlock(channels, group_width, stride if i == 0 else 1, activation,
-                                          bn_momentum=PAPER_BN_MOMENTUM))
-                channels = group_width
-            groups.append(nn.Sequential(*blocks))
-        self.groups = nn.Sequential(*groups)
+        self.groups, channels = residual_stages(16, widths, (1, 2, 2), [blocks_per_group] * 3, activation,
+                                                bn_momentum=PAPER_BN_MOMENTUM)
         self.bn = nn.BatchNorm2d(channels, momentum=PAPER_BN_MOMENTUM)
         self.act = make_activation(activation)
         self.logits = nn.Linear(channels, num_classes)

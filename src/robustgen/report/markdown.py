@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -23,7 +24,7 @@ def results_table(models: list[dict]) -> str:
 
 
 def verdict(models: list[dict]) -> str:
-    """One honest sentence comparing each model with the alpha = 1 baseline."""
+    """How each model compares with the alpha = 1 baseline, against the evaluation's sampling noise."""
     base = next((m for m in models if m["alpha"] == 1.0), None)
     others = [m for m in models if m is not base]
     if base is None or not others:
@@ -32,10 +33,16 @@ def verdict(models: list[dict]) -> str:
     for m in others:
         d_rob = 100 * (m["robust_accuracy"] - base["robust_accuracy"])
         d_clean = 100 * (m["clean_accuracy"] - base["clean_accuracy"])
-        word = "improves on" if d_rob > 0 else ("matches" if d_rob == 0 else "is worse than")
-        lines.append(f"- `{m['name']}` {word} the baseline's robust accuracy by {d_rob:+.2f} points "
-                     f"(clean {d_clean:+.2f} points), with the same number of steps. One seed, "
-                     f"n = {m['n_eval']}: a difference of a point or two is within noise.")
+        # binomial standard error of a difference of two accuracies on n points each
+        se = 100 * math.sqrt(sum(r * (1 - r) / max(x["n_eval"], 1)
+                                 for x in (m, base) for r in [x["robust_accuracy"]]))
+        if abs(d_rob) <= 2 * se:
+            word = "within noise of"
+        else:
+            word = "better than" if d_rob > 0 else "worse than"
+        lines.append(f"- `{m['name']}` is {word} the baseline: robust accuracy {d_rob:+.2f} points, clean "
+                     f"{d_clean:+.2f} points, same number of steps (one seed; two standard errors of the "
+                     f"difference on n = {m['n_eval']} are {2 * se:.1f} points).")
     return "\n".join(lines)
 
 
