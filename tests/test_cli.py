@@ -146,3 +146,28 @@ def test_bad_checkpoint_is_one_line(tmp_path):
     bad.write_bytes(b"garbage")
     result = _cli("eval", "--checkpoint", str(bad))
     assert result.returncode == 2 and "model.safetensors" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_eval_verb_runs_the_paper_attack_suite_resumably(tiny_run, tmp_path):
+    ckpt = str(next((tiny_run / "stages").glob("train-baseline-*")) / "best.safetensors")
+    out = tmp_path / "aa.json"
+    main(["eval", "--checkpoint", ckpt, "--attack", "aa+mt", "--n", "20", "--out", str(out), "--quiet"])
+    data = json.loads(out.read_text())
+    assert [s["stage"] for s in data["stages"]] == ["apgd-ce", "apgd-dlr", "multitargeted"]
+    assert data["robust_accuracy"] == data["stages"][-1]["robust_accuracy"] <= data["clean_accuracy"]
+    assert data["sanity"]["max_perturbation_within_eps"] and "clean_vs_training_log" in data["sanity"]
+    assert not (tmp_path / "aa.json.partial.pt").exists()
+
+
+def test_export_and_external_checkpoint_eval(tiny_run, tmp_path):
+    ckpt = str(next((tiny_run / "stages").glob("train-baseline-*")) / "best.safetensors")
+    plain = tmp_path / "model.pt"
+    main(["export", "--checkpoint", ckpt, "--out", str(plain)])
+    side = json.loads((tmp_path / "model.pt.json").read_text())
+    assert side["threat_model"] == "Linf" and side["arch"] == "small-cnn"
+    out = tmp_path / "ext.json"
+    main(["eval", "--checkpoint", str(plain), "--arch", "small-cnn", "--set", "data.dataset=digits",
+          "--eps", "0.2", "--n", "30", "--out", str(out), "--quiet"])
+    ours = tmp_path / "ours.json"
+    main(["eval", "--checkpoint", ckpt, "--n", "30", "--out", str(ours), "--quiet"])
+    assert json.loads(out.read_text())["robust_accuracy"] == json.loads(ours.read_text())["robust_accuracy"]

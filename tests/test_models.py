@@ -103,13 +103,15 @@ def test_normalisation_buffers_saved_and_applied(arch):
     assert torch.allclose(state["std"], torch.tensor(std).view(1, 3, 1, 1))
 
     default = create_model(arch, num_classes=10).eval()
-    assert torch.equal(default.mean, torch.full((1, 3, 1, 1), 0.5))
-    assert torch.equal(default.std, torch.full((1, 3, 1, 1), 0.5))
+    # Default stats are 0.5 / 0.5, except the kuangliu layout, whose original has no normalisation.
+    m0, s0 = (0.0, 1.0) if arch == "resnet-18-kuangliu" else (0.5, 0.5)
+    assert torch.equal(default.mean, torch.full((1, 3, 1, 1), m0))
+    assert torch.equal(default.std, torch.full((1, 3, 1, 1), s0))
     default.load_state_dict({k: v for k, v in state.items() if k not in ("mean", "std")}, strict=False)
 
-    # (x - m) / s == (x' - 0.5) / 0.5 for x' = 0.5 + 0.5 * (x - m) / s.
+    # (x - m) / s == (x' - m0) / s0 for x' = m0 + s0 * (x - m) / s.
     x = torch.rand(2, 3, 16, 16)
-    x_default = 0.5 + 0.5 * (x - model.mean) / model.std
+    x_default = m0 + s0 * (x - model.mean) / model.std
     out = model(x)
     assert out.abs().max() > 1e-3
     assert torch.allclose(out, default(x_default), atol=1e-4, rtol=1e-4)

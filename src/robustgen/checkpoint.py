@@ -4,6 +4,11 @@
   JSON (resolved config, metrics). ``load_model`` rebuilds the network from that spec.
 * Resumable training state: ``torch.save`` of tensors and plain containers only, loaded with
   ``weights_only=True``.
+* External weights: ``load_external_model`` reads a plain PyTorch state dict (``.pt``/``.pth``,
+  ``weights_only=True``, or a ``.safetensors`` file) into a registered architecture, e.g. a
+  kuangliu-layout ResNet-18 (``resnet-18-kuangliu``).
+* RobustBench form: ``export_robustbench`` writes a robustgen model as a plain state dict
+  (``[0, 1]`` NCHW in, logits out, normalisation inside) plus a JSON sidecar saying how to load it.
 Every write goes to a temporary file in the same folder and is renamed into place.
 """
 
@@ -23,6 +28,18 @@ from safetensors.torch import load_file, save_file
 from robustgen.errors import RobustgenError
 
 _META_KEY = "robustgen"
+
+# Keys under which training scripts commonly nest the weights, unwrapped in this order.
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict")
+# Prefixes added by DataParallel/DistributedDataParallel and torch.compile.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# Buffers a robustgen model may keep its defaults for when an external file lacks them.
+_OPTIONAL_BUFFERS = ("mean", "std")
+_NORMS = {"linf": "Linf", "l2": "L2"}
+
+
+class _NotRobustgenCheckpoint(RobustgenError):
+    """A readable file that is not a robustgen safetensors checkpoint."""
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -73,10 +90,8 @@ def save_model(path: str | Path, model: nn.Module, *, spec: dict, extra: dict | 
     atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
 
 
-def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise RobustgenError(f"{path}: checkpoint not found")
+def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a safetensors file."""
     try:
         from safetensors import safe_open
 
@@ -84,9 +99,17 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             meta = f.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise RobustgenError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+        raise _NotRobustgenCheckpoint(f"{path}: not a readable safetensors checkpoint ({_first_line(e)})") from None
+    return state, meta
+
+
+def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise RobustgenError(f"{path}: checkpoint not found")
+    state, meta = _read_safetensors(path)
     if _META_KEY not in meta:
-        raise RobustgenError(f"{path}: not a robustgen checkpoint (no '{_META_KEY}' metadata)")
+        raise _NotRobustgenCheckpoint(f"{path}: not a robustgen checkpoint (no '{_META_KEY}' metadata)")
     try:
         info = json.loads(meta[_META_KEY])
         info["spec"]["arch"]
@@ -96,10 +119,20 @@ def read_model_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
-    """A trained robustgen model as an ``nn.Module`` in eval mode: [0,1] NCHW in, logits out."""
+    """A trained robustgen model as an ``nn.Module`` in eval mode: [0,1] NCHW in, logits out.
+    Other weight files (plain PyTorch state dicts) need their architecture named:
+    ``load_external_model(path, arch=...)``."""
+    try:
+        state, info = read_model_file(path)
+    except _NotRobustgenCheckpoint as e:
+        raise RobustgenError(f"{e}; for a plain PyTorch state dict pass its architecture with --arch "
+                             f"(robustgen.checkpoint.load_external_model(path, arch=...))") from None
+    return _build_model(path, state, info).to(device).eval()
+
+
+def _build_model(path: str | Path, state: dict[str, torch.Tensor], info: dict) -> nn.Module:
     from robustgen.models import create_model
 
-    state, info = read_model_file(path)
     spec = info["spec"]
     model = create_model(spec["arch"], num_classes=spec["num_classes"], in_channels=spec["in_channels"],
                          activation=spec.get("activation", "silu"))
@@ -108,7 +141,119 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Mo
     except RuntimeError as e:
         first = str(e).splitlines()[0]
         raise RobustgenError(f"{path}: weights do not match architecture {spec['arch']} ({first})") from None
+    return model
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The flat name -> tensor mapping in a ``.pt``/``.pth``/``.safetensors`` file, unwrapped from
+    ``{"state_dict": ...}``-style containers and DataParallel/compile prefixes."""
+    if not path.is_file():
+        raise RobustgenError(f"{path}: checkpoint not found")
+    if path.suffix == ".safetensors":
+        obj: Any = _read_safetensors(path)[0]
+    else:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a torch file, corrupt, or pickled objects beyond tensors/containers
+            raise RobustgenError(f"{path}: not loadable as weights (torch.load weights_only=True: "
+                                 f"{type(e).__name__}: {_first_line(e)})") from None
+    while isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((k for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            bad = next(k for k, v in obj.items() if not isinstance(v, torch.Tensor))
+            raise RobustgenError(f"{path}: not a state dict (key {bad!r} holds a {type(obj[bad]).__name__}, "
+                                 f"and none of {', '.join(_CONTAINER_KEYS)} holds the weights)")
+        obj = obj[inner]
+    if not isinstance(obj, dict) or not obj:
+        what = "an empty dict" if isinstance(obj, dict) else f"a {type(obj).__name__}"
+        raise RobustgenError(f"{path}: not a state dict (the file holds {what})")
+    bad = next((k for k in obj if not isinstance(k, str)), None)
+    if bad is not None:
+        raise RobustgenError(f"{path}: not a state dict (key {bad!r} is not a string)")
+    state: dict[str, torch.Tensor] = dict(obj)
+    while (prefix := next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in state)), None)):
+        state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_external_model(path: str | Path, *, arch: str, num_classes: int = 10, in_channels: int = 3,
+                        device: str | torch.device = "cpu") -> nn.Module:
+    """A plain PyTorch state dict (not a robustgen checkpoint) loaded into ``create_model(arch, ...)``,
+    in eval mode. Every key must match (names and shapes) except the model's ``mean``/``std``
+    buffers, which keep the architecture's defaults when the file lacks them (identity for
+    ``resnet-18-kuangliu``, whose original takes raw [0, 1] input), and BatchNorm's
+    ``num_batches_tracked`` counters."""
+    from robustgen.models import create_model
+
+    path = Path(path)
+    state = _read_state_dict(path)
+    try:
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+    except RobustgenError as e:
+        raise RobustgenError(f"{path}: {e}") from None
+    expected = model.state_dict()
+    # BatchNorm fills in num_batches_tracked itself for files from before PyTorch 0.4.1.
+    missing = [k for k in expected if k not in state and k not in _OPTIONAL_BUFFERS
+               and not k.endswith(".num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [k for k in state if k in expected and state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        if mismatched:
+            k = mismatched[0]
+            first = (f"key {k!r} has shape {tuple(state[k].shape)} in the file but "
+                     f"{tuple(expected[k].shape)} in the model")
+        elif missing:
+            first = f"missing key {missing[0]!r}"
+        else:
+            first = f"unexpected key {unexpected[0]!r}"
+        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(mismatched)} of another shape"
+        raise RobustgenError(f"{path}: weights do not match {arch} with {num_classes} classes and "
+                             f"{in_channels} input channels: {first} ({counts})")
+    try:
+        model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # e.g. a dtype that cannot be copied
+        raise RobustgenError(f"{path}: weights do not load into {arch} ({_first_line(e)})") from None
     return model.to(device).eval()
+
+
+def export_robustbench(checkpoint_path: str | Path, out_path: str | Path) -> dict:
+    """Write a robustgen checkpoint in RobustBench form: ``out_path`` holds ``torch.save`` of the
+    model's state dict (tensors only, loadable with ``weights_only=True``; the model takes [0, 1]
+    NCHW input, normalises inside and returns logits) and ``<out_path>.json`` says what it is and
+    how to load it. Returns that JSON's contents."""
+    from robustgen import __version__
+
+    weights, info = read_model_file(checkpoint_path)
+    model = _build_model(checkpoint_path, weights, info)  # checks the weights fit the spec
+    spec, config = info["spec"], info.get("config") or {}
+    threat, data = config.get("threat") or {}, config.get("data") or {}
+    norm = threat.get("norm")
+    num_classes, in_channels = spec["num_classes"], spec["in_channels"]
+    activation = spec.get("activation", "silu")
+    sidecar = {
+        "arch": spec["arch"],
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "activation": activation,
+        "image_size": spec.get("image_size"),
+        "threat_model": _NORMS.get(str(norm).lower(), norm) if norm is not None else None,
+        "eps": threat.get("eps"),
+        "dataset": data.get("dataset"),
+        "robustgen_version": __version__,
+        "how_to_load": (f"robustgen.models.create_model({spec['arch']!r}, num_classes={num_classes}, "
+                        f"in_channels={in_channels}, activation={activation!r})"
+                        f".load_state_dict(torch.load(path, weights_only=True))"),
+    }
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    out_path = Path(out_path)
+    atomic_write(out_path, lambda tmp: torch.save(state, tmp))
+    write_json(out_path.with_name(out_path.name + ".json"), sidecar)
+    return sidecar
 
 
 def model_info(path: str | Path) -> dict:

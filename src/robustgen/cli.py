@@ -141,47 +141,70 @@ def train(config, overrides, generated, out, quiet):
 
 @cli.command("eval")
 @_common
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True)
-@click.option("--attack", default=None, help="registered attack (default: eval.attack)")
-@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="default: threat.norm")
-@click.option("--eps", default=None, help="radius, e.g. 8/255 (default: threat.eps)")
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
+              help="robustgen checkpoint, or a plain state dict with --arch")
+@click.option("--arch", default=None, help="architecture of a plain (non-robustgen) state dict, e.g. resnet-18-kuangliu")
+@click.option("--attack", default=None, help="registered attack: pgd40, autoattack, aa+mt, ... (default: eval.attack)")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="default: the model's threat.norm")
+@click.option("--eps", default=None, help="radius, e.g. 8/255 (default: the model's threat.eps)")
 @click.option("--n", "n", type=int, default=None, help="first n test images (default: eval.n, else all)")
-@click.option("--out", type=click.Path(path_type=Path), default=None, help="write the JSON here too")
+@click.option("--batch-size", type=int, default=None, help="default: eval.batch_size")
+@click.option("--seed", type=int, default=None, help="default: eval.seed")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="write the JSON here; progress is kept in OUT.partial.pt so a killed run resumes")
 @click.option("--quiet", is_flag=True)
-def evaluate(config, overrides, checkpoint, attack, norm, eps, n, out, quiet):
-    """Clean and robust accuracy of a checkpoint on the test split (JSON)."""
-    from robustgen.checkpoint import model_info, write_json
-    from robustgen.stages import evaluate_checkpoint, resolve_device
+def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_size, seed, out, quiet):
+    """Clean and robust accuracy of a checkpoint on the test split, per attack stage (JSON)."""
+    from robustgen.checkpoint import write_json
     from robustgen.data import load_dataset
+    from robustgen.stages import evaluate_checkpoint, resolve_device
 
-    extra = []
-    if config is None:
-        stored = model_info(checkpoint).get("config", {})
-        if stored.get("data"):  # the data and threat model it was trained for, unless told otherwise
-            data = stored["data"]
-            extra += [f"data.dataset={data['dataset']}", f"data.split_seed={data['split_seed']}"]
-            if data.get("data_root"):
-                extra.append(f"data.data_root={data['data_root']}")
-        if stored.get("threat"):
-            extra += [f"threat.norm={stored['threat']['norm']}", f"threat.eps={stored['threat']['eps']!r}"]
-    if attack is not None:
-        extra.append(f"eval.attack={attack}")
-    if norm is not None:
-        extra.append(f"threat.norm={norm}")
+    extra = [] if config is not None or arch is not None else _trained_for(checkpoint)
+    for key, value in (("eval.attack", attack), ("threat.norm", norm), ("eval.n", n),
+                       ("eval.batch_size", batch_size), ("eval.seed", seed)):
+        if value is not None:
+            extra.append(f"{key}={value}")
     if eps is not None:
-        extra.append(f"threat.eps={parse_number(eps, key='--eps', source='command line')}")
-    if n is not None:
-        extra.append(f"eval.n={n}")
+        extra.append(f"threat.eps={parse_number(eps, key='--eps', source='command line')!r}")
     cfg = _config(config, tuple(extra) + overrides)
-    d = cfg.data
+    d, e = cfg.data, cfg.eval
     test = load_dataset(d.dataset, "test", data_root=d.data_root, download=d.download, seed=d.split_seed)
-    e = cfg.eval
+    partial = None if out is None else out.with_name(out.name + ".partial.pt")
     result = evaluate_checkpoint(checkpoint, test, attack=e.attack, norm=cfg.threat.norm, eps=cfg.threat.eps, n=e.n,
                                  batch_size=e.batch_size, seed=e.seed, device=resolve_device(cfg.device),
-                                 progress=not quiet)
+                                 progress=not quiet, arch=arch, state_path=partial)
     if out is not None:
         write_json(out, result)
+        partial.unlink(missing_ok=True)
+    for warning in result["sanity"]["warnings"]:
+        click.echo(f"robustgen: warning: {warning}", err=True)
     click.echo(json.dumps(result, indent=2))
+
+
+@cli.command()
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="robustgen checkpoint")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="plain state dict .pt (+ OUT.json)")
+def export(checkpoint, out):
+    """Export a model in RobustBench form: a plain state dict ([0,1] NCHW in, logits out) and a JSON sidecar."""
+    from robustgen.checkpoint import export_robustbench
+
+    click.echo(json.dumps(export_robustbench(checkpoint, out), indent=2))
+
+
+def _trained_for(checkpoint: Path) -> list[str]:
+    """--set items for the data and threat model a robustgen checkpoint was trained with."""
+    from robustgen.checkpoint import model_info
+
+    stored = model_info(checkpoint).get("config", {})
+    items = []
+    if stored.get("data"):
+        data = stored["data"]
+        items += [f"data.dataset={data['dataset']}", f"data.split_seed={data['split_seed']}"]
+        if data.get("data_root"):
+            items.append(f"data.data_root={data['data_root']}")
+    if stored.get("threat"):
+        items += [f"threat.norm={stored['threat']['norm']}", f"threat.eps={stored['threat']['eps']!r}"]
+    return items
 
 
 def main(argv: list[str] | None = None) -> None:

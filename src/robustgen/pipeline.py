@@ -17,13 +17,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from robustgen import __version__
 from robustgen.checkpoint import read_json, write_json
 from robustgen.config import RunConfig, config_to_dict, replace
-from robustgen.stages import (Splits, evaluate_checkpoint, generate_samples, label_samples,
+from robustgen.stages import (Splits, evaluate_checkpoint, hash_arrays, generate_samples, label_samples,
                               load_splits, read_generated, resolve_device, train_classifier, train_robust)
 
 
@@ -34,11 +33,8 @@ def fingerprint(*parts) -> str:
 
 def data_fingerprint(cfg: RunConfig, splits: Splits) -> str:
     """Content hash of the real splits, so a changed npz file or split invalidates every stage."""
-    h = hashlib.sha256()
-    for ds in (splits.train, splits.val, splits.test):
-        h.update(np.ascontiguousarray(ds.images).data)
-        h.update(np.ascontiguousarray(ds.labels).data)
-    return fingerprint(cfg.data.dataset, cfg.data.val_size, cfg.data.split_seed, h.hexdigest())
+    content = hash_arrays(*(a for ds in (splits.train, splits.val, splits.test) for a in (ds.images, ds.labels)))
+    return fingerprint(cfg.data.dataset, cfg.data.val_size, cfg.data.split_seed, content)
 
 
 def log(message: str) -> None:
@@ -194,9 +190,12 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
 
 def _evaluate_into(stage_dir: Path, checkpoint: Path, cfg: RunConfig, splits: Splits, device, progress) -> dict:
     e = cfg.eval
+    partial = stage_dir / "eval.partial.pt"  # resumable progress of a long evaluation
     metrics = evaluate_checkpoint(checkpoint, splits.test, attack=e.attack, norm=cfg.threat.norm, eps=cfg.threat.eps,
-                                  n=e.n, batch_size=e.batch_size, seed=e.seed, device=device, progress=progress)
+                                  n=e.n, batch_size=e.batch_size, seed=e.seed, device=device, progress=progress,
+                                  state_path=partial)
     write_json(stage_dir / "eval.json", metrics)
+    partial.unlink(missing_ok=True)
     return metrics
 
 

@@ -245,15 +245,70 @@ def train_robust(cfg: RunConfig, splits: Splits, generated: tuple[np.ndarray, np
 
 
 # --------------------------------------------------------------------------- evaluate
+def _file_digest(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def training_log_check(info: dict, clean_accuracy: float, n: int) -> dict | None:
+    """Does the test clean accuracy agree with the validation clean accuracy logged at model
+    selection? A gap beyond sampling noise points at a data, preprocessing or loading bug."""
+    selection = info.get("selection") or {}
+    logged = selection.get("val_clean_accuracy")
+    if logged is None:
+        return None
+    val_n = int((info.get("config") or {}).get("data", {}).get("val_size", 1024)) or 1
+    se = (logged * (1 - logged) / val_n + clean_accuracy * (1 - clean_accuracy) / max(n, 1)) ** 0.5
+    tolerance = max(0.02, 4 * se)
+    return {"val_clean_accuracy": logged, "test_clean_accuracy": clean_accuracy,
+            "tolerance": round(tolerance, 4), "agrees": abs(logged - clean_accuracy) <= tolerance}
+
+
 def evaluate_checkpoint(checkpoint: Path, test: ImageDataset, *, attack: str, norm: str, eps: float,
                         n: int | None, batch_size: int, seed: int, device: torch.device,
-                        progress: bool = True) -> dict:
-    model = load_model(checkpoint, device=device)
-    classes = model_num_classes(checkpoint)
+                        progress: bool = True, arch: str | None = None, state_path: Path | None = None) -> dict:
+    """Clean and robust accuracy of a checkpoint on (the first ``n`` images of) a test split, with
+    a sanity report. ``arch`` loads a plain state dict of a registered architecture instead of a
+    robustgen checkpoint. ``state_path`` makes a long evaluation resumable."""
+    from robustgen.checkpoint import load_external_model, model_info
+
+    if arch is None:
+        model, info = load_model(checkpoint, device=device), model_info(checkpoint)
+    else:
+        model = load_external_model(checkpoint, arch=arch, num_classes=test.num_classes,
+                                    in_channels=test.image_shape[2], device=device)
+        info = {}
+    with torch.no_grad():
+        classes = int(model(torch.zeros(1, test.image_shape[2], *test.image_shape[:2], device=device)).shape[1])
     if test.num_classes > classes:
         raise RobustgenError(f"{checkpoint}: model has {classes} classes but the test data has {test.num_classes}")
     count = len(test) if n is None else min(n, len(test))
-    result = evaluate_robustness(model, test.images[:count], test.labels[:count], attack=attack, norm=norm, eps=eps,
-                                 batch_size=batch_size, device=device, seed=seed, progress=progress,
-                                 desc=f"eval[{attack}]")
-    return {"checkpoint": str(checkpoint), **result}
+    images, labels = test.images[:count], test.labels[:count]
+    key = f"{_file_digest(checkpoint)}|{test.name}|{count}|{hash_arrays(images, labels)}"
+    result = evaluate_robustness(model, images, labels, attack=attack, norm=norm, eps=eps, batch_size=batch_size,
+                                 device=device, seed=seed, progress=progress, desc=f"eval[{attack}]",
+                                 state_path=state_path, state_key=key)
+    sanity = {"max_perturbation_within_eps": result["max_perturbation"] <= eps * (1 + 1e-5) + 1e-6,
+              "finite_logits": True, "warnings": result.pop("warnings")}
+    check = training_log_check(info, result["clean_accuracy"], count)
+    if check is not None:
+        sanity["clean_vs_training_log"] = check
+        if not check["agrees"]:
+            sanity["warnings"].append(
+                f"test clean accuracy {check['test_clean_accuracy']:.4f} is far from the training log's validation "
+                f"clean accuracy {check['val_clean_accuracy']:.4f}: check the data and preprocessing")
+    return {"checkpoint": str(checkpoint), "dataset": test.name, **result, "sanity": sanity}
+
+
+def hash_arrays(*arrays: np.ndarray) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).data)
+    return h.hexdigest()[:16]

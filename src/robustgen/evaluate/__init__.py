@@ -2,6 +2,7 @@
 attack (PGD-40 now; AutoAttack and AA+MT plug in through ``register_attack``)."""
 
 from robustgen.evaluate.attacks import get_attack, list_attacks, register_attack
+from robustgen.evaluate.cascade import AttackStage, run_cascade
 from robustgen.evaluate.robust import evaluate_robustness
 
-__all__ = ["evaluate_robustness", "get_attack", "list_attacks", "register_attack"]
+__all__ = ["AttackStage", "evaluate_robustness", "get_attack", "list_attacks", "register_attack", "run_cascade"]

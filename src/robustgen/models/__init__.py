@@ -1,6 +1,8 @@
 """Classifiers of Gowal et al. 2021 (Sec. 5: WRN-28-10, WRN-70-16, PreAct ResNet-18) plus a
-small CNN for the CPU demo, behind one registry. Every model takes [0, 1] NCHW input,
-normalises it inside ((x - mean) / std, buffers saved in the state dict) and returns logits.
+small CNN for the CPU demo and the kuangliu CIFAR ResNet-18 layout (to load external
+checkpoints, ``robustgen.checkpoint.load_external_model``), behind one registry. Every model
+takes [0, 1] NCHW input, normalises it inside ((x - mean) / std, buffers saved in the state
+dict) and returns logits.
 
     model = create_model("wrn-28-10", num_classes=10, mean=CIFAR10_MEAN, std=CIFAR10_STD)
 
@@ -18,13 +20,14 @@ from torch import nn
 
 from robustgen.errors import RobustgenError
 from robustgen.models.common import ACTIVATIONS, NormalizedClassifier
+from robustgen.models.kuangliu_resnet import KuangliuResNet
 from robustgen.models.preact_resnet import PreActResNet
 from robustgen.models.small_cnn import SmallCNN
 from robustgen.models.wide_resnet import WideResNet, wrn_depth_error
 
 __all__ = [
     "create_model", "list_models", "is_known_arch", "register_model", "example_arch",
-    "NormalizedClassifier", "WideResNet", "PreActResNet", "SmallCNN",
+    "NormalizedClassifier", "WideResNet", "PreActResNet", "SmallCNN", "KuangliuResNet",
 ]
 
 _FIELD = re.compile(r"<([a-z_]+)>")
@@ -32,7 +35,9 @@ _FIELD = re.compile(r"<([a-z_]+)>")
 
 @dataclass(frozen=True)
 class _Entry:
-    builder: Callable[..., nn.Module]  # builder(**fields, num_classes=, in_channels=, mean=, std=, activation=)
+    # builder(**fields, num_classes=, in_channels=, mean=, std=[, activation=]); mean/std None and
+    # no activation mean the architecture's defaults
+    builder: Callable[..., nn.Module]
     regex: re.Pattern[str]
     example: str  # a small concrete name, for tests and help text
     validate: Callable[..., str | None] | None  # validate(**fields) -> why it is invalid, or None
@@ -98,17 +103,18 @@ def is_known_arch(arch: str) -> bool:
 
 
 def create_model(arch: str, *, num_classes: int, in_channels: int = 3, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, activation: str = "silu") -> nn.Module:
-    """Build `arch` for [0, 1] input with `in_channels` channels; mean/std default to 0.5 per channel."""
+                 std: Sequence[float] | None = None, activation: str | None = None) -> nn.Module:
+    """Build `arch` for [0, 1] input with `in_channels` channels. None means the architecture's
+    default: mean/std 0.5 per channel and SiLU, except resnet-18-kuangliu (mean 0, std 1, ReLU)."""
     entry, fields = _resolve(arch)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise RobustgenError(f"num_classes must be a positive integer, got {num_classes!r}")
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise RobustgenError(f"in_channels must be a positive integer, got {in_channels!r}")
-    if activation not in ACTIVATIONS:
+    if activation is not None and activation not in ACTIVATIONS:
         raise RobustgenError(f"unknown activation {activation!r}; choose one of {', '.join(sorted(ACTIVATIONS))}")
-    return entry.builder(**fields, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std,
-                         activation=activation)
+    kwargs = {} if activation is None else {"activation": activation}
+    return entry.builder(**fields, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, **kwargs)
 
 
 @register_model("wrn-<depth>-<width>", example="wrn-16-2", validate=wrn_depth_error)
@@ -124,3 +130,8 @@ def _preact_resnet18(**kwargs) -> nn.Module:
 @register_model("small-cnn")
 def _small_cnn(**kwargs) -> nn.Module:
     return SmallCNN(**kwargs)
+
+
+@register_model("resnet-18-kuangliu")
+def _kuangliu_resnet18(**kwargs) -> nn.Module:
+    return KuangliuResNet((2, 2, 2, 2), **kwargs)
