@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from robustgen.data import ImageDataset
 from robustgen.errors import RobustgenError
 from robustgen.models import create_model
+from robustgen.train.distributed import DistContext, chunk_rows
 from robustgen.train.ema import WeightAverage
 from robustgen.train.loop import LoopSettings, _Batches, parameter_groups, train_loop
 from robustgen.train.losses import kl_clean_adv, pgd_at_loss, smoothed_targets, trades_loss
@@ -88,7 +89,7 @@ def test_trades_step_updates_bn_running_stats_only_with_adversarial_pass():
     stats_before = bn.running_mean.clone()
     hook = bn.register_forward_pre_hook(lambda m, a: inputs_seen.append((m.track_running_stats, a[0].detach())))
     loss = trades_step_loss(TrainingAttack(norm="linf", eps=0.1, steps=3), beta=6.0)(
-        model, x, targets, torch.Generator().manual_seed(0))
+        model, model, x, targets, torch.Generator().manual_seed(0))
     hook.remove()
     # 1 clean target + 3 attack + 1 final-iterate-free clean + 1 adversarial pass: only the last tracks stats
     tracked = [t for t, _ in inputs_seen]
@@ -112,10 +113,11 @@ def test_batches_mix_exactly(alpha, batch):
     gen = (gen_images, np.zeros(50, np.int64))
     s = LoopSettings(batch_size=batch, total_steps=1, warmup_steps=0, peak_lr=0.1, alpha=alpha,
                      label_smoothing_generated=0.1, label_smoothing_real=0.0, crop_padding=0, flip=False)
-    batches = _Batches(real, gen if alpha < 1 else None, s, 4, torch.device("cpu"))
+    batches = _Batches(real, gen if alpha < 1 else None, s, 4, torch.device("cpu"), DistContext())
     n_real = math.floor(alpha * batch + 0.5)
     for step in range(5):
-        images, targets = batches(step)
+        (chunk,) = batches(step)
+        images, targets = chunk.images, chunk.targets
         white = (images.flatten(1) == 255).all(1)
         assert images.shape[0] == batch and int(white.sum()) == batch - n_real
         smoothed = (targets.max(1).values < 1)
@@ -133,11 +135,11 @@ def _train(out, total, *, stop_after=None, checkpoint_every=2):
     inner = trades_step_loss(TrainingAttack(norm="linf", eps=0.1, steps=2), beta=6.0)
     calls = {"n": 0}
 
-    def step_loss(model, x, targets, generator):
+    def step_loss(attack_model, model, x, targets, generator):
         if stop_after is not None and calls["n"] == stop_after:
             raise KeyboardInterrupt
         calls["n"] += 1
-        return inner(model, x, targets, generator)
+        return inner(attack_model, model, x, targets, generator)
 
     def evaluate(variants, step):
         return {k: {"score": float(sum(p.detach().sum() for p in m.parameters()))} for k, m in variants.items()}
@@ -218,9 +220,9 @@ def test_torch_compile_matches_eager_loss(tmp_path):
     targets = F.one_hot(torch.randint(0, 4, (16,)), 4).float()
     step = trades_step_loss(TrainingAttack(norm="linf", eps=0.1, steps=2), beta=6.0)
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    eager = step(model, x, targets, torch.Generator().manual_seed(0))
+    eager = step(model, model, x, targets, torch.Generator().manual_seed(0))
     model.load_state_dict(state)
-    fused = step(compiled, x, targets, torch.Generator().manual_seed(0))
+    fused = step(compiled, compiled, x, targets, torch.Generator().manual_seed(0))
     assert fused.item() == pytest.approx(eager.item(), rel=1e-4)
 
 

@@ -127,6 +127,7 @@ def train(config, overrides, generated, out, quiet):
     """Adversarial training (TRADES by default) on alpha-mixed batches."""
     from robustgen.pipeline import data_fingerprint, train_fingerprint
     from robustgen.stages import load_splits, read_generated, resolve_device, train_robust
+    from robustgen.train.distributed import context_from_env
 
     cfg = _config(config, overrides)
     if cfg.train.alpha < 1 and generated is None:
@@ -134,9 +135,11 @@ def train(config, overrides, generated, out, quiet):
     splits = load_splits(cfg)
     gen = read_generated(generated, splits.train.num_classes, splits.train.image_shape) if generated else None
     fp = train_fingerprint(cfg, data_fingerprint(cfg, splits), str(generated.resolve()) if generated else None)
-    result = train_robust(cfg, splits, gen, out, device=resolve_device(cfg.device), fingerprint=fp,
-                          name=out.name, progress=not quiet)
-    click.echo(json.dumps(result, indent=2))
+    ctx, device = context_from_env(resolve_device(cfg.device))  # data-parallel under torchrun
+    result = train_robust(cfg, splits, gen, out, device=device, fingerprint=fp, name=out.name,
+                          progress=not quiet, ctx=ctx)
+    if ctx.is_main:
+        click.echo(json.dumps(result, indent=2))
 
 
 @cli.command("eval")

@@ -110,6 +110,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 or bf16 (autocast for training; attacks for reported numbers stay fp32)
     channels_last: bool = False
     compile: bool = False  # torch.compile the model for training
+    micro_batches: int = 1  # gradient accumulation: chunks per device and step (BN statistics per chunk)
     log_every_steps: int = 50
 
 
@@ -321,7 +322,8 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _check(t.precision in ("fp32", "bf16"), source, f"train.precision must be fp32 or bf16, got {t.precision!r}")
     for key, value in (("train.batch_size", t.batch_size), ("classifier.batch_size", c.batch_size),
                        ("eval.batch_size", cfg.eval.batch_size), ("label.batch_size", cfg.label.batch_size),
-                       ("train.log_every_steps", t.log_every_steps)):
+                       ("train.log_every_steps", t.log_every_steps),
+                       ("train.micro_batches", t.micro_batches)):
         _check(value > 0, source, f"{key} must be > 0, got {value}")
     for key, value in (("train.epochs", t.epochs), ("classifier.epochs", c.epochs),
                        ("train.eval_every_epochs", t.eval_every_epochs),

@@ -22,6 +22,7 @@ import torch
 from robustgen import __version__
 from robustgen.checkpoint import read_json, write_json
 from robustgen.config import RunConfig, config_to_dict, replace
+from robustgen.train.distributed import DistContext, barrier, context_from_env
 from robustgen.stages import (Splits, evaluate_checkpoint, hash_arrays, generate_samples, label_samples,
                               load_splits, read_generated, resolve_device, train_classifier, train_robust)
 
@@ -59,19 +60,28 @@ class Stage:
                 return manifest["result"]
         return None
 
-    def run(self, compute: Callable[[Path], dict], inputs: dict) -> dict:
+    def run(self, compute: Callable[[Path], dict], inputs: dict, *, ctx: DistContext = DistContext(),
+            all_ranks: bool = False) -> dict:
+        """The cached result, or compute it. Under torchrun a stage runs on rank 0 while the others
+        wait, unless ``all_ranks`` (data-parallel training); rank 0 alone writes the manifest."""
         result = self.cached()
         if result is not None:
-            log(f"{self.name}: reusing {self.dir}")
+            if ctx.is_main:
+                log(f"{self.name}: reusing {self.dir}")
             return result
-        log(f"{self.name}: running in {self.dir}")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        result = compute(self.dir)
-        write_json(self.manifest_path, {"stage": self.name, "fingerprint": self.fp, "version": __version__,
-                                        "inputs": inputs, "wall_time_s": round(time.perf_counter() - t0, 2),
-                                        "result": result})
-        return result
+        if ctx.is_main:
+            log(f"{self.name}: running in {self.dir}")
+            self.dir.mkdir(parents=True, exist_ok=True)
+        barrier(ctx)
+        if ctx.is_main or all_ranks:
+            t0 = time.perf_counter()
+            result = compute(self.dir)
+            if ctx.is_main:
+                write_json(self.manifest_path, {"stage": self.name, "fingerprint": self.fp, "version": __version__,
+                                                "inputs": inputs, "wall_time_s": round(time.perf_counter() - t0, 2),
+                                                "result": result})
+        barrier(ctx)
+        return result if result is not None else self.cached()
 
 
 def model_variants(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
@@ -114,10 +124,16 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    ctx, device = context_from_env(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
-    splits = load_splits(cfg)
-    log(f"{cfg.data.dataset} on {device}: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} images, "
+    if ctx.is_main:  # the first rank downloads, the others wait and read
+        splits = load_splits(cfg)
+    barrier(ctx)
+    if not ctx.is_main:
+        splits = load_splits(cfg)
+    ranks = f" x {ctx.world_size} processes" if ctx.enabled else ""
+    if ctx.is_main:
+        log(f"{cfg.data.dataset} on {device}{ranks}: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} images, "
         f"{splits.train.num_classes} classes, shape {splits.train.image_shape}")
     data_fp = data_fingerprint(cfg, splits)
     variants = model_variants(cfg)
@@ -133,20 +149,21 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
                                         cfg.data.flip, cfg.seed)
             stage = Stage(out, "classifier", classifier_fp)
             result = stage.run(lambda d: train_classifier(cfg, splits, d, device=device, fingerprint=classifier_fp,
-                                                          progress=progress), {"data": data_fp})
+                                                          progress=progress), {"data": data_fp}, ctx=ctx)
             classifier_path = stage.dir / "best.safetensors"
-            log(f"classifier: test accuracy {result['test_accuracy']:.4f}")
+            if ctx.is_main:
+                log(f"classifier: test accuracy {result['test_accuracy']:.4f}")
         generate_fp = fingerprint("generate", data_fp, asdict(cfg.generator))
         gen_stage = Stage(out, "generate", generate_fp)
         generate_dir = gen_stage.dir
-        gen_stage.run(lambda d: generate_samples(cfg, splits.train, d / "samples.npz"), {"data": data_fp})
+        gen_stage.run(lambda d: generate_samples(cfg, splits.train, d / "samples.npz"), {"data": data_fp}, ctx=ctx)
         label_fp = fingerprint("label", generate_fp, classifier_fp, asdict(cfg.label))
         label_stage = Stage(out, "label", label_fp)
         label_result = label_stage.run(
             lambda d: label_samples(classifier_path, gen_stage.dir / "samples.npz", d / "labeled.npz",
                                     top_k=cfg.label.top_k_per_class, batch_size=cfg.label.batch_size,
                                     device=device, progress=progress),
-            {"generate": generate_fp, "classifier": classifier_fp})
+            {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx)
         generated = read_generated(label_stage.dir / "labeled.npz", splits.train.num_classes,
                                    splits.train.image_shape)
 
@@ -155,14 +172,15 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
         train_fp = train_fingerprint(variant, data_fp, label_fp)
         stage = Stage(out, f"train-{name}", train_fp)
         summary = stage.run(lambda d: train_robust(variant, splits, generated, d, device=device, fingerprint=train_fp,
-                                                   name=name, progress=progress),
-                            {"data": data_fp, "label": label_fp if variant.train.alpha < 1 else None})
+                                                   name=name, progress=progress, ctx=ctx),
+                            {"data": data_fp, "label": label_fp if variant.train.alpha < 1 else None},
+                            ctx=ctx, all_ranks=True)
         e = variant.eval
         eval_fp = fingerprint("eval", train_fp, asdict(e), asdict(variant.threat))
         eval_stage = Stage(out, f"eval-{name}", eval_fp)
         metrics = eval_stage.run(
             lambda d: _evaluate_into(d, stage.dir / "best.safetensors", variant, splits, device, progress),
-            {"train": train_fp})
+            {"train": train_fp}, ctx=ctx)
         models.append({
             "name": name, "alpha": variant.train.alpha, "generated_samples": summary["generated_samples"],
             "clean_accuracy": metrics["clean_accuracy"], "robust_accuracy": metrics["robust_accuracy"],
@@ -173,8 +191,9 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
             "wall_time_s": round(summary["wall_time_s"] + metrics["time_s"], 2),
             "checkpoint": summary["checkpoint"],
         })
-        log(f"{name}: clean {metrics['clean_accuracy']:.4f}, robust {metrics['robust_accuracy']:.4f} "
-            f"({metrics['attack']}, n={metrics['n']})")
+        if ctx.is_main:
+            log(f"{name}: clean {metrics['clean_accuracy']:.4f}, robust {metrics['robust_accuracy']:.4f} "
+                f"({metrics['attack']}, n={metrics['n']})")
 
     results = {
         "version": __version__, "dataset": cfg.data.dataset, "device": str(device),
@@ -182,9 +201,10 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
         "models": models, "labeling": label_result,
         "wall_time_s": round(time.perf_counter() - started, 2), "config": config_to_dict(cfg),
     }
-    samples = generate_dir / "samples.npz" if generate_dir is not None else None
-    write_report(out, results, samples_path=samples, class_names=splits.train.class_names)
-    write_json(out / "results.json", results)
+    if ctx.is_main:
+        samples = generate_dir / "samples.npz" if generate_dir is not None else None
+        write_report(out, results, samples_path=samples, class_names=splits.train.class_names)
+        write_json(out / "results.json", results)
     return results
 
 

@@ -28,6 +28,7 @@ from robustgen.evaluate import evaluate_robustness
 from robustgen.generate import get_generator
 from robustgen.label import predict_probabilities, pseudo_label, top_k_per_class
 from robustgen.models import create_model
+from robustgen.train.distributed import DistContext
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
 from robustgen.train.schedule import scaled_lr
 from robustgen.train.steps import TrainingAttack, pgd_at_step_loss, standard_step_loss, trades_step_loss
@@ -101,10 +102,6 @@ def clean_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, 
                    device: torch.device) -> float:
     probs = predict_probabilities(model, images, batch_size=batch_size, device=device)
     return float((probs.argmax(1) == labels).mean())
-
-
-def _maybe_compile(model: nn.Module, enabled: bool) -> nn.Module | None:
-    return torch.compile(model) if enabled else None
 
 
 # --------------------------------------------------------------------------- classifier
@@ -204,7 +201,7 @@ def adversarial_settings(cfg: RunConfig, n_real: int) -> LoopSettings:
         eval_every_steps=max(1, int(round(t.eval_every_epochs * per_epoch))),
         checkpoint_every_steps=max(1, int(round(t.checkpoint_every_epochs * per_epoch))),
         log_every_steps=t.log_every_steps, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
-        channels_last=t.channels_last, seed=cfg.seed)
+        channels_last=t.channels_last, micro_batches=t.micro_batches, seed=cfg.seed)
 
 
 def read_generated(path: Path, num_classes: int, image_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
@@ -216,8 +213,9 @@ def read_generated(path: Path, num_classes: int, image_shape: tuple) -> tuple[np
 
 def train_robust(cfg: RunConfig, splits: Splits, generated: tuple[np.ndarray, np.ndarray] | None,
                  out_dir: Path, *, device: torch.device, fingerprint: str, name: str = "model",
-                 progress: bool = True) -> dict:
-    """TRADES (or PGD-AT) on batches with exactly round(alpha * B) real images."""
+                 progress: bool = True, ctx: DistContext = DistContext()) -> dict:
+    """TRADES (or PGD-AT) on batches with exactly round(alpha * B) real images; data-parallel
+    over ``ctx.world_size`` processes when launched by torchrun."""
     t = cfg.train
     if t.alpha < 1.0 and (generated is None or len(generated[1]) == 0):
         raise RobustgenError(f"train.alpha = {t.alpha} < 1 needs generated data")
@@ -234,13 +232,14 @@ def train_robust(cfg: RunConfig, splits: Splits, generated: tuple[np.ndarray, np
                         step_loss=step_loss, evaluate=_selection_evaluator(cfg, splits.val, device, robust=True),
                         out_dir=out_dir, device=device, spec=spec,
                         extra_meta={"role": "robust", "name": name, "config": config_to_dict(cfg)},
-                        fingerprint=fingerprint, desc=f"train[{name}]", compiled=_maybe_compile(model, t.compile),
-                        progress=progress)
+                        fingerprint=fingerprint, desc=f"train[{name}]", compile_model=t.compile,
+                        ctx=ctx, progress=progress)
     summary = {"name": name, "alpha": t.alpha, "steps": settings.total_steps, "batch_size": t.batch_size,
                "generated_samples": 0 if t.alpha == 1 or generated is None else int(len(generated[1])),
                "selection": result.best, "wall_time_s": round(result.wall_time_s, 2),
                "resumed_from_step": result.resumed_from, "checkpoint": str(out_dir / "best.safetensors")}
-    write_json(out_dir / "summary.json", summary)
+    if ctx.is_main:
+        write_json(out_dir / "summary.json", summary)
     return summary
 
 

@@ -9,6 +9,7 @@ Progress is counted in samples: an epoch is ``epoch_size`` samples whatever the 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from tqdm.auto import tqdm
 from robustgen.checkpoint import load_state, save_model, save_state, write_json
 from robustgen.data import ImageDataset, MixedBatchIndices, batch_composition, crop_flip
 from robustgen.errors import RobustgenError
+from robustgen.train.distributed import DistContext, barrier, chunk_rows, sum_across
 from robustgen.train.ema import WeightAverage
 from robustgen.train.losses import smoothed_targets
 from robustgen.train.schedule import warmup_cosine_lr
@@ -52,6 +54,7 @@ class LoopSettings:
     crop_padding: int = 4
     flip: bool = True
     channels_last: bool = False
+    micro_batches: int = 1  # chunks per device and step (gradient accumulation); BN statistics per chunk
     seed: int = 0
 
 
@@ -68,45 +71,64 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _step_generator(device: torch.device, seed: int, step: int, stream: int) -> torch.Generator:
-    # Distinct, reproducible streams per (seed, step, purpose).
-    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + step) * 8 + stream)
+def _step_generator(device: torch.device, seed: int, step: int, chunk: int, stream: int) -> torch.Generator:
+    # Distinct, reproducible streams per (seed, step, chunk of the global batch, purpose).
+    state = np.random.SeedSequence([seed, step, chunk, stream]).generate_state(2, dtype=np.uint32)
+    return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+@dataclass(frozen=True)
+class Chunk:
+    images: torch.Tensor  # uint8 [b, H, W, C] on the device
+    targets: torch.Tensor  # [b, K] soft targets
+    index: int  # position in the global batch's chunks (seeds its randomness)
+    weight: float  # b * world_size / B: makes DDP's gradient average the global batch mean
 
 
 class _Batches:
-    """uint8 images on the device and the exact alpha mix of real and generated rows per step."""
+    """This rank's chunks of step t's global batch: exactly round(alpha * B) real rows in the
+    batch, spread evenly over the world_size x micro_batches chunks."""
 
     def __init__(self, real: ImageDataset, generated: tuple[np.ndarray, np.ndarray] | None,
-                 s: LoopSettings, num_classes: int, device: torch.device):
-        self.device = device
+                 s: LoopSettings, num_classes: int, device: torch.device, ctx: DistContext):
+        self.device, self.ctx, self.s = device, ctx, s
         self.n_real, self.n_gen = batch_composition(s.batch_size, s.alpha)
         n_generated = 0 if generated is None else len(generated[1])
         self.indices = MixedBatchIndices(len(real), n_generated, s.batch_size, s.alpha, s.seed,
                                          generated_sampling=s.generated_sampling)
         self.real_images = torch.from_numpy(real.images).to(device)  # uint8 [N, H, W, C]
         self.real_labels = torch.from_numpy(real.labels).to(device)
-        self.gen_images = self.gen_labels = None
-        if generated is not None and self.n_gen:
-            # Generated sets can be far larger than the real one: rows are gathered on the host.
-            self.gen_images, self.gen_labels = generated
-        smoothing = [s.label_smoothing_real] * self.n_real + [s.label_smoothing_generated] * self.n_gen
-        self.smoothing = torch.tensor(smoothing, device=device, dtype=torch.float32)
+        # Generated sets can be far larger than the real one: their rows are gathered on the host.
+        self.gen_images, self.gen_labels = generated if (generated is not None and self.n_gen) else (None, None)
         self.num_classes = num_classes
         self.pin = device.type == "cuda"
+        total_chunks = ctx.world_size * s.micro_batches
+        if s.batch_size < total_chunks:
+            raise RobustgenError(f"batch size {s.batch_size} is smaller than world size x micro-batches = {total_chunks}")
+        self.rows = chunk_rows(self.n_real, self.n_gen, total_chunks)
 
-    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        idx_real, idx_gen = self.indices(step)
-        images = self.real_images[torch.from_numpy(idx_real).to(self.device)]
-        labels = self.real_labels[torch.from_numpy(idx_real).to(self.device)]
-        if self.n_gen:
+    def _chunk(self, idx_real: np.ndarray, idx_gen: np.ndarray, index: int) -> Chunk:
+        s = self.s
+        real_idx = torch.from_numpy(idx_real).to(self.device)
+        images, labels = self.real_images[real_idx], self.real_labels[real_idx]
+        smoothing = [s.label_smoothing_real] * len(idx_real) + [s.label_smoothing_generated] * len(idx_gen)
+        if len(idx_gen):
             gen = torch.from_numpy(self.gen_images[idx_gen])
             gen_labels = torch.from_numpy(self.gen_labels[idx_gen])
             if self.pin:
                 gen, gen_labels = gen.pin_memory(), gen_labels.pin_memory()
             images = torch.cat([images, gen.to(self.device, non_blocking=True)])
             labels = torch.cat([labels, gen_labels.to(self.device, non_blocking=True)])
-        targets = smoothed_targets(labels, num_classes=self.num_classes, smoothing=self.smoothing)
-        return images, targets
+        smooth = torch.tensor(smoothing, device=self.device, dtype=torch.float32)
+        targets = smoothed_targets(labels, num_classes=self.num_classes, smoothing=smooth)
+        weight = len(labels) * self.ctx.world_size / s.batch_size
+        return Chunk(images=images, targets=targets, index=index, weight=weight)
+
+    def __call__(self, step: int) -> list[Chunk]:
+        idx_real, idx_gen = self.indices(step)
+        first = self.ctx.rank * self.s.micro_batches
+        return [self._chunk(idx_real[r], idx_gen[g], c)
+                for c, (r, g) in enumerate(self.rows) if first <= c < first + self.s.micro_batches]
 
 
 @dataclass
@@ -120,16 +142,17 @@ class LoopResult:
 def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
                generated: tuple[np.ndarray, np.ndarray] | None, step_loss: StepLoss,
                evaluate: Evaluator | None, out_dir: Path, device: torch.device, spec: dict,
-               extra_meta: dict, fingerprint: str, desc: str = "train", compiled: nn.Module | None = None,
-               progress: bool = True) -> LoopResult:
-    """Train ``model`` for ``settings.total_steps`` steps, writing into ``out_dir``:
+               extra_meta: dict, fingerprint: str, desc: str = "train", compile_model: bool = False,
+               ctx: DistContext = DistContext(), progress: bool = True) -> LoopResult:
+    """Train ``model`` for ``settings.total_steps`` steps, writing into ``out_dir`` (rank 0 only):
     ``state.pt`` (resumable), ``last.safetensors`` (EMA weights when averaging, else raw),
     ``best.safetensors`` (the best of raw / EMA under ``evaluate``'s score) and ``history.json``.
-    ``compiled`` optionally is a ``torch.compile``d view of ``model`` used for the steps."""
+    Under torchrun (``ctx.enabled``) the model is wrapped in DistributedDataParallel."""
     s = settings
-    out_dir.mkdir(parents=True, exist_ok=True)
-    num_classes = spec["num_classes"]
-    batches = _Batches(real, generated, s, num_classes, device)
+    main = ctx.is_main
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    batches = _Batches(real, generated, s, spec["num_classes"], device, ctx)
     optimizer = torch.optim.SGD(parameter_groups(model, s.weight_decay), lr=0.0, momentum=s.momentum,
                                 nesterov=s.nesterov)
     ema = WeightAverage(model, decay=s.ema_decay) if s.ema_decay is not None else None
@@ -146,9 +169,19 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
         if ema is not None:
             ema.load_state_dict(state["ema"])
         history, best, start_step = state["history"], state["best"], int(state["step"])
-        if progress:
+        if progress and main:
             tqdm.write(f"{desc}: resuming from step {start_step}/{s.total_steps} ({state_path})")
-    forward_model = compiled if compiled is not None else model
+    # The attack needs input gradients only and must not trigger DDP's gradient hooks; the
+    # training forward passes go through DDP when distributed.
+    attack_model = torch.compile(model) if compile_model else model
+    train_model = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              broadcast_buffers=False)
+    if compile_model:
+        train_model = attack_model if not ctx.enabled else torch.compile(train_model)
 
     def save_checkpoint(step: int) -> None:
         save_state(state_path, {
@@ -173,45 +206,52 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     t0 = time.perf_counter()
     model.train()
     running = torch.zeros((), device=device)
-    bar = tqdm(total=s.total_steps, initial=start_step, desc=desc, unit="step", disable=not progress,
+    bar = tqdm(total=s.total_steps, initial=start_step, desc=desc, unit="step", disable=not (progress and main),
                dynamic_ncols=True)
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
     for step in range(start_step, s.total_steps):
         lr = warmup_cosine_lr(step, peak_lr=s.peak_lr, warmup_steps=s.warmup_steps, total_steps=s.total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, targets = batches(step)
-        x = crop_flip(images, padding=s.crop_padding, flip=s.flip,
-                      generator=_step_generator(device, s.seed, step, 0), memory_format=memory_format)
-        loss = step_loss(forward_model, x, targets, _step_generator(device, s.seed, step, 1))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        chunks = batches(step)
+        for k, chunk in enumerate(chunks):
+            x = crop_flip(chunk.images, padding=s.crop_padding, flip=s.flip, memory_format=memory_format,
+                          generator=_step_generator(device, s.seed, step, chunk.index, 0))
+            # Gradients are all-reduced once per step, after the last chunk.
+            sync = train_model.no_sync() if ctx.enabled and k < len(chunks) - 1 else contextlib.nullcontext()
+            with sync:
+                loss = step_loss(attack_model, train_model, x, chunk.targets,
+                                 _step_generator(device, s.seed, step, chunk.index, 1))
+                (loss * chunk.weight).backward()
+            running += loss.detach() * (chunk.weight / ctx.world_size)
         optimizer.step()
         if ema is not None:
             ema.update(model, step)
-        running += loss.detach()
         done = step + 1
         bar.update(1)
         if done % s.log_every_steps == 0 or done == s.total_steps:
             count = done % s.log_every_steps or s.log_every_steps
-            mean_loss = float(running) / count  # host sync only at log points
+            mean_loss = float(sum_across(ctx, running)) / count  # host sync only at log points
             running.zero_()
             if not math.isfinite(mean_loss):
                 raise RobustgenError(f"{desc}: loss became {mean_loss} at step {done}; lower the learning rate")
             history.append({"step": done, "samples": done * s.batch_size, "loss": mean_loss, "lr": lr})
             bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
-        if (s.eval_every_steps and done % s.eval_every_steps == 0) or done == s.total_steps:
+        if main and ((s.eval_every_steps and done % s.eval_every_steps == 0) or done == s.total_steps):
             run_evaluation(done)
             model.train()
-        if (s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0) or done == s.total_steps:
+        if main and ((s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0) or done == s.total_steps):
             save_checkpoint(done)
     bar.close()
-    final = ema.model if ema is not None else model
-    save_model(out_dir / "last.safetensors", final, spec=spec,
-               extra={**extra_meta, "step": s.total_steps, "weights": "ema" if ema is not None else "raw"})
-    if best is None:  # no evaluator: the last weights are the selection
-        save_model(out_dir / "best.safetensors", final, spec=spec, extra={**extra_meta, "selection": None})
-    write_json(out_dir / "history.json", history)
+    if main:
+        final = ema.model if ema is not None else model
+        save_model(out_dir / "last.safetensors", final, spec=spec,
+                   extra={**extra_meta, "step": s.total_steps, "weights": "ema" if ema is not None else "raw"})
+        if best is None:  # no evaluator: the last weights are the selection
+            save_model(out_dir / "best.safetensors", final, spec=spec, extra={**extra_meta, "selection": None})
+        write_json(out_dir / "history.json", history)
+    barrier(ctx)
     return LoopResult(history=history, best=best, wall_time_s=time.perf_counter() - t0,
                       resumed_from=start_step)
 

@@ -20,7 +20,10 @@ from robustgen.attacks.pgd import (batch_stats_without_update, frozen_parameters
                                    projected_gradient_attack, soft_cross_entropy)
 from robustgen.train.losses import pgd_at_loss, soft_cross_entropy_mean, trades_loss
 
-StepLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+# (attack_model, train_model, x, targets, generator) -> scalar loss. ``attack_model`` runs the
+# attack (input gradients only); ``train_model`` (the same network, possibly wrapped in DDP)
+# runs the forward passes whose loss is back-propagated.
+StepLoss = Callable[[nn.Module, nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ def _autocast(x: torch.Tensor, bf16: bool):
 def standard_step_loss(*, bf16: bool = False) -> StepLoss:
     """Cross-entropy on clean inputs (the non-robust classifier f_NR)."""
 
-    def loss(model, x, targets, generator):
+    def loss(attack_model, model, x, targets, generator):
         with _autocast(x, bf16):
             logits = model(x)
         return soft_cross_entropy_mean(logits, targets)
@@ -70,12 +73,12 @@ def trades_step_loss(attack: TrainingAttack, *, beta: float, bf16: bool = False)
     """TRADES: the attack maximises CE(f(x_adv), p_clean) with p_clean computed once; the loss is
     CE(f(x), targets) + beta KL(p_clean || p_adv)."""
 
-    def loss(model, x, targets, generator):
+    def loss(attack_model, model, x, targets, generator):
         with _autocast(x, bf16), batch_stats_without_update(model):
             with frozen_parameters(model):
                 with torch.no_grad():
-                    p_clean = F.softmax(model(x).float(), dim=1)
-                x_adv = attack.run(model, x, lambda z: soft_cross_entropy(z.float(), p_clean), generator)
+                    p_clean = F.softmax(attack_model(x).float(), dim=1)
+                x_adv = attack.run(attack_model, x, lambda z: soft_cross_entropy(z.float(), p_clean), generator)
             clean_logits = model(x)
         with _autocast(x, bf16):
             adv_logits = model(x_adv)  # the only pass that updates BN running statistics
@@ -87,9 +90,9 @@ def trades_step_loss(attack: TrainingAttack, *, beta: float, bf16: bool = False)
 def pgd_at_step_loss(attack: TrainingAttack, *, bf16: bool = False) -> StepLoss:
     """Madry et al.: the attack maximises CE against the (soft) targets; train on x_adv only."""
 
-    def loss(model, x, targets, generator):
+    def loss(attack_model, model, x, targets, generator):
         with _autocast(x, bf16), batch_stats_without_update(model), frozen_parameters(model):
-            x_adv = attack.run(model, x, lambda z: soft_cross_entropy(z.float(), targets), generator)
+            x_adv = attack.run(attack_model, x, lambda z: soft_cross_entropy(z.float(), targets), generator)
         with _autocast(x, bf16):
             adv_logits = model(x_adv)
         return pgd_at_loss(adv_logits, targets)
