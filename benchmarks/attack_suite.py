@@ -65,7 +65,8 @@ def main() -> None:
     if "aa+mt" in results:
         ours = results["aa+mt"]["stages"][1]["robust_accuracy"]
         checks["apgd_ce_dlr_matches_pyautoattack"] = {"ours": ours, "pyautoattack": reference,
-                                                       "equal": abs(ours - reference) < 1e-12,
+                                                       # same number of robust points (pyautoattack averages in float32)
+                                                       "equal": round(ours * len(labels)) == round(reference * len(labels)),
                                                        "pyautoattack_time_s": round(ref_time, 1)}
     if {"aa+mt", "apgd-ce"} <= results.keys():
         checks["aa_mt_le_apgd_ce"] = results["aa+mt"]["robust_accuracy"] <= results["apgd-ce"]["robust_accuracy"]

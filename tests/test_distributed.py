@@ -54,3 +54,15 @@ def test_resumed_ddp_run_equals_uninterrupted(tmp_path):
     wa, wb = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
+
+
+def test_run_pipeline_under_torchrun(tmp_path):
+    tiny = ["data.val_size=64", "classifier.epochs=1", "generator.num_samples=300", "train.epochs=2",
+            "train.batch_size=64", "train.inner.steps=2", "eval.n=60"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "robustgen.cli",
+           "run", "--out", str(tmp_path), "--quiet", *[a for t in tiny for a in ("--set", t)]]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("wrote ") == 1  # rank 0 reports
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [m["name"] for m in results["models"]] == ["baseline", "gaussian-alpha0.8"]

@@ -1,4 +1,4 @@
-"""Command line: ``robustgen {run, classifier, generate, label, train, eval}``.
+"""Command line: ``robustgen {run, classifier, generate, label, train, eval, export, store, report}``.
 
 Each verb is a thin layer over a library function in ``stages`` / ``pipeline``. Bad input ends
 with one line ``robustgen: error: ...`` on stderr and exit status 2, never a traceback.
@@ -7,10 +7,12 @@ with one line ``robustgen: error: ...`` on stderr and exit status 2, never a tra
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
+import numpy as np
 import yaml
 
 from robustgen import __version__
@@ -53,6 +55,8 @@ def run(config, overrides, out, dry_run, quiet):
         click.echo("---\nplan:\n" + describe_plan(cfg))
         return
     results = run_pipeline(cfg, out, progress=not quiet)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return  # under torchrun, rank 0 reports
     click.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} in {results['wall_time_s']:.0f} s")
     for m in results["models"]:
         click.echo(f"  {m['name']:<24} alpha={m['alpha']:<4g} clean={m['clean_accuracy']:.4f} "
@@ -192,6 +196,158 @@ def export(checkpoint, out):
     from robustgen.checkpoint import export_robustbench
 
     click.echo(json.dumps(export_robustbench(checkpoint, out), indent=2))
+
+
+# --------------------------------------------------------------------------- stores
+@cli.group()
+def store():
+    """Generated-data stores: folders of memory-mapped uint8 .npy shards plus a manifest."""
+
+
+@store.command("import")
+@click.argument("npz", type=click.Path(path_type=Path))
+@click.argument("store_dir", metavar="STORE", type=click.Path(path_type=Path))
+@click.option("--shard-size", type=int, default=100_000, show_default=True, help="images per shard")
+@click.option("--num-classes", type=int, default=None, help="default: len(class_names) in the file, else max label + 1")
+@click.option("--quiet", is_flag=True)
+def store_import(npz, store_dir, shard_size, num_classes, quiet):
+    """Stream an .npz in the released layout (image uint8 NHWC, label) into a new store; resumes."""
+    from robustgen.data.store_npz import import_npz
+
+    if shard_size < 1:
+        raise RobustgenError(f"--shard-size must be >= 1, got {shard_size}")
+    click.echo(json.dumps(import_npz(npz, store_dir, shard_size=shard_size, num_classes=num_classes,
+                                     progress=not quiet), indent=2))
+
+
+@store.command("export")
+@click.argument("store_dir", metavar="STORE", type=click.Path(path_type=Path))
+@click.argument("out", metavar="FILE.npz", type=click.Path(path_type=Path))
+@click.option("--all", "all_rows", is_flag=True, help="every image, ignoring the store's selection")
+@click.option("--quiet", is_flag=True)
+def store_export(store_dir, out, all_rows, quiet):
+    """Write a store as an .npz in the released layout (image, label, ...), streaming."""
+    from robustgen.data.store_npz import export_npz
+
+    click.echo(json.dumps(export_npz(store_dir, out, use_selection=not all_rows, progress=not quiet), indent=2))
+
+
+@store.command("info")
+@click.argument("store_dir", metavar="STORE", type=click.Path(path_type=Path))
+def store_info(store_dir):
+    """Summary of a store (sizes, classes, provenance) as JSON; reads no images."""
+    from robustgen.data.store import Store
+
+    s = Store(store_dir, allow_incomplete=True)
+    m = s.manifest
+    disk = sum(p.stat().st_size for p in Path(store_dir).iterdir() if p.is_file())
+    gen = m.get("generator")
+    info = {
+        "store": str(store_dir), "images": len(s), "total_images": s.total,
+        "target_images": m.get("target_num_images"), "shards": s.num_shards, "shard_size": m["shard_size"],
+        "image_shape": list(s.image_shape), "num_classes": s.num_classes, "class_names": list(s.class_names),
+        "counts_per_class": np.bincount(s.labels, minlength=s.num_classes).tolist(),
+        "has_conditions": s.conditions is not None, "has_confidences": s.confidences is not None,
+        "selection": m.get("selection"), "source": m.get("source"),
+        "generator": None if gen is None else {k: gen.get(k) for k in ("name", "seed", "fit_config", "train_data")},
+        "labeller": m.get("labeller"), "code_version": m.get("code_version"), "disk_bytes": disk,
+    }
+    click.echo(json.dumps(info, indent=2))
+
+
+@store.command("verify")
+@click.argument("store_dir", metavar="STORE", type=click.Path(path_type=Path))
+def store_verify(store_dir):
+    """Check every shard (layout, sha256, label range, counts); lists each problem, exit 1 if any."""
+    from robustgen.data.store import verify_store
+
+    problems = verify_store(store_dir)
+    for line in problems:
+        click.echo(f"robustgen: error: {line}", err=True)
+    if problems:
+        click.echo(f"{store_dir}: {len(problems)} problem(s)", err=True)
+        raise SystemExit(1)
+    click.echo(f"{store_dir}: ok")
+
+
+@store.command("generate")
+@click.argument("store_dir", metavar="STORE", type=click.Path(path_type=Path))
+@_common
+@click.option("--num-samples", type=int, required=True, help="images to generate (the store resumes / extends)")
+@click.option("--shard-size", type=int, default=100_000, show_default=True, help="images per shard")
+@click.option("--seed", type=int, default=None, help="default: generator.seed")
+@click.option("--no-verify-existing", is_flag=True, help="trust finished shards without re-hashing them")
+@click.option("--quiet", is_flag=True)
+def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, no_verify_existing, quiet):
+    """Fit the configured generator on the real train split and write samples shard by shard; resumes."""
+    from robustgen.generate.runner import generate_store
+    from robustgen.stages import load_splits
+
+    if shard_size < 1:
+        raise RobustgenError(f"--shard-size must be >= 1, got {shard_size}")
+    cfg = _config(config, overrides + (() if seed is None else (f"generator.seed={seed}",)))
+    train = load_splits(cfg).train
+    result = generate_store(store_dir, generator=cfg.generator.name, train_images=train.images,
+                            train_labels=train.labels, num_classes=train.num_classes, num_samples=num_samples,
+                            seed=cfg.generator.seed, fit_config={"num_components": cfg.generator.pca_components},
+                            class_names=train.class_names, shard_size=shard_size, data_name=cfg.data.dataset,
+                            progress=not quiet, verify_existing=not no_verify_existing)
+    click.echo(json.dumps(result, indent=2))
+
+
+@store.command("label")
+@click.argument("store_dir", metavar="STORE", type=click.Path(path_type=Path))
+@click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="classifier checkpoint (f_NR)")
+@click.option("--top-k", type=int, default=None, help="keep the k most confident images per class")
+@click.option("--balanced", is_flag=True, help="keep the same number per class (the smallest class's)")
+@click.option("--condition-top-fraction", type=float, default=None,
+              help="label = the generator's class; keep this fraction per class by the classifier's confidence in it")
+@click.option("--batch-size", type=int, default=1024, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--quiet", is_flag=True)
+def store_label(store_dir, checkpoint, top_k, balanced, condition_top_fraction, batch_size, device, quiet):
+    """Pseudo-label a store shard by shard (resumes), then select rows per class."""
+    from robustgen.checkpoint import load_model, model_info
+    from robustgen.data.store import file_sha256, read_manifest
+    from robustgen.label.runner import label_store, select_store
+    from robustgen.stages import resolve_device
+
+    manifest = read_manifest(store_dir)
+    spec = model_info(checkpoint)["spec"]
+    h, w, c = manifest["image_shape"]
+    if int(spec["num_classes"]) != int(manifest["num_classes"]):
+        raise RobustgenError(f"{checkpoint}: the classifier has {spec['num_classes']} classes but {store_dir} "
+                             f"has {manifest['num_classes']}")
+    if int(spec["in_channels"]) != c or (spec.get("image_size") not in (None, h)):
+        raise RobustgenError(f"{checkpoint}: the classifier takes {spec.get('image_size')}px images with "
+                             f"{spec['in_channels']} channels but {store_dir} holds {h}x{w}x{c}")
+    dev = resolve_device(device)
+    model = load_model(checkpoint, device=dev)
+    mode = "condition" if condition_top_fraction is not None else "argmax"
+    labeller = {"checkpoint": str(checkpoint), "id": file_sha256(checkpoint)[:16]}
+    result = label_store(store_dir, model, labeller=labeller, mode=mode, batch_size=batch_size, device=dev,
+                         progress=not quiet)
+    result["selection"] = select_store(store_dir, top_k=top_k, top_fraction=condition_top_fraction,
+                                       balanced=balanced)
+    click.echo(json.dumps(result, indent=2))
+
+
+@cli.group()
+def report():
+    """Figures of generated data."""
+
+
+@report.command("samples")
+@click.argument("source", metavar="STORE", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file")
+@click.option("--per-class", type=int, default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--title", default=None)
+def report_samples(source, out, per_class, seed, title):
+    """A grid of random images of a store (or released-layout .npz), one row per class (paper Fig. 12)."""
+    from robustgen.report.grid import save_store_grid
+
+    click.echo(json.dumps(save_store_grid(out, source, per_class=per_class, seed=seed, title=title), indent=2))
 
 
 def _trained_for(checkpoint: Path) -> list[str]:

@@ -49,6 +49,8 @@ def predict_probabilities(
         with tqdm(total=len(images), unit="img", desc="pseudo-label", disable=not progress) as bar:
             for start in range(0, len(images), batch_size):
                 batch = np.ascontiguousarray(images[start : start + batch_size])
+                if not batch.flags.writeable:  # a read-only memory map (store shard)
+                    batch = batch.copy()
                 # [B, H, W, C] uint8 -> [B, C, H, W] float in [0, 1], on the device
                 x = torch.from_numpy(batch).to(device, non_blocking=True)
                 x = x.permute(0, 3, 1, 2).float().div_(255.0)

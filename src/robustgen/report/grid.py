@@ -1,4 +1,8 @@
-"""Sample grids: one row per class, a few random images each (paper Fig. 12)."""
+"""Sample grids: one row per class, a few random images each (paper Fig. 12).
+
+``save_sample_grid`` takes images in memory; ``save_store_grid`` draws from a store (or an .npz
+in the released layout) reading only the rows it shows.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import numpy as np
 
 from robustgen.errors import RobustgenError
 
-__all__ = ["save_sample_grid"]
+__all__ = ["save_sample_grid", "save_store_grid"]
 
 # Pixels of white space between cells.
 _PAD = 2
@@ -98,3 +102,38 @@ def save_sample_grid(
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_store_grid(path, source, *, per_class: int = 10, seed: int = 0, title: str | None = None) -> dict:
+    """Grid of a store folder or released-layout .npz ``source`` (its labels; a store's selection).
+
+    Picks ``per_class`` random rows of each class (seeded), gathers only those, and writes the
+    PNG with ``save_sample_grid``. Returns what it drew: rows per class.
+    """
+    from pathlib import Path
+
+    from robustgen.data.npz import read_npz
+    from robustgen.data.store import Store, is_store
+
+    if per_class < 1:
+        raise RobustgenError(f"per_class must be >= 1, got {per_class}")
+    source = Path(source)
+    if is_store(source):
+        store = Store(source)
+        labels, class_names, gather = store.labels, store.class_names, store.gather
+    else:
+        arrays = read_npz(source)
+        labels = arrays["label"]
+        names = arrays.get("class_names")
+        class_names = (tuple(names.tolist()) if names is not None
+                       else tuple(str(c) for c in range(int(labels.max()) + 1)))
+        gather = lambda idx: arrays["image"][idx]  # noqa: E731
+    picks = []
+    for c in range(len(class_names)):
+        idx = np.flatnonzero(labels == c)
+        rng = np.random.default_rng([seed, c])
+        picks.append(np.sort(rng.choice(idx, size=min(per_class, idx.size), replace=False)) if idx.size else idx)
+    rows = np.concatenate(picks).astype(np.int64)
+    save_sample_grid(path, gather(rows), labels[rows], class_names=class_names, per_class=per_class,
+                     seed=seed, title=title)
+    return {"path": str(path), "rows_per_class": [int(len(p)) for p in picks]}

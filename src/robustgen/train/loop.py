@@ -10,6 +10,7 @@ Progress is counted in samples: an epoch is ``epoch_size`` samples whatever the 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
 from dataclasses import asdict, dataclass
@@ -178,8 +179,11 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     if ctx.enabled:
         from torch.nn.parallel import DistributedDataParallel
 
+        # Per-device BatchNorm: running statistics are not re-synchronised at every forward.
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        no_buffer_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                              broadcast_buffers=False)
+                                              **no_buffer_sync)
     if compile_model:
         train_model = attack_model if not ctx.enabled else torch.compile(train_model)
 

@@ -1,0 +1,749 @@
+"""The generated-data store: memory-mappable uint8 ``.npy`` shards plus a JSON manifest (REFERENCE.md §4).
+
+Released generated sets are one ``.npz`` (``image`` uint8 [N, H, W, C], ``label`` [N]) that
+cannot be memory-mapped: 50M CIFAR images are 154 GB of RAM. A store keeps the same data as a
+folder that is read with constant memory and written shard by shard, so long jobs resume:
+
+    STORE/
+      manifest.json            format, image shape, classes, shard list with sha256, provenance
+      images-00000.npy         uint8 [n_0, H, W, C]   (shard k holds global rows offsets[k]..)
+      labels-00000.npy         int64 [n_0]            the training label of each image
+      conditions-00000.npy     int64 [n_0]            optional: the generator's conditioning class
+      confidences-00000.npy    float32 [n_0]          optional: the labeller's confidence in the label
+      selection.npy            int64 [M], optional: sorted rows kept by filtering (top-k, ...)
+      generator_fit.npz        optional: the fitted generator (``robustgen store generate``)
+
+Labels, conditions and confidences are per-shard files, so labelling rewrites one shard at a
+time and resumes like generation. Every file is written to a temporary name in the folder,
+fsynced and renamed; the manifest (written the same way) is updated after each shard and is
+the only record of what is complete: a file it does not list, or whose sha256 differs, is
+redone. A store opened for reading (``Store``) presents the selected rows when there is a
+selection; ``Store(path, use_selection=False)`` shows all of them.
+
+Reading: ``Store.gather(indices)`` copies only the requested rows out of memory-mapped shards,
+grouped by shard. Pages it touched are released (madvise DONTNEED) every ``page_budget``
+bytes, so resident memory stays flat however large the store; the page cache keeps them.
+
+Bad input raises a one-line ``RobustgenError`` naming the file and the problem;
+``verify_store`` checks every byte and lists every problem.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import io
+import json
+import mmap
+import os
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from robustgen.checkpoint import atomic_write, read_json
+from robustgen.errors import RobustgenError
+
+__all__ = [
+    "DEFAULT_SHARD_SIZE",
+    "FIELDS",
+    "MANIFEST",
+    "Store",
+    "StoreWriter",
+    "is_store",
+    "read_manifest",
+    "verify_store",
+]
+
+MANIFEST = "manifest.json"
+FORMAT = "robustgen-store"
+FORMAT_VERSION = 1
+DEFAULT_SHARD_SIZE = 100_000
+SELECTION = "selection.npy"
+# Per-shard arrays and their dtypes; "images" and "labels" are required.
+FIELDS = {"images": np.dtype(np.uint8), "labels": np.dtype(np.int64),
+          "conditions": np.dtype(np.int64), "confidences": np.dtype(np.float32)}
+_HASH_BLOCK = 16 << 20
+
+
+def _file_mode() -> int:
+    # what open() would give (mkstemp makes 0600 files, unreadable to the other users of a store)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
+def shard_file(field: str, index: int) -> str:
+    return f"{field}-{index:05d}.npy"
+
+
+def is_store(path) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def code_version() -> str:
+    from robustgen import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------- .npy files
+def _npy_bytes_header(shape: tuple, dtype: np.dtype) -> bytes:
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
+    return buf.getvalue()
+
+
+def write_npy(path: Path, array: np.ndarray) -> str:
+    """Write ``array`` as .npy atomically (temp + fsync + rename); returns the file's sha256."""
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256()
+
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            header = _npy_bytes_header(array.shape, array.dtype)
+            f.write(header)
+            digest.update(header)
+            flat = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
+            for start in range(0, len(flat), _HASH_BLOCK):
+                block = flat[start:start + _HASH_BLOCK]
+                f.write(block)
+                digest.update(block)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
+
+    atomic_write(path, write)
+    return digest.hexdigest()
+
+
+def _write_manifest(path: Path, manifest: dict) -> None:
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.write("\n")
+        os.chmod(tmp, _FILE_MODE)
+
+    atomic_write(path, write)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def npy_layout(path: Path) -> tuple[tuple, np.dtype, int, int]:
+    """(shape, dtype, header bytes, file bytes) of a C-ordered .npy; errors name the file."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            offset = f.tell()
+    except FileNotFoundError:
+        raise RobustgenError(f"{path}: file not found") from None
+    except (ValueError, OSError, EOFError, SyntaxError) as e:
+        raise RobustgenError(f"{path}: not a readable .npy array (corrupt or truncated header: "
+                             f"{' '.join(str(e).split())[:120]})") from None
+    if fortran:
+        raise RobustgenError(f"{path}: Fortran-ordered array; store shards must be C-ordered")
+    return tuple(shape), dtype, offset, size
+
+
+def _check_layout(path: Path, shape: tuple, dtype: np.dtype, expected_shape: tuple,
+                  expected_dtype: np.dtype, offset: int, size: int) -> None:
+    if dtype != expected_dtype:
+        raise RobustgenError(f"{path}: dtype {dtype}, expected {expected_dtype}")
+    if tuple(shape) != tuple(expected_shape):
+        raise RobustgenError(f"{path}: shape {tuple(shape)}, expected {tuple(expected_shape)} "
+                             f"(per the manifest)")
+    want = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size < want:
+        raise RobustgenError(f"{path}: truncated: {size} bytes, expected {want}")
+    if size > want:
+        raise RobustgenError(f"{path}: {size - want} unexpected trailing bytes (expected {want} bytes)")
+
+
+def read_small_npy(path: Path, expected_shape: tuple, dtype: np.dtype, sha256: str | None) -> np.ndarray:
+    """Read a (small) per-shard array fully, checking layout and, when given, its sha256."""
+    shape, got_dtype, offset, size = npy_layout(path)
+    _check_layout(path, shape, got_dtype, expected_shape, dtype, offset, size)
+    data = path.read_bytes()
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise RobustgenError(f"{path}: sha256 does not match the manifest (corrupt or modified file)")
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
+
+
+class _MappedShard:
+    """A read-only memory map of one images shard, [n, H, W, C] uint8."""
+
+    def __init__(self, path: Path, count: int, image_shape: tuple):
+        shape, dtype, offset, size = npy_layout(path)
+        _check_layout(path, shape, dtype, (count, *image_shape), FIELDS["images"], offset, size)
+        with open(path, "rb") as f:
+            self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        self.array = np.frombuffer(self.mm, np.uint8, count * int(np.prod(image_shape)),
+                                   offset).reshape(count, *image_shape)
+
+    def release(self) -> None:
+        # drop the mapping's pages from this process (they stay in the page cache)
+        self.mm.madvise(mmap.MADV_DONTNEED)
+
+
+# --------------------------------------------------------------------------- manifest
+def read_manifest(path) -> dict:
+    """The manifest of store folder ``path``, structurally checked; errors name the file."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not path.exists():
+        raise RobustgenError(f"{path}: store not found")
+    if not path.is_dir():
+        hint = " (an .npz file: import it with 'robustgen store import')" if path.suffix == ".npz" else ""
+        raise RobustgenError(f"{path}: not a store folder{hint}")
+    if not mpath.is_file():
+        raise RobustgenError(f"{path}: not a robustgen store (no {MANIFEST})")
+    m = read_json(mpath)
+
+    def bad(msg):
+        return RobustgenError(f"{mpath}: {msg}")
+
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise bad(f"not a robustgen store manifest (format is not {FORMAT!r})")
+    if m.get("format_version") != FORMAT_VERSION:
+        raise bad(f"format_version {m.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    try:
+        shape = tuple(int(v) for v in m["image_shape"])
+        num_classes = int(m["num_classes"])
+        shard_size = int(m["shard_size"])
+        shards = m["shards"]
+        if len(shape) != 3 or min(shape) < 1 or shape[2] not in (1, 3):
+            raise bad(f"image_shape {list(shape)} must be [H, W, C] with C in (1, 3)")
+        if num_classes < 1 or shard_size < 1:
+            raise bad("num_classes and shard_size must be >= 1")
+        names = m.get("class_names")
+        if names is not None and len(names) != num_classes:
+            raise bad(f"{len(names)} class_names for {num_classes} classes")
+        for i, e in enumerate(shards):
+            if int(e["index"]) != i:
+                raise bad(f"shard entries must be listed in order 0, 1, ...; entry {i} has index {e['index']}")
+            if int(e["count"]) < 1:
+                raise bad(f"shard {i} has count {e['count']}")
+            for field in ("images", "labels"):
+                if field not in e["files"]:
+                    raise bad(f"shard {i} has no {field} file")
+            for field, f in e["files"].items():
+                if field not in FIELDS or f["name"] != shard_file(field, i) or len(f["sha256"]) != 64:
+                    raise bad(f"shard {i}: bad file entry {field!r}")
+    except RobustgenError:
+        raise
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad(f"malformed manifest ({type(e).__name__}: {e})") from None
+    return m
+
+
+def _new_manifest(*, image_shape, num_classes, class_names, shard_size, info: dict | None) -> dict:
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "code_version": code_version(),
+            "image_shape": [int(v) for v in image_shape], "num_classes": int(num_classes),
+            "class_names": None if class_names is None else [str(c) for c in class_names],
+            "shard_size": int(shard_size), "num_images": 0, "counts_per_class": [0] * int(num_classes),
+            "target_num_images": None, "source": None, "generator": None, "labeller": None,
+            "selection": None, **(info or {}), "shards": []}
+
+
+def _refresh_totals(m: dict) -> None:
+    m["num_images"] = sum(int(e["count"]) for e in m["shards"])
+    counts = np.zeros(m["num_classes"], np.int64)
+    for e in m["shards"]:
+        counts += np.asarray(e["counts_per_class"], np.int64)
+    m["counts_per_class"] = counts.tolist()
+
+
+# --------------------------------------------------------------------------- writer
+class StoreWriter:
+    """Create a store or open one to add / rewrite shards; one writer per store (file lock).
+
+    ``StoreWriter.create(path, image_shape=..., num_classes=...)`` makes a new store (the folder
+    may exist but must not hold a store); ``StoreWriter.open(path)`` opens an existing one.
+    ``write_shard(k, images=..., labels=...)`` writes shard k (k <= number of shards: rewrite
+    or append); ``append(images, labels)`` buffers rows into full shards (``close`` writes the
+    rest). Stale temporary files of a killed writer are removed on open.
+    """
+
+    def __init__(self, path, manifest: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+        self._lock = open(self.path / ".lock", "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise RobustgenError(f"{self.path}: the store is being written by another process") from None
+        for stale in self.path.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        self._pending: list[tuple[np.ndarray, ...]] = []
+
+    @classmethod
+    def create(cls, path, *, image_shape: Sequence[int], num_classes: int, class_names=None,
+               shard_size: int = DEFAULT_SHARD_SIZE, info: dict | None = None) -> "StoreWriter":
+        path = Path(path)
+        if is_store(path):
+            raise RobustgenError(f"{path}: a store already exists here (use another folder or delete it)")
+        if path.exists() and not path.is_dir():
+            raise RobustgenError(f"{path}: exists and is not a folder")
+        if int(shard_size) < 1:
+            raise RobustgenError(f"shard size must be >= 1, got {shard_size}")
+        image_shape = tuple(int(v) for v in image_shape)
+        if len(image_shape) != 3 or image_shape[2] not in (1, 3):
+            raise RobustgenError(f"{path}: image shape must be (H, W, C) with C in (1, 3), got {image_shape}")
+        path.mkdir(parents=True, exist_ok=True)
+        writer = cls(path, _new_manifest(image_shape=image_shape, num_classes=num_classes,
+                                         class_names=class_names, shard_size=shard_size, info=info))
+        writer.save()
+        return writer
+
+    @classmethod
+    def open(cls, path) -> "StoreWriter":
+        return cls(path, read_manifest(path))
+
+    # -- manifest
+    @property
+    def shards(self) -> list[dict]:
+        return self.manifest["shards"]
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.manifest["image_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["num_classes"])
+
+    def save(self) -> None:
+        _refresh_totals(self.manifest)
+        self.manifest["code_version"] = code_version()
+        _write_manifest(self.path / MANIFEST, self.manifest)
+
+    def update(self, **fields) -> None:
+        """Set top-level manifest fields (provenance: ``generator``, ``labeller``, ...) and save."""
+        self.manifest.update(fields)
+        self.save()
+
+    def shard_ok(self, index: int, *, count: int | None = None, fields: Sequence[str] = ("images", "labels"),
+                 check_sha: bool = True) -> bool:
+        """Is shard ``index`` listed with ``fields`` (and ``count`` rows), its files intact?"""
+        if index >= len(self.shards):
+            return False
+        e = self.shards[index]
+        if (count is not None and int(e["count"]) != count) or any(f not in e["files"] for f in fields):
+            return False
+        for field in fields:
+            f = e["files"][field]
+            p = self.path / f["name"]
+            try:
+                shape, dtype, offset, size = npy_layout(p)
+                want = (int(e["count"]), *self.image_shape) if field == "images" else (int(e["count"]),)
+                _check_layout(p, shape, dtype, want, FIELDS[field], offset, size)
+            except RobustgenError:
+                return False
+            if check_sha and file_sha256(p) != f["sha256"]:
+                return False
+        return True
+
+    # -- writing
+    def _check_rows(self, index: int, images, labels, conditions, confidences) -> int:
+        where = f"{self.path / shard_file('images', index)}"
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+            raise RobustgenError(f"{where}: images must be uint8 [N, H, W, C], got "
+                                 f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}")
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise RobustgenError(f"{where}: images are {_fmt_shape(images.shape[1:])} but the store holds "
+                                 f"{_fmt_shape(self.image_shape)}")
+        n = len(images)
+        if n == 0:
+            raise RobustgenError(f"{where}: a shard needs at least one image")
+        self._check_per_row(index, n, labels, conditions, confidences)
+        return n
+
+    def _check_per_row(self, index: int, n: int, labels, conditions, confidences) -> None:
+        for name, arr in (("labels", labels), ("conditions", conditions)):
+            if arr is None:
+                continue
+            where = self.path / shard_file(name, index)
+            arr = np.asarray(arr)
+            if arr.shape != (n,) or arr.dtype.kind not in "iu":
+                raise RobustgenError(f"{where}: {name} must be integers [{n}], got {arr.dtype} {arr.shape}")
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise RobustgenError(f"{where}: label {hi if hi >= self.num_classes else lo} out of range "
+                                     f"for {self.num_classes} classes")
+        if confidences is not None:
+            c = np.asarray(confidences)
+            if c.shape != (n,) or c.dtype.kind != "f" or not np.all(np.isfinite(c)):
+                raise RobustgenError(f"{self.path / shard_file('confidences', index)}: confidences must be "
+                                     f"finite floats [{n}]")
+
+    def write_shard(self, index: int, *, images: np.ndarray, labels, conditions=None, confidences=None,
+                    labeller: str | None = None) -> dict:
+        """Write shard ``index`` (rewrite, or append when it is the next one) and record it."""
+        if not 0 <= index <= len(self.shards):
+            raise RobustgenError(f"{self.path}: cannot write shard {index}: only {len(self.shards)} shards exist")
+        n = self._check_rows(index, images, labels, conditions, confidences)
+        arrays = {"images": images, "labels": labels, "conditions": conditions, "confidences": confidences}
+        files = {}
+        for field, arr in arrays.items():
+            if arr is None:
+                continue
+            name = shard_file(field, index)
+            files[field] = {"name": name, "sha256": write_npy(self.path / name,
+                                                             np.asarray(arr).astype(FIELDS[field], copy=False))}
+        entry = {"index": index, "count": n, "files": files, "labeller": labeller,
+                 "counts_per_class": np.bincount(np.asarray(labels), minlength=self.num_classes).tolist()}
+        if index == len(self.shards):
+            self.shards.append(entry)
+        else:
+            self.shards[index] = entry
+        self._clear_selection()
+        self.save()
+        return entry
+
+    def write_labels(self, index: int, *, labels, confidences=None, labeller: str | None = None,
+                     extra: dict | None = None) -> dict:
+        """Replace the labels (and confidences) of shard ``index``; images are untouched."""
+        e = self.shards[index]
+        self._check_per_row(index, int(e["count"]), labels, None, confidences)
+        for field, arr in (("labels", labels), ("confidences", confidences)):
+            if arr is None:
+                e["files"].pop(field, None)
+                continue
+            name = shard_file(field, index)
+            e["files"][field] = {"name": name, "sha256": write_npy(
+                self.path / name, np.asarray(arr).astype(FIELDS[field], copy=False))}
+        e["labeller"] = labeller
+        e["counts_per_class"] = np.bincount(np.asarray(labels), minlength=self.num_classes).tolist()
+        e.update(extra or {})
+        self._clear_selection()
+        self.save()
+        return e
+
+    def truncate(self, num_shards: int) -> None:
+        """Forget shards from ``num_shards`` on (their files are deleted)."""
+        for e in self.shards[num_shards:]:
+            for f in e["files"].values():
+                (self.path / f["name"]).unlink(missing_ok=True)
+        del self.shards[num_shards:]
+        self._clear_selection()
+        self.save()
+
+    def write_selection(self, indices: np.ndarray, info: dict) -> None:
+        """Keep only rows ``indices`` (sorted, unique, global) when the store is read."""
+        idx = np.asarray(indices, dtype=np.int64)
+        total = sum(int(e["count"]) for e in self.shards)
+        if idx.ndim != 1 or (idx.size and (idx[0] < 0 or idx[-1] >= total or np.any(np.diff(idx) <= 0))):
+            raise RobustgenError(f"{self.path / SELECTION}: selection must be sorted unique rows in [0, {total})")
+        sha = write_npy(self.path / SELECTION, idx)
+        self.manifest["selection"] = {**info, "file": SELECTION, "sha256": sha, "count": int(idx.size)}
+        self.save()
+
+    def _clear_selection(self) -> None:
+        if self.manifest.get("selection"):
+            self.manifest["selection"] = None
+            (self.path / SELECTION).unlink(missing_ok=True)
+
+    def append(self, images: np.ndarray, labels, *, conditions=None, confidences=None) -> None:
+        """Buffer rows; every full ``shard_size`` rows become the next shard."""
+        self._pending.append(tuple(None if a is None else np.asarray(a)
+                                   for a in (images, labels, conditions, confidences)))
+        size = int(self.manifest["shard_size"])
+        while sum(len(p[0]) for p in self._pending) >= size:
+            self._flush(size)
+
+    def _flush(self, count: int) -> None:
+        parts = self._pending
+        cat = [None if parts[0][i] is None else np.concatenate([p[i] for p in parts]) for i in range(4)]
+        head = [None if a is None else a[:count] for a in cat]
+        rest = [None if a is None else a[count:] for a in cat]
+        self._pending = [tuple(rest)] if len(rest[0]) else []
+        self.write_shard(len(self.shards), images=head[0], labels=head[1], conditions=head[2], confidences=head[3])
+
+    def close(self) -> None:
+        """Write any buffered rows as a last (short) shard and release the lock."""
+        if self._pending:
+            self._flush(sum(len(p[0]) for p in self._pending))
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        elif not self._lock.closed:
+            self._lock.close()
+
+
+# --------------------------------------------------------------------------- reader
+class Store:
+    """A store opened read-only: ``len``, ``labels``, ``gather(indices)`` and the manifest.
+
+    ``num_classes`` / ``image_shape``: what the caller expects (e.g. the real data's); a store
+    that differs is refused. ``use_selection``: present only the selected rows when the store
+    has a selection (the default). ``allow_incomplete``: open a store whose generation has not
+    finished (for inspection). ``page_budget``: bytes of image rows gathered before the touched
+    pages are released from this process (resident memory stays about this size).
+
+    ``gather`` is thread-safe; the arrays ``labels``, ``conditions``, ``confidences`` are int64 /
+    int64 / float32 in RAM (8-20 bytes per image) and refer to the presented rows.
+    """
+
+    def __init__(self, path, *, num_classes: int | None = None, image_shape: Sequence[int] | None = None,
+                 use_selection: bool = True, allow_incomplete: bool = False, page_budget: int = 256 << 20):
+        self.path = Path(path)
+        self.manifest = m = read_manifest(self.path)
+        mpath = self.path / MANIFEST
+        self.num_classes = int(m["num_classes"])
+        self.image_shape = tuple(int(v) for v in m["image_shape"])
+        self.class_names = tuple(m["class_names"] or (str(c) for c in range(self.num_classes)))
+        if num_classes is not None and int(num_classes) != self.num_classes:
+            raise RobustgenError(f"{mpath}: the store has {self.num_classes} classes but {num_classes} are "
+                                 f"expected (a store made for another dataset?)")
+        if image_shape is not None and tuple(image_shape) != self.image_shape:
+            raise RobustgenError(f"{mpath}: the store holds {_fmt_shape(self.image_shape)} images but "
+                                 f"{_fmt_shape(image_shape)} are expected")
+        shards = m["shards"]
+        if not shards:
+            raise RobustgenError(f"{self.path}: the store is empty (no shards)")
+        target = m.get("target_num_images")
+        written = sum(int(e["count"]) for e in shards)
+        if target is not None and written < int(target) and not allow_incomplete:
+            raise RobustgenError(f"{self.path}: the store is incomplete ({written} of {target} images); "
+                                 f"run the command that writes it again to resume")
+        labellers = {e.get("labeller") for e in shards}
+        if len(labellers) > 1 and not allow_incomplete:
+            raise RobustgenError(f"{self.path}: shards are labelled by different labellers (an interrupted "
+                                 f"'robustgen store label'?); run it again to finish")
+        self.counts = np.asarray([int(e["count"]) for e in shards], np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.total = int(self.offsets[-1])
+        self._shards = shards
+        for e in shards:
+            # header and size of every images shard: a truncated file fails here, not mid-training
+            f = self.path / e["files"]["images"]["name"]
+            got_shape, dtype, offset, size = npy_layout(f)
+            _check_layout(f, got_shape, dtype, (int(e["count"]), *self.image_shape), FIELDS["images"], offset, size)
+        self.labels_all = self._read_field("labels", required=True)
+        self.conditions_all = self._read_field("conditions")
+        self.confidences_all = self._read_field("confidences")
+        self.selection = None
+        sel = m.get("selection")
+        if use_selection and sel:
+            self.selection = read_small_npy(self.path / SELECTION, (int(sel["count"]),), FIELDS["labels"],
+                                            sel["sha256"]).copy()
+            if self.selection.size and (self.selection[0] < 0 or self.selection[-1] >= self.total):
+                raise RobustgenError(f"{self.path / SELECTION}: rows out of range for {self.total} images")
+        pick = (lambda a: a) if self.selection is None else (lambda a: a[self.selection])
+        self.labels = pick(self.labels_all)
+        self.conditions = None if self.conditions_all is None else pick(self.conditions_all)
+        self.confidences = None if self.confidences_all is None else pick(self.confidences_all)
+        self._maps: OrderedDict[int, _MappedShard] = OrderedDict()
+        self._max_maps = max(8, _fd_budget())
+        self._lock = threading.Lock()
+        self._page_budget = int(page_budget)
+        self._touched = 0
+
+    def _read_field(self, field: str, *, required: bool = False) -> np.ndarray | None:
+        present = [field in e["files"] for e in self._shards]
+        if not any(present) and not required:
+            return None
+        if not all(present):
+            missing = self._shards[present.index(False)]["index"]
+            raise RobustgenError(f"{self.path / shard_file(field, missing)}: missing (other shards have {field})")
+        parts = []
+        for e in self._shards:
+            f = e["files"][field]
+            arr = read_small_npy(self.path / f["name"], (int(e["count"]),), FIELDS[field], f["sha256"])
+            if field in ("labels", "conditions") and arr.size and (arr.min() < 0 or arr.max() >= self.num_classes):
+                bad = int(arr.max()) if arr.max() >= self.num_classes else int(arr.min())
+                raise RobustgenError(f"{self.path / f['name']}: label {bad} out of range for {self.num_classes} classes")
+            if field == "confidences" and not np.all(np.isfinite(arr)):
+                raise RobustgenError(f"{self.path / f['name']}: NaN or inf confidences")
+            parts.append(arr)
+        return np.concatenate(parts)
+
+    # -- sizes
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    @property
+    def num_shards(self) -> int:
+        return len(self._shards)
+
+    @property
+    def name(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return (f"Store({str(self.path)!r}, n={len(self)}, total={self.total}, image_shape={self.image_shape}, "
+                f"num_classes={self.num_classes}, shards={self.num_shards})")
+
+    # -- images
+    def _map(self, k: int) -> _MappedShard:
+        shard = self._maps.get(k)
+        if shard is None:
+            shard = _MappedShard(self.path / shard_file("images", k), int(self.counts[k]), self.image_shape)
+            self._maps[k] = shard
+            if len(self._maps) > self._max_maps:
+                self._maps.popitem(last=False)  # unmapped once no array refers to it
+        else:
+            self._maps.move_to_end(k)
+        return shard
+
+    def shard_images(self, k: int) -> np.ndarray:
+        """All images of shard ``k`` (global rows offsets[k]..offsets[k+1]), memory-mapped, read-only."""
+        with self._lock:
+            return self._map(k).array
+
+    def gather(self, indices, out: np.ndarray | None = None) -> np.ndarray:
+        """Images at ``indices`` (into the presented rows) -> uint8 [B, H, W, C], in that order.
+
+        Rows are read shard by shard in ascending order; ``out`` (uint8 [B, H, W, C], e.g. a
+        pinned buffer's numpy view) is filled in place when given.
+        """
+        idx = np.asarray(indices)
+        if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
+            raise IndexError(f"indices must be a 1-D integer array, got {idx.dtype} {idx.shape}")
+        idx = idx.astype(np.int64, copy=False)
+        n = len(self)
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise IndexError(f"{self.path}: index out of range for {n} images")
+        rows = idx if self.selection is None else self.selection[idx]
+        if out is None:
+            out = np.empty((idx.size, *self.image_shape), np.uint8)
+        elif out.shape != (idx.size, *self.image_shape) or out.dtype != np.uint8:
+            raise ValueError(f"out must be uint8 {(idx.size, *self.image_shape)}, got {out.dtype} {out.shape}")
+        if not idx.size:
+            return out
+        shard = np.searchsorted(self.offsets, rows, side="right") - 1
+        order = np.lexsort((rows, shard))
+        cuts = np.flatnonzero(np.diff(shard[order])) + 1
+        with self._lock:
+            for group in np.split(order, cuts):
+                k = int(shard[group[0]])
+                out[group] = self._map(k).array[rows[group] - self.offsets[k]]
+            self._touched += idx.size * (out[0].nbytes + mmap.PAGESIZE)
+            if self._touched >= self._page_budget:
+                self._release_locked()
+        return out
+
+    def release_pages(self) -> None:
+        """Drop every mapped page from this process's resident memory (not from the page cache)."""
+        with self._lock:
+            self._release_locked()
+
+    def _release_locked(self) -> None:
+        for shard in self._maps.values():
+            shard.release()
+        self._touched = 0
+
+    def close(self) -> None:
+        with self._lock:
+            self._maps.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _fmt_shape(shape) -> str:
+    h, w, c = (int(v) for v in shape)
+    return f"{h}x{w}x{c}"
+
+
+def _fd_budget() -> int:
+    """How many shards may be mapped at once (each map holds a file descriptor)."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(8, min(4096, soft // 2))
+
+
+# --------------------------------------------------------------------------- verify
+def verify_store(path) -> list[str]:
+    """Check every file of a store against its manifest: layout, sha256, label range, counts.
+
+    Returns one line per problem ("FILE: problem"), empty when the store is intact. Reads every
+    byte (about the speed of the disk).
+    """
+    path = Path(path)
+    try:
+        m = read_manifest(path)
+    except RobustgenError as e:
+        return [str(e)]
+    problems: list[str] = []
+    shape = tuple(m["image_shape"])
+    num_classes = int(m["num_classes"])
+    counts = np.zeros(num_classes, np.int64)
+    for e in m["shards"]:
+        n = int(e["count"])
+        for field, f in e["files"].items():
+            p = path / f["name"]
+            want = (n, *shape) if field == "images" else (n,)
+            try:
+                got_shape, dtype, offset, size = npy_layout(p)
+                _check_layout(p, got_shape, dtype, want, FIELDS[field], offset, size)
+            except RobustgenError as err:
+                problems.append(str(err))
+                continue
+            if file_sha256(p) != f["sha256"]:
+                problems.append(f"{p}: sha256 does not match the manifest (corrupt or modified file)")
+                continue
+            if field == "images":
+                continue
+            arr = np.load(p, allow_pickle=False)
+            if field in ("labels", "conditions") and arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+                bad = int(arr.max()) if arr.max() >= num_classes else int(arr.min())
+                problems.append(f"{p}: label {bad} out of range for {num_classes} classes")
+            elif field == "labels":
+                got = np.bincount(arr, minlength=num_classes)
+                counts += got
+                if got.tolist() != list(e["counts_per_class"]):
+                    problems.append(f"{p}: per-class counts differ from the manifest's")
+            elif field == "confidences" and not np.all(np.isfinite(arr)):
+                problems.append(f"{p}: NaN or inf confidences")
+    total = sum(int(e["count"]) for e in m["shards"])
+    target = m.get("target_num_images")
+    if target is not None and total < int(target):
+        problems.append(f"{path}: incomplete: {total} of {target} images written")
+    if total != int(m.get("num_images", -1)):
+        problems.append(f"{path / MANIFEST}: num_images {m.get('num_images')} but the shards hold {total}")
+    labellers = {e.get("labeller") for e in m["shards"]}
+    if len(labellers) > 1:
+        problems.append(f"{path}: shards are labelled by different labellers (interrupted labelling?)")
+    sel = m.get("selection")
+    if sel:
+        try:
+            idx = read_small_npy(path / SELECTION, (int(sel["count"]),), FIELDS["labels"], sel["sha256"])
+            if idx.size and (idx[0] < 0 or idx[-1] >= total or np.any(np.diff(idx) <= 0)):
+                problems.append(f"{path / SELECTION}: rows must be sorted, unique and in [0, {total})")
+        except RobustgenError as err:
+            problems.append(str(err))
+    listed = {f["name"] for e in m["shards"] for f in e["files"].values()}
+    for p in sorted(path.glob("*-[0-9][0-9][0-9][0-9][0-9]*.npy")):
+        if p.name not in listed:
+            problems.append(f"{p}: not listed in the manifest (left by an interrupted write?)")
+    return problems

@@ -1,0 +1,155 @@
+"""Resumable, sharded generation into a store (paper Sec. 3.3 step 2, at 1M-100M images).
+
+Any registered generator works whose adapter offers, besides ``fit``:
+
+    ``range_sampler(fitted, *, seed)`` -> object with ``sample(start, stop)`` -> (uint8 NHWC, int64
+        conditioning classes) for samples start..stop-1 of one global sequence; sample i must be a
+        pure function of (fitted, seed, i) (per-sample seeds, EDM)
+    ``save_fit(fitted, path)`` / ``load_fit(path)``: the fitted parameters as a file
+
+Shard k holds samples [k*S, min((k+1)*S, N)). A run writes the fit to ``generator_fit.npz``
+in the store first (a resumed run loads it and never refits; a run killed during the fit
+refits, which is deterministic on the same machine), then every shard not already complete
+in the manifest (listed, right size, sha256 of its files matching). A job killed at any point
+resumes at the first incomplete shard and produces byte-identical shards. Asking for more
+samples later extends the store; the last short shard is rewritten whole. Labels start as the
+conditioning class (``conditions``); ``robustgen.label.runner`` replaces them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from robustgen.data.store import DEFAULT_SHARD_SIZE, StoreWriter, file_sha256, is_store
+from robustgen.errors import RobustgenError
+from robustgen.generate import get_generator
+
+__all__ = ["FIT_FILE", "array_fingerprint", "generate_store"]
+
+FIT_FILE = "generator_fit.npz"
+_SHARD_FIELDS = ("images", "labels", "conditions")
+
+
+def array_fingerprint(*arrays: np.ndarray) -> str:
+    """sha256 over the arrays' shapes, dtypes and bytes (identifies the training data)."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a.reshape(-1).view(np.uint8)))
+    return h.hexdigest()
+
+
+def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train_labels: np.ndarray,
+                   num_classes: int, num_samples: int, seed: int, fit_config: dict | None = None,
+                   class_names=None, shard_size: int = DEFAULT_SHARD_SIZE, data_name: str = "",
+                   progress: bool = True, verify_existing: bool = True,
+                   on_shard: Callable[[int], None] | None = None) -> dict:
+    """Fit ``generator`` on the train split (once) and write ``num_samples`` images to ``store_dir``.
+
+    ``fit_config``: keyword arguments of the generator's ``fit`` (e.g. ``num_components``).
+    Resuming needs the same generator, seed, fit config, shard size and training data (checked
+    against the manifest). ``verify_existing``: re-hash finished shards before trusting them.
+    ``on_shard(k)`` is called after shard k is written (progress hooks, tests).
+    Returns a summary with wall times.
+    """
+    store_dir = Path(store_dir)
+    adapter = get_generator(generator)
+    for needed in ("range_sampler", "save_fit", "load_fit"):
+        if not hasattr(adapter, needed):
+            raise RobustgenError(f"generator {generator!r} does not support sharded generation (no {needed})")
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+        raise RobustgenError(f"number of samples must be a positive integer, got {num_samples!r}")
+    num_samples = int(num_samples)
+    fit_config = dict(fit_config or {})
+    t0 = time.perf_counter()
+    image_shape = tuple(int(v) for v in train_images.shape[1:])
+    spec = {"name": generator, "seed": int(seed), "fit_config": fit_config,
+            "train_data": {"name": data_name, "n": int(len(train_labels)),
+                           "sha256": array_fingerprint(train_images, train_labels)}}
+    if is_store(store_dir):
+        writer = StoreWriter.open(store_dir)
+        _check_resume(writer, spec, image_shape, num_classes, shard_size, num_samples)
+    else:
+        writer = StoreWriter.create(store_dir, image_shape=image_shape, num_classes=num_classes,
+                                    class_names=class_names, shard_size=shard_size,
+                                    info={"generator": {**spec, "fit_file": None}})
+    with writer:
+        writer.update(target_num_images=num_samples)
+        fitted, fit_s, refit = _fit_or_load(writer, adapter, spec, train_images, train_labels, num_classes,
+                                            fit_config)
+        sampler = adapter.range_sampler(fitted, seed=int(seed))
+        size = int(writer.manifest["shard_size"])
+        starts = range(0, num_samples, size)
+        t1 = time.perf_counter()
+        written = skipped = 0
+        with tqdm(total=num_samples, unit="img", unit_scale=True, desc="generate", disable=not progress,
+                  smoothing=0.1) as bar:
+            for k, start in enumerate(starts):
+                stop = min(num_samples, start + size)
+                if writer.shard_ok(k, count=stop - start, fields=_SHARD_FIELDS, check_sha=verify_existing):
+                    skipped += stop - start
+                    bar.update(stop - start)
+                    continue
+                images, conditions = sampler.sample(start, stop)
+                writer.write_shard(k, images=images, labels=conditions, conditions=conditions)
+                written += stop - start
+                bar.update(stop - start)
+                if on_shard is not None:
+                    on_shard(k)
+        sample_s = time.perf_counter() - t1
+        return {"store": str(store_dir), "generator": generator, "num_samples": num_samples,
+                "shards": len(writer.shards), "written": written, "skipped": skipped, "refit": refit,
+                "fit_time_s": round(fit_s, 2), "sample_time_s": round(sample_s, 2),
+                "images_per_s": round(written / sample_s, 1) if written and sample_s > 0 else None,
+                "wall_time_s": round(time.perf_counter() - t0, 2),
+                "counts_per_class": writer.manifest["counts_per_class"]}
+
+
+def _check_resume(writer: StoreWriter, spec: dict, image_shape, num_classes, shard_size, num_samples) -> None:
+    m = writer.manifest
+    where = writer.path / "manifest.json"
+    old = m.get("generator") or {}
+
+    def refuse(msg):
+        writer.close()
+        raise RobustgenError(f"{where}: {msg}; use another folder to generate something else")
+
+    if not old:
+        refuse("this store was not written by 'robustgen store generate'")
+    for key in ("name", "seed", "fit_config"):
+        if old.get(key) != spec[key]:
+            refuse(f"the store was generated with {key} {old.get(key)!r}, not {spec[key]!r}")
+    if (old.get("train_data") or {}).get("sha256") != spec["train_data"]["sha256"]:
+        refuse("the store's generator was fitted on different training data")
+    if tuple(m["image_shape"]) != image_shape or int(m["num_classes"]) != num_classes:
+        refuse(f"the store holds {m['image_shape']} images of {m['num_classes']} classes, not "
+               f"{list(image_shape)} of {num_classes}")
+    if int(m["shard_size"]) != int(shard_size):
+        refuse(f"the store has shard size {m['shard_size']}, not {shard_size}")
+    if m["num_images"] > num_samples:
+        refuse(f"the store already holds {m['num_images']} images, more than the {num_samples} asked for")
+
+
+def _fit_or_load(writer: StoreWriter, adapter, spec: dict, images, labels, num_classes, fit_config):
+    """The fitted generator: from the store's fit file when intact, else fitted now and saved."""
+    info = writer.manifest.get("generator") or {}
+    path = writer.path / FIT_FILE
+    if info.get("fit_file") and path.is_file() and file_sha256(path) == info.get("fit_sha256"):
+        return adapter.load_fit(path), 0.0, False
+    if writer.shards:
+        # shards of a fit that is gone: a refit elsewhere could differ, so they are redone
+        writer.truncate(0)
+    t = time.perf_counter()
+    fitted = adapter.fit(images, labels, num_classes=num_classes, **fit_config)
+    fit_s = time.perf_counter() - t
+    adapter.save_fit(fitted, path)
+    writer.update(generator={**spec, "fit_file": FIT_FILE, "fit_sha256": file_sha256(path),
+                             "fit_time_s": round(fit_s, 2)})
+    return fitted, fit_s, True

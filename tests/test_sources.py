@@ -1,0 +1,126 @@
+"""Weighted multi-source batches: exact counts, equivalence with alpha-mixing, MixedSource, Prefetcher."""
+
+import numpy as np
+import pytest
+import torch
+
+from robustgen.data.mixing import MixedBatchIndices, batch_composition
+from robustgen.data.sources import ArraySource, MixedSource, Prefetcher, WeightedIndices, open_source, source_counts
+from robustgen.data.store import Store, StoreWriter
+from robustgen.errors import RobustgenError
+
+
+def test_source_counts_hand_cases():
+    assert source_counts(10, [1, 1, 1]) == (4, 3, 3)
+    assert source_counts(3, [0.5, 0.5]) == (2, 1)
+    assert source_counts(1024, [0.3, 0.7]) == (307, 717)
+    assert source_counts(7, [0, 1]) == (0, 7)
+    assert source_counts(5, [2, 2, 1]) == (2, 2, 1)
+    assert source_counts(2, [1, 1, 1]) == (1, 1, 0)
+    for bad in ([], [0, 0], [-1, 2], [float("nan"), 1]):
+        with pytest.raises(RobustgenError, match="weights"):
+            source_counts(8, bad)
+    with pytest.raises(RobustgenError, match="batch size"):
+        source_counts(0, [1])
+
+
+def test_source_counts_sum_to_batch_and_match_alpha_mixing():
+    rng = np.random.default_rng(0)
+    for _ in range(500):
+        B = int(rng.integers(1, 2000))
+        w = rng.random(int(rng.integers(1, 6))) * (rng.random() < 0.9)
+        if w.sum() == 0:
+            continue
+        counts = source_counts(B, w)
+        assert sum(counts) == B and min(counts) >= 0
+        assert all(abs(c - wi / w.sum() * B) < 1 + 1e-9 for c, wi in zip(counts, w))
+    for B in (1, 2, 3, 7, 64, 100, 128, 1000, 1024):
+        for alpha in np.round(np.linspace(0, 1, 41), 3):
+            assert source_counts(B, [alpha, 1 - alpha]) == batch_composition(B, float(alpha)), (B, alpha)
+
+
+@pytest.mark.parametrize("gen_sampling", ["with_replacement", "permutation"])
+def test_weighted_indices_reproduce_mixed_batch_indices(gen_sampling):
+    old = MixedBatchIndices(50, 333, 64, 0.3, seed=5, generated_sampling=gen_sampling)
+    new = WeightedIndices([50, 333], [0.3, 0.7], batch_size=64, seed=5, sampling=("permutation", gen_sampling))
+    for step in (0, 1, 2, 7, 100):
+        (r0, g0), (r1, g1) = old(step), new(step)
+        np.testing.assert_array_equal(r0, r1)
+        np.testing.assert_array_equal(g0, g1)
+
+
+def test_weighted_indices_permutation_walks_every_row_once_per_epoch():
+    wi = WeightedIndices([30, 1000, 7], [0.5, 0.3, 0.2], batch_size=10, seed=1, sampling="permutation")
+    assert wi.counts == (5, 3, 2)
+    rows = np.concatenate([wi(t)[0] for t in range(6)])  # 6 steps x 5 rows = one epoch of 30
+    assert sorted(rows.tolist()) == list(range(30))
+    np.testing.assert_array_equal(wi(3)[1], wi(3)[1])  # pure in step
+    with pytest.raises(RobustgenError, match="source 1 is empty"):
+        WeightedIndices([5, 0], [0.5, 0.5], batch_size=4, seed=0)
+    WeightedIndices([5, 0], [1, 0], batch_size=4, seed=0)  # weight 0: may be empty
+
+
+def _sources(tmp_path, k=4):
+    rng = np.random.default_rng(0)
+    real = ArraySource(rng.integers(0, 256, (20, 4, 4, 3), dtype=np.uint8), rng.integers(0, k, 20),
+                       num_classes=k, name="real")
+    images, labels = rng.integers(0, 256, (57, 4, 4, 3), dtype=np.uint8), rng.integers(0, k, 57)
+    with StoreWriter.create(tmp_path / "g", image_shape=(4, 4, 3), num_classes=k, shard_size=10) as w:
+        w.append(images, labels)
+    return real, Store(tmp_path / "g"), images, labels
+
+
+def test_mixed_source_batches(tmp_path):
+    real, gen, images, labels = _sources(tmp_path)
+    mixed = MixedSource([real, gen], [0.25, 0.75], batch_size=16, seed=3,
+                        sampling=("permutation", "with_replacement"))
+    assert mixed.counts == (4, 12)
+    b = mixed.batch(5)
+    ir, ig = mixed.indices(5)
+    np.testing.assert_array_equal(b.images[:4], real.images[ir])
+    np.testing.assert_array_equal(b.images[4:], images[ig])
+    np.testing.assert_array_equal(b.labels, np.concatenate([real.labels[ir], labels[ig]]))
+    assert b.source_ids().tolist() == [0] * 4 + [1] * 12
+    again = mixed.batch(5)
+    np.testing.assert_array_equal(again.images, b.images)
+
+
+def test_prefetcher_yields_the_same_batches_in_order(tmp_path):
+    real, gen, _, _ = _sources(tmp_path)
+    mixed = MixedSource([real, gen], [0.5, 0.5], batch_size=8, seed=0)
+    with Prefetcher(mixed, start_step=3, stop_step=9, depth=2, pin_memory=False) as pf:
+        got = list(pf)
+    assert [b.step for b in got] == list(range(3, 9))
+    for b in got:
+        assert isinstance(b.images, torch.Tensor) and b.images.dtype == torch.uint8
+        ref = mixed.batch(b.step)
+        np.testing.assert_array_equal(b.images.numpy(), ref.images)
+        np.testing.assert_array_equal(b.labels.numpy(), ref.labels)
+    # closing early does not hang; an endless prefetcher stops on close
+    pf = Prefetcher(mixed, depth=2, pin_memory=False)
+    assert next(pf).step == 0 and next(pf).step == 1
+    pf.close()
+
+
+def test_prefetcher_raises_errors_from_the_thread():
+    class Broken(ArraySource):
+        def gather(self, indices, out=None):
+            raise RobustgenError("disk on fire")
+
+    rng = np.random.default_rng(0)
+    src = Broken(rng.integers(0, 256, (5, 2, 2, 1), dtype=np.uint8), np.zeros(5, np.int64), num_classes=1)
+    with Prefetcher(MixedSource([src], [1], batch_size=2, seed=0), stop_step=3, pin_memory=False) as pf:
+        with pytest.raises(RobustgenError, match="disk on fire"):
+            next(pf)
+
+
+def test_open_source(tmp_path):
+    real, gen, _, _ = _sources(tmp_path)
+    assert isinstance(open_source(tmp_path / "g", num_classes=4), Store)
+    np.savez(tmp_path / "r.npz", image=real.images, label=real.labels)
+    src = open_source(tmp_path / "r.npz", num_classes=4, image_shape=(4, 4, 3))
+    assert isinstance(src, ArraySource) and len(src) == 20
+    with pytest.raises(RobustgenError, match="4x4x3 but 8x8x3 are expected"):
+        open_source(tmp_path / "r.npz", image_shape=(8, 8, 3))
+    with pytest.raises(RobustgenError, match="not a robustgen store"):
+        open_source(tmp_path)
