@@ -102,6 +102,26 @@ def test_prefetcher_yields_the_same_batches_in_order(tmp_path):
     pf.close()
 
 
+def test_prefetcher_with_a_callable(tmp_path):
+    from robustgen.data.sources import host_buffer
+
+    _, gen, images, labels = _sources(tmp_path)
+    indices = MixedBatchIndices(20, len(gen), 8, 0.25, seed=2)
+
+    def fetch(step):
+        _, rows = indices(step)
+        buf = host_buffer((len(rows), *gen.image_shape), np.uint8, pin_memory=False)
+        gen.gather(rows, out=buf.numpy())
+        return rows, buf
+
+    pf = Prefetcher(fetch, start_step=4, stop_step=7, pin_memory=False)
+    got = list(pf)
+    assert len(got) == 3 and pf.next_step == 7
+    for step, (rows, buf) in zip(range(4, 7), got):
+        np.testing.assert_array_equal(rows, indices(step)[1])
+        np.testing.assert_array_equal(buf.numpy(), images[rows])
+
+
 def test_prefetcher_raises_errors_from_the_thread():
     class Broken(ArraySource):
         def gather(self, indices, out=None):

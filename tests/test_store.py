@@ -57,12 +57,16 @@ def test_round_trip_and_gather(store):
     assert verify_store(path) == []
 
 
-def test_small_page_budget_still_reads_correctly(store):
+def test_gather_runs_duplicates_and_truncation_after_open(store):
     path, images, _ = store
-    s = Store(path, page_budget=1)  # release after every gather
-    for step in range(5):
-        idx = np.random.default_rng(step).integers(0, 35, 16)
+    s = Store(path)
+    rng = np.random.default_rng(0)
+    for idx in (np.arange(35), np.arange(3, 27)[::-1], np.array([5, 5, 5, 6, 4, 5]),
+                rng.integers(0, 35, 100), rng.permutation(35)):
         np.testing.assert_array_equal(s.gather(idx), images[idx])
+    (path / "images-00002.npy").write_bytes((path / "images-00002.npy").read_bytes()[:-200])
+    with pytest.raises(RobustgenError, match="images-00002.npy: truncated"):
+        s.gather(np.array([29]))
 
 
 def test_writer_checks_rows_and_locks(tmp_path, store):

@@ -302,27 +302,32 @@ def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, 
 @click.option("--balanced", is_flag=True, help="keep the same number per class (the smallest class's)")
 @click.option("--condition-top-fraction", type=float, default=None,
               help="label = the generator's class; keep this fraction per class by the classifier's confidence in it")
+@click.option("--arch", default=None, help="architecture of a plain (non-robustgen) state dict, e.g. resnet-18-kuangliu")
 @click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def store_label(store_dir, checkpoint, top_k, balanced, condition_top_fraction, batch_size, device, quiet):
+def store_label(store_dir, checkpoint, top_k, balanced, condition_top_fraction, arch, batch_size, device, quiet):
     """Pseudo-label a store shard by shard (resumes), then select rows per class."""
-    from robustgen.checkpoint import load_model, model_info
+    from robustgen.checkpoint import load_external_model, load_model, model_info
     from robustgen.data.store import file_sha256, read_manifest
     from robustgen.label.runner import label_store, select_store
     from robustgen.stages import resolve_device
 
     manifest = read_manifest(store_dir)
-    spec = model_info(checkpoint)["spec"]
     h, w, c = manifest["image_shape"]
-    if int(spec["num_classes"]) != int(manifest["num_classes"]):
-        raise RobustgenError(f"{checkpoint}: the classifier has {spec['num_classes']} classes but {store_dir} "
-                             f"has {manifest['num_classes']}")
-    if int(spec["in_channels"]) != c or (spec.get("image_size") not in (None, h)):
-        raise RobustgenError(f"{checkpoint}: the classifier takes {spec.get('image_size')}px images with "
-                             f"{spec['in_channels']} channels but {store_dir} holds {h}x{w}x{c}")
     dev = resolve_device(device)
-    model = load_model(checkpoint, device=dev)
+    if arch is not None:
+        model = load_external_model(checkpoint, arch=arch, num_classes=int(manifest["num_classes"]),
+                                    in_channels=c, device=dev)
+    else:
+        spec = model_info(checkpoint)["spec"]
+        if int(spec["num_classes"]) != int(manifest["num_classes"]):
+            raise RobustgenError(f"{checkpoint}: the classifier has {spec['num_classes']} classes but {store_dir} "
+                                 f"has {manifest['num_classes']}")
+        if int(spec["in_channels"]) != c or (spec.get("image_size") not in (None, h)):
+            raise RobustgenError(f"{checkpoint}: the classifier takes {spec.get('image_size')}px images with "
+                                 f"{spec['in_channels']} channels but {store_dir} holds {h}x{w}x{c}")
+        model = load_model(checkpoint, device=dev)
     mode = "condition" if condition_top_fraction is not None else "argmax"
     labeller = {"checkpoint": str(checkpoint), "id": file_sha256(checkpoint)[:16]}
     result = label_store(store_dir, model, labeller=labeller, mode=mode, batch_size=batch_size, device=dev,

@@ -20,7 +20,7 @@ in-memory array set or a store on disk, read with constant memory. Three layers:
   images uint8 [B, H, W, C] and labels int64 [B], source 0's rows first, then source 1's, ...
   (``counts`` says how many). ``Prefetcher(mixed, start_step=, stop_step=)`` gathers the next
   ``depth`` batches in a background thread, into pinned host memory when CUDA is present, so
-  the device never waits on disk.
+  the device never waits on disk. ``Prefetcher(fetch)`` takes any step -> object callable too.
 
 How the training loop uses it (resumes from ``step`` with no sampler state)::
 
@@ -33,6 +33,17 @@ How the training loop uses it (resumes from ``step`` with no sampler state)::
             x = batch.images.to(device, non_blocking=True)   # uint8 [B, H, W, C]
             y = batch.labels.to(device, non_blocking=True)   # int64 [B]
             smoothing per row: batch.source_ids() (int64 [B]) or batch.counts
+
+Or, keeping real images on the device and reading only this rank's generated rows (DDP)::
+
+    indices = MixedBatchIndices(len(real), len(store), B, alpha, seed, generated_sampling=...)
+    def fetch(step):                        # pure in step: resumes and shards across ranks
+        _, idx_gen = indices(step)
+        rows = idx_gen[my_slice]
+        buf = host_buffer((len(rows), *store.image_shape), np.uint8, pin_memory=True)
+        store.gather(rows, out=buf.numpy())
+        return buf, torch.from_numpy(store.labels[rows])
+    for images, labels in Prefetcher(fetch, start_step=step, stop_step=total_steps): ...
 """
 
 from __future__ import annotations
@@ -56,6 +67,7 @@ __all__ = [
     "MixedSource",
     "Prefetcher",
     "WeightedIndices",
+    "host_buffer",
     "open_source",
     "source_counts",
 ]
@@ -243,40 +255,57 @@ class MixedSource:
         return MixedBatch(step=int(step), images=images, labels=labels, counts=self.counts)
 
 
-class Prefetcher:
-    """Iterate ``MixedBatch``es for steps [start_step, stop_step), gathered ahead in a thread.
+def host_buffer(shape, dtype, *, pin_memory: bool):
+    """An empty CPU torch tensor (pinned when ``pin_memory``); fill its ``.numpy()`` view, e.g.
+    with ``store.gather(idx, out=buf.numpy())``, then ``buf.to(device, non_blocking=True)``."""
+    import torch
 
-    Yields batches whose ``images`` / ``labels`` are CPU torch tensors, in pinned memory when
-    ``pin_memory`` (default: CUDA is available), ready for ``.to(device, non_blocking=True)``.
-    Each batch has its own buffers, so a batch stays valid after the next is fetched. An error
-    in the thread is raised by the iterator. ``stop_step=None`` runs until ``close()``.
+    dtype = {np.dtype(np.uint8): torch.uint8, np.dtype(np.int64): torch.int64,
+             np.dtype(np.float32): torch.float32}[np.dtype(dtype)]
+    return torch.empty(tuple(shape), dtype=dtype, pin_memory=pin_memory)
+
+
+class Prefetcher:
+    """Results of ``fetch(step)`` for steps [start_step, stop_step), computed ahead in a thread.
+
+    ``fetch`` is a ``MixedSource`` (each item is a ``MixedBatch`` whose ``images`` / ``labels``
+    are CPU torch tensors, pinned when ``pin_memory``, default: CUDA is available) or any
+    callable step -> object (e.g. this rank's generated rows of step t, gathered with
+    ``store.gather(idx, out=host_buffer(...).numpy())``). Items come in step order, each with
+    its own buffers, so an item stays valid after the next is fetched; ``next_step`` is the step
+    of the next item. An error in the thread is raised by the iterator. ``stop_step=None`` runs
+    until ``close()``.
     """
 
     _DONE = object()
 
-    def __init__(self, mixed: MixedSource, *, start_step: int = 0, stop_step: int | None = None,
+    def __init__(self, fetch, *, start_step: int = 0, stop_step: int | None = None,
                  depth: int = 4, pin_memory: bool | None = None):
         import torch
 
-        self.mixed, self.next_step = mixed, int(start_step)
+        self.next_step = int(start_step)
         self.stop_step = None if stop_step is None else int(stop_step)
         self.pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
+        self._fetch = self._mixed_fetch(fetch) if isinstance(fetch, MixedSource) else fetch
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="robustgen-prefetch", daemon=True)
         self._thread.start()
 
-    def _work(self) -> None:
-        import torch
+    def _mixed_fetch(self, mixed: MixedSource):
+        def fetch(step: int) -> MixedBatch:
+            images = host_buffer((mixed.batch_size, *mixed.image_shape), np.uint8, pin_memory=self.pin)
+            labels = host_buffer((mixed.batch_size,), np.int64, pin_memory=self.pin)
+            mixed.batch(step, images_out=images.numpy(), labels_out=labels.numpy())
+            return MixedBatch(step=step, images=images, labels=labels, counts=mixed.counts)
 
+        return fetch
+
+    def _work(self) -> None:
         step = self.next_step
         try:
             while not self._stop.is_set() and (self.stop_step is None or step < self.stop_step):
-                B = self.mixed.batch_size
-                images = torch.empty((B, *self.mixed.image_shape), dtype=torch.uint8, pin_memory=self.pin)
-                labels = torch.empty(B, dtype=torch.int64, pin_memory=self.pin)
-                self.mixed.batch(step, images_out=images.numpy(), labels_out=labels.numpy())
-                item = MixedBatch(step=step, images=images, labels=labels, counts=self.mixed.counts)
+                item = (step, self._fetch(step))
                 while not self._stop.is_set():
                     try:
                         self._queue.put(item, timeout=0.1)
@@ -299,7 +328,7 @@ class Prefetcher:
     def __iter__(self):
         return self
 
-    def __next__(self) -> MixedBatch:
+    def __next__(self):
         while True:
             try:
                 item = self._queue.get(timeout=1.0)
@@ -313,8 +342,9 @@ class Prefetcher:
         if isinstance(item, BaseException):
             self._stop.set()
             raise item
-        self.next_step = item.step + 1
-        return item
+        step, value = item
+        self.next_step = step + 1
+        return value
 
     def close(self) -> None:
         self._stop.set()

@@ -12,6 +12,7 @@ folder that is read with constant memory and written shard by shard, so long job
       confidences-00000.npy    float32 [n_0]          optional: the labeller's confidence in the label
       selection.npy            int64 [M], optional: sorted rows kept by filtering (top-k, ...)
       generator_fit.npz        optional: the fitted generator (``robustgen store generate``)
+      .lock                    flock'd by the one writer (a second writer is refused)
 
 Labels, conditions and confidences are per-shard files, so labelling rewrites one shard at a
 time and resumes like generation. Every file is written to a temporary name in the folder,
@@ -20,9 +21,13 @@ the only record of what is complete: a file it does not list, or whose sha256 di
 redone. A store opened for reading (``Store``) presents the selected rows when there is a
 selection; ``Store(path, use_selection=False)`` shows all of them.
 
-Reading: ``Store.gather(indices)`` copies only the requested rows out of memory-mapped shards,
-grouped by shard. Pages it touched are released (madvise DONTNEED) every ``page_budget``
-bytes, so resident memory stays flat however large the store; the page cache keeps them.
+Reading: ``Store.gather(indices)`` reads only the requested rows, grouped by shard, with one
+``preadv`` per run of consecutive rows straight into the output buffer: resident memory is the
+batch, however large the store (the OS page cache, not the process, holds hot shards).
+Memory-mapping (``np.load(mmap_mode="r")``) is what ``shard_images`` uses for sequential scans
+(labelling, export), released after each shard: for random rows a map is a poor fit on current
+Linux kernels, whose page cache uses large folios, so one fault maps up to a few MB and a
+process's RSS climbs towards the size of the store.
 
 Bad input raises a one-line ``RobustgenError`` naming the file and the problem;
 ``verify_store`` checks every byte and lists every problem.
@@ -502,15 +507,15 @@ class Store:
     ``num_classes`` / ``image_shape``: what the caller expects (e.g. the real data's); a store
     that differs is refused. ``use_selection``: present only the selected rows when the store
     has a selection (the default). ``allow_incomplete``: open a store whose generation has not
-    finished (for inspection). ``page_budget``: bytes of image rows gathered before the touched
-    pages are released from this process (resident memory stays about this size).
+    finished (for inspection). Opening reads the manifest, every shard's .npy header and size
+    (a truncated shard fails here) and the per-row arrays (sha256-checked); not the images.
 
     ``gather`` is thread-safe; the arrays ``labels``, ``conditions``, ``confidences`` are int64 /
     int64 / float32 in RAM (8-20 bytes per image) and refer to the presented rows.
     """
 
     def __init__(self, path, *, num_classes: int | None = None, image_shape: Sequence[int] | None = None,
-                 use_selection: bool = True, allow_incomplete: bool = False, page_budget: int = 256 << 20):
+                 use_selection: bool = True, allow_incomplete: bool = False):
         self.path = Path(path)
         self.manifest = m = read_manifest(self.path)
         mpath = self.path / MANIFEST
@@ -539,11 +544,13 @@ class Store:
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
         self.total = int(self.offsets[-1])
         self._shards = shards
+        self._data_offset = []
         for e in shards:
             # header and size of every images shard: a truncated file fails here, not mid-training
             f = self.path / e["files"]["images"]["name"]
             got_shape, dtype, offset, size = npy_layout(f)
             _check_layout(f, got_shape, dtype, (int(e["count"]), *self.image_shape), FIELDS["images"], offset, size)
+            self._data_offset.append(offset)
         self.labels_all = self._read_field("labels", required=True)
         self.conditions_all = self._read_field("conditions")
         self.confidences_all = self._read_field("confidences")
@@ -558,11 +565,11 @@ class Store:
         self.labels = pick(self.labels_all)
         self.conditions = None if self.conditions_all is None else pick(self.conditions_all)
         self.confidences = None if self.confidences_all is None else pick(self.confidences_all)
+        self._row_bytes = int(np.prod(self.image_shape))
+        self._fds: OrderedDict[int, int] = OrderedDict()
         self._maps: OrderedDict[int, _MappedShard] = OrderedDict()
-        self._max_maps = max(8, _fd_budget())
+        self._max_open = max(8, _fd_budget())
         self._lock = threading.Lock()
-        self._page_budget = int(page_budget)
-        self._touched = 0
 
     def _read_field(self, field: str, *, required: bool = False) -> np.ndarray | None:
         present = [field in e["files"] for e in self._shards]
@@ -605,22 +612,36 @@ class Store:
         if shard is None:
             shard = _MappedShard(self.path / shard_file("images", k), int(self.counts[k]), self.image_shape)
             self._maps[k] = shard
-            if len(self._maps) > self._max_maps:
+            if len(self._maps) > 2:
                 self._maps.popitem(last=False)  # unmapped once no array refers to it
         else:
             self._maps.move_to_end(k)
         return shard
 
+    def _fd(self, k: int) -> int:
+        fd = self._fds.get(k)
+        if fd is None:
+            fd = os.open(self.path / shard_file("images", k), os.O_RDONLY)
+            self._fds[k] = fd
+            if len(self._fds) > self._max_open:
+                os.close(self._fds.popitem(last=False)[1])
+        else:
+            self._fds.move_to_end(k)
+        return fd
+
     def shard_images(self, k: int) -> np.ndarray:
-        """All images of shard ``k`` (global rows offsets[k]..offsets[k+1]), memory-mapped, read-only."""
+        """All images of shard ``k`` (global rows offsets[k]..offsets[k+1]), memory-mapped, read-only.
+
+        For sequential scans; call ``release_pages()`` after each shard to keep memory flat."""
         with self._lock:
             return self._map(k).array
 
     def gather(self, indices, out: np.ndarray | None = None) -> np.ndarray:
         """Images at ``indices`` (into the presented rows) -> uint8 [B, H, W, C], in that order.
 
-        Rows are read shard by shard in ascending order; ``out`` (uint8 [B, H, W, C], e.g. a
-        pinned buffer's numpy view) is filled in place when given.
+        Reads each shard's rows in ascending order, one ``preadv`` per run of consecutive rows
+        (a repeated row is read once). ``out`` (uint8 [B, H, W, C], e.g. the numpy view of a
+        pinned tensor) is filled in place when given. Thread-safe.
         """
         idx = np.asarray(indices)
         if idx.ndim != 1 or (idx.size and idx.dtype.kind not in "iu"):
@@ -636,31 +657,58 @@ class Store:
             raise ValueError(f"out must be uint8 {(idx.size, *self.image_shape)}, got {out.dtype} {out.shape}")
         if not idx.size:
             return out
+        rb = self._row_bytes
+        flat = out.reshape(idx.size, rb)
         shard = np.searchsorted(self.offsets, rows, side="right") - 1
         order = np.lexsort((rows, shard))
         cuts = np.flatnonzero(np.diff(shard[order])) + 1
         with self._lock:
             for group in np.split(order, cuts):
                 k = int(shard[group[0]])
-                out[group] = self._map(k).array[rows[group] - self.offsets[k]]
-            self._touched += idx.size * (out[0].nbytes + mmap.PAGESIZE)
-            if self._touched >= self._page_budget:
-                self._release_locked()
+                local = rows[group] - self.offsets[k]  # ascending
+                unique, first = np.unique(local, return_index=True)
+                dest = group[first]  # output row receiving each unique row
+                direct = bool(np.all(np.diff(dest) == 1)) if dest.size > 1 else True
+                buf = flat[dest[0]:dest[0] + dest.size] if direct else np.empty((unique.size, rb), np.uint8)
+                self._read_rows(k, unique, buf)
+                if not direct:
+                    flat[dest] = buf
+                if unique.size < group.size:  # rows asked for more than once
+                    flat[group] = flat[dest[np.searchsorted(unique, local)]]
         return out
 
-    def release_pages(self) -> None:
-        """Drop every mapped page from this process's resident memory (not from the page cache)."""
-        with self._lock:
-            self._release_locked()
+    def _read_rows(self, k: int, rows: np.ndarray, buf: np.ndarray) -> None:
+        """Read sorted unique ``rows`` of shard ``k`` into ``buf`` [len(rows), row_bytes]."""
+        rb, fd, base = self._row_bytes, self._fd(k), self._data_offset[k]
+        view = memoryview(buf).cast("B")
+        starts = np.flatnonzero(np.diff(rows) != 1) + 1
+        for lo, hi in zip(np.concatenate([[0], starts]).tolist(), np.concatenate([starts, [rows.size]]).tolist()):
+            want, pos, offset = (hi - lo) * rb, lo * rb, base + int(rows[lo]) * rb
+            while want:
+                got = os.preadv(fd, [view[pos:pos + want]], offset)
+                if got <= 0:
+                    raise RobustgenError(f"{self.path / shard_file('images', k)}: truncated (read past the end "
+                                         f"of the file at byte {offset})")
+                want, pos, offset = want - got, pos + got, offset + got
 
-    def _release_locked(self) -> None:
-        for shard in self._maps.values():
-            shard.release()
-        self._touched = 0
+    def release_pages(self) -> None:
+        """Unmap the shards mapped by ``shard_images`` (their pages leave this process's RSS)."""
+        with self._lock:
+            for shard in self._maps.values():
+                shard.release()
+            self._maps.clear()
 
     def close(self) -> None:
         with self._lock:
             self._maps.clear()
+            while self._fds:
+                os.close(self._fds.popitem()[1])
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
     def __enter__(self):
         return self

@@ -4,10 +4,11 @@ Per class: flatten the images to [0, 1], PCA to ``num_components`` (200) directi
 mean and covariance (ddof=1) of the PCA coefficients; to sample, draw from that Gaussian, invert
 the PCA, clip to [0, 1] and quantise to uint8. This is the authors' sklearn route
 (``PCA(200).fit_transform`` + ``np.cov``) computed as a covariance (or Gram matrix) plus a partial
-symmetric eigendecomposition. For large dimensions (CIFAR: 3072) the top eigenvectors come from
-block subspace iteration with Rayleigh-Ritz (converged to a residual of 1e-9 of the top
-eigenvalue, i.e. the exact PCA to ~1e-10), which fits a CIFAR class (5000 x 3072) in about two
-seconds; LAPACK's partial solver (MRRR) takes 20-40 s per class on these decaying spectra.
+symmetric eigendecomposition (LAPACK, one BLAS thread: on shared cores a threaded eigh or QR
+can run 10-100x slower), about 4 s per CIFAR class (5000 x 3072) on 2 busy cores. Above 4096
+dimensions the top eigenvectors come from block subspace iteration with Rayleigh-Ritz instead
+(converged to a residual of 1e-9 of the top eigenvalue, the exact PCA to ~1e-10), whose cost
+grows as d^2 rather than d^3.
 
 Randomness (per-sample seeds, as in EDM): the standard-normal noise of class ``c`` comes in
 chunks of ``NOISE_CHUNK`` rows, chunk ``m`` drawn from ``np.random.default_rng([seed, c, m])``;
@@ -134,12 +135,12 @@ def _top_eigenvectors(a: np.ndarray, k: int, *, method: str = "auto") -> np.ndar
 
     ``method``: "exact" (LAPACK partial eigh), "subspace" (block subspace iteration with
     Rayleigh-Ritz, seeded, falls back to a full eigh if it does not converge) or "auto"
-    (subspace iteration when m >= 512 and the block of 2k columns is at most half of m).
+    (subspace iteration when m > 4096 and the block of 2k columns is at most half of m).
     """
     m = a.shape[0]
     block = min(m, k + max(k, 64))
     if method == "auto":
-        method = "subspace" if m >= 512 and 2 * block <= m else "exact"
+        method = "subspace" if m > 4096 and 2 * block <= m else "exact"
     if method == "subspace":
         v = _subspace_iteration(a, k, block)
         if v is not None:

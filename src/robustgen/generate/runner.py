@@ -49,13 +49,14 @@ def array_fingerprint(*arrays: np.ndarray) -> str:
 def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train_labels: np.ndarray,
                    num_classes: int, num_samples: int, seed: int, fit_config: dict | None = None,
                    class_names=None, shard_size: int = DEFAULT_SHARD_SIZE, data_name: str = "",
-                   progress: bool = True, verify_existing: bool = True,
+                   progress: bool = True, verify_existing: bool = True, fitted=None,
                    on_shard: Callable[[int], None] | None = None) -> dict:
     """Fit ``generator`` on the train split (once) and write ``num_samples`` images to ``store_dir``.
 
     ``fit_config``: keyword arguments of the generator's ``fit`` (e.g. ``num_components``).
     Resuming needs the same generator, seed, fit config, shard size and training data (checked
     against the manifest). ``verify_existing``: re-hash finished shards before trusting them.
+    ``fitted``: an already fitted generator (of these data and config) to save instead of fitting.
     ``on_shard(k)`` is called after shard k is written (progress hooks, tests).
     Returns a summary with wall times.
     """
@@ -83,7 +84,7 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
     with writer:
         writer.update(target_num_images=num_samples)
         fitted, fit_s, refit = _fit_or_load(writer, adapter, spec, train_images, train_labels, num_classes,
-                                            fit_config)
+                                            fit_config, fitted)
         sampler = adapter.range_sampler(fitted, seed=int(seed))
         size = int(writer.manifest["shard_size"])
         starts = range(0, num_samples, size)
@@ -137,7 +138,7 @@ def _check_resume(writer: StoreWriter, spec: dict, image_shape, num_classes, sha
         refuse(f"the store already holds {m['num_images']} images, more than the {num_samples} asked for")
 
 
-def _fit_or_load(writer: StoreWriter, adapter, spec: dict, images, labels, num_classes, fit_config):
+def _fit_or_load(writer: StoreWriter, adapter, spec: dict, images, labels, num_classes, fit_config, fitted=None):
     """The fitted generator: from the store's fit file when intact, else fitted now and saved."""
     info = writer.manifest.get("generator") or {}
     path = writer.path / FIT_FILE
@@ -147,7 +148,8 @@ def _fit_or_load(writer: StoreWriter, adapter, spec: dict, images, labels, num_c
         # shards of a fit that is gone: a refit elsewhere could differ, so they are redone
         writer.truncate(0)
     t = time.perf_counter()
-    fitted = adapter.fit(images, labels, num_classes=num_classes, **fit_config)
+    if fitted is None:
+        fitted = adapter.fit(images, labels, num_classes=num_classes, **fit_config)
     fit_s = time.perf_counter() - t
     adapter.save_fit(fitted, path)
     writer.update(generator={**spec, "fit_file": FIT_FILE, "fit_sha256": file_sha256(path),
