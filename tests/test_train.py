@@ -236,3 +236,30 @@ def test_model_initialisation_depends_on_the_seed_alone():
     c, _ = build_model("small-cnn", "silu", data, seed=6)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+@pytest.mark.parametrize("n_real,n_gen,chunks", [(77, 179, 4), (10, 0, 3), (0, 8, 8), (5, 7, 2)])
+def test_chunks_keep_the_mix_and_cover_the_batch(n_real, n_gen, chunks):
+    parts = chunk_rows(n_real, n_gen, chunks)
+    assert len(parts) == chunks
+    assert sorted(np.concatenate([r for r, _ in parts]).tolist()) == list(range(n_real))
+    assert sorted(np.concatenate([g for _, g in parts]).tolist()) == list(range(n_gen))
+    assert max(len(r) for r, _ in parts) - min(len(r) for r, _ in parts) <= 1
+    assert max(len(g) for _, g in parts) - min(len(g) for _, g in parts) <= 1
+
+
+def test_micro_batches_train_and_weight_the_global_mean(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("small-cnn", num_classes=4, in_channels=1)
+    s = LoopSettings(batch_size=16, total_steps=3, warmup_steps=1, peak_lr=0.05, micro_batches=4, log_every_steps=1,
+                     alpha=0.5)
+    batches = _Batches(_dataset(), (_dataset(40, seed=1).images, _dataset(40, seed=1).labels), s, 4,
+                       torch.device("cpu"), DistContext())
+    chunks = batches(0)
+    assert [len(c.images) for c in chunks] == [4, 4, 4, 4]
+    assert sum(c.weight for c in chunks) == pytest.approx(1.0)
+    result = train_loop(model, settings=s, real=_dataset(), generated=(_dataset(40, seed=1).images,
+                        _dataset(40, seed=1).labels), step_loss=standard_step_loss(), evaluate=None, out_dir=tmp_path,
+                        device=torch.device("cpu"), spec={"num_classes": 4}, extra_meta={}, fingerprint="m",
+                        progress=False)
+    assert len([h for h in result.history if "loss" in h]) == 3
