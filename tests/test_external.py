@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from model_helpers import randomize
 from robustgen.checkpoint import export_robustbench, load_external_model, load_model, model_spec, save_model
 from robustgen.errors import RobustgenError
 from robustgen.models import create_model
@@ -34,20 +35,6 @@ PYAUTOATTACK_MODEL = _pyautoattack_model()
 needs_pyautoattack = pytest.mark.skipif(PYAUTOATTACK_MODEL is None, reason="pyautoattack's model_test.pt not installed")
 
 
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Non-trivial BN affine/statistics and logits (the logits layer is zero-initialised)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-            elif isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features**0.5)
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    return model.eval()
 
 
 def kuangliu_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -92,7 +79,7 @@ def test_kuangliu_layout_matches_pyautoattack_file_exactly():
 
 
 def test_kuangliu_defaults_forward_and_activation():
-    model = randomize(create_model(ARCH, num_classes=10))
+    model = randomize(create_model(ARCH, num_classes=10)).eval()
     assert torch.equal(model.mean, torch.zeros(1, 3, 1, 1)) and torch.equal(model.std, torch.ones(1, 3, 1, 1))
     kinds = {type(m) for m in model.modules() if isinstance(m, (nn.SiLU, nn.ReLU))}
     assert kinds == {nn.ReLU}
@@ -119,7 +106,7 @@ def test_other_archs_keep_their_defaults():
 @pytest.fixture(scope="module")
 def kuangliu_model() -> nn.Module:
     torch.manual_seed(0)
-    return randomize(create_model(ARCH, num_classes=10))
+    return randomize(create_model(ARCH, num_classes=10)).eval()
 
 
 @pytest.mark.parametrize("wrap", ["plain", "state_dict", "model", "module_prefix", "nested_prefix"])
@@ -143,7 +130,7 @@ def test_load_external_round_trip(kuangliu_model, tmp_path, wrap):
 
 
 def test_load_external_safetensors_and_stats_from_file(tmp_path):
-    model = randomize(create_model("small-cnn", num_classes=5, in_channels=1, mean=[0.3], std=[0.2]))
+    model = randomize(create_model("small-cnn", num_classes=5, in_channels=1, mean=[0.3], std=[0.2])).eval()
     path = tmp_path / "weights.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))  # no robustgen metadata
     loaded = load_external_model(path, arch="small-cnn", num_classes=5, in_channels=1)
@@ -246,7 +233,7 @@ def test_pyautoattack_model_clean_accuracy_on_cifar10_jpeg():
 
 def _tiny_checkpoint(path: Path, *, config: bool = True) -> nn.Module:
     torch.manual_seed(0)
-    model = randomize(create_model("small-cnn", num_classes=10, in_channels=1, mean=[0.4], std=[0.3]))
+    model = randomize(create_model("small-cnn", num_classes=10, in_channels=1, mean=[0.4], std=[0.3])).eval()
     spec = model_spec(arch="small-cnn", num_classes=10, in_channels=1, activation="silu", image_size=8)
     extra = {"config": {"threat": {"norm": "linf", "eps": 0.2}, "data": {"dataset": "digits"}}} if config else None
     save_model(path, model, spec=spec, extra=extra)

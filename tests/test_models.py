@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from robustgen.errors import RobustgenError
+from model_helpers import randomize
 from robustgen.models import create_model, example_arch, is_known_arch, list_models, register_model
 
 # One small concrete architecture per registered name or pattern (wrn-<depth>-<width> -> wrn-16-2).
@@ -17,21 +18,6 @@ def n_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Keep the conv init, give BN affine/statistics and the (zero-initialised) logits layer
-    non-trivial values, so outputs depend on the input and are not all zero."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(0.5 + torch.rand(m.weight.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-            elif isinstance(m, nn.Linear):
-                m.weight.copy_(torch.randn(m.weight.shape, generator=g) / m.in_features**0.5)
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-    return model
 
 
 def test_registry_lists_paper_models():

@@ -305,19 +305,14 @@ class Prefetcher:
         step = self.next_step
         try:
             while not self._stop.is_set() and (self.stop_step is None or step < self.stop_step):
-                item = (step, self._fetch(step))
-                while not self._stop.is_set():
-                    try:
-                        self._queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
+                self._put((step, self._fetch(step)))
                 step += 1
-            self._put_final(self._DONE)
+            self._put(self._DONE)
         except BaseException as e:  # handed to the consumer
-            self._put_final(e)
+            self._put(e)
 
-    def _put_final(self, item) -> None:
+    def _put(self, item) -> None:
+        """Enqueue, waking up every 0.1 s to give up once the consumer has stopped."""
         while not self._stop.is_set():
             try:
                 self._queue.put(item, timeout=0.1)

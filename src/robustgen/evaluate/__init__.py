@@ -1,5 +1,5 @@
 """Robust evaluation: clean accuracy and per-point worst-case robust accuracy under a registered
-attack (PGD-40 now; AutoAttack and AA+MT plug in through ``register_attack``)."""
+attack cascade (PGD-40, AutoAttack, AA+MT, ...; new ones plug in through ``register_attack``)."""
 
 from robustgen.evaluate.attacks import get_attack, list_attacks, register_attack
 from robustgen.evaluate.cascade import AttackStage, run_cascade

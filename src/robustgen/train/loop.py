@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +23,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from robustgen.checkpoint import load_state, save_model, save_state, write_json
-from robustgen.data import ImageDataset, MixedBatchIndices, batch_composition, crop_flip
+from robustgen.data import ImageDataset, MixedBatchIndices, crop_flip
 from robustgen.errors import RobustgenError
 from robustgen.train.distributed import DistContext, barrier, chunk_rows, sum_across
 from robustgen.train.ema import WeightAverage
@@ -93,10 +93,10 @@ class _Batches:
     def __init__(self, real: ImageDataset, generated: tuple[np.ndarray, np.ndarray] | None,
                  s: LoopSettings, num_classes: int, device: torch.device, ctx: DistContext):
         self.device, self.ctx, self.s = device, ctx, s
-        self.n_real, self.n_gen = batch_composition(s.batch_size, s.alpha)
         n_generated = 0 if generated is None else len(generated[1])
         self.indices = MixedBatchIndices(len(real), n_generated, s.batch_size, s.alpha, s.seed,
                                          generated_sampling=s.generated_sampling)
+        self.n_real, self.n_gen = self.indices.n_real_per_batch, self.indices.n_generated_per_batch
         self.real_images = torch.from_numpy(real.images).to(device)  # uint8 [N, H, W, C]
         self.real_labels = torch.from_numpy(real.labels).to(device)
         # Generated sets can be far larger than the real one: their rows are gathered on the host.
@@ -259,6 +259,3 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     return LoopResult(history=history, best=best, wall_time_s=time.perf_counter() - t0,
                       resumed_from=start_step)
 
-
-def settings_dict(s: LoopSettings) -> dict:
-    return asdict(s)
