@@ -1,11 +1,13 @@
 """Training data path over a large store with flat memory (issue: generated data at paper scale).
 
 Writes an N-image 32x32x3 store (default 2M images, 6.1 GB; random pixels) in a temporary
-folder, then runs the training data path over it: batches of 1024 mixing 30% real images (the
-50K CIFAR-10 train set from shared/data, in RAM) with 70% store images drawn with replacement,
-gathered by the ``Prefetcher`` thread. Prints write speed, images/s read, the same gathers from
-an in-RAM array as a baseline (ratio), the consumer's wait per step when it "computes" for
-``--compute-ms``, and peak resident memory (must stay under 2 GiB).
+folder, then runs the training loop's data path over it (``robustgen.train.loop.TrainingBatches``, what
+``train_loop`` reads each step from): batches of 1024 mixing 30% real images (the 50K CIFAR-10
+train set from shared/data, held on the device as uint8) with 70% store images drawn with
+replacement, gathered by its prefetch thread, returned as uint8 images and soft targets on the
+device. Prints write speed, images/s read, the same mix gathered from an in-RAM array as a
+baseline (ratio), the loop's wait per step when it "computes" for ``--compute-ms``, and peak
+resident memory (must stay under 2 GiB).
 
 Note: the store has just been written, so on a machine with more RAM than the store it is read
 from the OS page cache, not the disk (reads are ``preadv`` of the needed rows: the page cache is
@@ -30,8 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.data.sources import ArraySource, MixedSource, Prefetcher
+import torch
+
+from robustgen.data import ImageDataset
+from robustgen.data.sources import ArraySource, MixedSource
 from robustgen.data.store import Store, StoreWriter
+from robustgen.train.distributed import DistContext
+from robustgen.train.loop import LoopSettings, TrainingBatches
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg" / "train.npz"
 SHAPE = (32, 32, 3)
@@ -77,23 +84,28 @@ def load_real(n: int = 50_000) -> ArraySource:
                        num_classes=10, name="random real stand-in")
 
 
-def read_pass(mixed: MixedSource, steps: int, start: int, compute_s: float) -> tuple[float, float]:
-    """(images/s, mean seconds the consumer waited per step) over ``steps`` prefetched batches."""
+def read_pass(real: ArraySource, store: Store, args, steps: int, start: int, compute_s: float) -> tuple[float, float]:
+    """(images/s, mean seconds the loop waited per step) over ``steps`` training batches."""
+    device = torch.device(args.device)
+    real_set = ImageDataset(images=real.images, labels=real.labels, class_names=tuple(map(str, range(10))),
+                            name=real.name)
+    settings = LoopSettings(batch_size=args.batch_size, total_steps=start + steps, warmup_steps=0, peak_lr=0.1,
+                            alpha=args.alpha, seed=0)
+    batches = TrainingBatches(real_set, [store], settings, 10, device, DistContext(), start_step=start)
     waited = 0.0
     t0 = time.perf_counter()
-    with Prefetcher(mixed, start_step=start, stop_step=start + steps, depth=4) as batches:
-        while True:
+    try:
+        for step in range(start, start + steps):
             t = time.perf_counter()
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
+            (chunk,) = batches(step)
+            int(chunk.images[-1, 0, 0, 0])  # the last row is from the store: wait for it
             waited += time.perf_counter() - t
-            int(batch.images[0, 0, 0, 0])  # touch it
             if compute_s:
                 time.sleep(compute_s)  # the device's work; the GIL is free meanwhile, as during CUDA kernels
+    finally:
+        batches.close()
     wall = time.perf_counter() - t0
-    return steps * mixed.batch_size / wall, waited / steps
+    return steps * args.batch_size / wall, waited / steps
 
 
 def main() -> None:
@@ -105,6 +117,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--alpha", type=float, default=0.3, help="fraction of real images per batch")
     p.add_argument("--compute-ms", type=float, default=20.0, help="simulated training step for the wait test")
+    p.add_argument("--device", default="cpu", help="where the real set and the batches live")
     p.add_argument("--dir", default=None, help="where to write the store (default: a temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the store")
     args = p.parse_args()
@@ -126,19 +139,20 @@ def main() -> None:
 
         real = load_real()
         store = Store(folder / "store", num_classes=10, image_shape=SHAPE)
-        mixed = MixedSource([real, store], [args.alpha, 1 - args.alpha], batch_size=args.batch_size, seed=0,
-                            sampling=("permutation", "with_replacement"))
-        print(f"batches of {mixed.batch_size}: {mixed.counts[0]} real ({real.name}) + {mixed.counts[1]} from the store")
+        n_real = int(np.floor(args.alpha * args.batch_size + 0.5))
+        print(f"batches of {args.batch_size}: {n_real} real ({real.name}, on {args.device}) + "
+              f"{args.batch_size - n_real} from the store")
 
         rates = []
         for r in range(args.repeats):
-            rate, _ = read_pass(mixed, args.steps, r * args.steps, 0.0)
+            rate, _ = read_pass(real, store, args, args.steps, r * args.steps, 0.0)
             rates.append(rate)
-            print(f"  pass {r + 1}: {args.steps} steps, {rate:,.0f} images/s through the prefetcher; {fmt_rss(rss())}")
+            print(f"  pass {r + 1}: {args.steps} steps, {rate:,.0f} images/s through the training data path; "
+                  f"{fmt_rss(rss())}")
         mean = statistics.mean(rates)
         spread = statistics.stdev(rates) if len(rates) > 1 else 0.0
         wait_steps = min(args.steps, 300)
-        _, wait = read_pass(mixed, wait_steps, 10 * args.steps, args.compute_ms / 1000)
+        _, wait = read_pass(real, store, args, wait_steps, 10 * args.steps, args.compute_ms / 1000)
         peak = rss()["peak_rss_mib"]
 
         # baseline: the same mix gathered from arrays in RAM (what the anchors do, needing the whole set in RAM)
@@ -154,7 +168,7 @@ def main() -> None:
         baseline = base_steps * args.batch_size / (time.perf_counter() - t)
 
         print(f"store read: {mean:,.0f} +- {spread:,.0f} images/s (n={len(rates)} passes of {args.steps} steps); "
-              f"in-RAM baseline (same mix, no prefetch thread, {base_steps} steps): {baseline:,.0f} images/s; "
+              f"in-RAM baseline (same mix gathered from arrays, no thread, {base_steps} steps): {baseline:,.0f} images/s; "
               f"ratio store/RAM {mean / baseline:.2f}")
         print(f"with a {args.compute_ms:g} ms training step: the loop waited {1000 * wait:.3f} ms per step for data "
               f"(mean over {wait_steps} steps)")

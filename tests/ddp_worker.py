@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from robustgen.data import ImageDataset
+from robustgen.data.sources import ArraySource
 from robustgen.models import create_model
 from robustgen.train.distributed import context_from_env
 from robustgen.train.loop import LoopSettings, train_loop
@@ -26,7 +27,8 @@ def main() -> None:
     labels = np.arange(120) % 4
     images = (rng.random((120, 8, 8, 1)) * 60 + labels[:, None, None, None] * 50).astype(np.uint8)
     real = ImageDataset(images=images, labels=labels.astype(np.int64), class_names=tuple("abcd"), name="toy")
-    gen = ((rng.random((60, 8, 8, 1)) * 255).astype(np.uint8), rng.integers(0, 4, 60).astype(np.int64))
+    gen = [ArraySource((rng.random((60, 8, 8, 1)) * 255).astype(np.uint8), rng.integers(0, 4, 60).astype(np.int64),
+                       num_classes=4)]
     torch.manual_seed(0)
     model = create_model("small-cnn", num_classes=4, in_channels=1)
     s = LoopSettings(batch_size=24, total_steps=total, warmup_steps=2, peak_lr=0.05, alpha=0.5, ema_decay=0.9,

@@ -49,6 +49,10 @@ def test_run_writes_results_report_and_grid(tiny_run):
     report = (tiny_run / "report.md").read_text()
     assert "| baseline | 1 |" in report and "samples.png" in report
     assert (tiny_run / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in names:  # training curves and loss landscapes of every model, listed in the report
+        for kind in ("curves", "landscape"):
+            figure = f"figures/{name}-{kind}.png"
+            assert figure in report and (tiny_run / figure).read_bytes()[:4] == b"\x89PNG"
 
 
 def test_second_run_reuses_every_stage(tiny_run, capsys):
@@ -86,6 +90,56 @@ def test_generate_and_label_verbs(tiny_run, tmp_path):
     lab = np.load(labeled)
     assert len(lab["label"]) <= 20 and np.bincount(lab["label"]).max() <= 2
     assert set(lab.files) >= {"image", "label", "confidence", "condition"}
+
+
+def test_label_verb_condition_mode_and_per_class_filters(tiny_run, tmp_path):
+    samples = next((tiny_run / "stages").glob("generate-*")) / "samples.npz"
+    clf = next((tiny_run / "stages").glob("classifier-*")) / "best.safetensors"
+    src = np.load(samples)
+    out = tmp_path / "cond.npz"
+    main(["label", "--checkpoint", str(clf), "--input", str(samples), "--out", str(out), "--mode", "condition",
+          "--top-fraction", "0.2", "--quiet"])
+    lab = np.load(out)
+    assert np.array_equal(lab["label"], lab["condition"])  # label = the conditioning class (Wang et al.)
+    counts = np.bincount(src["label"], minlength=10)
+    assert np.bincount(lab["label"], minlength=10).tolist() == [int(np.floor(0.2 * n + 0.5)) for n in counts]
+    # within each class the kept samples are the most confident in the conditioning class
+    from robustgen.checkpoint import load_model
+    from robustgen.label import predict_probabilities
+
+    probs = predict_probabilities(load_model(clf), src["image"], batch_size=512, device=torch.device("cpu"))
+    conf = probs[np.arange(len(src["label"])), src["label"]]
+    for c in range(10):
+        mine = np.sort(conf[src["label"] == c])[::-1]
+        kept = np.sort(lab["confidence"][lab["label"] == c])[::-1]
+        assert np.allclose(kept, mine[:len(kept)])
+    balanced = tmp_path / "bal.npz"
+    main(["label", "--checkpoint", str(clf), "--input", str(samples), "--out", str(balanced), "--mode", "condition",
+          "--balanced", "--quiet"])
+    per_class = np.bincount(np.load(balanced)["label"], minlength=10)
+    assert len(set(per_class.tolist())) == 1 and per_class[0] > 0
+
+
+def test_train_verb_reads_stores_and_weighted_sources(tiny_run, tmp_path, capsys):
+    labeled = next((tiny_run / "stages").glob("label-*")) / "labeled.npz"
+    store = tmp_path / "store"
+    main(["store", "import", str(labeled), str(store), "--quiet"])
+    capsys.readouterr()
+    mix = (f"data.sources=[{{path: train, weight: 0.5}}, {{path: generated, weight: 0.4}}, "
+           f"{{path: {labeled}, weight: 0.1, classes: [0, 1]}}]")
+    sets = _sets([*TINY, mix, "train.alpha=0.5"])
+    main(["train", "--generated", str(store), "--out", str(tmp_path / "t"), "--quiet", *sets])
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert [s["weight"] for s in summary["sources"]] == [0.5, 0.4, 0.1]
+    assert summary["sources"][1]["name"] == str(store) and summary["sources"][2]["name"].endswith("[classes 0,1]")
+    assert (tmp_path / "t" / "best.safetensors").is_file()
+    # the real split's share and train.alpha must agree; a missing source is named
+    assert run_cli(["train", "--generated", str(store), "--out", str(tmp_path / "u"),
+                    *_sets([*TINY, mix])]) == 2
+    assert "set train.alpha=0.5" in capsys.readouterr().err
+    missing = "data.sources=[{path: train, weight: 0.5}, {path: /nowhere/x.npz, weight: 0.5}]"
+    assert run_cli(["train", "--out", str(tmp_path / "v"), *_sets([*TINY, missing, "train.alpha=0.5"])]) == 2
+    assert "/nowhere/x.npz" in capsys.readouterr().err
 
 
 def test_dry_run_prints_plan_without_output(tmp_path, capsys):

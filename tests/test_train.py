@@ -9,11 +9,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robustgen.data import ImageDataset
+from robustgen.data.sources import ArraySource
 from robustgen.errors import RobustgenError
 from robustgen.models import create_model
 from robustgen.train.distributed import DistContext, chunk_rows
 from robustgen.train.ema import WeightAverage
-from robustgen.train.loop import LoopSettings, _Batches, parameter_groups, train_loop
+from robustgen.train.loop import LoopSettings, TrainingBatches, parameter_groups, train_loop
 from robustgen.train.losses import kl_clean_adv, pgd_at_loss, smoothed_targets, trades_loss
 from robustgen.train.schedule import ema_decay, scaled_lr, warmup_cosine_lr
 from robustgen.train.steps import TrainingAttack, standard_step_loss, trades_step_loss
@@ -110,10 +111,10 @@ def _dataset(n=96, seed=0):
 def test_batches_mix_exactly(alpha, batch):
     real = _dataset()
     gen_images = np.full((50, 8, 8, 1), 255, np.uint8)  # generated rows are all-white: countable
-    gen = (gen_images, np.zeros(50, np.int64))
-    s = LoopSettings(batch_size=batch, total_steps=1, warmup_steps=0, peak_lr=0.1, alpha=alpha,
+    gen = [ArraySource(gen_images, np.zeros(50, np.int64), num_classes=4)]
+    s = LoopSettings(batch_size=batch, total_steps=5, warmup_steps=0, peak_lr=0.1, alpha=alpha,
                      label_smoothing_generated=0.1, label_smoothing_real=0.0, crop_padding=0, flip=False)
-    batches = _Batches(real, gen if alpha < 1 else None, s, 4, torch.device("cpu"), DistContext())
+    batches = TrainingBatches(real, gen if alpha < 1 else [], s, 4, torch.device("cpu"), DistContext())
     n_real = math.floor(alpha * batch + 0.5)
     for step in range(5):
         (chunk,) = batches(step)
@@ -127,7 +128,7 @@ def test_batches_mix_exactly(alpha, batch):
 def _train(out, total, *, stop_after=None, checkpoint_every=2):
     torch.manual_seed(0)
     real = _dataset()
-    gen = (_dataset(40, seed=1).images, _dataset(40, seed=1).labels)
+    gen = [ArraySource.from_dataset(_dataset(40, seed=1))]
     model = create_model("small-cnn", num_classes=4, in_channels=1)
     s = LoopSettings(batch_size=16, total_steps=total, warmup_steps=2, peak_lr=0.05, alpha=0.5, ema_decay=0.9,
                      checkpoint_every_steps=checkpoint_every, eval_every_steps=3, log_every_steps=2, crop_padding=1,
@@ -172,7 +173,7 @@ def test_state_from_another_config_is_refused(tmp_path):
         torch.manual_seed(0)
         model = create_model("small-cnn", num_classes=4, in_channels=1)
         s = LoopSettings(batch_size=16, total_steps=3, warmup_steps=0, peak_lr=0.05)
-        train_loop(model, settings=s, real=_dataset(), generated=None, step_loss=standard_step_loss(), evaluate=None,
+        train_loop(model, settings=s, real=_dataset(), generated=[], step_loss=standard_step_loss(), evaluate=None,
                    out_dir=tmp_path / "a", device=torch.device("cpu"), spec={"num_classes": 4}, extra_meta={},
                    fingerprint="other", progress=False)
 
@@ -183,7 +184,7 @@ def test_standard_training_learns_a_separable_toy_problem(tmp_path):
     model = create_model("small-cnn", num_classes=4, in_channels=1)
     s = LoopSettings(batch_size=32, total_steps=40, warmup_steps=4, peak_lr=0.1, crop_padding=0, flip=False,
                      log_every_steps=10)
-    train_loop(model, settings=s, real=real, generated=None, step_loss=standard_step_loss(), evaluate=None,
+    train_loop(model, settings=s, real=real, generated=[], step_loss=standard_step_loss(), evaluate=None,
                out_dir=tmp_path, device=torch.device("cpu"), spec={"num_classes": 4}, extra_meta={},
                fingerprint="x", progress=False)
     model.eval()
@@ -203,7 +204,7 @@ def test_bf16_channels_last_and_pgd_at_steps_train(tmp_path, loss_name):
                  else pgd_at_step_loss(attack, bf16=True))
     s = LoopSettings(batch_size=16, total_steps=4, warmup_steps=1, peak_lr=0.05, channels_last=True,
                      log_every_steps=2)
-    result = train_loop(model, settings=s, real=_dataset(), generated=None, step_loss=step_loss, evaluate=None,
+    result = train_loop(model, settings=s, real=_dataset(), generated=[], step_loss=step_loss, evaluate=None,
                         out_dir=tmp_path, device=torch.device("cpu"), spec={"num_classes": 4}, extra_meta={},
                         fingerprint="x", progress=False)
     losses = [h["loss"] for h in result.history if "loss" in h]
@@ -240,7 +241,7 @@ def test_model_initialisation_depends_on_the_seed_alone():
 
 @pytest.mark.parametrize("n_real,n_gen,chunks", [(77, 179, 4), (10, 0, 3), (0, 8, 8), (5, 7, 2)])
 def test_chunks_keep_the_mix_and_cover_the_batch(n_real, n_gen, chunks):
-    parts = chunk_rows(n_real, n_gen, chunks)
+    parts = chunk_rows((n_real, n_gen), chunks)
     assert len(parts) == chunks
     assert sorted(np.concatenate([r for r, _ in parts]).tolist()) == list(range(n_real))
     assert sorted(np.concatenate([g for _, g in parts]).tolist()) == list(range(n_gen))
@@ -253,13 +254,86 @@ def test_micro_batches_train_and_weight_the_global_mean(tmp_path):
     model = create_model("small-cnn", num_classes=4, in_channels=1)
     s = LoopSettings(batch_size=16, total_steps=3, warmup_steps=1, peak_lr=0.05, micro_batches=4, log_every_steps=1,
                      alpha=0.5)
-    batches = _Batches(_dataset(), (_dataset(40, seed=1).images, _dataset(40, seed=1).labels), s, 4,
+    batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s, 4,
                        torch.device("cpu"), DistContext())
     chunks = batches(0)
     assert [len(c.images) for c in chunks] == [4, 4, 4, 4]
     assert sum(c.weight for c in chunks) == pytest.approx(1.0)
-    result = train_loop(model, settings=s, real=_dataset(), generated=(_dataset(40, seed=1).images,
-                        _dataset(40, seed=1).labels), step_loss=standard_step_loss(), evaluate=None, out_dir=tmp_path,
+    batches.close()
+    result = train_loop(model, settings=s, real=_dataset(), generated=[ArraySource.from_dataset(_dataset(40, seed=1))],
+                        step_loss=standard_step_loss(), evaluate=None, out_dir=tmp_path,
                         device=torch.device("cpu"), spec={"num_classes": 4}, extra_meta={}, fingerprint="m",
                         progress=False)
     assert len([h for h in result.history if "loss" in h]) == 3
+
+
+# --------------------------------------------------------------------------- training from stores
+def _store_of(tmp_path, ds, shard_size=16):
+    from robustgen.data.store import Store, StoreWriter
+
+    path = tmp_path / "store"
+    with StoreWriter.create(path, image_shape=ds.image_shape, num_classes=4, shard_size=shard_size) as w:
+        for k, start in enumerate(range(0, len(ds), shard_size)):
+            stop = min(len(ds), start + shard_size)
+            w.write_shard(k, images=ds.images[start:stop], labels=ds.labels[start:stop])
+    return Store(path, num_classes=4)
+
+
+def _short_training(out, generated, **settings):
+    torch.manual_seed(0)
+    model = create_model("small-cnn", num_classes=4, in_channels=1)
+    s = LoopSettings(batch_size=12, total_steps=4, warmup_steps=1, peak_lr=0.05, log_every_steps=1, crop_padding=1,
+                     seed=2, **settings)
+    result = train_loop(model, settings=s, real=_dataset(), generated=generated, step_loss=standard_step_loss(),
+                        evaluate=None, out_dir=out, device=torch.device("cpu"), spec={"num_classes": 4},
+                        extra_meta={}, fingerprint="s", progress=False)
+    return model, [h["loss"] for h in result.history if "loss" in h]
+
+
+@pytest.mark.parametrize("sampling", ["with_replacement", "permutation"])
+def test_training_from_a_store_equals_training_from_memory(tmp_path, sampling):
+    gen = _dataset(50, seed=4)
+    a, loss_a = _short_training(tmp_path / "a", [ArraySource.from_dataset(gen)], alpha=0.25,
+                                generated_sampling=sampling)
+    b, loss_b = _short_training(tmp_path / "b", [_store_of(tmp_path, gen)], alpha=0.25, generated_sampling=sampling)
+    assert loss_a == loss_b
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_several_weighted_sources_and_class_filters_mix_exactly(tmp_path):
+    from robustgen.data.sources import ClassSubset
+
+    # real rows are < 250, store A rows are 251, store B rows are 252 and B keeps classes 1 and 3 only
+    real = _dataset()
+    real = ImageDataset(images=np.minimum(real.images, 250), labels=real.labels, class_names=real.class_names,
+                        name="real")
+    a = ArraySource(np.full((30, 8, 8, 1), 251, np.uint8), np.arange(30) % 4, num_classes=4, name="A")
+    b_labels = np.arange(40) % 4
+    b = ClassSubset(ArraySource(np.full((40, 8, 8, 1), 252, np.uint8), b_labels, num_classes=4, name="B"), [1, 3])
+    assert len(b) == 20 and set(b.labels.tolist()) == {1, 3}
+    s = LoopSettings(batch_size=20, total_steps=6, warmup_steps=0, peak_lr=0.1, source_weights=(0.3, 0.6, 0.1),
+                     crop_padding=0, flip=False, micro_batches=3)
+    batches = TrainingBatches(real, [a, b], s, 4, torch.device("cpu"), DistContext())
+    try:
+        for step in range(6):
+            chunks = batches(step)
+            images = torch.cat([c.images for c in chunks])
+            targets = torch.cat([c.targets for c in chunks])
+            first = images.flatten(1)[:, 0]
+            assert [int((first < 251).sum()), int((first == 251).sum()), int((first == 252).sum())] == [6, 12, 2]
+            assert set(targets[first == 252].argmax(1).tolist()) <= {1, 3}
+            assert all(abs(len(c.images) - 20 / 3) < 1 for c in chunks)
+    finally:
+        batches.close()
+
+
+def test_batches_must_be_read_in_step_order():
+    s = LoopSettings(batch_size=8, total_steps=4, warmup_steps=0, peak_lr=0.1, alpha=0.5)
+    batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s, 4, torch.device("cpu"),
+                       DistContext(), start_step=1)
+    try:
+        with pytest.raises(RuntimeError, match="step order"):
+            batches(0)
+        assert len(batches(1)) == 1
+    finally:
+        batches.close()

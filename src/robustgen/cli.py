@@ -99,48 +99,53 @@ def generate(config, overrides, generator_name, num_samples, seed, out):
         extra.append(f"generator.seed={seed}")
     cfg = _config(config, overrides + tuple(extra))
     splits = load_splits(cfg)
-    click.echo(json.dumps(generate_samples(cfg, splits.train, out), indent=2))
+    click.echo(json.dumps(generate_samples(cfg, splits.train, out, progress=True), indent=2))
 
 
 @cli.command()
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="classifier checkpoint (f_NR)")
 @click.option("--input", "input_path", type=click.Path(path_type=Path), required=True, help="images .npz")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="labelled .npz")
+@click.option("--mode", type=click.Choice(["argmax", "condition"]), default="argmax", show_default=True,
+              help="label = the classifier's class, or the conditioning class (Wang et al.)")
 @click.option("--top-k", type=int, default=None, help="keep the k most confident images per class")
+@click.option("--top-fraction", type=float, default=None, help="keep this fraction of each class, most confident first")
+@click.option("--balanced", is_flag=True, help="then keep the same number of every class")
 @click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def label(checkpoint, input_path, out, top_k, batch_size, device, quiet):
-    """Pseudo-label images with a classifier; keeps confidences (and the generator's class)."""
+def label(checkpoint, input_path, out, mode, top_k, top_fraction, balanced, batch_size, device, quiet):
+    """Label generated images with a classifier and filter per class; keeps confidences (and the generator's class)."""
     from robustgen.stages import label_samples, resolve_device
 
     if top_k is not None and top_k <= 0:
         raise RobustgenError(f"--top-k must be > 0, got {top_k}")
-    result = label_samples(checkpoint, input_path, out, top_k=top_k, batch_size=batch_size,
-                           device=resolve_device(device), progress=not quiet)
+    result = label_samples(checkpoint, input_path, out, top_k=top_k, top_fraction=top_fraction, balanced=balanced,
+                           mode=mode, batch_size=batch_size, device=resolve_device(device), progress=not quiet)
     click.echo(json.dumps(result, indent=2))
 
 
 @cli.command()
 @_common
 @click.option("--generated", type=click.Path(path_type=Path), default=None,
-              help="pseudo-labelled .npz (needed when train.alpha < 1)")
+              help="pseudo-labelled generated data: a store folder or an .npz (needed when train.alpha < 1)")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output folder (resumes if interrupted)")
 @click.option("--quiet", is_flag=True)
 def train(config, overrides, generated, out, quiet):
-    """Adversarial training (TRADES by default) on alpha-mixed batches."""
-    from robustgen.pipeline import data_fingerprint, train_fingerprint
+    """Adversarial training (TRADES by default) on batches mixing real and generated data."""
+    from robustgen.pipeline import data_fingerprint, needs_generated, train_fingerprint
     from robustgen.stages import load_splits, read_generated, resolve_device, train_robust
     from robustgen.train.distributed import context_from_env
 
     cfg = _config(config, overrides)
-    if cfg.train.alpha < 1 and generated is None:
-        raise RobustgenError(f"train.alpha = {cfg.train.alpha} < 1 needs --generated FILE.npz")
+    if needs_generated(cfg) and generated is None:
+        raise RobustgenError(f"train.alpha = {cfg.train.alpha} < 1 needs --generated STORE_OR_FILE.npz")
     splits = load_splits(cfg)
-    gen = read_generated(generated, splits.train.num_classes, splits.train.image_shape) if generated else None
+    if generated is not None:  # fail early, before any process group or training state
+        read_generated(generated, splits.train.num_classes, splits.train.image_shape)
     fp = train_fingerprint(cfg, data_fingerprint(cfg, splits), str(generated.resolve()) if generated else None)
     ctx, device = context_from_env(resolve_device(cfg.device))  # data-parallel under torchrun
-    result = train_robust(cfg, splits, gen, out, device=device, fingerprint=fp, name=out.name,
+    result = train_robust(cfg, splits, generated, out, device=device, fingerprint=fp, name=out.name,
                           progress=not quiet, ctx=ctx)
     if ctx.is_main:
         click.echo(json.dumps(result, indent=2))
@@ -280,8 +285,9 @@ def store_verify(store_dir):
 @click.option("--quiet", is_flag=True)
 def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, no_verify_existing, quiet):
     """Fit the configured generator on the real train split and write samples shard by shard; resumes."""
+    from robustgen.generate import generator_fit_kwargs
     from robustgen.generate.runner import generate_store
-    from robustgen.stages import load_splits
+    from robustgen.stages import load_splits, resolve_device
 
     if shard_size < 1:
         raise RobustgenError(f"--shard-size must be >= 1, got {shard_size}")
@@ -289,9 +295,11 @@ def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, 
     train = load_splits(cfg).train
     result = generate_store(store_dir, generator=cfg.generator.name, train_images=train.images,
                             train_labels=train.labels, num_classes=train.num_classes, num_samples=num_samples,
-                            seed=cfg.generator.seed, fit_config={"num_components": cfg.generator.pca_components},
+                            seed=cfg.generator.seed, fit_config=generator_fit_kwargs(cfg.generator),
                             class_names=train.class_names, shard_size=shard_size, data_name=cfg.data.dataset,
-                            progress=not quiet, verify_existing=not no_verify_existing)
+                            progress=not quiet, verify_existing=not no_verify_existing,
+                            fit_options={"device": str(resolve_device(cfg.device)), "progress": not quiet,
+                                         "work_dir": Path(store_dir) / "generator-work"})
     click.echo(json.dumps(result, indent=2))
 
 
@@ -353,6 +361,110 @@ def report_samples(source, out, per_class, seed, title):
     from robustgen.report.grid import save_store_grid
 
     click.echo(json.dumps(save_store_grid(out, source, per_class=per_class, seed=seed, title=title), indent=2))
+
+
+# --------------------------------------------------------------------------- measuring generated data
+def _floats(text: str, what: str) -> list[float]:
+    try:
+        return [parse_number(t.strip(), key=what, source="command line") for t in text.split(",") if t.strip()]
+    except RobustgenError:
+        raise
+    except ValueError:
+        raise RobustgenError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+@cli.command()
+@_common
+@click.option("--alphas", default="0.5,0.8,1", show_default=True, help="proportions of real data per batch")
+@click.option("--generators", default=None, help="comma-separated registered generators (default: generator.name)")
+@click.option("--seeds", default="0,1", show_default=True, help="comma-separated run seeds")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/sweep"), show_default=True,
+              help="output folder; its stages/ cache is shared by every grid point")
+@click.option("--quiet", is_flag=True)
+def sweep(config, overrides, alphas, generators, seeds, out, quiet):
+    """Run a grid alpha x generator x seed through the pipeline (reusing finished stages) and write
+    sweep.json, sweep.md and alpha_sweep.png (paper Fig. 5)."""
+    from robustgen.sweep import run_sweep
+
+    cfg = _config(config, overrides)
+    gens = [g.strip() for g in (generators or cfg.generator.name).split(",") if g.strip()]
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        raise RobustgenError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
+    summary = run_sweep(cfg, out, alphas=_floats(alphas, "--alphas"), generators=gens, seeds=seed_list,
+                        progress=not quiet, log=lambda m: click.echo(m, err=True))
+    click.echo((out / "sweep.md").read_text().rstrip())
+    click.echo(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'} and {out / 'alpha_sweep.png'} "
+               f"in {summary['wall_time_s']:.0f} s")
+
+
+@cli.command()
+@_common
+@click.option("--generated", "generated", multiple=True, required=True, metavar="[NAME=]PATH",
+              help="a store folder or released-layout .npz to measure (repeatable)")
+@click.option("--features", "features", default="inception", show_default=True,
+              help="inception, or classifier:CHECKPOINT (penultimate layer)")
+@click.option("--arch", default=None, help="architecture of a plain state dict for classifier:PATH")
+@click.option("--inception-weights", type=click.Path(path_type=Path), default=None,
+              help="local copy of torch-fidelity's Inception weights (offline use)")
+@click.option("--no-download", is_flag=True, help="never download the Inception weights")
+@click.option("--metrics", default="complementarity,fid,is,kid", show_default=True,
+              help="comma-separated: complementarity, fid, is, kid")
+@click.option("--reference", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="the real split FID / KID compare against")
+@click.option("--n", "n", type=int, default=10_000, show_default=True, help="samples per set (paper: 10K)")
+@click.option("--pca", "pca", type=int, default=100, show_default=True, help="PCA components (paper: 100)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON file (markdown next to it)")
+@click.option("--quiet", is_flag=True)
+def measure(config, overrides, generated, features, arch, inception_weights, no_download, metrics, reference, n,
+            pca, seed, batch_size, device, out, quiet):
+    """Complementarity and coverage (paper Alg. 1), FID, IS and KID of generated sets against the
+    config's real train / test splits, in the layout of paper Table 1."""
+    from robustgen.checkpoint import write_json
+    from robustgen.data import load_dataset
+    from robustgen.metrics.features import get_extractor
+    from robustgen.metrics.measure import ImageSet, measure as measure_sets, open_image_set
+    from robustgen.stages import resolve_device
+
+    cfg = _config(config, overrides)
+    if n < 2:
+        raise RobustgenError(f"--n must be >= 2, got {n}")
+    d = cfg.data
+    train = load_dataset(d.dataset, "train", data_root=d.data_root, download=d.download, seed=d.split_seed)
+    test = load_dataset(d.dataset, "test", data_root=d.data_root, download=d.download, seed=d.split_seed)
+    sources = {}
+    for item in generated:
+        name, sep, path = item.partition("=")
+        path, name = (Path(path), name) if sep and path else (Path(item), None)
+        s = open_image_set(path, name)
+        if s.name in sources:
+            raise RobustgenError(f"--generated: two sets are named {s.name!r}; name them NAME=PATH")
+        sources[s.name] = s
+    options = {"weights_path": inception_weights, "download": not no_download} if features == "inception" else \
+        {"arch": arch, "num_classes": train.num_classes, "in_channels": train.image_shape[2]}
+    extractor = get_extractor(features, device=resolve_device(device), **options)
+    result = measure_sets(ImageSet("train", train.images, train.labels), ImageSet("test", test.images, test.labels),
+                          sources, extractor=extractor, n=n, reference=reference, seed=seed, batch_size=batch_size,
+                          pca_components=pca, metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+                          progress=not quiet)
+    if out is not None:
+        write_json(out, {k: v for k, v in result.items() if k != "markdown"})
+        out.with_suffix(".md").write_text(result["markdown"])
+    click.echo(result["markdown"].rstrip())
+
+
+@report.command("curves")
+@click.argument("history", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file")
+def report_curves(history, out):
+    """Training curves of a training stage (its folder or history.json): loss, lr, validation accuracy."""
+    from robustgen.report.plots import plot_training_curves, read_history
+
+    click.echo(plot_training_curves(read_history(history), out, title=str(history)))
 
 
 def _trained_for(checkpoint: Path) -> list[str]:

@@ -25,6 +25,15 @@ DEFAULT_PRESET = "digits_demo"
 
 
 @dataclass(frozen=True)
+class SourceConfig:
+    """One source of training images in ``data.sources``."""
+
+    path: str  # "train" (the real split), "generated" (the run's labelled samples, or --generated) or a store folder / .npz
+    weight: float  # its share of every batch (weights are normalised; rows per batch are exact)
+    classes: Optional[list] = None  # keep only images labelled with these classes (paper Fig. 4b/4c)
+
+
+@dataclass(frozen=True)
 class DataConfig:
     dataset: str = "cifar10"  # registry name (digits, cifar10, cifar100, svhn) or npz:PATH
     data_root: Optional[str] = None  # folder with local copies / download target
@@ -33,6 +42,10 @@ class DataConfig:
     crop_padding: int = 4  # random-crop zero padding in pixels (0 disables cropping)
     flip: bool = True  # random horizontal flips
     split_seed: int = 0  # seed of the validation split (and of the digits train/test split)
+    # Several sources mixed per batch, e.g. [{path: train, weight: 0.3}, {path: generated, weight: 0.7}];
+    # empty: train.alpha of the real split and 1 - alpha of the generated data. train.alpha must
+    # equal the real split's share here.
+    sources: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -58,16 +71,44 @@ class ClassifierConfig:
 
 
 @dataclass(frozen=True)
+class DDPMConfig:
+    """The ``ddpm`` generator (Ho et al. 2020; robustgen.generate.diffusion): train a diffusers UNet
+    on the train split, or load a pretrained one, then sample it with a chosen solver."""
+
+    unet: str = "digits-small"  # UNet preset: digits-small (8x8 digits, CPU minutes) or ho-cifar10 (35.7M params)
+    class_conditional: bool = True  # class embedding, sample i has class i % K; false: pseudo-label the samples
+    pretrained: Optional[str] = None  # diffusers folder or hub id (google/ddpm-cifar10-32); null: train here
+    train_steps: int = 3000  # optimiser steps (Ho et al. CIFAR-10: 800000)
+    batch_size: int = 64  # training images per step (Ho et al.: 128)
+    lr: float = 1e-3  # Adam learning rate after warm-up (Ho et al.: 2e-4)
+    warmup_steps: int = 200  # linear learning-rate warm-up, in steps (Ho et al.: 5000)
+    ema_decay: float = 0.999  # EMA of the weights, used for sampling (Ho et al.: 0.9999)
+    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
+    dropout: Optional[float] = None  # UNet dropout probability; null: the preset's (ho-cifar10 0.1, digits 0)
+    flip: bool = False  # random horizontal flips of the training images (CIFAR: true; digits: false)
+    train_seed: int = 0  # initial weights and every training draw
+    checkpoint_every_steps: int = 500  # resumable training state, in steps
+    sampler: str = "dpm-solver++"  # ddpm (ancestral), ddim, dpm-solver++ or edm-heun
+    sampling_steps: int = 20  # solver steps (ddpm: 1000 as Ho et al.; edm-heun: 2 * steps - 1 UNet calls)
+    sample_batch_size: int = 256  # images per UNet call when sampling; samples are bitwise reproducible per value
+    precision: str = "fp32"  # fp32 or bf16 (autocast of the UNet on CUDA, training and sampling; CPU: fp32)
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     name: str = "gaussian"  # a registered generator
     num_samples: int = 1_000_000  # images to generate (the paper: 100K per CIFAR-10 class)
     pca_components: int = 200  # gaussian: PCA dimension per class (App. D)
     seed: int = 0
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)  # ddpm: diffusion model settings
 
 
 @dataclass(frozen=True)
 class LabelConfig:
+    mode: str = "argmax"  # argmax: f_NR's pseudo-label (the paper); condition: the conditioning class (Wang et al.)
     top_k_per_class: Optional[int] = None  # keep the k most confident samples per class (App. D)
+    top_fraction_per_class: Optional[float] = None  # keep this fraction of each class, most confident first (Wang et al.: 0.2)
+    balanced: bool = False  # then keep the same number of every class (the smallest class's)
     batch_size: int = 1024
 
 
@@ -111,6 +152,7 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the model for training
     micro_batches: int = 1  # gradient accumulation: chunks per device and step (BN statistics per chunk)
+    sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over all devices (SyncBatchNorm); false: per device, as the authors
     log_every_steps: int = 50
 
 
@@ -187,8 +229,14 @@ def _coerce(value: Any, annotation: Any, *, key: str, source: str) -> Any:
     if annotation is list or origin is list:
         if not isinstance(value, (list, tuple)):
             raise RobustgenError(f"{source}: {key} must be a list, got {value!r}")
+        item = _LIST_ITEMS.get(key.rsplit(".", 1)[-1] if "." in key else key)
+        if item is not None:
+            return [_build(item, v, prefix=f"{key}[{i}].", source=source) for i, v in enumerate(value)]
         return [parse_number(v, key=key, source=source) for v in value]
     raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
+
+
+_LIST_ITEMS = {"sources": SourceConfig}  # list fields whose items are sections
 
 
 def _build(cls: type, values: Any, *, prefix: str, source: str):
@@ -308,6 +356,7 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _check(th.eps >= 0, source, f"threat.eps must be >= 0, got {th.eps}")
     _check(th.norm != "linf" or th.eps <= 1, source, f"threat.eps {th.eps} > 1 is meaningless for images in [0,1]")
     _check(0.0 <= t.alpha <= 1.0, source, f"train.alpha must be in [0, 1], got {t.alpha}")
+    _validate_sources(cfg, source)
     for key, arch in (("train.arch", t.arch), ("classifier.arch", c.arch)):
         _check(is_known_arch(arch), source, f"{key}: unknown architecture {arch!r} (known: {', '.join(list_models())})")
     for key, act in (("train.activation", t.activation), ("classifier.activation", c.activation)):
@@ -343,8 +392,12 @@ def validate(cfg: RunConfig, *, source: str) -> None:
            "train.alpha < 1 needs generated data: generator.num_samples must be > 0")
     _check(cfg.generator.num_samples >= 0, source, "generator.num_samples must be >= 0")
     _check(cfg.generator.pca_components > 0, source, "generator.pca_components must be > 0")
+    _validate_ddpm(cfg.generator.ddpm, source)
     _check(cfg.label.top_k_per_class is None or cfg.label.top_k_per_class > 0, source,
            "label.top_k_per_class must be > 0 or null")
+    _check(cfg.label.mode in ("argmax", "condition"), source, f"label.mode must be argmax or condition, got {cfg.label.mode!r}")
+    f = cfg.label.top_fraction_per_class
+    _check(f is None or 0 < f <= 1, source, f"label.top_fraction_per_class must be in (0, 1] or null, got {f}")
     _check(cfg.eval.n is None or cfg.eval.n > 0, source, "eval.n must be > 0 or null")
     _check(cfg.data.dataset.startswith("npz:") or cfg.data.dataset in _dataset_names(), source,
            f"data.dataset: unknown dataset {cfg.data.dataset!r} (known: {', '.join(_dataset_names())}, npz:PATH)")
@@ -355,6 +408,49 @@ def validate(cfg: RunConfig, *, source: str) -> None:
            f"eval.attack: unknown attack {cfg.eval.attack!r} (known: {', '.join(list_attacks())})")
     _check(cfg.generator.name in list_generators(), source,
            f"generator.name: unknown generator {cfg.generator.name!r} (known: {', '.join(list_generators())})")
+
+
+def _validate_ddpm(d: DDPMConfig, source: str) -> None:
+    from robustgen.generate.diffusion.samplers import SAMPLERS
+    from robustgen.generate.diffusion.unet import UNET_PRESETS
+
+    _check(d.unet in UNET_PRESETS, source,
+           f"generator.ddpm.unet: unknown UNet preset {d.unet!r} (known: {', '.join(sorted(UNET_PRESETS))})")
+    _check(d.sampler in SAMPLERS, source,
+           f"generator.ddpm.sampler must be one of {', '.join(SAMPLERS)}, got {d.sampler!r}")
+    _check(d.precision in ("fp32", "bf16"), source, f"generator.ddpm.precision must be fp32 or bf16, got {d.precision!r}")
+    _check(d.pretrained is None or d.pretrained.strip() != "", source, "generator.ddpm.pretrained must be a path, a hub id or null")
+    for key in ("train_steps", "batch_size", "sampling_steps", "sample_batch_size", "checkpoint_every_steps"):
+        _check(getattr(d, key) > 0, source, f"generator.ddpm.{key} must be > 0, got {getattr(d, key)}")
+    _check(d.lr > 0, source, f"generator.ddpm.lr must be > 0, got {d.lr}")
+    _check(d.warmup_steps >= 0 and d.grad_clip >= 0, source, "generator.ddpm.warmup_steps and grad_clip must be >= 0")
+    _check(0.0 <= d.ema_decay < 1.0, source, f"generator.ddpm.ema_decay must be in [0, 1), got {d.ema_decay}")
+    _check(d.dropout is None or 0.0 <= d.dropout < 1.0, source, "generator.ddpm.dropout must be in [0, 1) or null")
+
+
+def real_share(sources: list) -> float:
+    """The real split's share of every batch under ``data.sources`` (weights normalised)."""
+    total = sum(src.weight for src in sources)
+    return sum(src.weight for src in sources if src.path == "train") / total
+
+
+def _validate_sources(cfg: RunConfig, source: str) -> None:
+    sources = cfg.data.sources
+    if not sources:
+        return
+    for i, src in enumerate(sources):
+        key = f"data.sources[{i}]"
+        _check(src.weight >= 0, source, f"{key}.weight must be >= 0, got {src.weight}")
+        _check(src.path.strip() != "", source, f"{key}.path must name train, generated, a store folder or an .npz")
+        _check(src.classes is None or (len(src.classes) > 0 and all(float(c).is_integer() and c >= 0 for c in src.classes)),
+               source, f"{key}.classes must be a non-empty list of class indices or null")
+        _check(src.path != "train" or src.classes is None, source, f"{key}: class filters apply to generated sources only")
+    _check(sum(src.weight for src in sources) > 0, source, "data.sources: the weights must not all be 0")
+    _check(sum(src.path == "train" for src in sources) <= 1, source, "data.sources: list the real split (train) once")
+    share = real_share(sources)
+    _check(abs(share - cfg.train.alpha) <= 1e-9, source,
+           f"data.sources gives the real split a share of {share:.6g} but train.alpha is {cfg.train.alpha:g}; "
+           f"set train.alpha={share:.6g}")
 
 
 def _dataset_names() -> list[str]:

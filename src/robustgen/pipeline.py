@@ -22,9 +22,10 @@ import torch
 from robustgen import __version__
 from robustgen.checkpoint import read_json, write_json
 from robustgen.config import RunConfig, config_to_dict, replace
+from robustgen.generate import generator_fit_kwargs
 from robustgen.train.distributed import DistContext, barrier, context_from_env
 from robustgen.stages import (Splits, evaluate_checkpoint, hash_arrays, generate_samples, label_samples,
-                              load_splits, read_generated, resolve_device, train_classifier, train_robust)
+                              load_splits, resolve_device, train_classifier, train_robust)
 
 
 def fingerprint(*parts) -> str:
@@ -85,29 +86,42 @@ class Stage:
 
 
 def model_variants(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
-    """The robust models a run trains: the configured alpha, plus an alpha = 1 baseline."""
-    main_name = "baseline" if cfg.train.alpha == 1.0 else f"{cfg.generator.name}-alpha{cfg.train.alpha:g}"
+    """The robust models a run trains: the configured mix, plus an alpha = 1 baseline (real data only)."""
+    if cfg.data.sources:
+        main_name = "mix-" + "+".join(f"{Path(s.path).name}{s.weight:g}" for s in cfg.data.sources)
+    else:
+        main_name = "baseline" if cfg.train.alpha == 1.0 else f"{cfg.generator.name}-alpha{cfg.train.alpha:g}"
     variants = [(main_name, cfg)]
-    if cfg.baseline and cfg.train.alpha != 1.0:
-        variants.insert(0, ("baseline", replace(cfg, **{"train.alpha": 1.0})))
+    if cfg.baseline and main_name != "baseline":
+        variants.insert(0, ("baseline", replace(cfg, **{"train.alpha": 1.0, "data.sources": []})))
     return variants
 
 
+def needs_generated(cfg: RunConfig) -> bool:
+    """Does training this config read the run's generated data (or ``--generated``)?"""
+    if cfg.data.sources:
+        return any(s.path == "generated" and s.weight > 0 for s in cfg.data.sources)
+    return cfg.train.alpha < 1
+
+
 def train_fingerprint(variant: RunConfig, data_fp: str, label_fp: str | None) -> str:
-    return fingerprint("train", data_fp, label_fp if variant.train.alpha < 1 else None,
+    from robustgen.stages import source_fingerprints
+
+    return fingerprint("train", data_fp, label_fp if needs_generated(variant) else None,
                        asdict(variant.train), asdict(variant.threat), variant.data.crop_padding,
-                       variant.data.flip, variant.seed, variant.eval.batch_size)
+                       variant.data.flip, variant.seed, variant.eval.batch_size,
+                       *([source_fingerprints(variant)] if variant.data.sources else []))
 
 
 def plan(cfg: RunConfig) -> dict:
     """What ``run`` would do, without loading data or computing anything."""
-    needs_generated = any(v.train.alpha < 1 for _, v in model_variants(cfg))
     stages = []
-    if needs_generated:
+    if any(needs_generated(v) for _, v in model_variants(cfg)):
         stages.append({"stage": "classifier", "arch": cfg.classifier.arch, "epochs": cfg.classifier.epochs,
                        "checkpoint": cfg.classifier.checkpoint})
         stages.append({"stage": "generate", "generator": cfg.generator.name, "num_samples": cfg.generator.num_samples})
-        stages.append({"stage": "label", "top_k_per_class": cfg.label.top_k_per_class})
+        stages.append({"stage": "label", "mode": cfg.label.mode, "top_k_per_class": cfg.label.top_k_per_class,
+                       "top_fraction_per_class": cfg.label.top_fraction_per_class, "balanced": cfg.label.balanced})
     for name, v in model_variants(cfg):
         t = v.train
         epoch = t.epoch_size or "train split size"
@@ -139,7 +153,7 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
     variants = model_variants(cfg)
     label_fp = generated = label_result = generate_dir = None
 
-    if any(v.train.alpha < 1 for _, v in variants):
+    if any(needs_generated(v) for _, v in variants):
         if cfg.classifier.checkpoint:
             classifier_path = Path(cfg.classifier.checkpoint)
             classifier_fp = fingerprint("external-classifier", str(classifier_path.resolve()),
@@ -153,7 +167,8 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
             classifier_path = stage.dir / "best.safetensors"
             if ctx.is_main:
                 log(f"classifier: test accuracy {result['test_accuracy']:.4f}")
-        generate_fp = fingerprint("generate", data_fp, asdict(cfg.generator))
+        g = cfg.generator  # only what this generator reads, so another generator's settings change nothing
+        generate_fp = fingerprint("generate", data_fp, g.name, g.num_samples, g.seed, generator_fit_kwargs(g))
         gen_stage = Stage(out, "generate", generate_fp)
         generate_dir = gen_stage.dir
         gen_stage.run(lambda d: generate_samples(cfg, splits.train, d / "samples.npz"), {"data": data_fp}, ctx=ctx)
@@ -161,19 +176,19 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
         label_stage = Stage(out, "label", label_fp)
         label_result = label_stage.run(
             lambda d: label_samples(classifier_path, gen_stage.dir / "samples.npz", d / "labeled.npz",
-                                    top_k=cfg.label.top_k_per_class, batch_size=cfg.label.batch_size,
+                                    top_k=cfg.label.top_k_per_class, top_fraction=cfg.label.top_fraction_per_class,
+                                    balanced=cfg.label.balanced, mode=cfg.label.mode, batch_size=cfg.label.batch_size,
                                     device=device, progress=progress),
             {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx)
-        generated = read_generated(label_stage.dir / "labeled.npz", splits.train.num_classes,
-                                   splits.train.image_shape)
+        generated = label_stage.dir / "labeled.npz"
 
-    models = []
+    models, train_dirs = [], []
     for name, variant in variants:
         train_fp = train_fingerprint(variant, data_fp, label_fp)
         stage = Stage(out, f"train-{name}", train_fp)
         summary = stage.run(lambda d: train_robust(variant, splits, generated, d, device=device, fingerprint=train_fp,
                                                    name=name, progress=progress, ctx=ctx),
-                            {"data": data_fp, "label": label_fp if variant.train.alpha < 1 else None},
+                            {"data": data_fp, "label": label_fp if needs_generated(variant) else None},
                             ctx=ctx, all_ranks=True)
         e = variant.eval
         eval_fp = fingerprint("eval", train_fp, asdict(e), asdict(variant.threat))
@@ -181,6 +196,7 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
         metrics = eval_stage.run(
             lambda d: _evaluate_into(d, stage.dir / "best.safetensors", variant, splits, device, progress),
             {"train": train_fp}, ctx=ctx)
+        train_dirs.append(stage.dir)
         models.append({
             "name": name, "alpha": variant.train.alpha, "generated_samples": summary["generated_samples"],
             "clean_accuracy": metrics["clean_accuracy"], "robust_accuracy": metrics["robust_accuracy"],
@@ -202,8 +218,13 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
         "wall_time_s": round(time.perf_counter() - started, 2), "config": config_to_dict(cfg),
     }
     if ctx.is_main:
+        from robustgen.report.figures import model_figures
+
         samples = generate_dir / "samples.npz" if generate_dir is not None else None
-        write_report(out, results, samples_path=samples, class_names=splits.train.class_names)
+        figures = [fig for m, train_dir in zip(models, train_dirs)
+                   for fig in model_figures(out, m["name"], train_dir, Path(m["checkpoint"]), splits.test,
+                                            norm=cfg.threat.norm, eps=cfg.threat.eps, device=device)]
+        write_report(out, results, samples_path=samples, class_names=splits.train.class_names, figures=figures)
         write_json(out / "results.json", results)
     return results
 

@@ -12,6 +12,7 @@ summary; the CLI verbs and ``pipeline`` call them. No math lives here.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +26,8 @@ from robustgen.config import RunConfig, config_to_dict
 from robustgen.data import ImageDataset, load_dataset, read_npz, train_val_split, write_npz
 from robustgen.errors import RobustgenError
 from robustgen.evaluate import evaluate_robustness
-from robustgen.generate import get_generator
-from robustgen.label import predict_probabilities, pseudo_label, top_k_per_class
+from robustgen.generate import generator_fit_kwargs, get_generator, runtime_kwargs
+from robustgen.label import predict_probabilities, pseudo_label
 from robustgen.models import create_model
 from robustgen.train.distributed import DistContext
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
@@ -120,7 +121,7 @@ def train_classifier(cfg: RunConfig, splits: Splits, out_dir: Path, *, device: t
         weight_decay=c.weight_decay, alpha=1.0, label_smoothing_real=c.label_smoothing,
         checkpoint_every_steps=max(1, total // 10), log_every_steps=max(1, min(50, total // 20)),
         crop_padding=cfg.data.crop_padding, flip=cfg.data.flip, seed=cfg.seed)
-    result = train_loop(model, settings=settings, real=splits.train, generated=None,
+    result = train_loop(model, settings=settings, real=splits.train, generated=[],
                         step_loss=standard_step_loss(), evaluate=_selection_evaluator(cfg, splits.val, device, robust=False),
                         out_dir=out_dir, device=device, spec=spec,
                         extra_meta={"role": "classifier", "config": config_to_dict(cfg)},
@@ -134,42 +135,72 @@ def train_classifier(cfg: RunConfig, splits: Splits, out_dir: Path, *, device: t
 
 
 # --------------------------------------------------------------------------- generate
-def generate_samples(cfg: RunConfig, train: ImageDataset, out_path: Path) -> dict:
-    """Fit the configured generator on the real train split and sample ``num_samples`` images."""
+def generate_samples(cfg: RunConfig, train: ImageDataset, out_path: Path, *, fit_options: dict | None = None,
+                     progress: bool = False) -> dict:
+    """Fit the configured generator on the real train split and sample ``num_samples`` images.
+
+    ``fit_options``: runtime options of the generator's fit (not part of the result's identity);
+    by default the configured device, a resumable work folder next to ``out_path`` and ``progress``.
+    """
     g = cfg.generator
     generator = get_generator(g.name)
+    options = {"device": str(resolve_device(cfg.device)), "work_dir": Path(out_path).parent / f"{g.name}-work",
+               "progress": progress, **(fit_options or {})}
     t0 = time.perf_counter()
-    fitted = generator.fit(train.images, train.labels, num_classes=train.num_classes, num_components=g.pca_components)
+    fitted = generator.fit(train.images, train.labels, num_classes=train.num_classes, **generator_fit_kwargs(g),
+                           **runtime_kwargs(generator, options))
     fit_s = time.perf_counter() - t0
     images, condition = generator.sample(fitted, g.num_samples, seed=g.seed)
-    write_npz(out_path, image=images, label=condition, class_names=np.asarray(train.class_names))
-    return {"generator": g.name, "num_samples": int(len(condition)), "fit_time_s": round(fit_s, 2),
+    arrays = {"image": images, "class_names": np.asarray(train.class_names)}
+    if condition is not None:  # None: an unconditional generator; f_NR labels the images later
+        arrays["label"] = condition
+    write_npz(out_path, **arrays)
+    return {"generator": g.name, "num_samples": int(len(images)), "fit_time_s": round(fit_s, 2),
             "sample_time_s": round(time.perf_counter() - t0 - fit_s, 2), "path": str(out_path)}
 
 
 # --------------------------------------------------------------------------- label
 def label_samples(classifier_path: Path, samples_path: Path, out_path: Path, *, top_k: int | None,
-                  batch_size: int, device: torch.device, progress: bool = True) -> dict:
-    """Pseudo-label generated images with f_NR (paper Sec. 3.3), optionally keep the top-k per class."""
+                  batch_size: int, device: torch.device, progress: bool = True, mode: str = "argmax",
+                  top_fraction: float | None = None, balanced: bool = False) -> dict:
+    """Label generated images with f_NR and filter them per class.
+
+    ``mode="argmax"``: label = f_NR's most likely class, confidence = its probability (paper Sec. 3.3);
+    ``mode="condition"``: label = the sample's conditioning class, confidence = f_NR's probability
+    of it (Wang et al.). Then keep the ``top_fraction`` / ``top_k`` most confident of each class,
+    optionally the same number of every class (``robustgen.label.select``)."""
+    from robustgen.label import keep_counts, select_per_class
+
     model = load_model(classifier_path, device=device)
     num_classes = model_num_classes(classifier_path)
     arrays = read_npz(samples_path, num_classes=num_classes)
     images = arrays["image"]
     probs = predict_probabilities(model, images, batch_size=batch_size, device=device, progress=progress)
-    labels, confidence = pseudo_label(probs)
+    if mode == "condition":
+        if "label" not in arrays:
+            raise RobustgenError(f"{samples_path}: label.mode = condition needs class-conditional samples "
+                                 "(this file has no conditioning labels)")
+        labels = arrays["label"].astype(np.int64)
+        confidence = probs[np.arange(len(labels)), labels].astype(np.float32)
+    else:
+        labels, confidence = pseudo_label(probs)
     keep = np.arange(len(labels))
-    if top_k is not None:
-        keep = top_k_per_class(labels, confidence, k=top_k, num_classes=num_classes)
+    if top_k is not None or top_fraction is not None or balanced:
+        counts = keep_counts(np.bincount(labels, minlength=num_classes), top_k=top_k, top_fraction=top_fraction,
+                             balanced=balanced)
+        keep = select_per_class(labels, confidence, counts)
     out = {"image": images[keep], "label": labels[keep], "confidence": confidence[keep]}
     if "label" in arrays:
         out["condition"] = arrays["label"][keep]
     if "class_names" in arrays:
         out["class_names"] = arrays["class_names"]
     write_npz(out_path, **out)
-    summary = {"num_labeled": int(len(keep)), "mean_confidence": float(confidence[keep].mean()) if len(keep) else 0.0,
+    summary = {"mode": mode, "num_generated": int(len(labels)), "num_labeled": int(len(keep)),
+               "mean_confidence": float(confidence[keep].mean()) if len(keep) else 0.0,
                "counts_per_class": np.bincount(labels[keep], minlength=num_classes).tolist(), "path": str(out_path)}
-    if "condition" in out:
-        summary["agreement_with_condition"] = float((out["condition"] == out["label"]).mean()) if len(keep) else 0.0
+    if "label" in arrays:
+        # how often f_NR's top class is the conditioning class, over all generated samples
+        summary["agreement_with_condition"] = float((probs.argmax(1) == arrays["label"]).mean()) if len(labels) else 0.0
     return summary
 
 
@@ -204,38 +235,92 @@ def adversarial_settings(cfg: RunConfig, n_real: int) -> LoopSettings:
         channels_last=t.channels_last, micro_batches=t.micro_batches, seed=cfg.seed)
 
 
-def read_generated(path: Path, num_classes: int, image_shape: tuple) -> tuple[np.ndarray, np.ndarray]:
-    arrays = read_npz(path, num_classes=num_classes, keys=("image", "label"))
-    if arrays["image"].shape[1:] != tuple(image_shape):
-        raise RobustgenError(f"{path}: generated images are {arrays['image'].shape[1:]} but the real data is {tuple(image_shape)}")
-    return arrays["image"], arrays["label"]
+def read_generated(path: Path, num_classes: int, image_shape: tuple):
+    """A generated set as a batch source: a store folder (memory-mapped, constant memory) or an
+    .npz in the released layout (read into RAM)."""
+    from robustgen.data.sources import open_source
+
+    path = Path(path)
+    if not path.exists():
+        raise RobustgenError(f"{path}: generated data not found")
+    return open_source(path, num_classes=num_classes, image_shape=image_shape)
 
 
-def train_robust(cfg: RunConfig, splits: Splits, generated: tuple[np.ndarray, np.ndarray] | None,
+def training_sources(cfg: RunConfig, splits: Splits, generated: Path | None) -> tuple[list, tuple[float, ...]]:
+    """The generated sources of adversarial training and the weights of (real split, source 1, ...).
+
+    Without ``data.sources``: the generated set ``generated`` at 1 - alpha (none when alpha = 1).
+    With it: each listed source in order, ``generated`` standing for the run's labelled samples
+    (or ``--generated``), ``classes`` keeping those classes only."""
+    from robustgen.data.sources import ClassSubset
+
+    t, real = cfg.train, splits.train
+    if not cfg.data.sources:
+        if t.alpha >= 1.0:
+            return [], (1.0,)
+        if generated is None:
+            raise RobustgenError(f"train.alpha = {t.alpha} < 1 needs generated data")
+        return [read_generated(generated, real.num_classes, real.image_shape)], (t.alpha, 1.0 - t.alpha)
+    sources, weights = [], [sum(src.weight for src in cfg.data.sources if src.path == "train")]
+    for src in cfg.data.sources:
+        if src.path == "train":
+            continue
+        if src.path == "generated" and generated is None:
+            raise RobustgenError("data.sources lists 'generated' but this run has no generated data (use --generated)")
+        source = read_generated(generated if src.path == "generated" else Path(src.path), real.num_classes,
+                                real.image_shape)
+        sources.append(ClassSubset(source, src.classes) if src.classes is not None else source)
+        weights.append(src.weight)
+    return sources, tuple(weights)
+
+
+def source_fingerprints(cfg: RunConfig) -> list:
+    """What identifies the external sources listed in ``data.sources`` (a store's manifest, an
+    .npz file's size and time), so a changed source invalidates a cached training."""
+    out = []
+    for src in cfg.data.sources:
+        path = Path(src.path)
+        if src.path in ("train", "generated"):
+            out.append(src.path)
+        elif (path / "manifest.json").is_file():
+            out.append(_file_digest(path / "manifest.json"))
+        else:
+            out.append([str(path.resolve()), *((path.stat().st_size, path.stat().st_mtime) if path.exists() else ())])
+    return out
+
+
+def train_robust(cfg: RunConfig, splits: Splits, generated: Path | None,
                  out_dir: Path, *, device: torch.device, fingerprint: str, name: str = "model",
                  progress: bool = True, ctx: DistContext = DistContext()) -> dict:
-    """TRADES (or PGD-AT) on batches with exactly round(alpha * B) real images; data-parallel
-    over ``ctx.world_size`` processes when launched by torchrun."""
+    """TRADES (or PGD-AT) on batches with exact per-source row counts (round(alpha * B) real
+    images); data-parallel over ``ctx.world_size`` processes when launched by torchrun.
+    ``generated``: the labelled generated set (store folder or .npz), read with constant memory."""
     t = cfg.train
-    if t.alpha < 1.0 and (generated is None or len(generated[1]) == 0):
-        raise RobustgenError(f"train.alpha = {t.alpha} < 1 needs generated data")
+    sources, weights = training_sources(cfg, splits, generated)
     model, spec = build_model(t.arch, t.activation, splits.train, seed=cfg.seed)
+    if t.sync_bn and ctx.enabled:
+        if device.type != "cuda":
+            raise RobustgenError("train.sync_bn needs CUDA devices: torch's SyncBatchNorm does not run on CPUs")
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if t.channels_last:
         model.to(memory_format=torch.channels_last)
-    settings = adversarial_settings(cfg, len(splits.train))
+    settings = dataclasses.replace(adversarial_settings(cfg, len(splits.train)), source_weights=weights)
     bf16 = t.precision == "bf16"
     attack = training_attack(cfg)
     step_loss = (trades_step_loss(attack, beta=t.beta, bf16=bf16) if t.loss == "trades"
                  else pgd_at_step_loss(attack, bf16=bf16))
-    result = train_loop(model, settings=settings, real=splits.train, generated=generated if t.alpha < 1 else None,
+    result = train_loop(model, settings=settings, real=splits.train, generated=sources,
                         step_loss=step_loss, evaluate=_selection_evaluator(cfg, splits.val, device, robust=True),
                         out_dir=out_dir, device=device, spec=spec,
                         extra_meta={"role": "robust", "name": name, "config": config_to_dict(cfg)},
                         fingerprint=fingerprint, desc=f"train[{name}]", compile_model=t.compile,
                         ctx=ctx, progress=progress)
     summary = {"name": name, "alpha": t.alpha, "steps": settings.total_steps, "batch_size": t.batch_size,
-               "generated_samples": 0 if t.alpha == 1 or generated is None else int(len(generated[1])),
+               "generated_samples": int(sum(len(src) for src in sources)),
+               "sources": [{"name": "real", "images": len(splits.train), "weight": weights[0]}]
+               + [{"name": str(getattr(src, "name", "generated")), "images": len(src), "weight": w}
+                  for src, w in zip(sources, weights[1:])],
                "selection": result.best, "wall_time_s": round(result.wall_time_s, 2),
                "resumed_from_step": result.resumed_from, "checkpoint": str(out_dir / "best.safetensors")}
     if ctx.is_main:

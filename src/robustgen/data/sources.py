@@ -63,6 +63,7 @@ from robustgen.errors import RobustgenError
 __all__ = [
     "ArraySource",
     "BatchSource",
+    "ClassSubset",
     "MixedBatch",
     "MixedSource",
     "Prefetcher",
@@ -106,6 +107,32 @@ class ArraySource:
 
     def gather(self, indices, out: np.ndarray | None = None) -> np.ndarray:
         return np.take(self.images, np.asarray(indices, dtype=np.int64), axis=0, out=out)
+
+
+class ClassSubset:
+    """The images of ``source`` labelled with one of ``classes``, as a source of their own (the
+    paper's Fig. 4 experiments: generated data for some classes only). Holds an int64 index map
+    of the selected rows (8 bytes per selected image)."""
+
+    def __init__(self, source, classes: Sequence[int]):
+        wanted = sorted({int(c) for c in classes})
+        name = str(getattr(source, "name", "source"))
+        bad = [c for c in wanted if not 0 <= c < int(source.num_classes)]
+        if not wanted or bad:
+            raise RobustgenError(f"{name}: classes {bad or wanted} are not in 0..{int(source.num_classes) - 1}")
+        self.rows = np.flatnonzero(np.isin(source.labels, wanted)).astype(np.int64)
+        if self.rows.size == 0:
+            raise RobustgenError(f"{name}: no images labelled with classes {wanted}")
+        self.source, self.classes = source, tuple(wanted)
+        self.labels = np.asarray(source.labels)[self.rows]
+        self.num_classes, self.image_shape = int(source.num_classes), tuple(source.image_shape)
+        self.name = f"{name}[classes {','.join(map(str, wanted))}]"
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def gather(self, indices, out: np.ndarray | None = None) -> np.ndarray:
+        return self.source.gather(self.rows[np.asarray(indices, dtype=np.int64)], out=out)
 
 
 def open_source(path, *, num_classes: int | None = None, image_shape=None):

@@ -3,8 +3,15 @@
 A generator is an object with
     ``fit(train_images, train_labels, *, num_classes, **cfg) -> fitted``
     ``sample(fitted, n, *, seed) -> (uint8 NHWC images, int64 conditioning labels)``
-where images and labels are numpy arrays. Register one with ``@register_generator("name")``
-in its module and import that module at the bottom of this file.
+where images and labels are numpy arrays (labels None for an unconditional generator). Register
+one with ``@register_generator("name")`` in its module and import that module at the bottom of
+this file. Optional adapter attributes:
+
+* ``fit_kwargs(generator_config) -> dict``: the ``fit`` keyword arguments of a ``GeneratorConfig``
+  (fingerprinted with the samples); ``generator_fit_kwargs`` calls it;
+* ``runtime_options``: names of ``fit`` / ``load_fit`` keyword arguments that change how, not
+  what, is computed (device, work folder, progress); ``runtime_kwargs`` passes only those;
+* ``fit_file``: the file name of the saved fit in a store (default ``generator_fit.npz``).
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ from typing import Any, Callable, TypeVar
 
 from robustgen.errors import RobustgenError
 
-__all__ = ["GENERATORS", "get_generator", "list_generators", "register_generator"]
+__all__ = ["GENERATORS", "generator_fit_kwargs", "get_generator", "list_generators", "register_generator",
+           "runtime_kwargs"]
 
 GENERATORS: dict[str, Any] = {}
 
@@ -43,5 +51,19 @@ def get_generator(name: str) -> Any:
         raise RobustgenError(f"unknown generator {name!r}; choose from {', '.join(list_generators())}") from None
 
 
+def generator_fit_kwargs(generator_config) -> dict:
+    """The ``fit`` keyword arguments of ``generator_config`` (a ``config.GeneratorConfig``) for its generator."""
+    adapter = get_generator(generator_config.name)
+    make = getattr(adapter, "fit_kwargs", None)
+    return {} if make is None else dict(make(generator_config))
+
+
+def runtime_kwargs(adapter, options: dict | None) -> dict:
+    """The entries of ``options`` (device, work_dir, progress, ...) that ``adapter`` declares it takes."""
+    names = set(getattr(adapter, "runtime_options", ()))
+    return {k: v for k, v in (options or {}).items() if k in names}
+
+
 # Registration side effects (after the registry exists, so the modules can import it).
 from robustgen.generate import gaussian as _gaussian  # noqa: E402,F401
+from robustgen.generate import diffusion as _diffusion  # noqa: E402,F401

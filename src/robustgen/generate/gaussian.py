@@ -414,6 +414,10 @@ class GaussianGenerator:
     ``sample``, and for sharded generation ``range_sampler``, ``save_fit``, ``load_fit``."""
 
     @staticmethod
+    def fit_kwargs(generator_config) -> dict:
+        return {"num_components": generator_config.pca_components}
+
+    @staticmethod
     def fit(
         train_images: np.ndarray, train_labels: np.ndarray, *, num_classes: int, num_components: int = 200
     ) -> GaussianFit:

@@ -7,8 +7,11 @@ Any registered generator works whose adapter offers, besides ``fit``:
         pure function of (fitted, seed, i) (per-sample seeds, EDM)
     ``save_fit(fitted, path)`` / ``load_fit(path)``: the fitted parameters as a file
 
+``range_sampler(...).sample`` may return None for the classes (an unconditional generator):
+the shard then has placeholder labels 0 and no ``conditions`` until it is pseudo-labelled.
+
 Shard k holds samples [k*S, min((k+1)*S, N)). A run writes the fit to ``generator_fit.npz``
-in the store first (a resumed run loads it and never refits; a run killed during the fit
+(or the adapter's ``fit_file``) in the store first (a resumed run loads it and never refits; a run killed during the fit
 refits, which is deterministic on the same machine), then every shard not already complete
 in the manifest (listed, right size, sha256 of its files matching). A job killed at any point
 resumes at the first incomplete shard and produces byte-identical shards. Asking for more
@@ -28,7 +31,7 @@ from tqdm.auto import tqdm
 
 from robustgen.data.store import DEFAULT_SHARD_SIZE, StoreWriter, file_sha256, is_store
 from robustgen.errors import RobustgenError
-from robustgen.generate import get_generator
+from robustgen.generate import get_generator, runtime_kwargs
 
 __all__ = ["FIT_FILE", "array_fingerprint", "generate_store"]
 
@@ -50,10 +53,12 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
                    num_classes: int, num_samples: int, seed: int, fit_config: dict | None = None,
                    class_names=None, shard_size: int = DEFAULT_SHARD_SIZE, data_name: str = "",
                    progress: bool = True, verify_existing: bool = True, fitted=None,
-                   on_shard: Callable[[int], None] | None = None) -> dict:
+                   on_shard: Callable[[int], None] | None = None, fit_options: dict | None = None) -> dict:
     """Fit ``generator`` on the train split (once) and write ``num_samples`` images to ``store_dir``.
 
     ``fit_config``: keyword arguments of the generator's ``fit`` (e.g. ``num_components``).
+    ``fit_options``: runtime keyword arguments of ``fit`` / ``load_fit`` (device, work_dir, progress),
+    not fingerprinted; each adapter receives only those in its ``runtime_options``.
     Resuming needs the same generator, seed, fit config, shard size and training data (checked
     against the manifest). ``verify_existing``: re-hash finished shards before trusting them.
     ``fitted``: an already fitted generator (of these data and config) to save instead of fitting.
@@ -84,7 +89,7 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
     with writer:
         writer.update(target_num_images=num_samples)
         fitted, fit_s, refit = _fit_or_load(writer, adapter, spec, train_images, train_labels, num_classes,
-                                            fit_config, fitted)
+                                            fit_config, fitted, runtime_kwargs(adapter, fit_options))
         sampler = adapter.range_sampler(fitted, seed=int(seed))
         size = int(writer.manifest["shard_size"])
         starts = range(0, num_samples, size)
@@ -94,12 +99,15 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
                   smoothing=0.1) as bar:
             for k, start in enumerate(starts):
                 stop = min(num_samples, start + size)
-                if writer.shard_ok(k, count=stop - start, fields=_SHARD_FIELDS, check_sha=verify_existing):
+                fields = _SHARD_FIELDS if k >= len(writer.shards) or "conditions" in writer.shards[k]["files"] \
+                    else _SHARD_FIELDS[:2]
+                if writer.shard_ok(k, count=stop - start, fields=fields, check_sha=verify_existing):
                     skipped += stop - start
                     bar.update(stop - start)
                     continue
                 images, conditions = sampler.sample(start, stop)
-                writer.write_shard(k, images=images, labels=conditions, conditions=conditions)
+                labels = np.zeros(len(images), np.int64) if conditions is None else conditions
+                writer.write_shard(k, images=images, labels=labels, conditions=conditions)
                 written += stop - start
                 bar.update(stop - start)
                 if on_shard is not None:
@@ -138,20 +146,23 @@ def _check_resume(writer: StoreWriter, spec: dict, image_shape, num_classes, sha
         refuse(f"the store already holds {m['num_images']} images, more than the {num_samples} asked for")
 
 
-def _fit_or_load(writer: StoreWriter, adapter, spec: dict, images, labels, num_classes, fit_config, fitted=None):
+def _fit_or_load(writer: StoreWriter, adapter, spec: dict, images, labels, num_classes, fit_config, fitted=None,
+                 runtime: dict | None = None):
     """The fitted generator: from the store's fit file when intact, else fitted now and saved."""
     info = writer.manifest.get("generator") or {}
-    path = writer.path / FIT_FILE
-    if info.get("fit_file") and path.is_file() and file_sha256(path) == info.get("fit_sha256"):
-        return adapter.load_fit(path), 0.0, False
+    runtime = runtime or {}
+    fit_file = getattr(adapter, "fit_file", FIT_FILE)
+    path = writer.path / fit_file
+    if info.get("fit_file") == fit_file and path.is_file() and file_sha256(path) == info.get("fit_sha256"):
+        return adapter.load_fit(path, **runtime), 0.0, False
     if writer.shards:
         # shards of a fit that is gone: a refit elsewhere could differ, so they are redone
         writer.truncate(0)
     t = time.perf_counter()
     if fitted is None:
-        fitted = adapter.fit(images, labels, num_classes=num_classes, **fit_config)
+        fitted = adapter.fit(images, labels, num_classes=num_classes, **fit_config, **runtime)
     fit_s = time.perf_counter() - t
     adapter.save_fit(fitted, path)
-    writer.update(generator={**spec, "fit_file": FIT_FILE, "fit_sha256": file_sha256(path),
+    writer.update(generator={**spec, "fit_file": fit_file, "fit_sha256": file_sha256(path),
                              "fit_time_s": round(fit_s, 2)})
     return fitted, fit_s, True

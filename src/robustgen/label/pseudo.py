@@ -77,19 +77,8 @@ def top_k_per_class(labels: np.ndarray, confidences: np.ndarray, *, k: int, num_
 
     A class with fewer than ``k`` members keeps all of them; ties go to the lower index.
     """
-    labels = np.asarray(labels)
-    confidences = np.asarray(confidences)
-    if labels.ndim != 1 or confidences.shape != labels.shape:
-        raise RobustgenError(f"labels {labels.shape} and confidences {confidences.shape} must be [N] each")
+    from robustgen.label.select import select_per_class
+
     if k < 0:
         raise RobustgenError(f"k must be >= 0, got {k}")
-    n = labels.size
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise RobustgenError(f"labels must lie in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
-    # by class, then confidence descending, then index ascending (lexsort: last key is primary)
-    order = np.lexsort((np.arange(n), -confidences.astype(np.float64), labels))
-    class_start = np.concatenate([[0], np.cumsum(np.bincount(labels, minlength=num_classes))[:-1]])
-    rank = np.arange(n) - class_start[labels[order]]
-    return np.sort(order[rank < k]).astype(np.int64)
+    return select_per_class(labels, confidences, np.full(int(num_classes), int(k), np.int64))

@@ -46,7 +46,10 @@ def verdict(models: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, results: dict, *, samples_path: Path | None, class_names: Sequence[str]) -> None:
+def write_report(out: Path, results: dict, *, samples_path: Path | None, class_names: Sequence[str],
+                 figures: Sequence[tuple[str, str]] = ()) -> None:
+    """report.md: results table, verdict, labelling summary, the samples grid and ``figures``
+    ((caption, PNG path relative to ``out``) pairs)."""
     from robustgen.data import read_npz
     from robustgen.report.grid import save_sample_grid
 
@@ -64,5 +67,7 @@ def write_report(out: Path, results: dict, *, samples_path: Path | None, class_n
         save_sample_grid(out / "samples.png", arrays["image"], arrays["label"], class_names=class_names,
                          per_class=10, seed=0, title="generated samples (one row per class)")
         lines += ["Generated samples, one row per class:", "", "![samples](samples.png)", ""]
+    for caption, path in figures:
+        lines += [f"{caption}:", "", f"![{Path(path).stem}]({path})", ""]
     text = "\n".join(lines)
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))

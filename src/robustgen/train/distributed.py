@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node=N -m robustgen.cli train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
 each process then owns one device (cuda:LOCAL_RANK, or the CPU with the gloo backend). The
 global batch of B images is the same pure function of (seed, step) on every rank and is cut
-into world_size x micro_batches chunks (``chunk_rows``), so the per-batch alpha mix stays exact
+into world_size x micro_batches chunks (``chunk_rows``), so the per-batch mix of sources stays exact
 whatever the number of processes. BatchNorm statistics are per chunk (per device, as the
 authors); DDP averages gradients, and each chunk's loss is weighted so that the update equals
 the gradient of the global batch mean. Checkpoints, evaluation and logs come from rank 0.
@@ -60,9 +60,9 @@ def sum_across(ctx: DistContext, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def chunk_rows(n_real: int, n_generated: int, chunks: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Split a batch's real rows [0, n_real) and generated rows [0, n_generated) into ``chunks``
-    parts, each with an equal share (+-1) of both, so every chunk keeps the alpha mix."""
-    real = np.array_split(np.arange(n_real), chunks)
-    gen = np.array_split(np.arange(n_generated), chunks)
-    return list(zip(real, gen))
+def chunk_rows(counts, chunks: int) -> list[tuple[np.ndarray, ...]]:
+    """Split a batch's rows of each source (``counts[i]`` rows of source i) into ``chunks``
+    parts, each with an equal share (+-1) of every source, so every chunk keeps the mix.
+    Returns, per chunk, one array of row positions per source."""
+    per_source = [np.array_split(np.arange(int(n)), chunks) for n in counts]
+    return [tuple(parts[c] for parts in per_source) for c in range(chunks)]

@@ -15,7 +15,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,7 +23,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from robustgen.checkpoint import load_state, save_model, save_state, write_json
-from robustgen.data import ImageDataset, MixedBatchIndices, crop_flip
+from robustgen.data import ImageDataset, crop_flip
+from robustgen.data.sources import BatchSource, Prefetcher, WeightedIndices, host_buffer
 from robustgen.errors import RobustgenError
 from robustgen.train.distributed import DistContext, barrier, chunk_rows, sum_across
 from robustgen.train.ema import WeightAverage
@@ -44,7 +45,8 @@ class LoopSettings:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    alpha: float = 1.0  # fraction of real images per batch
+    alpha: float = 1.0  # fraction of real images per batch (with one generated source)
+    source_weights: tuple | None = None  # share of the real split, then of each generated source (overrides alpha)
     label_smoothing_real: float = 0.0
     label_smoothing_generated: float = 0.1
     generated_sampling: str = "with_replacement"
@@ -86,50 +88,84 @@ class Chunk:
     weight: float  # b * world_size / B: makes DDP's gradient average the global batch mean
 
 
-class _Batches:
-    """This rank's chunks of step t's global batch: exactly round(alpha * B) real rows in the
-    batch, spread evenly over the world_size x micro_batches chunks."""
+class TrainingBatches:
+    """This rank's chunks of step t's global batch. Source 0 is the real split, kept on the
+    device as uint8; sources 1.. are generated sets (arrays in RAM or stores on disk, read with
+    constant memory). Every batch holds exactly ``counts[i]`` rows of source i (``source_counts``
+    of the weights; (alpha, 1 - alpha) gives round(alpha * B) real rows), spread evenly over the
+    world_size x micro_batches chunks. Generated rows are gathered ahead of the step by a
+    background thread, into pinned memory under CUDA, and only for this rank's chunks."""
 
-    def __init__(self, real: ImageDataset, generated: tuple[np.ndarray, np.ndarray] | None,
-                 s: LoopSettings, num_classes: int, device: torch.device, ctx: DistContext):
+    def __init__(self, real: ImageDataset, generated: Sequence[BatchSource], s: LoopSettings, num_classes: int,
+                 device: torch.device, ctx: DistContext, start_step: int = 0):
         self.device, self.ctx, self.s = device, ctx, s
-        n_generated = 0 if generated is None else len(generated[1])
-        self.indices = MixedBatchIndices(len(real), n_generated, s.batch_size, s.alpha, s.seed,
-                                         generated_sampling=s.generated_sampling)
-        self.n_real, self.n_gen = self.indices.n_real_per_batch, self.indices.n_generated_per_batch
+        self.generated = list(generated)
+        weights = s.source_weights or ((s.alpha, 1.0 - s.alpha) if self.generated else (1.0,))
+        if len(weights) != 1 + len(self.generated):
+            raise RobustgenError(f"{len(weights)} source weights for the real split and {len(self.generated)} "
+                                 "generated sources")
+        sampling = ("permutation",) + (s.generated_sampling,) * len(self.generated)
+        self.indices = WeightedIndices([len(real), *(len(g) for g in self.generated)], weights,
+                                       batch_size=s.batch_size, seed=s.seed, sampling=sampling)
+        self.counts = self.indices.counts
         self.real_images = torch.from_numpy(real.images).to(device)  # uint8 [N, H, W, C]
         self.real_labels = torch.from_numpy(real.labels).to(device)
-        # Generated sets can be far larger than the real one: their rows are gathered on the host.
-        self.gen_images, self.gen_labels = generated if (generated is not None and self.n_gen) else (None, None)
+        self.image_shape = tuple(real.images.shape[1:])
         self.num_classes = num_classes
-        self.pin = device.type == "cuda"
         total_chunks = ctx.world_size * s.micro_batches
         if s.batch_size < total_chunks:
             raise RobustgenError(f"batch size {s.batch_size} is smaller than world size x micro-batches = {total_chunks}")
-        self.rows = chunk_rows(self.n_real, self.n_gen, total_chunks)
+        first = ctx.rank * s.micro_batches
+        self.mine = [(c, rows) for c, rows in enumerate(chunk_rows(self.counts, total_chunks))
+                     if first <= c < first + s.micro_batches]
+        self.prefetch = None
+        if sum(self.counts[1:]):
+            self.prefetch = Prefetcher(self._fetch_generated, start_step=start_step, stop_step=s.total_steps,
+                                       pin_memory=device.type == "cuda")
 
-    def _chunk(self, idx_real: np.ndarray, idx_gen: np.ndarray, index: int) -> Chunk:
+    def _fetch_generated(self, step: int) -> list:
+        """Per chunk of this rank: its real indices and its generated rows (images, labels) on the host."""
+        idx = self.indices(step)
+        out = []
+        for _, rows in self.mine:
+            n = sum(len(r) for r in rows[1:])
+            images = host_buffer((n, *self.image_shape), np.uint8, pin_memory=self.device.type == "cuda")
+            labels = host_buffer((n,), np.int64, pin_memory=self.device.type == "cuda")
+            at = 0
+            for source, source_idx, r in zip(self.generated, idx[1:], rows[1:]):
+                picked = source_idx[r]
+                source.gather(picked, out=images.numpy()[at:at + len(picked)])
+                labels.numpy()[at:at + len(picked)] = source.labels[picked]
+                at += len(picked)
+            out.append((idx[0][rows[0]], images, labels))
+        return out
+
+    def _chunk(self, idx_real: np.ndarray, gen_images, gen_labels, index: int) -> Chunk:
         s = self.s
         real_idx = torch.from_numpy(idx_real).to(self.device)
         images, labels = self.real_images[real_idx], self.real_labels[real_idx]
-        smoothing = [s.label_smoothing_real] * len(idx_real) + [s.label_smoothing_generated] * len(idx_gen)
-        if len(idx_gen):
-            gen = torch.from_numpy(self.gen_images[idx_gen])
-            gen_labels = torch.from_numpy(self.gen_labels[idx_gen])
-            if self.pin:
-                gen, gen_labels = gen.pin_memory(), gen_labels.pin_memory()
-            images = torch.cat([images, gen.to(self.device, non_blocking=True)])
+        n_gen = 0 if gen_labels is None else len(gen_labels)
+        if n_gen:
+            images = torch.cat([images, gen_images.to(self.device, non_blocking=True)])
             labels = torch.cat([labels, gen_labels.to(self.device, non_blocking=True)])
+        smoothing = [s.label_smoothing_real] * len(idx_real) + [s.label_smoothing_generated] * n_gen
         smooth = torch.tensor(smoothing, device=self.device, dtype=torch.float32)
         targets = smoothed_targets(labels, num_classes=self.num_classes, smoothing=smooth)
         weight = len(labels) * self.ctx.world_size / s.batch_size
         return Chunk(images=images, targets=targets, index=index, weight=weight)
 
     def __call__(self, step: int) -> list[Chunk]:
-        idx_real, idx_gen = self.indices(step)
-        first = self.ctx.rank * self.s.micro_batches
-        return [self._chunk(idx_real[r], idx_gen[g], c)
-                for c, (r, g) in enumerate(self.rows) if first <= c < first + self.s.micro_batches]
+        if self.prefetch is None:
+            idx_real = self.indices(step)[0]
+            return [self._chunk(idx_real[rows[0]], None, None, c) for c, rows in self.mine]
+        if self.prefetch.next_step != step:
+            raise RuntimeError(f"batches are read in step order: expected step {self.prefetch.next_step}, got {step}")
+        fetched = next(self.prefetch)
+        return [self._chunk(idx_real, images, labels, c) for (c, _), (idx_real, images, labels) in zip(self.mine, fetched)]
+
+    def close(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
 
 
 @dataclass
@@ -141,19 +177,20 @@ class LoopResult:
 
 
 def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
-               generated: tuple[np.ndarray, np.ndarray] | None, step_loss: StepLoss,
+               generated: Sequence[BatchSource], step_loss: StepLoss,
                evaluate: Evaluator | None, out_dir: Path, device: torch.device, spec: dict,
                extra_meta: dict, fingerprint: str, desc: str = "train", compile_model: bool = False,
                ctx: DistContext = DistContext(), progress: bool = True) -> LoopResult:
     """Train ``model`` for ``settings.total_steps`` steps, writing into ``out_dir`` (rank 0 only):
     ``state.pt`` (resumable), ``last.safetensors`` (EMA weights when averaging, else raw),
     ``best.safetensors`` (the best of raw / EMA under ``evaluate``'s score) and ``history.json``.
+    ``generated``: sources of generated images (``robustgen.data.sources``: arrays or stores),
+    mixed with the real split as ``settings.source_weights`` (or alpha) say.
     Under torchrun (``ctx.enabled``) the model is wrapped in DistributedDataParallel."""
     s = settings
     main = ctx.is_main
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
-    batches = _Batches(real, generated, s, spec["num_classes"], device, ctx)
     optimizer = torch.optim.SGD(parameter_groups(model, s.weight_decay), lr=0.0, momentum=s.momentum,
                                 nesterov=s.nesterov)
     ema = WeightAverage(model, decay=s.ema_decay) if s.ema_decay is not None else None
@@ -213,40 +250,44 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     bar = tqdm(total=s.total_steps, initial=start_step, desc=desc, unit="step", disable=not (progress and main),
                dynamic_ncols=True)
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
-    for step in range(start_step, s.total_steps):
-        lr = warmup_cosine_lr(step, peak_lr=s.peak_lr, warmup_steps=s.warmup_steps, total_steps=s.total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        optimizer.zero_grad(set_to_none=True)
-        chunks = batches(step)
-        for k, chunk in enumerate(chunks):
-            x = crop_flip(chunk.images, padding=s.crop_padding, flip=s.flip, memory_format=memory_format,
-                          generator=_step_generator(device, s.seed, step, chunk.index, 0))
-            # Gradients are all-reduced once per step, after the last chunk.
-            sync = train_model.no_sync() if ctx.enabled and k < len(chunks) - 1 else contextlib.nullcontext()
-            with sync:
-                loss = step_loss(attack_model, train_model, x, chunk.targets,
-                                 _step_generator(device, s.seed, step, chunk.index, 1))
-                (loss * chunk.weight).backward()
-            running += loss.detach() * (chunk.weight / ctx.world_size)
-        optimizer.step()
-        if ema is not None:
-            ema.update(model, step)
-        done = step + 1
-        bar.update(1)
-        if done % s.log_every_steps == 0 or done == s.total_steps:
-            count = done % s.log_every_steps or s.log_every_steps
-            mean_loss = float(sum_across(ctx, running)) / count  # host sync only at log points
-            running.zero_()
-            if not math.isfinite(mean_loss):
-                raise RobustgenError(f"{desc}: loss became {mean_loss} at step {done}; lower the learning rate")
-            history.append({"step": done, "samples": done * s.batch_size, "loss": mean_loss, "lr": lr})
-            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
-        if main and ((s.eval_every_steps and done % s.eval_every_steps == 0) or done == s.total_steps):
-            run_evaluation(done)
-            model.train()
-        if main and ((s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0) or done == s.total_steps):
-            save_checkpoint(done)
+    batches = TrainingBatches(real, generated, s, spec["num_classes"], device, ctx, start_step=start_step)
+    try:
+        for step in range(start_step, s.total_steps):
+            lr = warmup_cosine_lr(step, peak_lr=s.peak_lr, warmup_steps=s.warmup_steps, total_steps=s.total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            optimizer.zero_grad(set_to_none=True)
+            chunks = batches(step)
+            for k, chunk in enumerate(chunks):
+                x = crop_flip(chunk.images, padding=s.crop_padding, flip=s.flip, memory_format=memory_format,
+                              generator=_step_generator(device, s.seed, step, chunk.index, 0))
+                # Gradients are all-reduced once per step, after the last chunk.
+                sync = train_model.no_sync() if ctx.enabled and k < len(chunks) - 1 else contextlib.nullcontext()
+                with sync:
+                    loss = step_loss(attack_model, train_model, x, chunk.targets,
+                                     _step_generator(device, s.seed, step, chunk.index, 1))
+                    (loss * chunk.weight).backward()
+                running += loss.detach() * (chunk.weight / ctx.world_size)
+            optimizer.step()
+            if ema is not None:
+                ema.update(model, step)
+            done = step + 1
+            bar.update(1)
+            if done % s.log_every_steps == 0 or done == s.total_steps:
+                count = done % s.log_every_steps or s.log_every_steps
+                mean_loss = float(sum_across(ctx, running)) / count  # host sync only at log points
+                running.zero_()
+                if not math.isfinite(mean_loss):
+                    raise RobustgenError(f"{desc}: loss became {mean_loss} at step {done}; lower the learning rate")
+                history.append({"step": done, "samples": done * s.batch_size, "loss": mean_loss, "lr": lr})
+                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
+            if main and ((s.eval_every_steps and done % s.eval_every_steps == 0) or done == s.total_steps):
+                run_evaluation(done)
+                model.train()
+            if main and ((s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0) or done == s.total_steps):
+                save_checkpoint(done)
+    finally:
+        batches.close()
     bar.close()
     if main:
         final = ema.model if ema is not None else model

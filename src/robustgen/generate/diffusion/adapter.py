@@ -1,0 +1,219 @@
+"""The ``ddpm`` generator: train (or load) a DDPM on the train split and sample it by index range.
+
+Fitting trains a diffusers UNet (``unet.py`` presets) with ``train.py`` and keeps its EMA
+weights, or loads a pretrained diffusers checkpoint (``pretrained``: folder or hub id). The fit
+holds the sampling settings too (sampler, steps, batch size, precision), since they decide the
+images; it is saved as one safetensors file (weights + JSON metadata, no pickle).
+
+Global sample i has conditioning class i % K (class-conditional UNet; the first N samples are
+class-balanced) or none (unconditional: labels come from pseudo-labelling). Sample i's noise
+comes from its own generator (``samplers.sample_generators(seed, [i])``). Samples are computed
+in fixed batches of ``sample_batch_size`` aligned to the global index, so sample i is bitwise
+the same whatever range, shard size or restart produced it (same machine and device).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from robustgen.errors import RobustgenError
+from robustgen.generate import register_generator
+from robustgen.generate.diffusion.samplers import SAMPLERS, sample_diffusion, sample_generators, to_uint8_nhwc
+
+__all__ = ["DDPMFit", "DDPMGenerator", "DDPMRangeSampler", "fit_ddpm"]
+
+_META_KEY = "robustgen_ddpm"
+
+
+@dataclass
+class DDPMFit:
+    """A trained or loaded DDPM plus how to sample it."""
+
+    unet: torch.nn.Module  # diffusers UNet2DModel, eval mode, EMA weights
+    scheduler_config: dict  # DDPMScheduler config (the training schedule)
+    num_classes: int  # classes of the data set (conditions lie in [0, num_classes))
+    class_conditional: bool
+    image_shape: tuple[int, int, int]  # (H, W, C)
+    sampler: str = "dpm-solver++"
+    steps: int = 20
+    batch_size: int = 256
+    precision: str = "fp32"
+    info: dict = field(default_factory=dict)  # training summary / source
+
+    def to(self, device) -> "DDPMFit":
+        self.unet.to(torch.device(device))
+        return self
+
+
+def _fingerprint(images: np.ndarray, labels, cfg: dict) -> str:
+    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for a in (images, labels):
+        if a is not None:
+            a = np.ascontiguousarray(a)
+            h.update(f"{a.dtype.str}{a.shape}".encode())
+            h.update(memoryview(a.reshape(-1).view(np.uint8)))
+    return h.hexdigest()
+
+
+def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes: int, unet: str = "digits-small",
+             class_conditional: bool = True, pretrained: str | None = None, train_steps: int = 3000,
+             batch_size: int = 64, lr: float = 1e-3, warmup_steps: int = 200, ema_decay: float = 0.999,
+             grad_clip: float = 1.0, dropout: float | None = None, flip: bool = False, train_seed: int = 0,
+             sampler: str = "dpm-solver++", sampling_steps: int = 20, sample_batch_size: int = 256,
+             precision: str = "fp32", checkpoint_every_steps: int = 500, device: str = "cpu",
+             work_dir=None, progress: bool = False, stop_after: int | None = None) -> DDPMFit:
+    """Train a DDPM on uint8 NHWC ``train_images`` (or load ``pretrained``); see the module doc."""
+    from robustgen.generate.diffusion.train import DDPMTrainSettings, train_ddpm
+    from robustgen.generate.diffusion.unet import (alphas_cumprod, build_unet, ho_scheduler_config,
+                                                   load_pretrained, unet_num_classes)
+
+    if not isinstance(train_images, np.ndarray) or train_images.dtype != np.uint8 or train_images.ndim != 4:
+        raise RobustgenError(f"expected uint8 NHWC images, got {getattr(train_images, 'dtype', type(train_images))} "
+                             f"{getattr(train_images, 'shape', '')}")
+    if sampler not in SAMPLERS:
+        raise RobustgenError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
+    if precision not in ("fp32", "bf16"):
+        raise RobustgenError(f"precision must be fp32 or bf16, got {precision!r}")
+    h, w, c = (int(v) for v in train_images.shape[1:])
+    if h != w:
+        raise RobustgenError(f"the DDPM UNets take square images, got {h}x{w}")
+    device = torch.device(device)
+    sample_settings = dict(sampler=sampler, steps=int(sampling_steps), batch_size=int(sample_batch_size),
+                           precision=precision)
+    if pretrained:
+        model, sched = load_pretrained(pretrained)
+        k = unet_num_classes(model)
+        if (k is not None) != bool(class_conditional):
+            raise RobustgenError(f"{pretrained}: the model is {'class-conditional' if k else 'unconditional'} "
+                                 f"but generator.ddpm.class_conditional is {class_conditional}")
+        if k is not None and k != num_classes:
+            raise RobustgenError(f"{pretrained}: the model has {k} classes but the data {num_classes}")
+        size = model.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        if (size, model.config.in_channels) != (h, c):
+            raise RobustgenError(f"{pretrained}: the model makes {size}x{size}x{model.config.in_channels} images "
+                                 f"but the data are {h}x{w}x{c}")
+        return DDPMFit(model.to(device), sched, num_classes, bool(class_conditional), (h, w, c),
+                       info={"pretrained": str(pretrained)}, **sample_settings)
+    labels = np.asarray(train_labels, dtype=np.int64) if class_conditional else None
+    if labels is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise RobustgenError(f"labels must lie in [0, {num_classes})")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(train_seed))
+        model = build_unet(unet, image_size=h, in_channels=c, num_classes=num_classes if class_conditional else None,
+                           dropout=dropout)
+    sched = ho_scheduler_config()
+    settings = DDPMTrainSettings(steps=int(train_steps), batch_size=int(batch_size), lr=float(lr),
+                                 warmup_steps=int(warmup_steps), ema_decay=float(ema_decay),
+                                 grad_clip=float(grad_clip), flip=bool(flip), seed=int(train_seed),
+                                 bf16=precision == "bf16", checkpoint_every_steps=int(checkpoint_every_steps))
+    fp = _fingerprint(train_images, labels, {"unet": unet, "dropout": dropout, "settings": settings.__dict__,
+                                            "conditional": bool(class_conditional), "K": num_classes})
+    summary = train_ddpm(model, train_images, labels, alphas_cumprod=alphas_cumprod(sched), settings=settings,
+                         device=device, work_dir=work_dir, fingerprint=fp, progress=progress, stop_after=stop_after)
+    model.load_state_dict(summary.pop("ema_state"), strict=False)
+    model.eval().requires_grad_(False)
+    return DDPMFit(model, sched, num_classes, bool(class_conditional), (h, w, c),
+                   info={"unet": unet, **summary}, **sample_settings)
+
+
+class DDPMRangeSampler:
+    """``sample(start, stop)`` -> (uint8 [n, H, W, C], int64 classes or None) of the global sequence."""
+
+    def __init__(self, fit: DDPMFit, *, seed: int):
+        if not 0 <= int(seed) < 2**63:
+            raise RobustgenError(f"seed must be a non-negative integer, got {seed}")
+        self.fit, self.seed = fit, int(seed)
+        self._edge: tuple[int, np.ndarray] | None = None  # last block cut by a range edge
+
+    def _block(self, b: int) -> np.ndarray:
+        if self._edge is not None and self._edge[0] == b:
+            return self._edge[1]
+        f = self.fit
+        idx = range(b * f.batch_size, (b + 1) * f.batch_size)
+        device = next(f.unet.parameters()).device
+        labels = (torch.tensor([i % f.num_classes for i in idx], dtype=torch.long, device=device)
+                  if f.class_conditional else None)
+        x = sample_diffusion(f.unet, f.scheduler_config, generators=sample_generators(self.seed, idx),
+                             class_labels=labels, sampler=f.sampler, steps=f.steps, bf16=f.precision == "bf16")
+        return to_uint8_nhwc(x)
+
+    def sample(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop:
+            raise RobustgenError(f"sample range must satisfy 0 <= start <= stop, got [{start}, {stop})")
+        f, B = self.fit, self.fit.batch_size
+        out = np.empty((stop - start, *f.image_shape), dtype=np.uint8)
+        for b in range(start // B, -(-stop // B)):
+            lo, hi = max(start, b * B), min(stop, (b + 1) * B)
+            block = self._block(b)
+            if lo > b * B or hi < (b + 1) * B:
+                self._edge = (b, block)  # the next range needs the rest of this block
+            out[lo - start:hi - start] = block[lo - b * B:hi - b * B]
+        conditions = np.arange(start, stop, dtype=np.int64) % f.num_classes if f.class_conditional else None
+        return out, conditions
+
+
+@register_generator("ddpm")
+class DDPMGenerator:
+    """Registry adapter (``robustgen.generate``): fit / sample, and range_sampler / save_fit / load_fit
+    for sharded generation. ``runtime_options`` are passed by the runner but not fingerprinted."""
+
+    fit_file = "generator_fit.safetensors"
+    runtime_options = ("device", "work_dir", "progress")
+
+    @staticmethod
+    def fit_kwargs(generator_config) -> dict:
+        from dataclasses import asdict
+
+        return asdict(generator_config.ddpm)
+
+    @staticmethod
+    def fit(train_images, train_labels, *, num_classes: int, **cfg) -> DDPMFit:
+        return fit_ddpm(train_images, train_labels, num_classes=num_classes, **cfg)
+
+    @staticmethod
+    def sample(fitted: DDPMFit, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray | None]:
+        return DDPMRangeSampler(fitted, seed=seed).sample(0, n)
+
+    @staticmethod
+    def range_sampler(fitted: DDPMFit, *, seed: int) -> DDPMRangeSampler:
+        return DDPMRangeSampler(fitted, seed=seed)
+
+    @staticmethod
+    def save_fit(fitted: DDPMFit, path) -> None:
+        from safetensors.torch import save_file
+
+        from robustgen.checkpoint import atomic_write
+
+        state = {k: v.detach().contiguous().cpu() for k, v in fitted.unet.state_dict().items()}
+        meta = {"unet_config": {k: v for k, v in dict(fitted.unet.config).items() if not k.startswith("_")},
+                "scheduler_config": fitted.scheduler_config, "num_classes": fitted.num_classes,
+                "class_conditional": fitted.class_conditional, "image_shape": list(fitted.image_shape),
+                "sampler": fitted.sampler, "steps": fitted.steps, "batch_size": fitted.batch_size,
+                "precision": fitted.precision, "info": fitted.info}
+        atomic_write(path, lambda tmp: save_file(state, tmp, metadata={_META_KEY: json.dumps(meta, default=str)}))
+
+    @staticmethod
+    def load_fit(path, *, device: str = "cpu", **_runtime) -> DDPMFit:
+        from diffusers import UNet2DModel
+        from safetensors import SafetensorError, safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = json.loads((f.metadata() or {})[_META_KEY])
+            state = load_file(str(path))
+            unet = UNet2DModel.from_config(meta["unet_config"])
+            unet.load_state_dict(state)
+        except (KeyError, ValueError, OSError, RuntimeError, SafetensorError) as e:
+            raise RobustgenError(f"{path}: not a readable DDPM fit ({type(e).__name__})") from None
+        unet.eval().requires_grad_(False).to(torch.device(device))
+        return DDPMFit(unet, meta["scheduler_config"], int(meta["num_classes"]), bool(meta["class_conditional"]),
+                       tuple(meta["image_shape"]), sampler=meta["sampler"], steps=int(meta["steps"]),
+                       batch_size=int(meta["batch_size"]), precision=meta["precision"], info=meta.get("info", {}))

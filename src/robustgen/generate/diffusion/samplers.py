@@ -1,0 +1,159 @@
+"""Samplers for eps-prediction diffusion models (Ho et al. 2020; Song et al. 2021; Lu et al. 2022;
+Karras et al. 2022), as functions of a UNet, its schedule and per-sample noise generators.
+
+* ``ddpm``: ancestral sampling (Ho et al. Alg. 2), diffusers ``DDPMScheduler``, 1000 steps by default;
+* ``ddim``: deterministic DDIM (eta = 0), diffusers ``DDIMScheduler``;
+* ``dpm-solver++``: second-order multistep DPM-Solver++, diffusers ``DPMSolverMultistepScheduler``;
+* ``edm-heun``: Karras et al. 2022 Alg. 1 (Heun's 2nd order ODE solver, rho = 7 noise levels,
+  no churn) on the denoiser D(x; sigma) = x - sigma eps(x / sqrt(1 + sigma^2), t(sigma)) of the
+  VP-trained UNet (``VPDenoiser``; t(sigma) interpolates the training timesteps in log sigma).
+  ``steps`` noise levels cost 2 * steps - 1 UNet evaluations.
+
+Per-sample seeds (EDM): sample i draws all its noise (x_T, and the ancestral noise of every DDPM
+step) from its own CPU ``torch.Generator`` seeded by (seed, i) (``sample_generators``), so its
+noise is identical whatever the batch, device or restart. Images are then equal up to the
+floating-point effects of batch composition (and bitwise equal under the same batching).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from robustgen.errors import RobustgenError
+
+__all__ = ["SAMPLERS", "VPDenoiser", "edm_heun_sample", "edm_sigma_steps", "per_sample_noise",
+           "sample_diffusion", "sample_generators", "to_uint8_nhwc"]
+
+SAMPLERS = ("ddpm", "ddim", "dpm-solver++", "edm-heun")
+
+
+def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per sample, seeded by a hash of (seed, index) (numpy SeedSequence)."""
+    gens = []
+    for i in indices:
+        state = np.random.SeedSequence([int(seed), int(i)]).generate_state(2, np.uint32)
+        gens.append(torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1])))
+    return gens
+
+
+def per_sample_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...],
+                     device: torch.device | str = "cpu") -> torch.Tensor:
+    """[len(generators), *shape] standard normal, row i from ``generators[i]`` (float32)."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators]).to(device)
+
+
+# --------------------------------------------------------------------------- EDM (Karras et al. 2022)
+def edm_sigma_steps(num_steps: int, *, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. Eq. 5: ``num_steps`` noise levels from sigma_max to sigma_min, then 0 -> float64 [N + 1]."""
+    if num_steps < 1:
+        raise RobustgenError(f"edm-heun needs at least 1 step, got {num_steps}")
+    i = torch.arange(num_steps, dtype=torch.float64)
+    frac = i / max(num_steps - 1, 1)
+    s = (sigma_max ** (1 / rho) + frac * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return torch.cat([s, torch.zeros(1, dtype=torch.float64)])
+
+
+def edm_heun_sample(denoiser: Callable[[torch.Tensor, float], torch.Tensor], noise: torch.Tensor, *,
+                    sigmas: torch.Tensor) -> torch.Tensor:
+    """Karras et al. Alg. 1 (deterministic Heun): x_0 ~ sigma_0 * noise, Euler step plus a trapezoidal
+    correction wherever the next sigma is > 0. ``denoiser(x, sigma)`` -> D(x; sigma); float32 math."""
+    x = noise.to(torch.float32) * float(sigmas[0])
+    for s_cur, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+        d_cur = (x - denoiser(x, s_cur)) / s_cur  # dx/dsigma
+        x_next = x + (s_next - s_cur) * d_cur
+        if s_next > 0:
+            d_next = (x_next - denoiser(x_next, s_next)) / s_next
+            x_next = x + (s_next - s_cur) * (0.5 * d_cur + 0.5 * d_next)
+        x = x_next
+    return x
+
+
+class VPDenoiser:
+    """D(x; sigma) of an eps-prediction UNet trained with the discrete VP schedule alpha-bar_t (Karras
+    et al. Table 1, VP column): x_VP = x / sqrt(1 + sigma^2), sigma_t = sqrt((1 - abar_t) / abar_t),
+    fractional timestep t(sigma) by linear interpolation in log sigma."""
+
+    def __init__(self, eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], alphas_cumprod: torch.Tensor):
+        self.eps_model = eps_model
+        a = alphas_cumprod.to(torch.float64).cpu()
+        self.log_sigmas = 0.5 * torch.log((1 - a) / a)  # [T], increasing in t
+        self.sigma_min = float(self.log_sigmas[0].exp())
+        self.sigma_max = float(self.log_sigmas[-1].exp())
+
+    def timestep(self, sigma: float) -> float:
+        ls = torch.tensor(np.log(sigma), dtype=torch.float64).clamp(self.log_sigmas[0], self.log_sigmas[-1])
+        hi = int(torch.searchsorted(self.log_sigmas, ls).clamp(1, len(self.log_sigmas) - 1))
+        lo = hi - 1
+        w = (ls - self.log_sigmas[lo]) / (self.log_sigmas[hi] - self.log_sigmas[lo])
+        return float(lo + w)
+
+    def __call__(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
+        t = torch.full((x.shape[0],), self.timestep(sigma), dtype=torch.float32, device=x.device)
+        eps = self.eps_model(x / (1.0 + sigma ** 2) ** 0.5, t)
+        return x - sigma * eps
+
+
+# --------------------------------------------------------------------------- all samplers
+def _scheduler(name: str, config: dict):
+    from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+    if name == "ddpm":
+        return DDPMScheduler.from_config(config)
+    if name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if name == "dpm-solver++":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+    raise RobustgenError(f"unknown sampler {name!r} (known: {', '.join(SAMPLERS)})")
+
+
+@torch.no_grad()
+def sample_diffusion(unet, scheduler_config: dict, *, generators: Sequence[torch.Generator],
+                     class_labels: torch.Tensor | None, sampler: str, steps: int, bf16: bool = False) -> torch.Tensor:
+    """Images in [-1, 1], float32 [B, C, H, W] on the UNet's device, one per generator.
+
+    ``class_labels``: int64 [B] conditioning classes, or None for an unconditional UNet.
+    ``bf16``: autocast the UNet to bfloat16 (CUDA only); the sampler arithmetic stays float32.
+    """
+    if sampler not in SAMPLERS:
+        raise RobustgenError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
+    if steps < 1:
+        raise RobustgenError(f"sampling steps must be >= 1, got {steps}")
+    device = next(unet.parameters()).device
+    c, size = unet.config.in_channels, unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    if class_labels is not None:
+        class_labels = class_labels.to(device)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
+                else contextlib.nullcontext())
+
+    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with autocast:
+            out = unet(x, t, class_labels=class_labels).sample
+        return out.float()
+
+    x = per_sample_noise(generators, (c, size, size), device)  # [B, C, H, W]
+    if sampler == "edm-heun":
+        from robustgen.generate.diffusion.unet import alphas_cumprod
+
+        den = VPDenoiser(eps_model, alphas_cumprod(scheduler_config))
+        sigmas = edm_sigma_steps(steps, sigma_min=den.sigma_min, sigma_max=den.sigma_max)
+        # the VP model sees x / sqrt(1 + sigma^2); x_T ~ N(0, 1) there is sigma_max * noise here
+        return edm_heun_sample(den, x, sigmas=sigmas).clamp(-1, 1)
+    sched = _scheduler(sampler, scheduler_config)
+    sched.set_timesteps(steps, device=device)
+    x = x * sched.init_noise_sigma
+    for t in sched.timesteps:
+        model_in = sched.scale_model_input(x, t)
+        eps = eps_model(model_in, t.expand(x.shape[0]).to(device))
+        kwargs = {"generator": list(generators)} if sampler == "ddpm" else {}
+        x = sched.step(eps, t, x, **kwargs).prev_sample
+    return x.clamp(-1, 1)
+
+
+def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
+    """[-1, 1] float [B, C, H, W] -> uint8 [B, H, W, C] (round half to even after scaling to 0..255)."""
+    return ((x.float() + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -1,0 +1,148 @@
+"""DDPM training (Ho et al. 2020, Alg. 1): eps-prediction MSE at uniform timesteps, Adam with a
+linear warm-up, gradient clipping and an EMA of the weights, with resumable checkpoints.
+
+Every random draw of step s (batch indices, flips, timesteps, noise, dropout) comes from
+generators seeded by (seed, s), and the learning rate and EMA decay are pure functions of s, so
+a run resumed from its checkpoint (model, EMA, Adam state, step) equals an uninterrupted one.
+The loop does I/O and scheduling only; ``ddpm_loss`` is the math.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from robustgen.checkpoint import load_state, save_state
+from robustgen.errors import RobustgenError
+
+__all__ = ["DDPMTrainSettings", "ddpm_loss", "train_ddpm"]
+
+STATE_FILE = "ddpm_train_state.pt"
+
+
+@dataclass(frozen=True)
+class DDPMTrainSettings:
+    steps: int  # optimiser steps
+    batch_size: int  # images per step
+    lr: float  # Adam peak learning rate
+    warmup_steps: int  # linear warm-up from 0 to lr
+    ema_decay: float  # EMA of the weights, ramped as min(decay, (1 + s) / (10 + s))
+    grad_clip: float  # max global gradient norm (0: none)
+    flip: bool  # random horizontal flips
+    seed: int
+    bf16: bool = False  # autocast the UNet on CUDA
+    checkpoint_every_steps: int = 500
+
+
+def ddpm_loss(unet, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor,
+              class_labels: torch.Tensor | None) -> torch.Tensor:
+    """Ho et al. L_simple: || eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t) ||^2, mean."""
+    a = alphas_cumprod[t].to(x0.dtype).view(-1, 1, 1, 1)  # [B, 1, 1, 1]
+    xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    return F.mse_loss(unet(xt, t, class_labels=class_labels).sample.float(), noise)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    s = np.random.SeedSequence([int(seed), int(step), 0xD0F1]).generate_state(2, np.uint32)
+    return int(s[0]) << 32 | int(s[1])
+
+
+def _lr(settings: DDPMTrainSettings, step: int) -> float:
+    if settings.warmup_steps and step < settings.warmup_steps:
+        return settings.lr * (step + 1) / settings.warmup_steps
+    return settings.lr
+
+
+def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cumprod: torch.Tensor,
+               settings: DDPMTrainSettings, device: torch.device | str = "cpu", work_dir: Path | None = None,
+               fingerprint: str = "", progress: bool = False, stop_after: int | None = None) -> dict:
+    """Train ``unet`` in place on uint8 NHWC ``images`` (class ``labels`` when conditional); returns
+    a summary with the EMA weights under ``"ema_state"``.
+
+    ``work_dir``: keeps ``ddpm_train_state.pt`` every ``checkpoint_every_steps`` and resumes from it
+    (it must come from a run with the same ``fingerprint``). ``stop_after``: stop once that many
+    steps are done (tests of resumption).
+    """
+    device = torch.device(device)
+    n = len(images)
+    if n == 0:
+        raise RobustgenError("cannot train a diffusion model on 0 images")
+    # uint8 NHWC -> float [-1, 1] NCHW, kept on the device
+    data = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
+    ys = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
+    abar = alphas_cumprod.to(device=device, dtype=torch.float32)
+    T = len(abar)
+    unet.to(device).train()
+    params = [p for p in unet.parameters()]
+    opt = torch.optim.Adam(params, lr=settings.lr)
+    ema = [p.detach().clone() for p in params]
+    start = 0
+    state_path = None if work_dir is None else Path(work_dir) / STATE_FILE
+    if state_path is not None and state_path.is_file():
+        state = load_state(state_path)
+        if state.get("fingerprint") != fingerprint:
+            raise RobustgenError(f"{state_path}: a checkpoint of another diffusion training (other data or "
+                                 f"settings); remove it or use another work folder")
+        unet.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        for e, v in zip(ema, state["ema"]):
+            e.copy_(v.to(device))
+        start = int(state["step"])
+
+    def save(step: int) -> None:
+        if state_path is not None:
+            save_state(state_path, {"fingerprint": fingerprint, "step": step, "model": unet.state_dict(),
+                                    "optimizer": opt.state_dict(), "ema": [e.cpu() for e in ema],
+                                    "settings": asdict(settings)})
+
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if settings.bf16 and device.type == "cuda"
+                else contextlib.nullcontext())
+    end = settings.steps if stop_after is None else min(settings.steps, stop_after)
+    t0 = time.perf_counter()
+    losses = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            tqdm(total=settings.steps, initial=start, desc="ddpm", disable=not progress, unit="step") as bar:
+        for step in range(start, end):
+            seed = _step_seed(settings.seed, step)
+            g = torch.Generator().manual_seed(seed)
+            torch.manual_seed(seed)  # dropout
+            idx = torch.randint(n, (settings.batch_size,), generator=g)
+            t = torch.randint(T, (settings.batch_size,), generator=g)
+            noise = torch.randn((settings.batch_size, *data.shape[1:]), generator=g)
+            x0 = data[idx.to(device)]
+            if settings.flip:
+                flip = (torch.rand(settings.batch_size, generator=g) < 0.5).to(device)
+                x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(3), x0)
+            for group in opt.param_groups:
+                group["lr"] = _lr(settings, step)
+            with autocast:
+                loss = ddpm_loss(unet, x0, t.to(device), noise.to(device), abar,
+                                 None if ys is None else ys[idx.to(device)])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+            opt.step()
+            decay = min(settings.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+            losses.append(float(loss.detach()))
+            bar.update(1)
+            if len(losses) % 50 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if (step + 1) % settings.checkpoint_every_steps == 0 and step + 1 < settings.steps:
+                save(step + 1)
+    if end == settings.steps:
+        save(end)
+    unet.eval()
+    names = [name for name, _ in unet.named_parameters()]
+    return {"steps": end, "resumed_from": start, "wall_time_s": round(time.perf_counter() - t0, 2),
+            "final_loss": round(float(np.mean(losses[-100:])), 5) if losses else None,
+            "ema_state": {name: e.detach().cpu().clone() for name, e in zip(names, ema)}}

@@ -1,0 +1,209 @@
+"""PNG figures of the paper's analyses, drawn with matplotlib's Agg canvas (no pyplot, no display):
+
+    plot_alpha_sweep          robust and clean accuracy vs alpha per generator, error bars over
+                              seeds (paper Fig. 5 / 10)
+    plot_accuracy_vs_samples  accuracy vs number of generated samples (paper Fig. 6)
+    plot_training_curves      loss / learning rate and validation accuracies of a training stage
+                              (its history.json, written by robustgen.train.loop)
+    plot_loss_landscapes      margin loss over (u * d_adv + v * d_rand) around test points (paper
+                              Fig. 11); the grid itself is robustgen.metrics.landscape.loss_landscape
+    sample grids (Fig. 12)    robustgen.report.grid
+
+Each takes plain records (dicts / arrays) and a path, and writes the PNG atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from robustgen.errors import RobustgenError
+
+__all__ = ["plot_alpha_sweep", "plot_accuracy_vs_samples", "plot_training_curves", "plot_loss_landscapes",
+           "read_history"]
+
+
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save(fig, path) -> str:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def _mean_std(rows: list[dict], x_key: str, y_key: str, group_key: str, expand_none: list[str] | None = None):
+    """{group: (x [M], mean [M], std [M], count [M])}; rows whose group is "none" join every group
+    in ``expand_none`` (the alpha = 1 models, trained without generated data)."""
+    cells: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        groups = expand_none if (expand_none and r.get(group_key) == "none") else [r.get(group_key)]
+        for g in groups:
+            cells[g][float(r[x_key])].append(float(r[y_key]))
+    out = {}
+    for g, by_x in cells.items():
+        xs = sorted(by_x)
+        vals = [np.asarray(by_x[x]) for x in xs]
+        out[g] = (np.asarray(xs), np.array([v.mean() for v in vals]), np.array([v.std() for v in vals]),
+                  np.array([v.size for v in vals]))
+    return out
+
+
+def _check_rows(rows, keys, what):
+    if not rows:
+        raise RobustgenError(f"{what}: no records to plot")
+    missing = [k for k in keys if any(k not in r for r in rows)]
+    if missing:
+        raise RobustgenError(f"{what}: records lack {', '.join(missing)}")
+
+
+def plot_alpha_sweep(records: list[dict], path, *, title: str | None = None) -> str:
+    """Two panels (robust, clean accuracy in %) vs alpha, one line per generator, mean +- std over
+    seeds. ``records``: {generator, alpha, seed, clean_accuracy, robust_accuracy}; generator "none"
+    (alpha = 1, no generated data) joins every generator's line."""
+    _check_rows(records, ("generator", "alpha", "clean_accuracy", "robust_accuracy"), "alpha sweep")
+    gens = sorted({r["generator"] for r in records if r["generator"] != "none"}) or ["none"]
+    fig = _figure(10, 4)
+    for k, (key, label) in enumerate((("robust_accuracy", "robust accuracy (%)"),
+                                      ("clean_accuracy", "clean accuracy (%)"))):
+        ax = fig.add_subplot(1, 2, k + 1)
+        for g, (x, mean, std, count) in sorted(_mean_std(records, "alpha", key, "generator", gens).items()):
+            ax.errorbar(x, 100 * mean, yerr=100 * std, marker="o", capsize=4, label=f"{g}")
+            for xi, yi, c in zip(x, mean, count):
+                ax.annotate(f"n={c}", (xi, 100 * yi), textcoords="offset points", xytext=(4, -12), fontsize=7,
+                            color="gray")
+        ax.set_xlabel("alpha (proportion of real images per batch)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(title="generator", fontsize=8)
+    seeds = sorted({r.get("seed") for r in records})
+    fig.suptitle((title + ": " if title else "") + f"mean ± std over {len(seeds)} seed(s)")
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_samples(records: list[dict], path, *, title: str | None = None) -> str:
+    """Robust (solid) and clean (dashed) accuracy vs number of generated samples (log x), one
+    colour per generator (paper Fig. 6). ``records``: {generator, generated_samples, clean_accuracy,
+    robust_accuracy[, seed]}."""
+    _check_rows(records, ("generator", "generated_samples", "clean_accuracy", "robust_accuracy"),
+                "accuracy vs samples")
+    if any(int(r["generated_samples"]) <= 0 for r in records):
+        raise RobustgenError("accuracy vs samples: generated_samples must be > 0 (log axis)")
+    fig = _figure(6, 4)
+    ax = fig.add_subplot(1, 1, 1)
+    robust = _mean_std(records, "generated_samples", "robust_accuracy", "generator")
+    clean = _mean_std(records, "generated_samples", "clean_accuracy", "generator")
+    for i, g in enumerate(sorted(robust)):
+        color = f"C{i}"
+        x, m, s, _ = robust[g]
+        ax.errorbar(x, 100 * m, yerr=100 * s, marker="o", capsize=4, color=color, label=f"{g} robust")
+        x, m, s, _ = clean[g]
+        ax.errorbar(x, 100 * m, yerr=100 * s, marker="s", capsize=4, color=color, linestyle="--",
+                    label=f"{g} clean")
+    ax.set_xscale("log")
+    ax.set_xlabel("generated samples")
+    ax.set_ylabel("accuracy (%)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    if title:
+        ax.set_title(title)
+    return _save(fig, path)
+
+
+def read_history(path) -> list[dict]:
+    """A training stage's history.json (a list of {step, samples, loss, lr} and {step, samples,
+    model, score, val_*} entries)."""
+    from robustgen.checkpoint import read_json
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / "history.json"
+    if not path.is_file():
+        raise RobustgenError(f"{path}: training history not found")
+    try:
+        history = read_json(path)
+    except ValueError as e:
+        raise RobustgenError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(history, list) or not all(isinstance(h, dict) and "step" in h for h in history):
+        raise RobustgenError(f"{path}: not a training history (a list of entries with 'step')")
+    return history
+
+
+def plot_training_curves(history: list[dict], path, *, title: str | None = None) -> str:
+    """Left: training loss and learning rate vs step. Right: validation accuracies (clean, robust)
+    at each model-selection point, per weights (raw / EMA)."""
+    losses = [h for h in history if "loss" in h]
+    evals = [h for h in history if "model" in h]
+    if not losses and not evals:
+        raise RobustgenError("training curves: the history has neither loss nor evaluation entries")
+    fig = _figure(11, 4)
+    ax = fig.add_subplot(1, 2, 1)
+    if losses:
+        steps = [h["step"] for h in losses]
+        ax.plot(steps, [h["loss"] for h in losses], color="C0", label="training loss")
+        ax.set_ylabel("loss", color="C0")
+        if any("lr" in h for h in losses):
+            ax2 = ax.twinx()
+            ax2.plot(steps, [h.get("lr", np.nan) for h in losses], color="C1", alpha=0.6, label="lr")
+            ax2.set_ylabel("learning rate", color="C1")
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    ax = fig.add_subplot(1, 2, 2)
+    for name in sorted({h["model"] for h in evals}):
+        pts = [h for h in evals if h["model"] == name]
+        steps = [h["step"] for h in pts]
+        for key, style in (("val_clean_accuracy", "--"), ("val_robust_accuracy", "-")):
+            if any(key in h for h in pts):
+                ax.plot(steps, [100 * h.get(key, np.nan) for h in pts], style, marker="o",
+                        label=f"{name} {key[4:].replace('_accuracy', '')}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(alpha=0.3)
+    if evals:
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_loss_landscapes(landscape: dict, path, *, max_points: int = 4, title: str | None = None) -> str:
+    """Surface plots of ``loss_landscape``'s margin z_y - max_{i != y} z_i over (u, v) for the first
+    ``max_points`` points; the zero level (where the prediction flips) is drawn as a contour."""
+    u, v, loss = np.asarray(landscape["u"]), np.asarray(landscape["v"]), np.asarray(landscape["loss"])
+    if loss.ndim != 3 or loss.shape[1:] != (u.size, v.size):
+        raise RobustgenError(f"loss landscape: expected loss [B, {u.size}, {v.size}], got {loss.shape}")
+    k = min(max_points, loss.shape[0])
+    fig = _figure(4.5 * k, 4)
+    uu, vv = np.meshgrid(u, v, indexing="ij")
+    for i in range(k):
+        ax = fig.add_subplot(1, k, i + 1, projection="3d")
+        ax.plot_surface(uu, vv, loss[i], cmap="viridis", linewidth=0, antialiased=True)
+        if loss[i].min() < 0 < loss[i].max():
+            ax.contour(uu, vv, loss[i], levels=[0.0], colors="red", offset=float(loss[i].min()))
+        ax.set_xlabel("u (PGD direction)")
+        ax.set_ylabel("v (Rademacher)")
+        ax.set_zlabel("margin z_y - max z_i")
+        ax.set_title(f"point {landscape.get('indices', list(range(k)))[i]}", fontsize=9)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
