@@ -8,7 +8,7 @@ import pytest
 import torch
 
 # imported once at collection (several seconds on a busy CPU), not inside the first test
-pytest.importorskip("diffusers")
+import diffusers  # noqa: F401  (a dependency: a missing install must fail, not skip)
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel  # noqa: E402,F401
 
 from robustgen.config import load_config

@@ -130,7 +130,7 @@ def test_fid_matches_reference_implementations():
     assert fid == pytest.approx(_pytorch_fid_reference(f1, f2), rel=1e-6)
     # 1-d closed form: (mu1 - mu2)^2 + (s1 - s2)^2
     assert frechet_distance([0.0], [[4.0]], [1.0], [[1.0]]) == pytest.approx(1 + 1)
-    m = pytest.importorskip("torch_fidelity.metric_fid")
+    import torch_fidelity.metric_fid as m
     tf = m.fid_statistics_to_metric(m.fid_features_to_statistics(torch.tensor(f1)),
                                     m.fid_features_to_statistics(torch.tensor(f2)), verbose=False)
     assert fid == pytest.approx(tf["frechet_inception_distance"], rel=1e-6)
@@ -149,7 +149,7 @@ def test_inception_score_matches_torch_fidelity():
     # one-hot confident and uniform over classes: IS = number of classes
     onehot = np.eye(10)[np.arange(1000) % 10] * 100
     assert inception_score(onehot, splits=1)[0] == pytest.approx(10, rel=1e-6)
-    m = pytest.importorskip("torch_fidelity.metric_isc")
+    import torch_fidelity.metric_isc as m
     z = np.random.default_rng(3).normal(size=(500, 10)) * 3
     mean, std = inception_score(z, splits=10)
     ref = m.isc_features_to_metric(torch.tensor(z), splits=10)
@@ -158,7 +158,7 @@ def test_inception_score_matches_torch_fidelity():
 
 
 def test_kid_matches_torch_fidelity_and_is_zero_mean_for_one_distribution():
-    kid_features_to_metric = pytest.importorskip("torch_fidelity.metric_kid").kid_features_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
     rng = np.random.default_rng(4)
     f1, f2 = rng.normal(size=(300, 8)), rng.normal(size=(300, 8)) + 0.3
     mean, std = kernel_inception_distance(f1, f2, subsets=10, subset_size=100, seed=7)
@@ -224,7 +224,6 @@ def test_classifier_extractor_loads_a_robustgen_checkpoint_and_a_plain_state_dic
 
 
 def test_inception_without_weights_fails_in_one_line_and_never_downloads(tmp_path, monkeypatch):
-    pytest.importorskip("torch_fidelity")
     import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
@@ -247,7 +246,6 @@ def test_inception_without_weights_fails_in_one_line_and_never_downloads(tmp_pat
 @pytest.mark.slow
 def test_inception_extractor_runs_on_a_local_weights_file(tmp_path, monkeypatch):
     """torch-fidelity's InceptionV3 with random weights saved as a local file: 2048-d pool3 features."""
-    pytest.importorskip("torch_fidelity")
     import torch_fidelity.feature_extractor_inceptionv3 as tfi
 
     monkeypatch.setattr(tfi, "load_state_dict_from_url", lambda *a, **k: {})
