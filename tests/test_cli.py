@@ -93,7 +93,8 @@ def test_generate_and_label_verbs(tiny_run, tmp_path):
 
 
 def test_label_verb_condition_mode_and_per_class_filters(tiny_run, tmp_path):
-    samples = next((tiny_run / "stages").glob("generate-*")) / "samples.npz"
+    samples = tmp_path / "samples.npz"  # the run's generated store, exported in the released layout
+    main(["store", "export", str(next((tiny_run / "stages").glob("generate-*")) / "store"), str(samples)])
     clf = next((tiny_run / "stages").glob("classifier-*")) / "best.safetensors"
     src = np.load(samples)
     out = tmp_path / "cond.npz"
@@ -121,9 +122,9 @@ def test_label_verb_condition_mode_and_per_class_filters(tiny_run, tmp_path):
 
 
 def test_train_verb_reads_stores_and_weighted_sources(tiny_run, tmp_path, capsys):
-    labeled = next((tiny_run / "stages").glob("label-*")) / "labeled.npz"
-    store = tmp_path / "store"
-    main(["store", "import", str(labeled), str(store), "--quiet"])
+    store = next((tiny_run / "stages").glob("label-*")) / "store"  # the run's labelled generated data
+    labeled = tmp_path / "labeled.npz"
+    main(["store", "export", str(store), str(labeled)])
     capsys.readouterr()
     mix = (f"data.sources=[{{path: train, weight: 0.5}}, {{path: generated, weight: 0.4}}, "
            f"{{path: {labeled}, weight: 0.1, classes: [0, 1]}}]")

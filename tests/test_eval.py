@@ -52,7 +52,7 @@ def test_multitargeted_breaks_a_linear_model_exactly_when_some_target_allows():
     x = torch.rand(300, 3, 2, 2) * 0.5 + 0.25
     y = model(x).argmax(1)
     eps = 0.03
-    w, b = lin.weight.detach(), lin.bias.detach()
+    w = lin.weight.detach()
     z = model(x).detach()
     # best achievable z_t - z_y for each target: (z_t - z_y) + eps * ||w_t - w_y||_1 (no box clipping here)
     gaps = z - z.gather(1, y[:, None]) + eps * (w[None] - w[y][:, None]).abs().sum(-1)

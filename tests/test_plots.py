@@ -1,6 +1,5 @@
 """PNG figures: alpha sweep, accuracy vs samples, training curves, loss landscapes."""
 
-import numpy as np
 import pytest
 import torch
 

@@ -263,3 +263,26 @@ def test_cli_import_info_verify_export(tmp_path, capsys):
         np.testing.assert_array_equal(f["label"], labels)
     main(["report", "samples", str(tmp_path / "s"), "--out", str(tmp_path / "g.png"), "--per-class", "2"])
     assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_linked_store_relabels_without_touching_the_source(store, tmp_path):
+    from robustgen.data.store_link import link_store
+
+    path, images, labels = store
+    before = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and p.name != ".lock"}
+    dst = link_store(path, tmp_path / "linked")
+    relabelled = (labels + 1) % 4
+    with StoreWriter.open(dst) as w:
+        offsets = np.cumsum([0] + [int(e["count"]) for e in w.shards])
+        for k, e in enumerate(w.shards):
+            w.write_labels(k, labels=relabelled[offsets[k]:offsets[k + 1]],
+                           confidences=np.full(int(e["count"]), 0.5, np.float32), labeller="other")
+        w.write_selection(np.arange(0, len(labels), 2), {"rule": "every other row"})
+    linked = Store(dst)
+    assert np.array_equal(linked.gather(np.arange(len(linked))), images[::2])
+    assert np.array_equal(linked.labels, relabelled[::2])
+    after = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and p.name != ".lock"}
+    assert after == before and verify_store(path) == []
+    original = Store(path)
+    assert np.array_equal(original.labels, labels) and original.selection is None
+    assert link_store(path, dst) == dst and len(Store(dst)) == len(linked)  # an existing link is kept (resume)

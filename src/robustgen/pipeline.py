@@ -24,7 +24,7 @@ from robustgen.checkpoint import read_json, write_json
 from robustgen.config import RunConfig, config_to_dict, replace
 from robustgen.generate import generator_fit_kwargs
 from robustgen.train.distributed import DistContext, barrier, context_from_env
-from robustgen.stages import (Splits, evaluate_checkpoint, hash_arrays, generate_samples, label_samples,
+from robustgen.stages import (Splits, evaluate_checkpoint, generate_into_store, hash_arrays, label_into_store,
                               load_splits, resolve_device, train_classifier, train_robust)
 
 
@@ -151,7 +151,7 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
         f"{splits.train.num_classes} classes, shape {splits.train.image_shape}")
     data_fp = data_fingerprint(cfg, splits)
     variants = model_variants(cfg)
-    label_fp = generated = label_result = generate_dir = None
+    label_fp = generated = label_result = None
 
     if any(needs_generated(v) for _, v in variants):
         if cfg.classifier.checkpoint:
@@ -168,19 +168,17 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
             if ctx.is_main:
                 log(f"classifier: test accuracy {result['test_accuracy']:.4f}")
         g = cfg.generator  # only what this generator reads, so another generator's settings change nothing
-        generate_fp = fingerprint("generate", data_fp, g.name, g.num_samples, g.seed, generator_fit_kwargs(g))
+        generate_fp = fingerprint("generate-store", data_fp, g.name, g.num_samples, g.seed, generator_fit_kwargs(g))
         gen_stage = Stage(out, "generate", generate_fp)
-        generate_dir = gen_stage.dir
-        gen_stage.run(lambda d: generate_samples(cfg, splits.train, d / "samples.npz"), {"data": data_fp}, ctx=ctx)
-        label_fp = fingerprint("label", generate_fp, classifier_fp, asdict(cfg.label))
+        gen_stage.run(lambda d: generate_into_store(cfg, splits.train, d / "store", device=device, progress=progress),
+                      {"data": data_fp}, ctx=ctx)
+        label_fp = fingerprint("label-store", generate_fp, classifier_fp, asdict(cfg.label))
         label_stage = Stage(out, "label", label_fp)
         label_result = label_stage.run(
-            lambda d: label_samples(classifier_path, gen_stage.dir / "samples.npz", d / "labeled.npz",
-                                    top_k=cfg.label.top_k_per_class, top_fraction=cfg.label.top_fraction_per_class,
-                                    balanced=cfg.label.balanced, mode=cfg.label.mode, batch_size=cfg.label.batch_size,
-                                    device=device, progress=progress),
+            lambda d: label_into_store(classifier_path, gen_stage.dir / "store", d / "store", cfg=cfg, device=device,
+                                       progress=progress),
             {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx)
-        generated = label_stage.dir / "labeled.npz"
+        generated = label_stage.dir / "store"  # what training reads, with constant memory
 
     models, train_dirs = [], []
     for name, variant in variants:
@@ -220,11 +218,11 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
     if ctx.is_main:
         from robustgen.report.figures import model_figures
 
-        samples = generate_dir / "samples.npz" if generate_dir is not None else None
+        samples = generated  # the labelled generated images, as training sees them
         figures = [fig for m, train_dir in zip(models, train_dirs)
                    for fig in model_figures(out, m["name"], train_dir, Path(m["checkpoint"]), splits.test,
                                             norm=cfg.threat.norm, eps=cfg.threat.eps, device=device)]
-        write_report(out, results, samples_path=samples, class_names=splits.train.class_names, figures=figures)
+        write_report(out, results, samples_path=samples, figures=figures)
         write_json(out / "results.json", results)
     return results
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from robustgen.checkpoint import load_model, model_spec, save_model, write_json
+from robustgen.checkpoint import load_model, model_spec, write_json
 from robustgen.config import RunConfig, config_to_dict
 from robustgen.data import ImageDataset, load_dataset, read_npz, train_val_split, write_npz
 from robustgen.errors import RobustgenError
@@ -159,6 +159,22 @@ def generate_samples(cfg: RunConfig, train: ImageDataset, out_path: Path, *, fit
             "sample_time_s": round(time.perf_counter() - t0 - fit_s, 2), "path": str(out_path)}
 
 
+def generate_into_store(cfg: RunConfig, train: ImageDataset, store_dir: Path, *, device: torch.device,
+                        progress: bool = True) -> dict:
+    """``generate_samples`` at scale: fit once, then sample shard by shard into a store with
+    per-sample seeds (``generate.runner.generate_store``); a killed stage resumes at its first
+    incomplete shard. The generator's training state lives in ``store_dir/../work``."""
+    from robustgen.generate.runner import generate_store
+
+    g = cfg.generator
+    return generate_store(store_dir, generator=g.name, train_images=train.images, train_labels=train.labels,
+                          num_classes=train.num_classes, num_samples=g.num_samples, seed=g.seed,
+                          fit_config=generator_fit_kwargs(g), class_names=train.class_names,
+                          data_name=cfg.data.dataset, progress=progress,
+                          fit_options={"device": str(device), "work_dir": Path(store_dir).parent / "work",
+                                       "progress": progress})
+
+
 # --------------------------------------------------------------------------- label
 def label_samples(classifier_path: Path, samples_path: Path, out_path: Path, *, top_k: int | None,
                   batch_size: int, device: torch.device, progress: bool = True, mode: str = "argmax",
@@ -201,6 +217,32 @@ def label_samples(classifier_path: Path, samples_path: Path, out_path: Path, *, 
     if "label" in arrays:
         # how often f_NR's top class is the conditioning class, over all generated samples
         summary["agreement_with_condition"] = float((probs.argmax(1) == arrays["label"]).mean()) if len(labels) else 0.0
+    return summary
+
+
+def label_into_store(classifier_path: Path, generated_store: Path, store_dir: Path, *, cfg: RunConfig,
+                     device: torch.device, progress: bool = True) -> dict:
+    """``label_samples`` at scale: ``store_dir`` shares the generated store's images (hard links),
+    gets f_NR's labels and confidences shard by shard (resumable, ``label.runner.label_store``)
+    and the per-class selection of ``cfg.label``; the generated store itself is never modified."""
+    from robustgen.data.store import Store
+    from robustgen.data.store_link import link_store
+    from robustgen.label.runner import label_store, select_store
+
+    lab = cfg.label
+    link_store(generated_store, store_dir)
+    model = load_model(classifier_path, device=device)
+    labelled = label_store(store_dir, model, labeller={"id": _file_digest(classifier_path), "path": str(classifier_path)},
+                           mode=lab.mode, batch_size=lab.batch_size, device=device, progress=progress)
+    selected = select_store(store_dir, top_k=lab.top_k_per_class, top_fraction=lab.top_fraction_per_class,
+                            balanced=lab.balanced)
+    store = Store(store_dir)
+    summary = {"mode": lab.mode, "num_generated": int(selected["of"]), "num_labeled": len(store),
+               "mean_confidence": float(store.confidences.mean()) if len(store) else 0.0,
+               "counts_per_class": selected["counts_per_class"], "path": str(store_dir),
+               "images_per_s": labelled["images_per_s"]}
+    if "agreement_with_condition" in labelled:
+        summary["agreement_with_condition"] = labelled["agreement_with_condition"]
     return summary
 
 

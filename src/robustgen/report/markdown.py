@@ -46,12 +46,12 @@ def verdict(models: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, results: dict, *, samples_path: Path | None, class_names: Sequence[str],
+def write_report(out: Path, results: dict, *, samples_path: Path | None,
                  figures: Sequence[tuple[str, str]] = ()) -> None:
-    """report.md: results table, verdict, labelling summary, the samples grid and ``figures``
+    """report.md: results table, verdict, labelling summary, the grid of ``samples_path`` (a store
+    or .npz) and ``figures``
     ((caption, PNG path relative to ``out``) pairs)."""
-    from robustgen.data import read_npz
-    from robustgen.report.grid import save_sample_grid
+    from robustgen.report.grid import save_store_grid
 
     lines = [f"# robustgen run: {results['dataset']}", "",
              f"Threat model: {results['threat']['norm']}, eps = {results['threat']['eps']:.6g}. "
@@ -63,10 +63,10 @@ def write_report(out: Path, results: dict, *, samples_path: Path | None, class_n
                   f"{lab['mean_confidence']:.3f}" + (f", agreement with the generator's class "
                   f"{lab['agreement_with_condition']:.3f}" if "agreement_with_condition" in lab else "") + ".", ""]
     if samples_path is not None and samples_path.exists():
-        arrays = read_npz(samples_path)
-        save_sample_grid(out / "samples.png", arrays["image"], arrays["label"], class_names=class_names,
-                         per_class=10, seed=0, title="generated samples (one row per class)")
-        lines += ["Generated samples, one row per class:", "", "![samples](samples.png)", ""]
+        save_store_grid(out / "samples.png", samples_path, per_class=10, seed=0,
+                        title="generated samples with their training labels (one row per class)")
+        lines += ["Generated samples as training sees them (labels from f_NR), one row per class:", "",
+                  "![samples](samples.png)", ""]
     for caption, path in figures:
         lines += [f"{caption}:", "", f"![{Path(path).stem}]({path})", ""]
     text = "\n".join(lines)

@@ -157,6 +157,7 @@ def plot_training_curves(history: list[dict], path, *, title: str | None = None)
     if not losses and not evals:
         raise RobustgenError("training curves: the history has neither loss nor evaluation entries")
     fig = _figure(11, 4)
+    fig.subplots_adjust(wspace=0.45)  # room for the left panel's second (learning-rate) axis
     ax = fig.add_subplot(1, 2, 1)
     if losses:
         steps = [h["step"] for h in losses]
