@@ -63,3 +63,14 @@ def test_bad_files(tmp_path):
     typo.write_text("train:\n  alpah: 0.3\n")
     with pytest.raises(RobustgenError, match=r"typo.yaml: unknown config key 'train.alpah'"):
         load_config(str(typo))
+
+
+def test_replace_round_trip_keeps_values_and_types():
+    from robustgen.config import config_to_dict, load_config, replace
+
+    cfg = load_config(None, ["data.sources=[{path: train, weight: 1}, {path: x.npz, weight: 0, classes: [1, 2]}]",
+                             "train.alpha=1"])
+    again = replace(cfg, **{"train.alpha": 1.0})
+    assert again == cfg and config_to_dict(again) == config_to_dict(cfg)
+    assert cfg.train.inner.adam_lr_boundaries == [5] and cfg.data.sources[1].classes == [1, 2]
+    assert all(type(v) is int for v in again.train.inner.adam_lr_boundaries)

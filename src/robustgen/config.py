@@ -232,7 +232,10 @@ def _coerce(value: Any, annotation: Any, *, key: str, source: str) -> Any:
         item = _LIST_ITEMS.get(key.rsplit(".", 1)[-1] if "." in key else key)
         if item is not None:
             return [_build(item, v, prefix=f"{key}[{i}].", source=source) for i, v in enumerate(value)]
-        return [parse_number(v, key=key, source=source) for v in value]
+        # integers stay integers (step boundaries, class indices), so a config that goes through
+        # replace() / config_to_dict keeps the same values and the same stage fingerprints
+        return [v if isinstance(v, int) and not isinstance(v, bool) else parse_number(v, key=key, source=source)
+                for v in value]
     raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
 
 
