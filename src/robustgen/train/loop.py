@@ -93,8 +93,8 @@ class TrainingBatches:
     device as uint8; sources 1.. are generated sets (arrays in RAM or stores on disk, read with
     constant memory). Every batch holds exactly ``counts[i]`` rows of source i (``source_counts``
     of the weights; (alpha, 1 - alpha) gives round(alpha * B) real rows), spread evenly over the
-    world_size x micro_batches chunks. Generated rows are gathered ahead of the step by a
-    background thread, into pinned memory under CUDA, and only for this rank's chunks."""
+    world_size x micro_batches chunks. Indices and generated rows are prepared ahead of the step
+    by a background thread, into pinned memory under CUDA, and only for this rank's chunks."""
 
     def __init__(self, real: ImageDataset, generated: Sequence[BatchSource], s: LoopSettings, num_classes: int,
                  device: torch.device, ctx: DistContext, start_step: int = 0):
@@ -118,54 +118,54 @@ class TrainingBatches:
         first = ctx.rank * s.micro_batches
         self.mine = [(c, rows) for c, rows in enumerate(chunk_rows(self.counts, total_chunks))
                      if first <= c < first + s.micro_batches]
-        self.prefetch = None
-        if sum(self.counts[1:]):
-            self.prefetch = Prefetcher(self._fetch_generated, start_step=start_step, stop_step=s.total_steps,
-                                       pin_memory=device.type == "cuda")
+        # Indices and generated rows are prepared a few steps ahead in a thread, in pinned host
+        # memory on CUDA, so the step's copies are asynchronous: no host sync in the step.
+        self.pin = device.type == "cuda"
+        self.prefetch = Prefetcher(self._fetch, start_step=start_step, stop_step=s.total_steps, pin_memory=self.pin)
 
-    def _fetch_generated(self, step: int) -> list:
+    def _fetch(self, step: int) -> list:
         """Per chunk of this rank: its real indices and its generated rows (images, labels) on the host."""
         idx = self.indices(step)
         out = []
         for _, rows in self.mine:
+            real = idx[0][rows[0]]
+            real_idx = host_buffer((len(real),), np.int64, pin_memory=self.pin)
+            real_idx.numpy()[:] = real
             n = sum(len(r) for r in rows[1:])
-            images = host_buffer((n, *self.image_shape), np.uint8, pin_memory=self.device.type == "cuda")
-            labels = host_buffer((n,), np.int64, pin_memory=self.device.type == "cuda")
+            images = host_buffer((n, *self.image_shape), np.uint8, pin_memory=self.pin)
+            labels = host_buffer((n,), np.int64, pin_memory=self.pin)
             at = 0
             for source, source_idx, r in zip(self.generated, idx[1:], rows[1:]):
                 picked = source_idx[r]
                 source.gather(picked, out=images.numpy()[at:at + len(picked)])
                 labels.numpy()[at:at + len(picked)] = source.labels[picked]
                 at += len(picked)
-            out.append((idx[0][rows[0]], images, labels))
+            out.append((real_idx, images, labels))
         return out
 
-    def _chunk(self, idx_real: np.ndarray, gen_images, gen_labels, index: int) -> Chunk:
-        s = self.s
-        real_idx = torch.from_numpy(idx_real).to(self.device)
+    def _chunk(self, real_idx: torch.Tensor, gen_images: torch.Tensor, gen_labels: torch.Tensor, index: int) -> Chunk:
+        s, dev = self.s, self.device
+        real_idx = real_idx.to(dev, non_blocking=True)
         images, labels = self.real_images[real_idx], self.real_labels[real_idx]
-        n_gen = 0 if gen_labels is None else len(gen_labels)
+        n_real, n_gen = len(real_idx), len(gen_labels)
         if n_gen:
-            images = torch.cat([images, gen_images.to(self.device, non_blocking=True)])
-            labels = torch.cat([labels, gen_labels.to(self.device, non_blocking=True)])
-        smoothing = [s.label_smoothing_real] * len(idx_real) + [s.label_smoothing_generated] * n_gen
-        smooth = torch.tensor(smoothing, device=self.device, dtype=torch.float32)
+            images = torch.cat([images, gen_images.to(dev, non_blocking=True)])
+            labels = torch.cat([labels, gen_labels.to(dev, non_blocking=True)])
+        smooth = torch.cat([torch.full((n_real,), s.label_smoothing_real, device=dev),
+                            torch.full((n_gen,), s.label_smoothing_generated, device=dev)])
         targets = smoothed_targets(labels, num_classes=self.num_classes, smoothing=smooth)
-        weight = len(labels) * self.ctx.world_size / s.batch_size
+        weight = (n_real + n_gen) * self.ctx.world_size / s.batch_size
         return Chunk(images=images, targets=targets, index=index, weight=weight)
 
     def __call__(self, step: int) -> list[Chunk]:
-        if self.prefetch is None:
-            idx_real = self.indices(step)[0]
-            return [self._chunk(idx_real[rows[0]], None, None, c) for c, rows in self.mine]
         if self.prefetch.next_step != step:
             raise RuntimeError(f"batches are read in step order: expected step {self.prefetch.next_step}, got {step}")
         fetched = next(self.prefetch)
-        return [self._chunk(idx_real, images, labels, c) for (c, _), (idx_real, images, labels) in zip(self.mine, fetched)]
+        return [self._chunk(real_idx, images, labels, c)
+                for (c, _), (real_idx, images, labels) in zip(self.mine, fetched)]
 
     def close(self) -> None:
-        if self.prefetch is not None:
-            self.prefetch.close()
+        self.prefetch.close()
 
 
 @dataclass
