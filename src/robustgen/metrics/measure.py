@@ -116,9 +116,13 @@ def measure(train: ImageSet, test: ImageSet, sources: dict[str, ImageSet], *, ex
         out["rows"][name] = row
     out["reference_time_s"] = round(t_ref, 2)
     out["wall_time_s"] = round(time.perf_counter() - t0, 2)
+    # project_reference keeps all dimensions when pca_components >= the feature dimension
+    pca_used = pca_components is not None and pca_components < out["feature_dim"]
+    pca_note = (f", PCA to {pca_components} fitted on train + test" if pca_used
+                else ", no PCA (no more dimensions than components)")
     notes = [f"Features: {extractor.name} ({out['feature_dim']}-d"
-             + (f", PCA to {pca_components} fitted on train + test" if "complementarity" in metrics and
-                pca_components else "") + f"); N = {n if n is not None else 'all'} per set, seed {seed}."]
+             + (pca_note if "complementarity" in metrics and pca_components else "")
+             + f"); N = {n if n is not None else 'all'} per set, seed {seed}."]
     if "train_covers_test" in out:
         notes.append(f"The train sample covers {100 * out['train_covers_test']:.2f}% of the test sample "
                      f"and the test sample {100 * out['test_covers_train']:.2f}% of the train sample "
