@@ -7,6 +7,7 @@
 #   2. diffusion sampler throughput, Ho et al.'s 35.7M UNet, batch 256, bf16 (benchmarks/diffusion_sampling.py)
 #   3. robustgen run end to end on the GPU (digits, bf16 + channels_last + compile), short schedule
 #   4. SyncBatchNorm in the training step on CUDA (a one-process group)
+#   5. WRN-70-16 at batch 1024 in 4 micro-batches (bf16): speed and peak GPU memory
 set -u
 OUT=${OUT:-/tmp/robustgen-gpu}
 mkdir -p "$OUT"
@@ -51,3 +52,5 @@ dist.destroy_process_group()
 EOF
 step trades_compile 150 python3 benchmarks/trades_step.py --arch wrn-28-10 --image 32 --channels 3 --batch 256 \
   --device cuda --repeats 5 --warmup 3 --references backward --variants adam+bf16+cl,adam+bf16+cl+compile
+step wrn70_micro 150 python3 benchmarks/trades_step.py --arch wrn-70-16 --image 32 --channels 3 --batch 1024 \
+  --device cuda --repeats 2 --warmup 1 --references "" --variants adam+bf16+cl --micro-batches 4

@@ -103,6 +103,8 @@ def main() -> None:
     p.add_argument("--variants", default="adam,sign",
                    help="robustgen variants: inner rule (adam|sign) joined by + with options bf16, cl, compile")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's bf16 peak")
+    p.add_argument("--micro-batches", type=int, default=1,
+                   help="robustgen variants accumulate gradients over this many chunks of the batch")
     a = p.parse_args()
     device = torch.device(a.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -150,16 +152,27 @@ def main() -> None:
 
         def ours(fwd=forward, opt=opt, step_loss=step_loss, xs=xs, gen=gen):
             opt.zero_grad(set_to_none=True)
-            step_loss(fwd, fwd, xs, targets, gen).backward()
+            for xc, tc in zip(xs.chunk(a.micro_batches), targets.chunk(a.micro_batches)):
+                (step_loss(fwd, fwd, xc, tc, gen) / a.micro_batches).backward()
             opt.step()
 
         rows.append((f"robustgen [{variant}]", ours, step_flops))
 
+    plain_rows = list(rows)
     timings = timed_interleaved([fn for _, fn, _ in rows], a.warmup, a.repeats, sync)
     rows = [(name, times, flops) for (name, _, flops), times in zip(rows, timings)]
+    peaks = {}
+    if device.type == "cuda":  # peak memory of one more step of each, measured alone
+        for name, fn, _ in plain_rows:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+            fn()
+            sync()
+            peaks[name] = torch.cuda.max_memory_allocated(device) / 2**30
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"{a.arch}, batch {a.batch}, {a.image}x{a.image}x{a.channels}, TRADES-{a.steps}, {device} ({where}), "
+    micro = f" in {a.micro_batches} micro-batches (robustgen)" if a.micro_batches > 1 else ""
+    print(f"{a.arch}, batch {a.batch}{micro}, {a.image}x{a.image}x{a.channels}, TRADES-{a.steps}, {device} ({where}), "
           f"median of {a.repeats} interleaved rounds after {a.warmup} warm-up steps, torch {torch.__version__}")
     baseline = statistics.median(rows[0][1])
     peak = a.peak_tflops or device_peak_tflops(device)
@@ -167,6 +180,8 @@ def main() -> None:
         med = statistics.median(times)
         line = (f"  {name:<34} {a.batch / med:9.1f} img/s  step {1000 * med:8.1f} ms  "
                 f"spread {1000 * (max(times) - min(times)):6.1f} ms  x{baseline / med:.2f}")
+        if name in peaks:
+            line += f"  peak {peaks[name]:.1f} GiB"
         if flops:
             tflops = flops / med / 1e12
             line += f"  {tflops:6.1f} TFLOP/s" + (f" ({100 * tflops / peak:.1f}% of bf16 peak {peak:g})" if peak else "")
