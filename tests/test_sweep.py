@@ -21,16 +21,30 @@ def _fake_run(calls):
     """Stands in for pipeline.run: accuracy rises with alpha, a baseline model when configured."""
 
     def run(cfg, out):
-        calls.append((cfg.generator.name, cfg.train.alpha, cfg.seed, out))
+        seed = cfg.train.seed if cfg.train.seed is not None else cfg.seed
+        calls.append((cfg.generator.name, cfg.train.alpha, seed, out))
         assert (out / "stages").resolve() == (out.parent.parent / "stages").resolve()
-        models = [{"name": "m", "alpha": cfg.train.alpha, "clean_accuracy": 0.9 + 0.01 * cfg.seed,
-                   "robust_accuracy": 0.3 + 0.2 * cfg.train.alpha + 0.01 * cfg.seed, "generated_samples": 100,
+        models = [{"name": "m", "alpha": cfg.train.alpha, "clean_accuracy": 0.9 + 0.01 * seed,
+                   "robust_accuracy": 0.3 + 0.2 * cfg.train.alpha + 0.01 * seed, "generated_samples": 100,
                    "attack": "pgd40", "n_eval": 10}]
         if cfg.baseline and cfg.train.alpha < 1:
-            models.insert(0, {**models[0], "alpha": 1.0, "robust_accuracy": 0.5 + 0.01 * cfg.seed})
+            models.insert(0, {**models[0], "alpha": 1.0, "robust_accuracy": 0.5 + 0.01 * seed})
         return {"models": models}
 
     return run
+
+
+def test_seeds_vary_adversarial_training_or_the_whole_run(tmp_path):
+    calls = []
+    cfg = load_config(None)
+    run_sweep(cfg, tmp_path / "a", alphas=[0.5], generators=["gaussian"], seeds=[3], run_fn=_fake_run(calls),
+              log=lambda m: None)
+    run_sweep(cfg, tmp_path / "b", alphas=[0.5], generators=["gaussian"], seeds=[4], seed_key="seed",
+              run_fn=_fake_run(calls), log=lambda m: None)
+    assert [s for _, _, s, _ in calls] == [3, 4]
+    with pytest.raises(RobustgenError, match="varies one of"):
+        run_sweep(cfg, tmp_path / "c", alphas=[0.5], generators=["gaussian"], seeds=[0], seed_key="eval.seed",
+                  run_fn=_fake_run(calls), log=lambda m: None)
 
 
 def test_sweep_collects_every_model_and_writes_json_table_and_figure(tmp_path):
@@ -72,18 +86,18 @@ def test_sweep_cli_rejects_bad_grids_in_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_a_real_sweep_shares_the_classifier_and_samples_and_reruns_for_free(tmp_path):
-    """Tiny digits runs: 2 alphas x 1 seed -> one classifier, one generate and one label stage;
-    a second sweep computes nothing."""
+    """Tiny digits runs: 2 alphas x 2 training seeds -> one classifier, one generate and one label
+    stage for all four models; a second sweep computes nothing."""
     cfg = load_config(None, ["classifier.epochs=1", "train.epochs=1", "train.warmup_epochs=0",
                              "train.eval_every_epochs=1", "generator.num_samples=200", "eval.n=50",
                              "data.val_size=50", "baseline=false"])
-    first = run_sweep(cfg, tmp_path, alphas=[0.5, 0.8], generators=["gaussian"], seeds=[0], progress=False,
+    first = run_sweep(cfg, tmp_path, alphas=[0.5, 0.8], generators=["gaussian"], seeds=[0, 1], progress=False,
                       log=lambda m: None)
     stages = sorted(p.name.split("-")[0] for p in (tmp_path / "stages").iterdir())
     assert stages.count("classifier") == 1 and stages.count("generate") == 1 and stages.count("label") == 1
-    assert stages.count("train") == 2
+    assert stages.count("train") == 4
     mtimes = {p: p.stat().st_mtime_ns for p in (tmp_path / "stages").glob("*/manifest.json")}
-    second = run_sweep(cfg, tmp_path, alphas=[0.5, 0.8], generators=["gaussian"], seeds=[0], progress=False,
+    second = run_sweep(cfg, tmp_path, alphas=[0.5, 0.8], generators=["gaussian"], seeds=[0, 1], progress=False,
                        log=lambda m: None)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "stages").glob("*/manifest.json")} == mtimes
     assert first["records"] == second["records"]

@@ -377,11 +377,14 @@ def _floats(text: str, what: str) -> list[float]:
 @_common
 @click.option("--alphas", default="0.5,0.8,1", show_default=True, help="proportions of real data per batch")
 @click.option("--generators", default=None, help="comma-separated registered generators (default: generator.name)")
-@click.option("--seeds", default="0,1", show_default=True, help="comma-separated run seeds")
+@click.option("--seeds", default="0,1", show_default=True, help="comma-separated seeds")
+@click.option("--vary-seed", "seed_key", type=click.Choice(["train.seed", "seed"]), default="train.seed",
+              show_default=True, help="train.seed: adversarial training only (shared classifier and samples); "
+                                      "seed: the whole run, classifier included")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/sweep"), show_default=True,
               help="output folder; its stages/ cache is shared by every grid point")
 @click.option("--quiet", is_flag=True)
-def sweep(config, overrides, alphas, generators, seeds, out, quiet):
+def sweep(config, overrides, alphas, generators, seeds, seed_key, out, quiet):
     """Run a grid alpha x generator x seed through the pipeline (reusing finished stages) and write
     sweep.json, sweep.md and alpha_sweep.png (paper Fig. 5)."""
     from robustgen.sweep import run_sweep
@@ -393,7 +396,7 @@ def sweep(config, overrides, alphas, generators, seeds, out, quiet):
     except ValueError:
         raise RobustgenError(f"--seeds: expected comma-separated integers, got {seeds!r}") from None
     summary = run_sweep(cfg, out, alphas=_floats(alphas, "--alphas"), generators=gens, seeds=seed_list,
-                        progress=not quiet, log=lambda m: click.echo(m, err=True))
+                        seed_key=seed_key, progress=not quiet, log=lambda m: click.echo(m, err=True))
     click.echo((out / "sweep.md").read_text().rstrip())
     click.echo(f"wrote {out / 'sweep.json'}, {out / 'sweep.md'} and {out / 'alpha_sweep.png'} "
                f"in {summary['wall_time_s']:.0f} s")

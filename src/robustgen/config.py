@@ -130,6 +130,7 @@ class TrainConfig:
 
     arch: str = "wrn-28-10"
     activation: str = "silu"
+    seed: Optional[int] = None  # adversarial training's seed (init, batches, attack starts); null: the run's seed
     loss: str = "trades"  # trades or pgd_at (Madry)
     beta: float = 6.0  # TRADES trade-off
     alpha: float = 0.3  # fraction of real images in every batch (paper Eq. 3); 1 = no generated data
@@ -360,6 +361,7 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _check(th.norm != "linf" or th.eps <= 1, source, f"threat.eps {th.eps} > 1 is meaningless for images in [0,1]")
     _check(0.0 <= t.alpha <= 1.0, source, f"train.alpha must be in [0, 1], got {t.alpha}")
     _validate_sources(cfg, source)
+    _check(t.seed is None or t.seed >= 0, source, f"train.seed must be >= 0 or null, got {t.seed}")
     for key, arch in (("train.arch", t.arch), ("classifier.arch", c.arch)):
         _check(is_known_arch(arch), source, f"{key}: unknown architecture {arch!r} (known: {', '.join(list_models())})")
     for key, act in (("train.activation", t.activation), ("classifier.activation", c.activation)):

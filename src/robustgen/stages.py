@@ -76,8 +76,14 @@ def build_model(arch: str, activation: str, data: ImageDataset, *, seed: int) ->
                              activation=activation, image_size=h)
 
 
+def robust_seed(cfg: RunConfig) -> int:
+    """The seed of adversarial training: ``train.seed``, else the run's seed."""
+    return cfg.train.seed if cfg.train.seed is not None else cfg.seed
+
+
 def _selection_evaluator(cfg: RunConfig, val: ImageDataset, device: torch.device, *, robust: bool):
     """Model selection on the held-out split: PGD-40 robust accuracy (or clean accuracy)."""
+    seed = robust_seed(cfg) if robust else cfg.seed
 
     def evaluate(variants: dict[str, nn.Module], step: int) -> dict[str, dict]:
         out = {}
@@ -87,7 +93,7 @@ def _selection_evaluator(cfg: RunConfig, val: ImageDataset, device: torch.device
             if robust:
                 m = evaluate_robustness(model, val.images, val.labels, attack="pgd40", norm=cfg.threat.norm,
                                         eps=cfg.threat.eps, batch_size=cfg.eval.batch_size, device=device,
-                                        seed=cfg.seed + step)
+                                        seed=seed + step)
                 out[name] = {"score": m["robust_accuracy"], "val_clean_accuracy": m["clean_accuracy"],
                              "val_robust_accuracy": m["robust_accuracy"]}
             else:
@@ -274,7 +280,7 @@ def adversarial_settings(cfg: RunConfig, n_real: int) -> LoopSettings:
         eval_every_steps=max(1, int(round(t.eval_every_epochs * per_epoch))),
         checkpoint_every_steps=max(1, int(round(t.checkpoint_every_epochs * per_epoch))),
         log_every_steps=t.log_every_steps, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
-        channels_last=t.channels_last, micro_batches=t.micro_batches, seed=cfg.seed)
+        channels_last=t.channels_last, micro_batches=t.micro_batches, seed=robust_seed(cfg))
 
 
 def read_generated(path: Path, num_classes: int, image_shape: tuple):
@@ -339,7 +345,7 @@ def train_robust(cfg: RunConfig, splits: Splits, generated: Path | None,
     ``generated``: the labelled generated set (store folder or .npz), read with constant memory."""
     t = cfg.train
     sources, weights = training_sources(cfg, splits, generated)
-    model, spec = build_model(t.arch, t.activation, splits.train, seed=cfg.seed)
+    model, spec = build_model(t.arch, t.activation, splits.train, seed=robust_seed(cfg))
     if t.sync_bn and ctx.enabled:
         if device.type != "cuda":
             raise RobustgenError("train.sync_bn needs CUDA devices: torch's SyncBatchNorm does not run on CPUs")

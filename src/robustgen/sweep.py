@@ -7,8 +7,10 @@ cached by fingerprint, so the classifier, the samples and their labels are compu
 (seed, generator) and reused by every alpha, an alpha = 1 model (no generated data) once per seed
 whatever the generator, and a rerun of the sweep only computes what is missing.
 
-A seed is the run's ``seed`` (classifier, training and evaluation randomness); the generated samples
-depend on ``generator.seed`` only, so all seeds share them. With ``baseline: true`` in the config,
+A seed is, by default, ``train.seed``: adversarial training's initialisation, batches and attack
+starts vary while the classifier, the samples and their labels are shared (computed once);
+``seed_key="seed"`` varies the run's seed instead, retraining the classifier per seed. The
+generated samples depend on ``generator.seed`` only. With ``baseline: true`` in the config,
 each point also trains (once per seed, cached) the alpha = 1 model; it joins every generator's curve.
 
 Writes ``OUT/sweep.json`` (one record per trained model), ``OUT/sweep.md`` (mean +- std over seeds)
@@ -62,8 +64,11 @@ def _point_dir(out: Path, generator: str, alpha: float, seed: int) -> Path:
     return d
 
 
-def run_sweep(cfg: RunConfig, out: Path, *, alphas, generators, seeds, progress: bool = True,
-              run_fn=None, log=print) -> dict:
+SEED_KEYS = ("train.seed", "seed")
+
+
+def run_sweep(cfg: RunConfig, out: Path, *, alphas, generators, seeds, seed_key: str = "train.seed",
+              progress: bool = True, run_fn=None, log=print) -> dict:
     """Run every grid point (``pipeline.run``, or ``run_fn(cfg, out)``), then write sweep.json,
     sweep.md and alpha_sweep.png. Returns the sweep summary."""
     from robustgen.generate import list_generators
@@ -73,6 +78,8 @@ def run_sweep(cfg: RunConfig, out: Path, *, alphas, generators, seeds, progress:
         from robustgen.pipeline import run as pipeline_run
 
         run_fn = lambda c, o: pipeline_run(c, o, progress=progress)  # noqa: E731
+    if seed_key not in SEED_KEYS:
+        raise RobustgenError(f"a sweep varies one of {', '.join(SEED_KEYS)}, not {seed_key!r}")
     unknown = [g for g in generators if g not in list_generators()]
     if unknown:
         raise RobustgenError(f"unknown generator(s) {', '.join(unknown)}; choose from {', '.join(list_generators())}")
@@ -82,7 +89,7 @@ def run_sweep(cfg: RunConfig, out: Path, *, alphas, generators, seeds, progress:
     records: dict[tuple, dict] = {}
     points = grid_points(alphas, generators, seeds)
     for k, (g, a, s) in enumerate(points):
-        point_cfg = replace(cfg, **{"generator.name": g, "train.alpha": a, "seed": s})
+        point_cfg = replace(cfg, **{"generator.name": g, "train.alpha": a, seed_key: s})
         log(f"sweep: point {k + 1}/{len(points)}: generator {g}, alpha {a:g}, seed {s}")
         results = run_fn(point_cfg, _point_dir(out, g, a, s))
         for m in results["models"]:
@@ -94,7 +101,7 @@ def run_sweep(cfg: RunConfig, out: Path, *, alphas, generators, seeds, progress:
                             "wall_time_s": m.get("wall_time_s"), "checkpoint": m.get("checkpoint")}
     rows = sorted(records.values(), key=lambda r: (r["generator"], r["alpha"], r["seed"]))
     summary = {"grid": {"alphas": [float(a) for a in alphas], "generators": list(generators),
-                        "seeds": [int(s) for s in seeds]},
+                        "seeds": [int(s) for s in seeds], "seed_key": seed_key},
                "dataset": cfg.data.dataset, "threat": {"norm": cfg.threat.norm, "eps": cfg.threat.eps},
                "records": rows, "summary": summarize(rows, generators),
                "wall_time_s": round(time.perf_counter() - started, 2), "config": config_to_dict(cfg)}
