@@ -157,8 +157,8 @@ def test_register_dataset_and_unknown_name():
     try:
         ds = load_dataset("_test_tiny", "train")
         assert ds.num_classes == 2 and len(ds) == 4
-        with pytest.raises(ValueError):
-            register_dataset("_test_tiny")(_tiny)
+        with pytest.raises(ValueError, match="already registered"):  # a name registers once
+            register_dataset("_test_tiny")(lambda split, **kw: _tiny(split, **kw))
     finally:
         datasets_mod._REGISTRY.pop("_test_tiny", None)
     with pytest.raises(RobustgenError, match="unknown dataset"):

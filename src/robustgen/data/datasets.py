@@ -18,6 +18,7 @@ import numpy as np
 
 from robustgen.errors import RobustgenError
 from robustgen.data.npz import read_npz, validate_dataset, validate_images, validate_labels
+from robustgen.registry import Registry
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -99,21 +100,14 @@ class ImageDataset:
 # Registry
 
 LoaderFn = Callable[..., ImageDataset]
-_REGISTRY: dict[str, LoaderFn] = {}
+_REGISTRY = Registry("dataset")  # name -> LoaderFn
 
 
 def register_dataset(name: str):
     """Decorator: register ``fn(split, *, data_root, download, seed) -> ImageDataset`` as ``name``."""
     if not name or ":" in name:
         raise ValueError(f"invalid dataset name {name!r}")
-
-    def deco(fn: LoaderFn) -> LoaderFn:
-        if name in _REGISTRY:
-            raise ValueError(f"dataset {name!r} is already registered")
-        _REGISTRY[name] = fn
-        return fn
-
-    return deco
+    return _REGISTRY.register(name)
 
 
 def list_datasets() -> list[str]:

@@ -22,21 +22,12 @@ from robustgen.attacks.pgd import margin, misclassified, pgd40_schedule, project
 from robustgen.errors import RobustgenError
 from robustgen.evaluate import autoattack as aa
 from robustgen.evaluate.cascade import AttackStage
+from robustgen.registry import Registry
 
 CascadeBuilder = Callable[..., list[AttackStage]]  # (*, norm, eps) -> stages
-_ATTACKS: dict[str, CascadeBuilder] = {}
-
-
-def register_attack(name: str):
-    def decorator(fn: CascadeBuilder) -> CascadeBuilder:
-        _ATTACKS[name] = fn
-        return fn
-
-    return decorator
-
-
-def list_attacks() -> list[str]:
-    return sorted(_ATTACKS)
+_ATTACKS = Registry("attack")  # name -> CascadeBuilder
+register_attack = _ATTACKS.register
+list_attacks = _ATTACKS.names
 
 
 def get_attack(name: str, *, norm: str, eps: float) -> list[AttackStage]:

@@ -16,32 +16,17 @@ this file. Optional adapter attributes:
 
 from __future__ import annotations
 
-from typing import Any, Callable, TypeVar
+from typing import Any
 
 from robustgen.errors import RobustgenError
+from robustgen.registry import Registry
 
 __all__ = ["GENERATORS", "generator_fit_kwargs", "get_generator", "list_generators", "register_generator",
            "runtime_kwargs"]
 
-GENERATORS: dict[str, Any] = {}
-
-_T = TypeVar("_T")
-
-
-def register_generator(name: str) -> Callable[[_T], _T]:
-    """Class/object decorator: ``GENERATORS[name] = obj``; a name registers once."""
-
-    def deco(obj: _T) -> _T:
-        if name in GENERATORS and GENERATORS[name] is not obj:
-            raise ValueError(f"generator {name!r} is already registered")
-        GENERATORS[name] = obj
-        return obj
-
-    return deco
-
-
-def list_generators() -> list[str]:
-    return sorted(GENERATORS)
+GENERATORS = Registry("generator")  # name -> adapter
+register_generator = GENERATORS.register  # class/object decorator; a name registers once
+list_generators = GENERATORS.names
 
 
 def get_generator(name: str) -> Any:

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 
 from robustgen.errors import RobustgenError
+from robustgen.registry import Registry
 
 __all__ = ["FeatureExtractor", "register_extractor", "list_extractors", "get_extractor", "extract_features",
            "InceptionExtractor", "ClassifierExtractor", "inception_weights_file"]
@@ -40,23 +41,10 @@ class FeatureExtractor(Protocol):
     device: torch.device
 
 
-_EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {}
-
-
-def register_extractor(name: str):
-    """Decorator: ``builder(arg: str | None, *, device, **options) -> FeatureExtractor`` for ``name[:arg]``."""
-
-    def deco(builder):
-        if name in _EXTRACTORS:
-            raise ValueError(f"feature extractor {name!r} is already registered")
-        _EXTRACTORS[name] = builder
-        return builder
-
-    return deco
-
-
-def list_extractors() -> list[str]:
-    return sorted(_EXTRACTORS)
+# name -> builder(arg: str | None, *, device, **options) -> FeatureExtractor, used as ``name[:arg]``
+_EXTRACTORS = Registry("feature extractor")
+register_extractor = _EXTRACTORS.register
+list_extractors = _EXTRACTORS.names
 
 
 def get_extractor(spec: str, *, device: str | torch.device = "cpu", **options) -> FeatureExtractor:
