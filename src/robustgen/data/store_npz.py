@@ -20,14 +20,8 @@ from tqdm.auto import tqdm
 
 from robustgen.checkpoint import atomic_write
 from robustgen.data.npz import validate_labels
-from robustgen.data.store import (
-    DEFAULT_SHARD_SIZE,
-    FIELDS,
-    Store,
-    StoreWriter,
-    _npy_bytes_header,
-    is_store,
-)
+from robustgen.data.store import DEFAULT_SHARD_SIZE, FIELDS, Store, StoreWriter, is_store
+from robustgen.data.store_format import _npy_bytes_header
 from robustgen.errors import RobustgenError
 
 __all__ = ["export_npz", "import_npz"]
