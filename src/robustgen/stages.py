@@ -24,6 +24,7 @@ import torch.nn as nn
 from robustgen.checkpoint import load_model, model_spec, write_json
 from robustgen.config import RunConfig, config_to_dict
 from robustgen.data import ImageDataset, load_dataset, read_npz, train_val_split, write_npz
+from robustgen.data.store_format import file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.evaluate import evaluate_robustness
 from robustgen.generate import generator_fit_kwargs, get_generator, runtime_kwargs
@@ -238,7 +239,7 @@ def label_into_store(classifier_path: Path, generated_store: Path, store_dir: Pa
     lab = cfg.label
     link_store(generated_store, store_dir)
     model = load_model(classifier_path, device=device)
-    labelled = label_store(store_dir, model, labeller={"id": _file_digest(classifier_path), "path": str(classifier_path)},
+    labelled = label_store(store_dir, model, labeller={"id": file_sha256(classifier_path), "path": str(classifier_path)},
                            mode=lab.mode, batch_size=lab.batch_size, device=device, progress=progress)
     selected = select_store(store_dir, top_k=lab.top_k_per_class, top_fraction=lab.top_fraction_per_class,
                             balanced=lab.balanced)
@@ -331,7 +332,7 @@ def source_fingerprints(cfg: RunConfig) -> list:
         if src.path in ("train", "generated"):
             out.append(src.path)
         elif (path / "manifest.json").is_file():
-            out.append(_file_digest(path / "manifest.json"))
+            out.append(file_sha256(path / "manifest.json"))
         else:
             out.append([str(path.resolve()), *((path.stat().st_size, path.stat().st_mtime) if path.exists() else ())])
     return out
@@ -377,16 +378,6 @@ def train_robust(cfg: RunConfig, splits: Splits, generated: Path | None,
 
 
 # --------------------------------------------------------------------------- evaluate
-def _file_digest(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def training_log_check(info: dict, clean_accuracy: float, n: int) -> dict | None:
     """Does the test clean accuracy agree with the validation clean accuracy logged at model
     selection? A gap beyond sampling noise points at a data, preprocessing or loading bug."""
@@ -421,7 +412,7 @@ def evaluate_checkpoint(checkpoint: Path, test: ImageDataset, *, attack: str, no
         raise RobustgenError(f"{checkpoint}: model has {classes} classes but the test data has {test.num_classes}")
     count = len(test) if n is None else min(n, len(test))
     images, labels = test.images[:count], test.labels[:count]
-    key = f"{_file_digest(checkpoint)}|{test.name}|{count}|{hash_arrays(images, labels)}"
+    key = f"{file_sha256(checkpoint)}|{test.name}|{count}|{hash_arrays(images, labels)}"
     result = evaluate_robustness(model, images, labels, attack=attack, norm=norm, eps=eps, batch_size=batch_size,
                                  device=device, seed=seed, progress=progress, desc=f"eval[{attack}]",
                                  state_path=state_path, state_key=key)

@@ -187,12 +187,8 @@ def _single_threaded_lapack():
     """Context: one BLAS thread. LAPACK's QR / eigh on these sizes gain nothing from threads and
     lose up to 100x when the cores are shared (threads spin-waiting for each other)."""
     global _CONTROLLER
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-        import contextlib
+    from threadpoolctl import ThreadpoolController
 
-        return contextlib.nullcontext()
     if _CONTROLLER is None:
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER.limit(limits=1, user_api="blas")
