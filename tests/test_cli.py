@@ -121,6 +121,19 @@ def test_label_verb_condition_mode_and_per_class_filters(tiny_run, tmp_path):
     assert len(set(per_class.tolist())) == 1 and per_class[0] > 0
 
 
+def test_label_verb_on_unconditional_samples(tiny_run, tmp_path, capsys):
+    clf = next((tiny_run / "stages").glob("classifier-*")) / "best.safetensors"
+    images = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
+    np.savez(tmp_path / "uncond.npz", image=images)  # an unconditional generator's samples: no label
+    main(["label", "--checkpoint", str(clf), "--input", str(tmp_path / "uncond.npz"), "--out",
+          str(tmp_path / "l.npz"), "--quiet"])
+    lab = np.load(tmp_path / "l.npz")
+    assert len(lab["label"]) == 40 and "condition" not in lab.files
+    assert run_cli(["label", "--checkpoint", str(clf), "--input", str(tmp_path / "uncond.npz"), "--out",
+                    str(tmp_path / "c.npz"), "--mode", "condition", "--quiet"]) == 2
+    assert "needs class-conditional samples" in capsys.readouterr().err
+
+
 def test_train_verb_reads_stores_and_weighted_sources(tiny_run, tmp_path, capsys):
     store = next((tiny_run / "stages").glob("label-*")) / "store"  # the run's labelled generated data
     labeled = tmp_path / "labeled.npz"

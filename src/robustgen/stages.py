@@ -28,7 +28,7 @@ from robustgen.data.store_format import file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.evaluate import evaluate_robustness
 from robustgen.generate import generator_fit_kwargs, get_generator, runtime_kwargs
-from robustgen.label import predict_probabilities, pseudo_label
+from robustgen.label import assign_labels, predict_probabilities
 from robustgen.models import create_model
 from robustgen.train.distributed import DistContext
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
@@ -196,17 +196,10 @@ def label_samples(classifier_path: Path, samples_path: Path, out_path: Path, *, 
 
     model = load_model(classifier_path, device=device)
     num_classes = model_num_classes(classifier_path)
-    arrays = read_npz(samples_path, num_classes=num_classes)
+    arrays = read_npz(samples_path, num_classes=num_classes, keys_required=("image",))  # unconditional: no label
     images = arrays["image"]
     probs = predict_probabilities(model, images, batch_size=batch_size, device=device, progress=progress)
-    if mode == "condition":
-        if "label" not in arrays:
-            raise RobustgenError(f"{samples_path}: label.mode = condition needs class-conditional samples "
-                                 "(this file has no conditioning labels)")
-        labels = arrays["label"].astype(np.int64)
-        confidence = probs[np.arange(len(labels)), labels].astype(np.float32)
-    else:
-        labels, confidence = pseudo_label(probs)
+    labels, confidence = assign_labels(probs, mode=mode, conditions=arrays.get("label"), source=str(samples_path))
     keep = np.arange(len(labels))
     if top_k is not None or top_fraction is not None or balanced:
         counts = keep_counts(np.bincount(labels, minlength=num_classes), top_k=top_k, top_fraction=top_fraction,

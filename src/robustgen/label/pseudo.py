@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from robustgen.errors import RobustgenError
 
-__all__ = ["predict_probabilities", "pseudo_label", "top_k_per_class"]
+__all__ = ["assign_labels", "predict_probabilities", "pseudo_label", "top_k_per_class"]
 
 
 @torch.no_grad()
@@ -69,6 +69,25 @@ def pseudo_label(probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise RobustgenError(f"expected probabilities of shape [N, K], got {p.shape}")
     labels = p.argmax(axis=1).astype(np.int64)
     confidences = np.take_along_axis(p, labels[:, None], axis=1)[:, 0].astype(np.float32)
+    return labels, confidences
+
+
+def assign_labels(probabilities: np.ndarray, *, mode: str, conditions: np.ndarray | None = None,
+                  source: str = "samples") -> tuple[np.ndarray, np.ndarray]:
+    """(labels int64 [N], confidences float32 [N]) of generated samples from f_NR's probabilities.
+
+    ``mode="argmax"``: f_NR's most likely class and its probability (paper Sec. 3.3);
+    ``mode="condition"``: the conditioning class and f_NR's probability of it (Wang et al.).
+    """
+    if mode == "argmax":
+        return pseudo_label(probabilities)
+    if mode != "condition":
+        raise RobustgenError(f"label mode must be argmax or condition, got {mode!r}")
+    if conditions is None:
+        raise RobustgenError(f"{source}: label mode 'condition' needs class-conditional samples "
+                             "(there are no conditioning classes)")
+    labels = np.asarray(conditions).astype(np.int64)
+    confidences = np.asarray(probabilities)[np.arange(len(labels)), labels].astype(np.float32)
     return labels, confidences
 
 

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from robustgen.data.store import Store, StoreWriter, _MappedShard, shard_file
 from robustgen.errors import RobustgenError
-from robustgen.label.pseudo import predict_probabilities, pseudo_label
+from robustgen.label.pseudo import assign_labels, predict_probabilities
 from robustgen.label.select import keep_counts, select_per_class
 
 __all__ = ["LABEL_MODES", "label_store", "select_store"]
@@ -72,17 +72,13 @@ def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "arg
                 if probs.shape[1] != writer.num_classes:
                     raise RobustgenError(f"the classifier has {probs.shape[1]} classes but {store_dir} has "
                                          f"{writer.num_classes}")
-                predicted, confidence = pseudo_label(probs)
-                extra = {}
+                extra, conditions = {}, None
                 if "conditions" in e["files"]:
                     conditions = np.load(store_dir / e["files"]["conditions"]["name"], allow_pickle=False)
+                    predicted = probs.argmax(axis=1)
                     extra["agreement"] = float((predicted == conditions).mean())
                     agree += int((predicted == conditions).sum())
-                if mode == "condition":
-                    labels = conditions.astype(np.int64)
-                    confidence = probs[np.arange(n), labels].astype(np.float32)
-                else:
-                    labels = predicted
+                labels, confidence = assign_labels(probs, mode=mode, conditions=conditions, source=str(store_dir))
                 writer.write_labels(k, labels=labels, confidences=confidence, labeller=labeller_id, extra=extra)
                 done += n
                 bar.update(n)
