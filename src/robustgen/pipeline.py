@@ -180,7 +180,7 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
             {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx)
         generated = label_stage.dir / "store"  # what training reads, with constant memory
 
-    models, train_dirs = [], []
+    models = []
     for name, variant in variants:
         train_fp = train_fingerprint(variant, data_fp, label_fp)
         stage = Stage(out, f"train-{name}", train_fp)
@@ -194,7 +194,6 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
         metrics = eval_stage.run(
             lambda d: _evaluate_into(d, stage.dir / "best.safetensors", variant, splits, device, progress),
             {"train": train_fp}, ctx=ctx)
-        train_dirs.append(stage.dir)
         models.append({
             "name": name, "alpha": variant.train.alpha, "generated_samples": summary["generated_samples"],
             "clean_accuracy": metrics["clean_accuracy"], "robust_accuracy": metrics["robust_accuracy"],
@@ -219,8 +218,8 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
         from robustgen.report.figures import model_figures
 
         samples = generated  # the labelled generated images, as training sees them
-        figures = [fig for m, train_dir in zip(models, train_dirs)
-                   for fig in model_figures(out, m["name"], train_dir, Path(m["checkpoint"]), splits.test,
+        figures = [fig for m in models
+                   for fig in model_figures(out, m["name"], Path(m["checkpoint"]), splits.test,
                                             norm=cfg.threat.norm, eps=cfg.threat.eps, device=device)]
         write_report(out, results, samples_path=samples, figures=figures)
         write_json(out / "results.json", results)

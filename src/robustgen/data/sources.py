@@ -22,28 +22,11 @@ in-memory array set or a store on disk, read with constant memory. Three layers:
   ``depth`` batches in a background thread, into pinned host memory when CUDA is present, so
   the device never waits on disk. ``Prefetcher(fetch)`` takes any step -> object callable too.
 
-How the training loop uses it (resumes from ``step`` with no sampler state)::
-
-    real = ArraySource(splits.train.images, splits.train.labels, num_classes=K, name="real")
-    gen = Store(store_dir, num_classes=K, image_shape=real.image_shape)
-    mixed = MixedSource([real, gen], [alpha, 1 - alpha], batch_size=B, seed=seed,
-                        sampling=("permutation", "with_replacement"))
-    with Prefetcher(mixed, start_step=step, stop_step=total_steps) as batches:
-        for batch in batches:               # batch.step == step, step + 1, ...
-            x = batch.images.to(device, non_blocking=True)   # uint8 [B, H, W, C]
-            y = batch.labels.to(device, non_blocking=True)   # int64 [B]
-            smoothing per row: batch.source_ids() (int64 [B]) or batch.counts
-
-Or, keeping real images on the device and reading only this rank's generated rows (DDP)::
-
-    indices = MixedBatchIndices(len(real), len(store), B, alpha, seed, generated_sampling=...)
-    def fetch(step):                        # pure in step: resumes and shards across ranks
-        _, idx_gen = indices(step)
-        rows = idx_gen[my_slice]
-        buf = host_buffer((len(rows), *store.image_shape), np.uint8, pin_memory=True)
-        store.gather(rows, out=buf.numpy())
-        return buf, torch.from_numpy(store.labels[rows])
-    for images, labels in Prefetcher(fetch, start_step=step, stop_step=total_steps): ...
+Two ways to use it (both resume from ``step`` with no sampler state): a ``MixedSource`` gives
+whole batches on the host, e.g. through ``Prefetcher(mixed, start_step=step)``; the training
+loop (``robustgen.train.loop.TrainingBatches``) keeps the real split on the device and
+prefetches, per step, only this rank's indices and generated rows into pinned buffers
+(``WeightedIndices``, ``gather_rows`` into ``host_buffer``s, in a ``Prefetcher(fetch)``).
 """
 
 from __future__ import annotations
@@ -68,6 +51,7 @@ __all__ = [
     "MixedSource",
     "Prefetcher",
     "WeightedIndices",
+    "gather_rows",
     "host_buffer",
     "open_source",
     "source_counts",
@@ -272,14 +256,21 @@ class MixedSource:
         B = self.batch_size
         images = np.empty((B, *self.image_shape), np.uint8) if images_out is None else images_out
         labels = np.empty(B, np.int64) if labels_out is None else labels_out
-        start = 0
-        for source, idx in zip(self.sources, self.indices(step)):
-            stop = start + idx.size
-            if idx.size:
-                source.gather(idx, out=images[start:stop])
-                labels[start:stop] = source.labels[idx]
-            start = stop
+        gather_rows(self.sources, self.indices(step), images, labels)
         return MixedBatch(step=int(step), images=images, labels=labels, counts=self.counts)
+
+
+def gather_rows(sources: Sequence[BatchSource], indices: Sequence[np.ndarray], images: np.ndarray,
+                labels: np.ndarray) -> None:
+    """Fill ``images`` / ``labels`` with rows ``indices[0]`` of source 0, then ``indices[1]`` of
+    source 1, ... (the buffers hold exactly their total)."""
+    start = 0
+    for source, idx in zip(sources, indices):
+        stop = start + len(idx)
+        if len(idx):
+            source.gather(idx, out=images[start:stop])
+            labels[start:stop] = source.labels[idx]
+        start = stop
 
 
 def host_buffer(shape, dtype, *, pin_memory: bool):

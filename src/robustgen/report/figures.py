@@ -14,10 +14,10 @@ import torch
 __all__ = ["model_figures"]
 
 
-def model_figures(out: Path, name: str, train_dir: Path, checkpoint: Path, test, *, norm: str, eps: float,
+def model_figures(out: Path, name: str, checkpoint: Path, test, *, norm: str, eps: float,
                   device: torch.device, points: int = 4, seed: int = 0) -> list[tuple[str, str]]:
-    """Write ``figures/<name>-curves.png`` (loss, lr, validation accuracy from the training stage's
-    history.json) and ``figures/<name>-landscape.png`` (margin over the worst PGD direction and a
+    """Write ``figures/<name>-curves.png`` (loss, lr, validation accuracy from the history.json
+    next to ``checkpoint``, in its training stage's folder) and ``figures/<name>-landscape.png`` (margin over the worst PGD direction and a
     Rademacher direction around the first ``points`` test images). Returns (caption, path relative
     to ``out``) pairs."""
     from robustgen.checkpoint import load_model
@@ -28,7 +28,7 @@ def model_figures(out: Path, name: str, train_dir: Path, checkpoint: Path, test,
     folder = out / "figures"
     folder.mkdir(parents=True, exist_ok=True)
     made = []
-    history = train_dir / "history.json"
+    history = Path(checkpoint).parent / "history.json"
     if history.exists():
         path = folder / f"{name}-curves.png"
         plot_training_curves(read_history(history), path, title=f"{name}: training")

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from robustgen.checkpoint import load_state, save_model, save_state, write_json
 from robustgen.data import ImageDataset, crop_flip
-from robustgen.data.sources import BatchSource, Prefetcher, WeightedIndices, host_buffer
+from robustgen.data.sources import BatchSource, Prefetcher, WeightedIndices, gather_rows, host_buffer
 from robustgen.errors import RobustgenError
 from robustgen.train.distributed import DistContext, barrier, chunk_rows, sum_across
 from robustgen.train.ema import WeightAverage
@@ -131,15 +131,11 @@ class TrainingBatches:
             real = idx[0][rows[0]]
             real_idx = host_buffer((len(real),), np.int64, pin_memory=self.pin)
             real_idx.numpy()[:] = real
-            n = sum(len(r) for r in rows[1:])
+            picked = [source_idx[r] for source_idx, r in zip(idx[1:], rows[1:])]
+            n = sum(len(p) for p in picked)
             images = host_buffer((n, *self.image_shape), np.uint8, pin_memory=self.pin)
             labels = host_buffer((n,), np.int64, pin_memory=self.pin)
-            at = 0
-            for source, source_idx, r in zip(self.generated, idx[1:], rows[1:]):
-                picked = source_idx[r]
-                source.gather(picked, out=images.numpy()[at:at + len(picked)])
-                labels.numpy()[at:at + len(picked)] = source.labels[picked]
-                at += len(picked)
+            gather_rows(self.generated, picked, images.numpy(), labels.numpy())
             out.append((real_idx, images, labels))
         return out
 
