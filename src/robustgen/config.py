@@ -45,7 +45,7 @@ class DataConfig:
     # Several sources mixed per batch, e.g. [{path: train, weight: 0.3}, {path: generated, weight: 0.7}];
     # empty: train.alpha of the real split and 1 - alpha of the generated data. train.alpha must
     # equal the real split's share here.
-    sources: list = field(default_factory=list)
+    sources: list[SourceConfig] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -230,17 +230,14 @@ def _coerce(value: Any, annotation: Any, *, key: str, source: str) -> Any:
     if annotation is list or origin is list:
         if not isinstance(value, (list, tuple)):
             raise RobustgenError(f"{source}: {key} must be a list, got {value!r}")
-        item = _LIST_ITEMS.get(key.rsplit(".", 1)[-1] if "." in key else key)
-        if item is not None:
+        item = (typing.get_args(annotation) or (None,))[0]
+        if dataclasses.is_dataclass(item):  # a list of sections, e.g. data.sources
             return [_build(item, v, prefix=f"{key}[{i}].", source=source) for i, v in enumerate(value)]
         # integers stay integers (step boundaries, class indices), so a config that goes through
         # replace() / config_to_dict keeps the same values and the same stage fingerprints
         return [v if isinstance(v, int) and not isinstance(v, bool) else parse_number(v, key=key, source=source)
                 for v in value]
     raise TypeError(f"unsupported config annotation {annotation!r} for {key}")
-
-
-_LIST_ITEMS = {"sources": SourceConfig}  # list fields whose items are sections
 
 
 def _build(cls: type, values: Any, *, prefix: str, source: str):
