@@ -285,21 +285,14 @@ def store_verify(store_dir):
 @click.option("--quiet", is_flag=True)
 def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, no_verify_existing, quiet):
     """Fit the configured generator on the real train split and write samples shard by shard; resumes."""
-    from robustgen.generate import generator_fit_kwargs
-    from robustgen.generate.runner import generate_store
-    from robustgen.stages import load_splits, resolve_device
+    from robustgen.stages import generate_into_store, load_splits, resolve_device
 
     if shard_size < 1:
         raise RobustgenError(f"--shard-size must be >= 1, got {shard_size}")
-    cfg = _config(config, overrides + (() if seed is None else (f"generator.seed={seed}",)))
-    train = load_splits(cfg).train
-    result = generate_store(store_dir, generator=cfg.generator.name, train_images=train.images,
-                            train_labels=train.labels, num_classes=train.num_classes, num_samples=num_samples,
-                            seed=cfg.generator.seed, fit_config=generator_fit_kwargs(cfg.generator),
-                            class_names=train.class_names, shard_size=shard_size, data_name=cfg.data.dataset,
-                            progress=not quiet, verify_existing=not no_verify_existing,
-                            fit_options={"device": str(resolve_device(cfg.device)), "progress": not quiet,
-                                         "work_dir": Path(store_dir) / "generator-work"})
+    extra = [f"generator.num_samples={num_samples}"] + ([] if seed is None else [f"generator.seed={seed}"])
+    cfg = _config(config, overrides + tuple(extra))
+    result = generate_into_store(cfg, load_splits(cfg).train, store_dir, device=resolve_device(cfg.device),
+                                 progress=not quiet, shard_size=shard_size, verify_existing=not no_verify_existing)
     click.echo(json.dumps(result, indent=2))
 
 

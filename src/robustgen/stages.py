@@ -24,7 +24,7 @@ import torch.nn as nn
 from robustgen.checkpoint import load_model, model_spec, write_json
 from robustgen.config import RunConfig, config_to_dict
 from robustgen.data import ImageDataset, load_dataset, read_npz, train_val_split, write_npz
-from robustgen.data.store_format import file_sha256
+from robustgen.data.store_format import DEFAULT_SHARD_SIZE, file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.evaluate import evaluate_robustness
 from robustgen.generate import generator_fit_kwargs, get_generator, runtime_kwargs
@@ -167,18 +167,21 @@ def generate_samples(cfg: RunConfig, train: ImageDataset, out_path: Path, *, fit
 
 
 def generate_into_store(cfg: RunConfig, train: ImageDataset, store_dir: Path, *, device: torch.device,
-                        progress: bool = True) -> dict:
-    """``generate_samples`` at scale: fit once, then sample shard by shard into a store with
-    per-sample seeds (``generate.runner.generate_store``); a killed stage resumes at its first
-    incomplete shard. The generator's training state lives in ``store_dir/../work``."""
+                        progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE,
+                        verify_existing: bool = True) -> dict:
+    """``generate_samples`` at scale: fit once, then sample ``generator.num_samples`` images shard
+    by shard into a store with per-sample seeds (``generate.runner.generate_store``); a killed job
+    resumes at its first incomplete shard. The generator's training state (a DDPM's checkpoints)
+    lives in ``store_dir/generator-work``."""
     from robustgen.generate.runner import generate_store
 
     g = cfg.generator
     return generate_store(store_dir, generator=g.name, train_images=train.images, train_labels=train.labels,
                           num_classes=train.num_classes, num_samples=g.num_samples, seed=g.seed,
                           fit_config=generator_fit_kwargs(g), class_names=train.class_names,
-                          data_name=cfg.data.dataset, progress=progress,
-                          fit_options={"device": str(device), "work_dir": Path(store_dir).parent / "work",
+                          data_name=cfg.data.dataset, shard_size=shard_size, progress=progress,
+                          verify_existing=verify_existing,
+                          fit_options={"device": str(device), "work_dir": Path(store_dir) / "generator-work",
                                        "progress": progress})
 
 
