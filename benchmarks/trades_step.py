@@ -122,7 +122,7 @@ def main() -> None:
     base.train()
     step_flops = counter.get_total_flops() * (2 * a.steps + 7) if device.type == "cuda" else None
 
-    rows = []  # (name, step function, FLOPs per step or None); then (name, seconds per step, FLOPs)
+    entries = []  # (name, step function, FLOPs per step or None)
     for flavour in [f for f in a.references.split(",") if f]:
         if flavour not in ("backward", "autograd"):
             raise SystemExit(f"bad reference flavour {flavour!r}")
@@ -132,7 +132,7 @@ def main() -> None:
         def reference(model=ref_model, opt=ref_opt, flavour=flavour):
             reference_step(model, x, y, opt, eps=eps, step_size=2 / 255, steps=a.steps, beta=6.0, grad_mode=flavour)
 
-        rows.append((f"reference [{flavour}]", reference, None))
+        entries.append((f"reference [{flavour}]", reference, None))
 
     for variant in [v for v in a.variants.split(",") if v]:
         rule, *options = variant.split("+")
@@ -156,14 +156,13 @@ def main() -> None:
                 (step_loss(fwd, fwd, xc, tc, gen) / a.micro_batches).backward()
             opt.step()
 
-        rows.append((f"robustgen [{variant}]", ours, step_flops))
+        entries.append((f"robustgen [{variant}]", ours, step_flops))
 
-    plain_rows = list(rows)
-    timings = timed_interleaved([fn for _, fn, _ in rows], a.warmup, a.repeats, sync)
-    rows = [(name, times, flops) for (name, _, flops), times in zip(rows, timings)]
+    timings = timed_interleaved([fn for _, fn, _ in entries], a.warmup, a.repeats, sync)
+    rows = [(name, times, flops) for (name, _, flops), times in zip(entries, timings)]
     peaks = {}
     if device.type == "cuda":  # peak memory of one more step of each, measured alone
-        for name, fn, _ in plain_rows:
+        for name, fn, _ in entries:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)
             fn()

@@ -96,28 +96,24 @@ def load_pretrained(source: str, *, local_files_only: bool = False):
         raise RobustgenError(f"pretrained diffusion model {src!r}: no such folder (give a diffusers folder or a "
                              f"hub id such as google/ddpm-cifar10-32)")
     where = str(local) if is_local else src
-    errors = []
-    unet = None
-    for sub in ("unet", None):
-        if is_local and not (local / (sub or "") / "config.json").is_file():
-            continue
-        try:
-            unet = UNet2DModel.from_pretrained(where, subfolder=sub, local_files_only=local_files_only)
-            break
-        except Exception as e:  # diffusers raises OSError/ValueError/EnvironmentError/hub errors
-            errors.append(_first_line(e))
+
+    def first_loadable(cls, subfolder: str, config_file: str):
+        """``cls`` from ``subfolder/`` or else the top level; (object or None, errors seen)."""
+        errors = []
+        for sub in (subfolder, None):
+            if is_local and not (local / (sub or "") / config_file).is_file():
+                continue
+            try:
+                return cls.from_pretrained(where, subfolder=sub, local_files_only=local_files_only), errors
+            except Exception as e:  # diffusers raises OSError/ValueError/EnvironmentError/hub errors
+                errors.append(_first_line(e))
+        return None, errors
+
+    unet, errors = first_loadable(UNet2DModel, "unet", "config.json")
     if unet is None:
         why = errors[-1] if errors else "no config.json in the folder or its unet/ subfolder"
         raise RobustgenError(f"cannot load a diffusers UNet from {src!r} (offline or missing?): {why}")
-    scheduler = None
-    for sub in ("scheduler", None):
-        if is_local and not (local / (sub or "") / "scheduler_config.json").is_file():
-            continue
-        try:
-            scheduler = DDPMScheduler.from_pretrained(where, subfolder=sub, local_files_only=local_files_only)
-            break
-        except Exception:
-            continue
+    scheduler, _ = first_loadable(DDPMScheduler, "scheduler", "scheduler_config.json")  # optional
     config = dict(scheduler.config) if scheduler is not None else ho_scheduler_config()
     unet.eval().requires_grad_(False)
     return unet, _plain_scheduler_config(config)
