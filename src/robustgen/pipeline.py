@@ -23,8 +23,9 @@ from robustgen import __version__
 from robustgen.checkpoint import read_json, write_json
 from robustgen.config import RunConfig, config_to_dict, replace
 from robustgen.generate import generator_fit_kwargs
+from robustgen.generate.runner import array_fingerprint
 from robustgen.train.distributed import DistContext, barrier, context_from_env
-from robustgen.stages import (Splits, evaluate_checkpoint, generate_into_store, hash_arrays, label_into_store,
+from robustgen.stages import (Splits, evaluate_checkpoint, generate_into_store, label_into_store,
                               load_splits, resolve_device, train_classifier, train_robust)
 
 
@@ -35,7 +36,7 @@ def fingerprint(*parts) -> str:
 
 def data_fingerprint(cfg: RunConfig, splits: Splits) -> str:
     """Content hash of the real splits, so a changed npz file or split invalidates every stage."""
-    content = hash_arrays(*(a for ds in (splits.train, splits.val, splits.test) for a in (ds.images, ds.labels)))
+    content = array_fingerprint(*(a for ds in (splits.train, splits.val, splits.test) for a in (ds.images, ds.labels)))
     return fingerprint(cfg.data.dataset, cfg.data.val_size, cfg.data.split_seed, content)
 
 

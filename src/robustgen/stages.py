@@ -28,6 +28,7 @@ from robustgen.data.store_format import DEFAULT_SHARD_SIZE, file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.evaluate import evaluate_robustness
 from robustgen.generate import generator_fit_kwargs, get_generator, runtime_kwargs
+from robustgen.generate.runner import array_fingerprint
 from robustgen.label import assign_labels, predict_probabilities
 from robustgen.models import create_model
 from robustgen.train.distributed import DistContext
@@ -408,7 +409,7 @@ def evaluate_checkpoint(checkpoint: Path, test: ImageDataset, *, attack: str, no
         raise RobustgenError(f"{checkpoint}: model has {classes} classes but the test data has {test.num_classes}")
     count = len(test) if n is None else min(n, len(test))
     images, labels = test.images[:count], test.labels[:count]
-    key = f"{file_sha256(checkpoint)}|{test.name}|{count}|{hash_arrays(images, labels)}"
+    key = f"{file_sha256(checkpoint)}|{test.name}|{count}|{array_fingerprint(images, labels)}"
     result = evaluate_robustness(model, images, labels, attack=attack, norm=norm, eps=eps, batch_size=batch_size,
                                  device=device, seed=seed, progress=progress, desc=f"eval[{attack}]",
                                  state_path=state_path, state_key=key)
@@ -422,12 +423,3 @@ def evaluate_checkpoint(checkpoint: Path, test: ImageDataset, *, attack: str, no
                 f"test clean accuracy {check['test_clean_accuracy']:.4f} is far from the training log's validation "
                 f"clean accuracy {check['val_clean_accuracy']:.4f}: check the data and preprocessing")
     return {"checkpoint": str(checkpoint), "dataset": test.name, **result, "sanity": sanity}
-
-
-def hash_arrays(*arrays: np.ndarray) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).data)
-    return h.hexdigest()[:16]
