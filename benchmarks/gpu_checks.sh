@@ -1,39 +1,58 @@
 #!/usr/bin/env bash
-# The GPU measurements of the closing notes, as one script (one NVIDIA GPU, repository root).
-# Logs go to ${OUT:-/tmp/robustgen-gpu}. Needs torch with CUDA, and diffusers for step 2
-# (pip install diffusers). Each step has its own time limit, so one failure does not hide the rest.
-#   1. TRADES-10 step of WRN-28-10, batch 256: plain references vs robustgen fp32 / bf16+channels_last
-#      (+ torch.compile), images/s, TFLOP/s, % of bf16 peak (benchmarks/trades_step.py)
-#   2. diffusion sampler throughput, Ho et al.'s 35.7M UNet, batch 256, bf16 (benchmarks/diffusion_sampling.py)
-#   3. robustgen run end to end on the GPU (digits, bf16 + channels_last + compile), short schedule
-#   4. SyncBatchNorm in the training step on CUDA (a one-process group)
-#   5. WRN-70-16 at batch 1024 in 4 micro-batches (bf16): speed and peak GPU memory
+# The GPU measurements of the closing notes, as one script (one NVIDIA GPU, repository root),
+# at most 10 minutes (the sum of the steps' limits). Logs go to ${OUT:-/tmp/robustgen-gpu}. Needs torch with CUDA, and diffusers for
+# the diffusion step. Each step has its own time limit, so one failure does not hide the rest.
+#   1. TRADES-10 step of WRN-28-10, batch 256: the ports' references vs robustgen fp32, bf16 +
+#      channels_last before (clean logits computed twice, "twopass") and after (shared), and with
+#      torch.compile: images/s, TFLOP/s, % of the bf16 peak (benchmarks/trades_step.py)
+#   2. the same for WRN-70-16, batch 256, eager (robustgen only: the fp32 references take minutes)
+#   3. WRN-70-16 at batch 1024 in 4 micro-batches (bf16): speed and peak GPU memory
+#   4. where the time goes in the eager bf16 WRN-28-10 step (torch.profiler, CUDA kernel time)
+#   5. SyncBatchNorm in the training step on CUDA (a one-process group)
+#   6. robustgen run end to end on the GPU (digits, bf16, compile, layout chosen at start-up)
+#   7. diffusion sampler throughput, Ho et al.'s 35.7M UNet, batch 256, bf16
+# `benchmarks/gpu_checks.sh --tiny` runs the same steps on the CPU with tiny models and sizes,
+# without torch.compile (minutes of compiling on a CPU) and the CUDA-only steps, and with 3x the
+# time limits, to check the script itself without a GPU.
 set -u
+TINY=0
+[ "${1:-}" = "--tiny" ] && TINY=1
 OUT=${OUT:-/tmp/robustgen-gpu}
 mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)/src PYTHONUNBUFFERED=1
-nvidia-smi -L | tee "$OUT/gpu.txt"
-python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/gpu.txt"
+if [ $TINY = 1 ]; then
+  DEV=cpu; WRN28=wrn-10-1; WRN70=wrn-10-2; B=8; B70=8; BIG=16; ATTACK=2; IMG=8; SCALE=3; COMPILE=
+  echo "tiny mode: CPU, $WRN28 / $WRN70, batch $B, TRADES-$ATTACK, ${IMG}x${IMG}" | tee "$OUT/gpu.txt"
+else
+  DEV=cuda; WRN28=wrn-28-10; WRN70=wrn-70-16; B=256; B70=256; BIG=1024; ATTACK=10; IMG=32; SCALE=1
+  COMPILE=,adam+bf16+cl+compile
+  nvidia-smi -L | tee "$OUT/gpu.txt"
+fi
+python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" | tee -a "$OUT/gpu.txt"
+TRADES="python3 benchmarks/trades_step.py --device $DEV --image $IMG --channels 3 --steps $ATTACK"
 
 step() {  # step NAME SECONDS COMMAND...
-  local name=$1 limit=$2; shift 2
+  local name=$1 limit=$(($2 * SCALE)); shift 2
   echo "=== $name (limit ${limit}s): $*"
   local t0=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   echo "--- $name: exit $? after $((SECONDS - t0)) s"
-  grep -v -E "^\s*$|it/s\]|s/it\]|%\|" "$OUT/$name.log" | tail -n 12
+  grep -v -E "^\s*$|it/s\]|s/it\]|%\|" "$OUT/$name.log" | tail -n 14
+}
+cuda_only() {  # cuda_only NAME: true (and a note) in tiny mode
+  [ $TINY = 1 ] && { echo "=== $1: skipped in tiny mode (needs CUDA)"; return 0; }
+  return 1
 }
 
-step trades 120 python3 benchmarks/trades_step.py --arch wrn-28-10 --image 32 --channels 3 --batch 256 \
-  --device cuda --repeats 5 --warmup 2 --references backward,autograd --variants adam,sign,adam+bf16+cl
-step diffusion 100 python3 benchmarks/diffusion_sampling.py --device cuda --preset ho-cifar10 --bf16 --batch 256
-step run 100 python3 -m robustgen.cli run --out "$OUT/run" --quiet --set device=cuda --set train.precision=bf16 \
-  --set train.channels_last=true --set train.compile=true --set classifier.epochs=3 --set train.epochs=5 \
-  --set generator.num_samples=5000
-[ -f "$OUT/run/results.json" ] && python3 -c "
-import json; r = json.load(open('$OUT/run/results.json'))
-for m in r['models']: print(m['name'], 'clean', m['clean_accuracy'], 'robust', m['robust_accuracy'], 'train s', m['train_time_s'])"
-step syncbn 45 python3 - <<'EOF'
+step trades_wrn28 180 $TRADES --arch $WRN28 --batch $B --repeats 5 --warmup 2 --references port,zhang \
+  --variants adam,adam+bf16+cl+twopass,adam+bf16+cl$COMPILE
+step trades_wrn70 120 $TRADES --arch $WRN70 --batch $B70 --repeats 3 --warmup 1 --references "" \
+  --variants adam+bf16+cl+twopass,adam+bf16+cl
+step wrn70_micro 60 $TRADES --arch $WRN70 --batch $BIG --repeats 2 --warmup 1 --references "" \
+  --variants adam+bf16+cl --micro-batches 4
+step profile_wrn28 45 $TRADES --arch $WRN28 --batch $B --repeats 1 --warmup 1 --references "" \
+  --variants adam+bf16+cl --profile
+cuda_only syncbn || step syncbn 45 python3 - <<'EOF'
 import os, torch, torch.distributed as dist, torch.nn as nn, torch.nn.functional as F
 from robustgen.models import create_model
 from robustgen.train.steps import TrainingAttack, trades_step_loss
@@ -50,7 +69,12 @@ print("SyncBatchNorm layers", len(after), "loss", float(loss), "running stats up
       all(not torch.equal(a, b) for a, b in zip(after, before)))
 dist.destroy_process_group()
 EOF
-step trades_compile 150 python3 benchmarks/trades_step.py --arch wrn-28-10 --image 32 --channels 3 --batch 256 \
-  --device cuda --repeats 5 --warmup 3 --references backward --variants adam+bf16+cl,adam+bf16+cl+compile
-step wrn70_micro 150 python3 benchmarks/trades_step.py --arch wrn-70-16 --image 32 --channels 3 --batch 1024 \
-  --device cuda --repeats 2 --warmup 1 --references "" --variants adam+bf16+cl --micro-batches 4
+RUN_SET="--set device=$DEV --set train.precision=bf16 --set classifier.epochs=3 --set train.epochs=5 --set generator.num_samples=5000"
+[ $TINY = 1 ] && RUN_SET="--set device=cpu --set train.precision=bf16 --set classifier.epochs=0.2 --set train.epochs=0.2 --set generator.num_samples=200 --set eval.n=50"
+[ $TINY = 0 ] && RUN_SET="$RUN_SET --set train.compile=true"
+step run 90 python3 -m robustgen.cli run --out "$OUT/run" --quiet $RUN_SET
+[ -f "$OUT/run/results.json" ] && python3 -c "
+import json, glob; r = json.load(open('$OUT/run/results.json'))
+for m in r['models']: print(m['name'], 'clean', m['clean_accuracy'], 'robust', m['robust_accuracy'], 'train s', m['train_time_s'])
+for f in glob.glob('$OUT/run/stages/train-*/step_options.json'): print(f.split('/')[-2], open(f).read().replace(chr(10), ' '))"
+cuda_only diffusion || step diffusion 60 python3 benchmarks/diffusion_sampling.py --device cuda --preset ho-cifar10 --bf16 --batch 256

@@ -1,33 +1,48 @@
-"""Images/s of one TRADES-10 training step: robustgen against a plain eager reference, same run.
+"""Images/s of one TRADES-10 training step: robustgen against the public ports' TRADES, same run.
 
-The reference is written the way the public PyTorch ports do it: float32, model.eval() for the
-attack and model.train() for the update, sign steps of 2/255 from x + 0.001 N(0, 1), a per-step
-`.item()` host sync, and parameters that keep requiring grad during the attack. Two flavours:
-``backward`` takes the input gradient with ``loss.backward()`` and reads ``x_adv.grad`` (weight
-gradients are computed and thrown away, as in the PGD-AT ports derived from Rice et al.);
-``autograd`` uses ``torch.autograd.grad(loss, [x_adv])`` as Zhang et al.'s trades.py, which lets
-autograd skip the weight gradients. robustgen's step freezes parameters during the attack, uses
-the authors' BN convention and, by default, their Adam inner loop (``sign`` variants use the
-reference's sign steps, so the algorithm is the same), and optionally bf16 autocast (``bf16``),
-channels_last (``cl``) and torch.compile (``compile``). Every variant runs the same model, batch
-and number of attack steps, from the same initial weights; ratios are against the first row.
+References (float32, eager, written the way the public PyTorch code does it; sign steps of
+2/255, autograd.grad for the input gradient, a per-step `.item()` host sync):
 
-    python benchmarks/trades_step.py --arch small-cnn --image 8 --channels 1 --batch 128
-    python benchmarks/trades_step.py --arch preact-resnet-18 --image 32 --channels 3 --batch 32 --repeats 3
-    python benchmarks/trades_step.py --arch wrn-28-10 --image 32 --channels 3 --batch 256 --device cuda \\
-        --variants adam,adam+bf16+cl,adam+bf16+cl+compile
+- ``port``: the TRADES loss of the public PyTorch port of Gowal et al. (imrahulr/
+  adversarial_robustness_pytorch, gowal21uncovering/utils/trades.py): the attack in train mode
+  with BN running-stat updates off (the authors' convention, as robustgen), a uniform start,
+  the clean target computed once; the update's clean and adversarial passes in train mode.
+- ``zhang``: Zhang et al.'s trades.py formulation: the attack in ``model.eval()`` (BN with running
+  statistics, cheaper than batch statistics), a start at x + 0.001 N(0, 1); the clean target is
+  computed once here (trades.py recomputes it at every attack step, which would cost 10 more
+  forward passes), so this is the stricter reference.
+- ``backward``: as ``zhang`` with ``loss.backward()`` in the attack (weight gradients computed and
+  thrown away, as in PGD-AT ports derived from Rice et al.).
+
+robustgen variants: an inner rule (``adam``, the authors' 10-step Adam, or ``sign``, the ports'
+steps) joined by ``+`` with options ``bf16`` (autocast), ``cl`` (channels_last), ``compile``
+(torch.compile) and ``twopass`` (the clean logits computed twice, as before they were shared);
+``default`` is the default training configuration: fp32, with the memory layout chosen by the
+same start-up measurement training uses (robustgen.train.speed). Every entry runs the same
+model, batch and number of attack steps from the same initial weights, in interleaved rounds
+(one step of each per round), so a change of machine load hits all of them alike. Ratios are
+computed per round (reference time / entry time in that round) and summarised by their median
+and range over the rounds, against the first reference and against robustgen's plain fp32 step.
+
+    python benchmarks/trades_step.py                       # WRN-16-4, batch 32, 32x32x3, CPU
+    python benchmarks/trades_step.py --variants adam,default,adam+cl,adam+bf16,adam+bf16+cl --repeats 10
+    python benchmarks/trades_step.py --arch wrn-28-10 --batch 256 --device cuda \\
+        --variants adam,adam+bf16+cl+twopass,adam+bf16+cl,adam+bf16+cl+compile
 
 On CUDA it also prints the achieved TFLOP/s (model FLOPs: the forward pass counted by
-torch.utils.flop_counter, times 2k + 7 forward-equivalents per TRADES-k step) and the share of
-the device's dense bf16 peak.
+torch.utils.flop_counter, times the step's forward-equivalents: 2k + 6 for TRADES-k with a
+shared clean pass, 2k + 7 with two) and the share of the device's dense bf16 peak.
+``--profile`` prints the operators that take the time in one step of each entry.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import os
 import platform
 import statistics
+import tempfile
 import time
 
 import torch
@@ -35,39 +50,54 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from robustgen.models import create_model
+from robustgen.train.speed import hardware_name, choose_step_options
 from robustgen.train.steps import TrainingAttack, trades_step_loss
 
 # Dense bf16 tensor-core peaks from the vendor data sheets (SXM parts), TFLOP/s.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
+REFERENCES = ("port", "zhang", "backward")
+OPTIONS = {"bf16", "cl", "compile", "twopass"}
 
 
-def reference_step(model, x, y, optimizer, *, eps, step_size, steps, beta, grad_mode):
-    """A TRADES step as the public ports write it."""
-    model.eval()
-    x_adv = x.detach() + 0.001 * torch.randn_like(x)
+def track_running_stats(model, flag: bool) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.track_running_stats = flag
+
+
+def reference_step(model, x, y, optimizer, *, eps, step_size, steps, beta, flavour):
+    """A TRADES step as the public code writes it (see the module docstring)."""
+    kl_sum = torch.nn.KLDivLoss(reduction="sum")
+    if flavour == "port":
+        model.train()
+        track_running_stats(model, False)
+        x_adv = (x + torch.empty_like(x).uniform_(-eps, eps)).clamp(0, 1)
+    else:
+        model.eval()
+        x_adv = x.detach() + 0.001 * torch.randn_like(x)
     p_clean = F.softmax(model(x), dim=1).detach()
     for _ in range(steps):
         x_adv.requires_grad_(True)
-        loss_kl = F.kl_div(F.log_softmax(model(x_adv), dim=1), p_clean, reduction="sum")
-        if grad_mode == "backward":  # parameters still require grad: weight gradients computed too
+        loss_kl = kl_sum(F.log_softmax(model(x_adv), dim=1), p_clean)
+        if flavour == "backward":  # parameters still require grad: weight gradients computed too
             loss_kl.backward()
             grad = x_adv.grad
         else:
             grad = torch.autograd.grad(loss_kl, [x_adv])[0]
         x_adv = torch.min(torch.max(x_adv.detach() + step_size * grad.sign(), x - eps), x + eps).clamp(0, 1)
     model.train()
+    track_running_stats(model, True)
     optimizer.zero_grad()
     logits = model(x)
-    loss = F.cross_entropy(logits, y) + beta * F.kl_div(F.log_softmax(model(x_adv), dim=1),
-                                                        F.softmax(logits, dim=1), reduction="batchmean")
+    loss = F.cross_entropy(logits, y) + beta * kl_sum(F.log_softmax(model(x_adv), dim=1),
+                                                      F.softmax(logits, dim=1)) / len(x)
     loss.backward()
     optimizer.step()
     return loss.item()  # per-step host sync, as the ports log
 
 
 def timed_interleaved(fns: list, warmup: int, repeats: int, sync) -> list[list[float]]:
-    """Seconds per call of each function, measured in rounds (one call of each per round), so a
-    drift in machine speed (shared CPUs, clocks) hits every variant alike."""
+    """Seconds per call of each function, measured in rounds (one call of each per round)."""
     for fn in fns:
         for _ in range(warmup):
             fn()
@@ -82,6 +112,12 @@ def timed_interleaved(fns: list, warmup: int, repeats: int, sync) -> list[list[f
     return times
 
 
+def ratio_summary(base: list[float], times: list[float]) -> str:
+    """Speed relative to ``base`` per round: median [min-max] over the rounds."""
+    r = [b / t for b, t in zip(base, times)]
+    return f"x{statistics.median(r):.2f} [{min(r):.2f}-{max(r):.2f}]"
+
+
 def device_peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -89,55 +125,75 @@ def device_peak_tflops(device: torch.device) -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
 
 
+def load_average() -> str:
+    try:
+        return "load average " + " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "load average unknown"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--arch", default="small-cnn")
-    p.add_argument("--image", type=int, default=8)
-    p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--arch", default="wrn-16-4")
+    p.add_argument("--image", type=int, default=32)
+    p.add_argument("--channels", type=int, default=3)
+    p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=10, help="attack steps")
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved rounds")
+    p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--references", default="backward,autograd", help="reference flavours to time, in order")
-    p.add_argument("--variants", default="adam,sign",
-                   help="robustgen variants: inner rule (adam|sign) joined by + with options bf16, cl, compile")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--references", default="port,zhang", help=f"reference flavours, in order ({', '.join(REFERENCES)})")
+    p.add_argument("--variants", default="adam,default,adam+twopass,sign,adam+cl,adam+bf16+cl",
+                   help="robustgen variants: adam|sign joined by + with options bf16, cl, compile, twopass; or default")
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's bf16 peak")
     p.add_argument("--micro-batches", type=int, default=1,
                    help="robustgen variants accumulate gradients over this many chunks of the batch")
+    p.add_argument("--profile", action="store_true", help="print each entry's top operators over one step")
     a = p.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     eps = 8 / 255
+    load_before = load_average()
     torch.manual_seed(0)
     x = torch.rand(a.batch, a.channels, a.image, a.image, device=device)
     y = torch.randint(0, 10, (a.batch,), device=device)
     targets = F.one_hot(y, 10).float()
     base = create_model(a.arch, num_classes=10, in_channels=a.channels).to(device)
-    # Model FLOPs of a TRADES-k step: 3 + k forward passes (p_clean, k attack steps, clean and
-    # adversarial logits), k input-gradient backward passes (~1 forward each) and the training
-    # backward through 2 passes (~2 forwards each): 2k + 7 forward-equivalents, 27 for k = 10.
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         base.eval()(x)
     base.train()
-    step_flops = counter.get_total_flops() * (2 * a.steps + 7) if device.type == "cuda" else None
+    forward_flops = counter.get_total_flops() if device.type == "cuda" else None
 
     entries = []  # (name, step function, FLOPs per step or None)
     for flavour in [f for f in a.references.split(",") if f]:
-        if flavour not in ("backward", "autograd"):
-            raise SystemExit(f"bad reference flavour {flavour!r}")
+        if flavour not in REFERENCES:
+            raise SystemExit(f"bad reference flavour {flavour!r} (choose from {', '.join(REFERENCES)})")
         ref_model = copy.deepcopy(base)
         ref_opt = torch.optim.SGD(ref_model.parameters(), lr=0.01, momentum=0.9)
 
         def reference(model=ref_model, opt=ref_opt, flavour=flavour):
-            reference_step(model, x, y, opt, eps=eps, step_size=2 / 255, steps=a.steps, beta=6.0, grad_mode=flavour)
+            reference_step(model, x, y, opt, eps=eps, step_size=2 / 255, steps=a.steps, beta=6.0, flavour=flavour)
 
-        entries.append((f"reference [{flavour}]", reference, None))
+        entries.append((f"reference [{flavour}]", reference, forward_flops and forward_flops * (2 * a.steps + 7)))
 
+    chunk = (a.batch // a.micro_batches, a.channels, a.image, a.image)
     for variant in [v for v in a.variants.split(",") if v]:
-        rule, *options = variant.split("+")
-        if rule not in ("adam", "sign") or set(options) - {"bf16", "cl", "compile"}:
-            raise SystemExit(f"bad variant {variant!r}")
+        if variant == "default":
+            with tempfile.TemporaryDirectory() as cache:  # a fresh measurement, as a first run would make
+                os.environ["ROBUSTGEN_CACHE"] = cache
+                attack = TrainingAttack(norm="linf", eps=eps, steps=a.steps)
+                chosen = choose_step_options(
+                    base, lambda bf16: trades_step_loss(attack, beta=6.0, bf16=bf16), precision="fp32",
+                    channels_last=None, batch_shape=chunk, num_classes=10, device=device,
+                    what=f"{a.arch} trades-{a.steps}", log=lambda line: print("  default: " + line))
+            rule, options = "adam", (["cl"] if chosen.channels_last else []) + (["bf16"] if chosen.bf16 else [])
+        else:
+            rule, *options = variant.split("+")
+            if rule not in ("adam", "sign") or set(options) - OPTIONS:
+                raise SystemExit(f"bad variant {variant!r}")
         model = copy.deepcopy(base)
         memory_format = torch.channels_last if "cl" in options else torch.contiguous_format
         model = model.to(memory_format=memory_format)
@@ -146,7 +202,8 @@ def main() -> None:
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
         attack = TrainingAttack(norm="linf", eps=eps, steps=a.steps, step_rule=rule,
                                 sign_step_size=2 / 255 if rule == "sign" else None)
-        step_loss = trades_step_loss(attack, beta=6.0, bf16="bf16" in options)
+        two = "twopass" in options
+        step_loss = trades_step_loss(attack, beta=6.0, bf16="bf16" in options, share_clean_pass=not two)
         gen = torch.Generator(device=device).manual_seed(0)
         model.train()
 
@@ -156,10 +213,10 @@ def main() -> None:
                 (step_loss(fwd, fwd, xc, tc, gen) / a.micro_batches).backward()
             opt.step()
 
-        entries.append((f"robustgen [{variant}]", ours, step_flops))
+        label = variant if variant != "default" else "default = " + "+".join([rule, *options])
+        entries.append((f"robustgen [{label}]", ours, forward_flops and forward_flops * (2 * a.steps + 6 + two)))
 
     timings = timed_interleaved([fn for _, fn, _ in entries], a.warmup, a.repeats, sync)
-    rows = [(name, times, flops) for (name, _, flops), times in zip(entries, timings)]
     peaks = {}
     if device.type == "cuda":  # peak memory of one more step of each, measured alone
         for name, fn, _ in entries:
@@ -168,24 +225,36 @@ def main() -> None:
             fn()
             sync()
             peaks[name] = torch.cuda.max_memory_allocated(device) / 2**30
-    where = (torch.cuda.get_device_name(device) if device.type == "cuda"
-             else f"{platform.machine()}, {torch.get_num_threads()} threads")
     micro = f" in {a.micro_batches} micro-batches (robustgen)" if a.micro_batches > 1 else ""
-    print(f"{a.arch}, batch {a.batch}{micro}, {a.image}x{a.image}x{a.channels}, TRADES-{a.steps}, {device} ({where}), "
-          f"median of {a.repeats} interleaved rounds after {a.warmup} warm-up steps, torch {torch.__version__}")
-    baseline = statistics.median(rows[0][1])
+    print(f"{a.arch}, batch {a.batch}{micro}, {a.image}x{a.image}x{a.channels}, TRADES-{a.steps}, {device} "
+          f"({hardware_name(device)}), {a.repeats} interleaved rounds after {a.warmup} warm-up step(s) each, "
+          f"torch {torch.__version__}, {platform.node() or 'host'}: {load_before} before, {load_average()} after")
+    names = [name for name, _, _ in entries]
+    own = next((i for i, n in enumerate(names) if n == "robustgen [adam]"), None)
     peak = a.peak_tflops or device_peak_tflops(device)
-    for name, times, flops in rows:
+    header = f"  {'step':<40} {'img/s':>8} {'ms/step':>9}  vs {names[0]} (median [range] per round)"
+    print(header + ("  vs robustgen [adam]" if own is not None else ""))
+    for (name, _, flops), times in zip(entries, timings):
         med = statistics.median(times)
-        line = (f"  {name:<34} {a.batch / med:9.1f} img/s  step {1000 * med:8.1f} ms  "
-                f"spread {1000 * (max(times) - min(times)):6.1f} ms  x{baseline / med:.2f}")
+        line = (f"  {name:<40} {a.batch / med:8.1f} {1000 * med:9.1f}  {ratio_summary(timings[0], times):<20}")
+        if own is not None:
+            line += f"  {ratio_summary(timings[own], times)}"
         if name in peaks:
             line += f"  peak {peaks[name]:.1f} GiB"
         if flops:
             tflops = flops / med / 1e12
             line += f"  {tflops:6.1f} TFLOP/s" + (f" ({100 * tflops / peak:.1f}% of bf16 peak {peak:g})" if peak else "")
         print(line)
-    print(f"  (x: speed relative to {rows[0][0]})")
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        for name, fn, _ in entries:
+            with profile(activities=activities) as prof:
+                fn()
+                sync()
+            print(f"\n{name}: one step\n" + prof.key_averages().table(sort_by=sort, row_limit=12))
 
 
 if __name__ == "__main__":

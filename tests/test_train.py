@@ -92,7 +92,7 @@ def test_trades_step_updates_bn_running_stats_only_with_adversarial_pass():
     loss = trades_step_loss(TrainingAttack(norm="linf", eps=0.1, steps=3), beta=6.0)(
         model, model, x, targets, torch.Generator().manual_seed(0))
     hook.remove()
-    # 1 clean target + 3 attack + 1 final-iterate-free clean + 1 adversarial pass: only the last tracks stats
+    # 1 clean pass (also the attack target) + 3 attack + 1 adversarial pass: only the last tracks stats
     tracked = [t for t, _ in inputs_seen]
     assert tracked == [False] * (len(tracked) - 1) + [True]
     expected = (1 - bn.momentum) * stats_before + bn.momentum * inputs_seen[-1][1].mean((0, 2, 3))

@@ -149,9 +149,9 @@ class TrainConfig:
     inner: InnerAttackConfig = field(default_factory=InnerAttackConfig)
     eval_every_epochs: float = 10.0  # PGD-40 model selection on the validation split
     checkpoint_every_epochs: float = 1.0  # resumable training state
-    precision: str = "fp32"  # fp32 or bf16 (autocast for training; attacks for reported numbers stay fp32)
-    channels_last: bool = False
-    compile: bool = False  # torch.compile the model for training
+    precision: str = "fp32"  # fp32 or bf16 (autocast for training; attacks for reported numbers stay fp32; on a CPU bf16 is measured at start-up and dropped, with a warning, where slower)
+    channels_last: Optional[bool] = None  # NHWC layout for training; null: the faster layout, measured at start-up (train/speed.py)
+    compile: bool = False  # torch.compile the model for training (on a CPU measured at start-up and dropped, with a warning, where slower)
     micro_batches: int = 1  # gradient accumulation: chunks per device and step (BN statistics per chunk)
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over all devices (SyncBatchNorm); false: per device, as the authors
     log_every_steps: int = 50

@@ -34,6 +34,7 @@ from robustgen.models import create_model
 from robustgen.train.distributed import DistContext
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
 from robustgen.train.schedule import scaled_lr
+from robustgen.train.speed import choose_step_options
 from robustgen.train.steps import TrainingAttack, pgd_at_step_loss, standard_step_loss, trades_step_loss
 
 
@@ -278,7 +279,7 @@ def adversarial_settings(cfg: RunConfig, n_real: int) -> LoopSettings:
         eval_every_steps=max(1, int(round(t.eval_every_epochs * per_epoch))),
         checkpoint_every_steps=max(1, int(round(t.checkpoint_every_epochs * per_epoch))),
         log_every_steps=t.log_every_steps, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
-        channels_last=t.channels_last, micro_batches=t.micro_batches, seed=robust_seed(cfg))
+        micro_batches=t.micro_batches, seed=robust_seed(cfg))
 
 
 def read_generated(path: Path, num_classes: int, image_shape: tuple):
@@ -349,24 +350,34 @@ def train_robust(cfg: RunConfig, splits: Splits, generated: Path | None,
             raise RobustgenError("train.sync_bn needs CUDA devices: torch's SyncBatchNorm does not run on CPUs")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    if t.channels_last:
-        model.to(memory_format=torch.channels_last)
-    settings = dataclasses.replace(adversarial_settings(cfg, len(splits.train)), source_weights=weights)
-    bf16 = t.precision == "bf16"
     attack = training_attack(cfg)
-    step_loss = (trades_step_loss(attack, beta=t.beta, bf16=bf16) if t.loss == "trades"
-                 else pgd_at_step_loss(attack, bf16=bf16))
+
+    def make_step_loss(bf16: bool):
+        return trades_step_loss(attack, beta=t.beta, bf16=bf16) if t.loss == "trades" else pgd_at_step_loss(attack, bf16=bf16)
+
+    chunk = -(-t.batch_size // (ctx.world_size * t.micro_batches))
+    options = choose_step_options(
+        model, make_step_loss, precision=t.precision, channels_last=t.channels_last, compile=t.compile,
+        batch_shape=(chunk, splits.train.images.shape[3], *splits.train.images.shape[1:3]), num_classes=spec["num_classes"],
+        device=device, what=f"{t.arch} {t.loss}-{attack.steps}", out_dir=out_dir, fingerprint=fingerprint, ctx=ctx,
+        log=print if progress else (lambda line: None))
+    if options.channels_last:
+        model.to(memory_format=torch.channels_last)
+    settings = dataclasses.replace(adversarial_settings(cfg, len(splits.train)), source_weights=weights,
+                                   channels_last=options.channels_last)
+    step_loss = make_step_loss(options.bf16)
     result = train_loop(model, settings=settings, real=splits.train, generated=sources,
                         step_loss=step_loss, evaluate=_selection_evaluator(cfg, splits.val, device, robust=True),
                         out_dir=out_dir, device=device, spec=spec,
                         extra_meta={"role": "robust", "name": name, "config": config_to_dict(cfg)},
-                        fingerprint=fingerprint, desc=f"train[{name}]", compile_model=t.compile,
+                        fingerprint=fingerprint, desc=f"train[{name}]", compile_model=options.compile,
                         ctx=ctx, progress=progress)
     summary = {"name": name, "alpha": t.alpha, "steps": settings.total_steps, "batch_size": t.batch_size,
                "generated_samples": int(sum(len(src) for src in sources)),
                "sources": [{"name": "real", "images": len(splits.train), "weight": weights[0]}]
                + [{"name": str(getattr(src, "name", "generated")), "images": len(src), "weight": w}
                   for src, w in zip(sources, weights[1:])],
+               "step_options": dataclasses.asdict(options),
                "selection": result.best, "wall_time_s": round(result.wall_time_s, 2),
                "resumed_from_step": result.resumed_from, "checkpoint": str(out_dir / "best.safetensors")}
     if ctx.is_main:
