@@ -398,6 +398,7 @@ def test_reused_stage_with_corrupt_outputs_is_recomputed(tmp_path):
     assert stage.run(compute, {}) == {"value": 3}
 
 
+@pytest.mark.slow
 def test_corrupt_generated_shard_in_a_run_folder_is_regenerated(tmp_path, capfd):
     """A bit flipped in a generated image shard of a finished run: the generate and label stages
     are redone (that shard only), training and evaluation are reused, results are identical."""
@@ -595,7 +596,7 @@ def kill_and_resume_trials(tmp_path, seeds, max_kills):
 
 
 def test_random_kills_resume_identically_and_no_partial_file_is_seen(tmp_path):
-    assert kill_and_resume_trials(tmp_path, seeds=[0, 1], max_kills=1) == 2
+    assert kill_and_resume_trials(tmp_path, seeds=[0], max_kills=1) == 1
 
 
 @pytest.mark.slow

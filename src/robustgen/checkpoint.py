@@ -120,9 +120,13 @@ def tensor_bytes(obj: Any) -> int:
     return 0
 
 
+def write_text(path: str | Path, text: str) -> None:
+    data = text.encode()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), size=len(data))
+
+
 def write_json(path: str | Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text), size=len(text.encode()))
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:

@@ -437,7 +437,7 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
             pca, seed, batch_size, device, out, quiet):
     """Complementarity and coverage (paper Alg. 1), FID, IS and KID of generated sets against the
     config's real train / test splits, in the layout of paper Table 1."""
-    from robustgen.checkpoint import write_json
+    from robustgen.checkpoint import write_json, write_text
     from robustgen.data import load_dataset
     from robustgen.metrics.features import get_extractor
     from robustgen.metrics.measure import ImageSet, measure as measure_sets, open_image_set
@@ -466,7 +466,7 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
                           progress=not quiet)
     if out is not None:
         write_json(out, {k: v for k, v in result.items() if k != "markdown"})
-        out.with_suffix(".md").write_text(result["markdown"])
+        write_text(out.with_suffix(".md"), result["markdown"])
     click.echo(result["markdown"].rstrip())
 
 
