@@ -499,7 +499,7 @@ def _trained_for(checkpoint: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> None:
     from robustgen import preempt
 
-    preempt.install()  # SIGTERM / SIGUSR1: save at the next step boundary, exit EXIT_PREEMPTED
+    previous = preempt.install()  # SIGTERM / SIGUSR1: save at the next step boundary, exit EXIT_PREEMPTED
     try:
         cli.main(args=argv, prog_name="robustgen", standalone_mode=False)
     except preempt.Preempted as e:
@@ -519,6 +519,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    finally:
+        preempt.restore(previous)
 
 
 if __name__ == "__main__":

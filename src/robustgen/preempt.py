@@ -19,7 +19,8 @@ import signal
 import threading
 from typing import Callable
 
-__all__ = ["EXIT_PREEMPTED", "Preempted", "install", "requested", "reset", "resumable", "stop_if_requested"]
+__all__ = ["EXIT_PREEMPTED", "Preempted", "install", "requested", "reset", "restore", "resumable",
+           "stop_if_requested"]
 
 EXIT_PREEMPTED = 75
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -55,11 +56,21 @@ def resumable():
         _sections -= 1
 
 
-def install() -> None:
-    """Turn SIGTERM and SIGUSR1 into a stop request (main thread only; elsewhere a no-op)."""
+def install() -> dict:
+    """Turn SIGTERM and SIGUSR1 into a stop request (main thread only; elsewhere a no-op).
+    Returns the previous handlers, for ``restore``."""
+    reset()
+    previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in SIGNALS:
-            signal.signal(sig, _handler)
+            previous[sig] = signal.signal(sig, _handler)
+    return previous
+
+
+def restore(previous: dict) -> None:
+    """Put back the handlers ``install`` replaced (a CLI call inside another program, tests)."""
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def requested() -> str | None:
