@@ -98,15 +98,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-_HASHED: dict[tuple, str] = {}  # (device, inode, size, mtime, ctime) -> sha256, for this process
+_HASHED: dict[tuple, str] = {}  # (device, inode, size, mtime) -> sha256, for this process
 
 
 def cached_sha256(path: Path) -> str:
-    """``file_sha256``, remembered for this process while the file's inode, size and times stay
-    the same: the pipeline checks a reused stage's files, then training checks the same shards
-    (hard-linked into the label stage's store), and each file is read once."""
+    """``file_sha256``, remembered for this process while the file's inode, size and mtime stay
+    the same (any write changes the mtime; a hard link changes only the ctime): the pipeline
+    checks a reused stage's files, then training checks the same shards (hard-linked into the
+    label stage's store), and each file is read once."""
     st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
     digest = _HASHED.get(key)
     if digest is None:
         digest = _HASHED[key] = file_sha256(path)
