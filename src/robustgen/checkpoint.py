@@ -9,11 +9,13 @@
   kuangliu-layout ResNet-18 (``resnet-18-kuangliu``).
 * RobustBench form: ``export_robustbench`` writes a robustgen model as a plain state dict
   (``[0, 1]`` NCHW in, logits out, normalisation inside) plus a JSON sidecar saying how to load it.
-Every write goes to a temporary file in the same folder and is renamed into place.
+Every write goes to a temporary file in the same folder, is fsynced and renamed into place
+(``atomic_write``); a full disk is a one-line ``DiskFullError`` and leaves the old file intact.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -42,28 +44,89 @@ class _NotRobustgenCheckpoint(RobustgenError):
     """A readable file that is not a robustgen safetensors checkpoint."""
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+def atomic_write(path: str | Path, write, *, size: int | None = None) -> None:
+    """Call ``write(tmp_path)``, fsync the temporary file and rename it onto ``path`` (then fsync
+    the folder): a reader sees the old file or the new one, never a part, even after a crash.
+    ``size``: the bytes about to be written, when known; too little free space is reported before
+    writing. A full disk (ENOSPC, EDQUOT) is a ``DiskFullError`` naming the file and the space
+    needed; the previous file at ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if size is not None and _free_bytes(path.parent) < size:
+        raise DiskFullError(path, size, _free_bytes(path.parent))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        _fsync_folder(path.parent)
+    except BaseException as e:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFullError(path, size, _free_bytes(path.parent), written=written) from None
         raise
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False)
-            f.write("\n")
+class DiskFullError(RobustgenError):
+    """A write found no space left; the file it was to replace is unchanged."""
 
-    atomic_write(path, write)
+    def __init__(self, path: Path, need: int | None, free: int, *, written: int = 0):
+        needed = f"{_fmt_bytes(need)} needed" if need is not None else \
+            f"more than the {_fmt_bytes(written)} written before the disk filled"
+        kept = f"the previous {path.name} is intact" if path.exists() else f"no partial {path.name} is left"
+        super().__init__(f"{path}: no space left on the device ({needed}, {_fmt_bytes(free)} free); {kept}; "
+                         f"free space and run the same command again to resume")
+
+
+def _free_bytes(folder: Path) -> int:
+    st = os.statvfs(folder)
+    return st.f_bavail * st.f_frsize
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (the new name survives a power loss)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems do not fsync folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors in a nested state (a lower bound of its file's size)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def write_text(path: str | Path, text: str) -> None:
+    data = text.encode()
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), size=len(data))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -87,7 +150,7 @@ def save_model(path: str | Path, model: nn.Module, *, spec: dict, extra: dict | 
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     meta = {_META_KEY: json.dumps({"spec": spec, **(extra or {})})}
-    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta))
+    atomic_write(path, lambda tmp: save_file(state, tmp, metadata=meta), size=tensor_bytes(state))
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -262,7 +325,7 @@ def model_info(path: str | Path) -> dict:
 
 
 def save_state(path: str | Path, state: dict) -> None:
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    atomic_write(path, lambda tmp: torch.save(state, tmp), size=tensor_bytes(state))
 
 
 def load_state(path: str | Path) -> dict:

@@ -6,6 +6,7 @@ with one line ``robustgen: error: ...`` on stderr and exit status 2, never a tra
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -30,6 +31,17 @@ def _common(fn):
     return fn
 
 
+_wait_option = click.option("--wait", is_flag=True,
+                            help="if another process owns --out, wait for it instead of exiting")
+
+
+def _owned(folder: Path, wait: bool, what: str):
+    """Own ``folder`` while a verb writes into it (``robustgen.locks``)."""
+    from robustgen.locks import FolderLock
+
+    return FolderLock(folder, wait=wait, what=what)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="robustgen")
 def cli() -> None:
@@ -41,8 +53,9 @@ def cli() -> None:
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/default"), show_default=True,
               help="output folder (finished stages in it are reused)")
 @click.option("--dry-run", is_flag=True, help="validate the config and print the plan without computing")
+@_wait_option
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def run(config, overrides, out, dry_run, quiet):
+def run(config, overrides, out, dry_run, wait, quiet):
     """Classifier -> generate -> label -> TRADES training -> evaluation, with a report.
 
     CONFIG is a preset name (see configs/) or a YAML file; without it, the embedded digits demo.
@@ -54,7 +67,7 @@ def run(config, overrides, out, dry_run, quiet):
         click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip())
         click.echo("---\nplan:\n" + describe_plan(cfg))
         return
-    results = run_pipeline(cfg, out, progress=not quiet)
+    results = run_pipeline(cfg, out, progress=not quiet, wait=wait)
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
     click.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} in {results['wall_time_s']:.0f} s")
@@ -66,8 +79,9 @@ def run(config, overrides, out, dry_run, quiet):
 @cli.command()
 @_common
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output folder")
+@_wait_option
 @click.option("--quiet", is_flag=True)
-def classifier(config, overrides, out, quiet):
+def classifier(config, overrides, out, wait, quiet):
     """Train the non-robust classifier f_NR (the pseudo-labeller); prints its test accuracy."""
     from robustgen.pipeline import data_fingerprint, fingerprint
     from robustgen.stages import load_splits, resolve_device, train_classifier
@@ -75,8 +89,9 @@ def classifier(config, overrides, out, quiet):
     cfg = _config(config, overrides)
     splits = load_splits(cfg)
     fp = fingerprint("classifier", data_fingerprint(cfg, splits), config_to_dict(cfg.classifier), cfg.seed)
-    result = train_classifier(cfg, splits, out, device=resolve_device(cfg.device), fingerprint=fp,
-                              progress=not quiet)
+    with _owned(out, wait, "training folder"):
+        result = train_classifier(cfg, splits, out, device=resolve_device(cfg.device), fingerprint=fp,
+                                  progress=not quiet)
     click.echo(json.dumps(result, indent=2))
 
 
@@ -130,8 +145,9 @@ def label(checkpoint, input_path, out, mode, top_k, top_fraction, balanced, batc
 @click.option("--generated", type=click.Path(path_type=Path), default=None,
               help="pseudo-labelled generated data: a store folder or an .npz (needed when train.alpha < 1)")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output folder (resumes if interrupted)")
+@_wait_option
 @click.option("--quiet", is_flag=True)
-def train(config, overrides, generated, out, quiet):
+def train(config, overrides, generated, out, wait, quiet):
     """Adversarial training (TRADES by default) on batches mixing real and generated data."""
     from robustgen.pipeline import data_fingerprint, needs_generated, train_fingerprint
     from robustgen.stages import load_splits, read_generated, resolve_device, train_robust
@@ -145,8 +161,9 @@ def train(config, overrides, generated, out, quiet):
         read_generated(generated, splits.train.num_classes, splits.train.image_shape)
     fp = train_fingerprint(cfg, data_fingerprint(cfg, splits), str(generated.resolve()) if generated else None)
     ctx, device = context_from_env(resolve_device(cfg.device))  # data-parallel under torchrun
-    result = train_robust(cfg, splits, generated, out, device=device, fingerprint=fp, name=out.name,
-                          progress=not quiet, ctx=ctx)
+    with _owned(out, wait, "training folder") if ctx.is_main else contextlib.nullcontext():
+        result = train_robust(cfg, splits, generated, out, device=device, fingerprint=fp, name=out.name,
+                              progress=not quiet, ctx=ctx)
     if ctx.is_main:
         click.echo(json.dumps(result, indent=2))
 
@@ -420,7 +437,7 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
             pca, seed, batch_size, device, out, quiet):
     """Complementarity and coverage (paper Alg. 1), FID, IS and KID of generated sets against the
     config's real train / test splits, in the layout of paper Table 1."""
-    from robustgen.checkpoint import write_json
+    from robustgen.checkpoint import write_json, write_text
     from robustgen.data import load_dataset
     from robustgen.metrics.features import get_extractor
     from robustgen.metrics.measure import ImageSet, measure as measure_sets, open_image_set
@@ -449,7 +466,7 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
                           progress=not quiet)
     if out is not None:
         write_json(out, {k: v for k, v in result.items() if k != "markdown"})
-        out.with_suffix(".md").write_text(result["markdown"])
+        write_text(out.with_suffix(".md"), result["markdown"])
     click.echo(result["markdown"].rstrip())
 
 
@@ -480,8 +497,14 @@ def _trained_for(checkpoint: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from robustgen import preempt
+
+    previous = preempt.install()  # SIGTERM / SIGUSR1: save at the next step boundary, exit EXIT_PREEMPTED
     try:
         cli.main(args=argv, prog_name="robustgen", standalone_mode=False)
+    except preempt.Preempted as e:
+        click.echo(f"robustgen: {e}", err=True)
+        sys.exit(preempt.EXIT_PREEMPTED)
     except RobustgenError as e:
         click.echo(f"robustgen: error: {e}", err=True)
         sys.exit(2)
@@ -496,6 +519,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
+    finally:
+        preempt.restore(previous)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ overwrites older results, and an interrupted stage resumes from its own checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -22,8 +23,10 @@ import torch
 from robustgen import __version__
 from robustgen.checkpoint import read_json, write_json
 from robustgen.config import RunConfig, config_to_dict, replace
+from robustgen.data.store_format import cached_sha256
 from robustgen.generate import generator_fit_kwargs
 from robustgen.generate.runner import array_fingerprint
+from robustgen.locks import FolderLock
 from robustgen.train.distributed import DistContext, barrier, context_from_env
 from robustgen.stages import (Splits, evaluate_checkpoint, generate_into_store, label_into_store,
                               load_splits, resolve_device, train_classifier, train_robust)
@@ -56,11 +59,29 @@ class Stage:
         return self.dir / "manifest.json"
 
     def cached(self) -> dict | None:
+        """The finished stage's result, if its manifest matches and every output it lists still has
+        its sha256; a stage whose outputs fail is recomputed (``_discard_corrupt``), never used."""
         if self.manifest_path.exists():
             manifest = read_json(self.manifest_path)
             if manifest.get("fingerprint") == self.fp:
-                return manifest["result"]
+                bad = [rel for rel, sha in (manifest.get("outputs") or {}).items()
+                       if not _intact(self.dir / rel, sha)]
+                if not bad:
+                    return manifest["result"]
+                self._discard_corrupt(bad)
         return None
+
+    def _discard_corrupt(self, bad: list[str]) -> None:
+        """Delete the failing files and the manifest, so the stage recomputes what they held and
+        resumes from what is intact; weights cannot be rebuilt from a training state, so a failing
+        checkpoint also drops ``state.pt`` (the training reruns, to the same result)."""
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        log(f"{self.name}: {shown} in {self.dir} missing or failing its sha256 (corrupt or modified); "
+            f"recomputing the stage")
+        drop = list(bad) + (["state.pt"] if any(rel.endswith(".safetensors") for rel in bad) else [])
+        for rel in drop:
+            (self.dir / rel).unlink(missing_ok=True)
+        self.manifest_path.unlink(missing_ok=True)
 
     def run(self, compute: Callable[[Path], dict], inputs: dict, *, ctx: DistContext = DistContext(),
             all_ranks: bool = False) -> dict:
@@ -81,9 +102,23 @@ class Stage:
             if ctx.is_main:
                 write_json(self.manifest_path, {"stage": self.name, "fingerprint": self.fp, "version": __version__,
                                                 "inputs": inputs, "wall_time_s": round(time.perf_counter() - t0, 2),
-                                                "result": result})
+                                                "result": result, "outputs": _outputs(self.dir)})
         barrier(ctx)
         return result if result is not None else self.cached()
+
+
+def _outputs(folder: Path) -> dict[str, str]:
+    """sha256 of every file a finished stage left in ``folder`` (not the manifest, locks or temporaries)."""
+    rels = (p.relative_to(folder) for p in sorted(folder.rglob("*")) if p.is_file())
+    return {rel.as_posix(): cached_sha256(folder / rel) for rel in rels
+            if rel.as_posix() != "manifest.json" and not any(part.startswith(".") for part in rel.parts)}
+
+
+def _intact(path: Path, sha256: str) -> bool:
+    try:
+        return cached_sha256(path) == sha256
+    except OSError:
+        return False
 
 
 def model_variants(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
@@ -133,13 +168,21 @@ def plan(cfg: RunConfig) -> dict:
     return {"device": cfg.device, "dataset": cfg.data.dataset, "stages": stages}
 
 
-def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
-    """classifier -> generate -> label -> train (each variant) -> eval, then results + report."""
+def run(cfg: RunConfig, out: Path, *, progress: bool = True, wait: bool = False) -> dict:
+    """classifier -> generate -> label -> train (each variant) -> eval, then results + report.
+
+    The run folder is owned by one process at a time (``robustgen.locks``): another owner is an
+    error, or with ``wait`` waited for. Under torchrun rank 0 holds the lock."""
+    ctx, device = context_from_env(resolve_device(cfg.device))
+    with FolderLock(out, wait=wait, what="run folder", log=log) if ctx.is_main else contextlib.nullcontext():
+        return _run(cfg, out, ctx, device, progress)
+
+
+def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, progress: bool) -> dict:
     from robustgen.report import write_report
 
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    ctx, device = context_from_env(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
     if ctx.is_main:  # the first rank downloads, the others wait and read
         splits = load_splits(cfg)

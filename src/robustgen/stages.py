@@ -290,7 +290,7 @@ def read_generated(path: Path, num_classes: int, image_shape: tuple):
     path = Path(path)
     if not path.exists():
         raise RobustgenError(f"{path}: generated data not found")
-    return open_source(path, num_classes=num_classes, image_shape=image_shape)
+    return open_source(path, num_classes=num_classes, image_shape=image_shape, verify_images=True)
 
 
 def training_sources(cfg: RunConfig, splits: Splits, generated: Path | None) -> tuple[list, tuple[float, ...]]:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.checkpoint import write_json
+from robustgen.checkpoint import write_json, write_text
 from robustgen.config import RunConfig, config_to_dict, replace
 from robustgen.errors import RobustgenError
 
@@ -106,7 +106,7 @@ def run_sweep(cfg: RunConfig, out: Path, *, alphas, generators, seeds, seed_key:
                "records": rows, "summary": summarize(rows, generators),
                "wall_time_s": round(time.perf_counter() - started, 2), "config": config_to_dict(cfg)}
     write_json(out / "sweep.json", summary)
-    (out / "sweep.md").write_text(sweep_table(summary))
+    write_text(out / "sweep.md", sweep_table(summary))
     title = f"{cfg.data.dataset}, {cfg.threat.norm} eps={cfg.threat.eps:.4g}"
     plot_alpha_sweep(rows, out / "alpha_sweep.png", title=title)
     return summary

@@ -11,14 +11,13 @@ and the in-memory datasets share one copy of them.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import zipfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 
+from robustgen.checkpoint import atomic_write
 from robustgen.errors import RobustgenError
 
 __all__ = ["read_npz", "write_npz", "validate_dataset", "validate_images", "validate_labels"]
@@ -174,25 +173,16 @@ def _check_class_names(names: np.ndarray, path: Path) -> np.ndarray:
 
 
 def write_npz(path, **arrays) -> None:
-    """Write ``arrays`` as an uncompressed .npz, atomically (temp file in the same folder + os.replace)."""
+    """Write ``arrays`` as an uncompressed .npz, atomically (``atomic_write``)."""
     path = Path(path)
     arrays = {k: np.asarray(v) for k, v in arrays.items()}
     for key, arr in arrays.items():
         if arr.dtype.hasobject:
             raise RobustgenError(f"{path}: key '{key}' is an object array, which would need "
                                  f"pickling (store a plain numeric or string array)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # A file object keeps np.savez from appending ".npz" to the temp name.
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object keeps np.savez from appending ".npz" to the temp name
             np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+
+    atomic_write(path, write, size=sum(a.nbytes for a in arrays.values()))

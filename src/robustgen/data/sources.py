@@ -119,14 +119,16 @@ class ClassSubset:
         return self.source.gather(self.rows[np.asarray(indices, dtype=np.int64)], out=out)
 
 
-def open_source(path, *, num_classes: int | None = None, image_shape=None):
-    """A store folder as a ``Store``; an .npz in the released layout as an ``ArraySource`` (in RAM)."""
+def open_source(path, *, num_classes: int | None = None, image_shape=None, verify_images: bool = False):
+    """A store folder as a ``Store`` (``verify_images``: its images shards are hashed in the
+    background and each is checked before it is first read); an .npz in the released layout as
+    an ``ArraySource`` (in RAM)."""
     from robustgen.data.npz import read_npz
     from robustgen.data.store import Store, is_store
 
     path = Path(path)
     if is_store(path):
-        return Store(path, num_classes=num_classes, image_shape=image_shape)
+        return Store(path, num_classes=num_classes, image_shape=image_shape, verify_images=verify_images)
     if path.is_dir():
         raise RobustgenError(f"{path}: not a robustgen store (no manifest.json)")
     arrays = read_npz(path, num_classes=num_classes, keys=("image", "label"))

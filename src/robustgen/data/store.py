@@ -12,7 +12,7 @@ folder that is read with constant memory and written shard by shard, so long job
       confidences-00000.npy    float32 [n_0]          optional: the labeller's confidence in the label
       selection.npy            int64 [M], optional: sorted rows kept by filtering (top-k, ...)
       generator_fit.npz        optional: the fitted generator (``robustgen store generate``)
-      .lock                    flock'd by the one writer (a second writer is refused)
+      .lock                    the one writer's host and pid (``robustgen.locks``; a second writer is refused)
 
 Labels, conditions and confidences are per-shard files, so labelling rewrites one shard at a
 time and resumes like generation. Every file is written to a temporary name in the folder,
@@ -37,7 +37,6 @@ structure) is in ``store_format``.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import threading
 from collections import OrderedDict
@@ -48,10 +47,12 @@ import numpy as np
 
 from robustgen.data.store_format import (DEFAULT_SHARD_SIZE, FIELDS, MANIFEST, SELECTION, _check_layout,
                                          _MappedShard, _new_manifest, _refresh_totals, _write_manifest,
-                                         code_version, file_sha256, is_store, npy_layout, read_manifest,
+                                         cached_sha256, code_version, file_sha256, is_store, npy_layout,
+                                         read_manifest,
                                          read_small_npy,
                                          shard_file, write_npy)
 from robustgen.errors import RobustgenError
+from robustgen.locks import FolderLock
 
 # The writer and reader here, the format helpers re-exported from store_format.
 __all__ = [
@@ -84,12 +85,7 @@ class StoreWriter:
     def __init__(self, path, manifest: dict):
         self.path = Path(path)
         self.manifest = manifest
-        self._lock = open(self.path / ".lock", "a")
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise RobustgenError(f"{self.path}: the store is being written by another process") from None
+        self._lock = FolderLock(self.path, what="store").acquire()  # one writer, named in .lock
         for stale in self.path.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
         self._pending: list[tuple[np.ndarray, ...]] = []
@@ -281,9 +277,7 @@ class StoreWriter:
         """Write any buffered rows as a last (short) shard and release the lock."""
         if self._pending:
             self._flush(sum(len(p[0]) for p in self._pending))
-        if not self._lock.closed:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+        self._lock.release()
 
     def __enter__(self):
         return self
@@ -291,8 +285,8 @@ class StoreWriter:
     def __exit__(self, exc_type, *exc):
         if exc_type is None:
             self.close()
-        elif not self._lock.closed:
-            self._lock.close()
+        else:
+            self._lock.release()
 
 
 # --------------------------------------------------------------------------- reader
@@ -310,7 +304,7 @@ class Store:
     """
 
     def __init__(self, path, *, num_classes: int | None = None, image_shape: Sequence[int] | None = None,
-                 use_selection: bool = True, allow_incomplete: bool = False):
+                 use_selection: bool = True, allow_incomplete: bool = False, verify_images: bool = False):
         self.path = Path(path)
         self.manifest = m = read_manifest(self.path)
         mpath = self.path / MANIFEST
@@ -365,6 +359,43 @@ class Store:
         self._maps: OrderedDict[int, _MappedShard] = OrderedDict()
         self._max_open = max(8, _fd_budget())
         self._lock = threading.Lock()
+        self._verified: list[threading.Event] | None = None
+        self._verify_errors: dict[int, str] = {}
+        if verify_images:
+            self.verify_images()
+
+    # -- integrity
+    def verify_images(self) -> None:
+        """Hash every images shard against the manifest's sha256 in a background thread; reading
+        shard k (``gather``, ``shard_images``) waits until shard k is verified and raises a
+        ``RobustgenError`` naming the file if it is not intact, so corrupt images are never used.
+        A full hash: any changed byte is found (the cost is one read of the store, overlapping
+        with whatever the caller does meanwhile)."""
+        if self._verified is not None:
+            return
+        self._verified = [threading.Event() for _ in self._shards]
+        threading.Thread(target=self._verify_all, name="robustgen-store-verify", daemon=True).start()
+
+    def _verify_all(self) -> None:
+        for k, e in enumerate(self._shards):
+            f = e["files"]["images"]
+            path = self.path / f["name"]
+            try:
+                if cached_sha256(path) != f["sha256"]:
+                    self._verify_errors[k] = (f"{path}: sha256 does not match the manifest (corrupt or modified "
+                                              f"file); it was not used. Regenerate it ('robustgen run' or "
+                                              f"'robustgen store generate' redoes bad shards) or check the disk")
+            except OSError as err:
+                self._verify_errors[k] = f"{path}: unreadable ({err.strerror or err})"
+            self._verified[k].set()
+
+    def _wait_verified(self, shards) -> None:
+        if self._verified is None:
+            return
+        for k in shards:
+            self._verified[k].wait()
+            if k in self._verify_errors:
+                raise RobustgenError(self._verify_errors[k])
 
     def _read_field(self, field: str, *, required: bool = False) -> np.ndarray | None:
         present = [field in e["files"] for e in self._shards]
@@ -428,6 +459,7 @@ class Store:
         """All images of shard ``k`` (global rows offsets[k]..offsets[k+1]), memory-mapped, read-only.
 
         For sequential scans; call ``release_pages()`` after each shard to keep memory flat."""
+        self._wait_verified([k])
         with self._lock:
             return self._map(k).array
 
@@ -457,6 +489,7 @@ class Store:
         shard = np.searchsorted(self.offsets, rows, side="right") - 1
         order = np.lexsort((rows, shard))
         cuts = np.flatnonzero(np.diff(shard[order])) + 1
+        self._wait_verified(np.unique(shard).tolist())
         with self._lock:
             for group in np.split(order, cuts):
                 k = int(shard[group[0]])

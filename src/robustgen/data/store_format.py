@@ -73,11 +73,10 @@ def write_npy(path: Path, array: np.ndarray) -> str:
                 block = flat[start:start + _HASH_BLOCK]
                 f.write(block)
                 digest.update(block)
-            f.flush()
-            os.fsync(f.fileno())
         os.chmod(tmp, _FILE_MODE)
 
-    atomic_write(path, write)
+    header_bytes = len(_npy_bytes_header(array.shape, array.dtype))
+    atomic_write(path, write, size=header_bytes + array.nbytes)  # fsynced there
     return digest.hexdigest()
 
 
@@ -97,6 +96,22 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(_HASH_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+_HASHED: dict[tuple, str] = {}  # (device, inode, size, mtime) -> sha256, for this process
+
+
+def cached_sha256(path: Path) -> str:
+    """``file_sha256``, remembered for this process while the file's inode, size and mtime stay
+    the same (any write changes the mtime; a hard link changes only the ctime): the pipeline
+    checks a reused stage's files, then training checks the same shards (hard-linked into the
+    label stage's store), and each file is read once."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    digest = _HASHED.get(key)
+    if digest is None:
+        digest = _HASHED[key] = file_sha256(path)
+    return digest
 
 
 def npy_layout(path: Path) -> tuple[tuple, np.dtype, int, int]:

@@ -25,6 +25,7 @@ def link_store(src, dst) -> Path:
     is kept as it is (a resumed label stage); a half-linked folder is redone."""
     src, dst = Path(src), Path(dst)
     if is_store(dst):
+        _relink_missing(src, dst)
         return dst
     manifest = read_manifest(src)  # also checks src is a readable store
     if dst.exists():
@@ -46,3 +47,16 @@ def link_store(src, dst) -> Path:
         writer._clear_selection()
         writer.save()
     return dst
+
+
+def _relink_missing(src: Path, dst: Path) -> None:
+    """Link again the files of ``dst`` that are gone (deleted as corrupt by a stage check) but
+    that ``src`` holds with the same sha256; labels and confidences are redone by labelling."""
+    listed = {(f["name"], f["sha256"]) for e in read_manifest(src)["shards"] for f in e["files"].values()}
+    for e in read_manifest(dst)["shards"]:
+        for f in e["files"].values():
+            if not (dst / f["name"]).exists() and (f["name"], f["sha256"]) in listed:
+                try:
+                    os.link(src / f["name"], dst / f["name"])
+                except OSError:
+                    shutil.copy2(src / f["name"], dst / f["name"])

@@ -10,6 +10,7 @@ is given, so a killed evaluation resumes where it stopped and ends with identica
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from robustgen import preempt
 from robustgen.attacks.pgd import frozen_parameters, perturbation_norm
 from robustgen.checkpoint import load_state, save_state
 from robustgen.errors import RobustgenError
@@ -67,7 +69,7 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
 
     start = time.perf_counter()
     try:
-        with frozen_parameters(model):
+        with frozen_parameters(model), preempt.resumable() if state_path is not None else contextlib.nullcontext():
             if not state["clean_done"]:
                 with torch.no_grad():
                     for lo in range(0, n, batch_size):
@@ -107,6 +109,9 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
                     state["batch"] = b + 1
                     save()
                     bar.update(len(idx))
+                    if state_path is not None:
+                        preempt.stop_if_requested(f"while evaluating ({stage.name}, batch {b + 1} of {len(batches)}; "
+                                                  f"progress in {state_path})")
                 bar.close()
                 broken = int((state["stage_start"] & ~state["robust"]).sum())
                 state["stages"].append({

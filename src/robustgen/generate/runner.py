@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
+from robustgen import preempt
 from robustgen.data.store import DEFAULT_SHARD_SIZE, StoreWriter, file_sha256, is_store
 from robustgen.errors import RobustgenError
 from robustgen.generate import get_generator, runtime_kwargs
@@ -96,7 +97,7 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
         t1 = time.perf_counter()
         written = skipped = 0
         with tqdm(total=num_samples, unit="img", unit_scale=True, desc="generate", disable=not progress,
-                  smoothing=0.1) as bar:
+                  smoothing=0.1) as bar, preempt.resumable():
             for k, start in enumerate(starts):
                 stop = min(num_samples, start + size)
                 fields = _SHARD_FIELDS if k >= len(writer.shards) or "conditions" in writer.shards[k]["files"] \
@@ -112,6 +113,8 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
                 bar.update(stop - start)
                 if on_shard is not None:
                     on_shard(k)
+                if stop < num_samples:
+                    preempt.stop_if_requested(f"while generating {store_dir}, after shard {k} ({stop} of {num_samples} images)")
         sample_s = time.perf_counter() - t1
         return {"store": str(store_dir), "generator": generator, "num_samples": num_samples,
                 "shards": len(writer.shards), "written": written, "skipped": skipped, "refit": refit,

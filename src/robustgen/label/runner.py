@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustgen import preempt
 from robustgen.data.store import Store, StoreWriter, _MappedShard, shard_file
 from robustgen.errors import RobustgenError
 from robustgen.label.pseudo import assign_labels, predict_probabilities
@@ -59,7 +60,8 @@ def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "arg
         t0 = time.perf_counter()
         done = skipped = 0
         agree = 0
-        with tqdm(total=m["num_images"], unit="img", unit_scale=True, desc="label", disable=not progress) as bar:
+        with tqdm(total=m["num_images"], unit="img", unit_scale=True, desc="label", disable=not progress) as bar, \
+                preempt.resumable():
             for e in writer.shards:
                 k, n = int(e["index"]), int(e["count"])
                 if e.get("labeller") == labeller_id and writer.shard_ok(k, fields=("labels", "confidences")):
@@ -84,6 +86,8 @@ def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "arg
                 bar.update(n)
                 if on_shard is not None:
                     on_shard(k)
+                if k + 1 < len(writer.shards):
+                    preempt.stop_if_requested(f"while labelling {store_dir}, after shard {k}")
         wall = time.perf_counter() - t0
         summary = {"store": str(store_dir), "mode": mode, "labelled": done, "skipped": skipped,
                    "images_per_s": round(done / wall, 1) if done and wall > 0 else None,

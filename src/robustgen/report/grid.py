@@ -6,12 +6,11 @@ in the released layout) reading only the rows it shows.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 
+from robustgen.checkpoint import atomic_write
 from robustgen.errors import RobustgenError
 
 __all__ = ["save_sample_grid", "save_store_grid"]
@@ -91,17 +90,7 @@ def save_sample_grid(
     if title:
         fig.suptitle(title, y=1 - 0.1 / fig_h, va="top")
 
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=dpi)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def save_store_grid(path, source, *, per_class: int = 10, seed: int = 0, title: str | None = None) -> dict:

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from robustgen.checkpoint import atomic_write
+from robustgen.checkpoint import write_text
 
 
 def _pct(x: float) -> str:
@@ -70,4 +70,4 @@ def write_report(out: Path, results: dict, *, samples_path: Path | None,
     for caption, path in figures:
         lines += [f"{caption}:", "", f"![{Path(path).stem}]({path})", ""]
     text = "\n".join(lines)
-    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(text))
+    write_text(out / "report.md", text)

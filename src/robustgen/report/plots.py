@@ -15,12 +15,12 @@ Each takes plain records (dicts / arrays) and a path, and writes the PNG atomica
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from robustgen.checkpoint import atomic_write
 from robustgen.errors import RobustgenError
 
 __all__ = ["plot_alpha_sweep", "plot_accuracy_vs_samples", "plot_training_curves", "plot_loss_landscapes",
@@ -38,17 +38,7 @@ def _figure(width: float, height: float):
 
 def _save(fig, path) -> str:
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".png")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
     return path
 
 

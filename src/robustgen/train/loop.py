@@ -22,10 +22,11 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from robustgen import preempt
 from robustgen.checkpoint import load_state, save_model, save_state, write_json
 from robustgen.data import ImageDataset, crop_flip
 from robustgen.data.sources import BatchSource, Prefetcher, WeightedIndices, gather_rows, host_buffer
-from robustgen.errors import RobustgenError
+from robustgen.errors import NonFiniteError, RobustgenError
 from robustgen.train.distributed import DistContext, barrier, chunk_rows, sum_across
 from robustgen.train.ema import WeightAverage
 from robustgen.train.losses import smoothed_targets
@@ -34,6 +35,14 @@ from robustgen.train.steps import StepLoss
 
 # evaluate(models: {"raw": m, "ema": m_ema}, step) -> {name: {"score": float, ...metrics}}
 Evaluator = Callable[[dict[str, nn.Module], int], dict[str, dict]]
+
+
+def nonfinite_weights(model: nn.Module) -> torch.Tensor:
+    """1.0 (on the device, no host sync) when any floating parameter or buffer is NaN/inf, else 0.0."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    if not tensors:
+        return torch.zeros((), device=next(iter(model.state_dict().values())).device)
+    return (~torch.stack([torch.isfinite(t).all() for t in tensors]).all()).float()
 
 
 @dataclass(frozen=True)
@@ -193,6 +202,7 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     history: list[dict] = []
     best: dict | None = None
     start_step = 0
+    resumed_running = None
     state_path = out_dir / "state.pt"
     if state_path.exists():
         state = load_state(state_path)
@@ -203,6 +213,8 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
         if ema is not None:
             ema.load_state_dict(state["ema"])
         history, best, start_step = state["history"], state["best"], int(state["step"])
+        if not ctx.enabled and "running_loss" in state:  # the log window in progress (exact history)
+            resumed_running = state["running_loss"]
         if progress and main:
             tqdm.write(f"{desc}: resuming from step {start_step}/{s.total_steps} ({state_path})")
     # The attack needs input gradients only and must not trigger DDP's gradient hooks; the
@@ -220,11 +232,34 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     if compile_model:
         train_model = attack_model if not ctx.enabled else torch.compile(train_model)
 
+    saved_step = start_step if state_path.exists() else None
+
     def save_checkpoint(step: int) -> None:
+        nonlocal saved_step
         save_state(state_path, {
             "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema is not None else {},
-            "history": history, "best": best})
+            "history": history, "best": best, "running_loss": running.detach().cpu()})
+        saved_step = step
+
+    def check_health(done: int, stop: bool) -> bool:
+        """Raise ``NonFiniteError`` when the loss or the weights stopped being finite, before
+        anything is evaluated or saved; returns whether to stop (agreed by all ranks). One host
+        sync (and one all-reduce under torchrun), at boundaries only."""
+        flags = torch.stack([(first_bad > 0).float(), nonfinite_weights(model),
+                             torch.tensor(float(stop), device=device)])
+        bad_loss, bad_weights, stop_votes = sum_across(ctx, flags).tolist()
+        if bad_loss or bad_weights:
+            step_text = (f"the loss became nan/inf at step {int(first_bad)}" if int(first_bad)
+                         else f"the loss became nan/inf on another process by step {done}" if bad_loss
+                         else f"the weights became nan/inf by step {done}")
+            kept = (f"the last good checkpoint is {state_path} at step {saved_step}" if saved_step is not None
+                    else "no checkpoint was written yet")
+            if best is not None:
+                kept += f"; best.safetensors (step {best['step']}) is untouched"
+            raise NonFiniteError(f"{desc}: {step_text}; training stopped, {kept}; lower the learning rate "
+                                 f"or check the data")
+        return stop_votes > 0
 
     def run_evaluation(step: int) -> None:
         nonlocal best
@@ -242,46 +277,58 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
 
     t0 = time.perf_counter()
     model.train()
-    running = torch.zeros((), device=device)
+    running = torch.zeros((), device=device) if resumed_running is None else resumed_running.to(device)
+    first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss, 0: none
     bar = tqdm(total=s.total_steps, initial=start_step, desc=desc, unit="step", disable=not (progress and main),
                dynamic_ncols=True)
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
     batches = TrainingBatches(real, generated, s, spec["num_classes"], device, ctx, start_step=start_step)
     try:
-        for step in range(start_step, s.total_steps):
-            lr = warmup_cosine_lr(step, peak_lr=s.peak_lr, warmup_steps=s.warmup_steps, total_steps=s.total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            chunks = batches(step)
-            for k, chunk in enumerate(chunks):
-                x = crop_flip(chunk.images, padding=s.crop_padding, flip=s.flip, memory_format=memory_format,
-                              generator=_step_generator(device, s.seed, step, chunk.index, 0))
-                # Gradients are all-reduced once per step, after the last chunk.
-                sync = train_model.no_sync() if ctx.enabled and k < len(chunks) - 1 else contextlib.nullcontext()
-                with sync:
-                    loss = step_loss(attack_model, train_model, x, chunk.targets,
-                                     _step_generator(device, s.seed, step, chunk.index, 1))
-                    (loss * chunk.weight).backward()
-                running += loss.detach() * (chunk.weight / ctx.world_size)
-            optimizer.step()
-            if ema is not None:
-                ema.update(model, step)
-            done = step + 1
-            bar.update(1)
-            if done % s.log_every_steps == 0 or done == s.total_steps:
-                count = done % s.log_every_steps or s.log_every_steps
-                mean_loss = float(sum_across(ctx, running)) / count  # host sync only at log points
-                running.zero_()
-                if not math.isfinite(mean_loss):
-                    raise RobustgenError(f"{desc}: loss became {mean_loss} at step {done}; lower the learning rate")
-                history.append({"step": done, "samples": done * s.batch_size, "loss": mean_loss, "lr": lr})
-                bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
-            if main and ((s.eval_every_steps and done % s.eval_every_steps == 0) or done == s.total_steps):
-                run_evaluation(done)
-                model.train()
-            if main and ((s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0) or done == s.total_steps):
-                save_checkpoint(done)
+        with preempt.resumable():
+            for step in range(start_step, s.total_steps):
+                lr = warmup_cosine_lr(step, peak_lr=s.peak_lr, warmup_steps=s.warmup_steps, total_steps=s.total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                chunks = batches(step)
+                for k, chunk in enumerate(chunks):
+                    x = crop_flip(chunk.images, padding=s.crop_padding, flip=s.flip, memory_format=memory_format,
+                                  generator=_step_generator(device, s.seed, step, chunk.index, 0))
+                    # Gradients are all-reduced once per step, after the last chunk.
+                    sync = train_model.no_sync() if ctx.enabled and k < len(chunks) - 1 else contextlib.nullcontext()
+                    with sync:
+                        loss = step_loss(attack_model, train_model, x, chunk.targets,
+                                         _step_generator(device, s.seed, step, chunk.index, 1))
+                        (loss * chunk.weight).backward()
+                    running += loss.detach() * (chunk.weight / ctx.world_size)
+                optimizer.step()
+                if ema is not None:
+                    ema.update(model, step)
+                done = step + 1
+                bar.update(1)
+                # device-side record of the first non-finite loss: no host sync in the step
+                first_bad = torch.where((first_bad == 0) & ~torch.isfinite(running), done, first_bad)
+                log_now = done % s.log_every_steps == 0 or done == s.total_steps
+                eval_now = bool(s.eval_every_steps and done % s.eval_every_steps == 0) or done == s.total_steps
+                save_now = bool(s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0) or done == s.total_steps
+                # a stop request is honoured at the next step; under torchrun at the next boundary, where ranks agree
+                stop = preempt.requested() is not None and (not ctx.enabled or log_now or eval_now or save_now)
+                if log_now or eval_now or save_now or stop:
+                    stop = check_health(done, stop)
+                if log_now:
+                    count = done % s.log_every_steps or s.log_every_steps
+                    mean_loss = float(sum_across(ctx, running)) / count  # host sync only at log points
+                    running.zero_()
+                    history.append({"step": done, "samples": done * s.batch_size, "loss": mean_loss, "lr": lr})
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
+                if main and eval_now:
+                    run_evaluation(done)
+                    model.train()
+                if main and (save_now or stop):
+                    save_checkpoint(done)
+                if stop:
+                    barrier(ctx)
+                    preempt.stop_if_requested(f"in {desc} at step {done}/{s.total_steps} (state in {state_path})")
     finally:
         batches.close()
     bar.close()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from robustgen import preempt
 from robustgen.errors import RobustgenError
 from robustgen.generate import register_generator
 from robustgen.generate.diffusion.samplers import SAMPLERS, sample_diffusion, sample_generators, to_uint8_nhwc
@@ -150,6 +151,8 @@ class DDPMRangeSampler:
         f, B = self.fit, self.fit.batch_size
         out = np.empty((stop - start, *f.image_shape), dtype=np.uint8)
         for b in range(start // B, -(-stop // B)):
+            # a stop request drops this shard (redone on resume) rather than outlive the grace period
+            preempt.stop_if_requested(f"while sampling images {start}..{stop - 1} (redone on resume)")
             lo, hi = max(start, b * B), min(stop, (b + 1) * B)
             block = self._block(b)
             if lo > b * B or hi < (b + 1) * B:

@@ -19,8 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from robustgen import preempt
 from robustgen.checkpoint import load_state, save_state
-from robustgen.errors import RobustgenError
+from robustgen.errors import NonFiniteError, RobustgenError
 
 __all__ = ["DDPMTrainSettings", "ddpm_loss", "train_ddpm"]
 
@@ -96,11 +97,18 @@ def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cu
             e.copy_(v.to(device))
         start = int(state["step"])
 
+    saved_step = start if start else None
+
     def save(step: int) -> None:
+        nonlocal saved_step
+        if not all(bool(torch.isfinite(e).all()) for e in ema):
+            raise NonFiniteError(f"ddpm: the weights became nan/inf by step {step}; training stopped, "
+                                 f"{state_path} keeps step {saved_step}")
         if state_path is not None:
             save_state(state_path, {"fingerprint": fingerprint, "step": step, "model": unet.state_dict(),
                                     "optimizer": opt.state_dict(), "ema": [e.cpu() for e in ema],
                                     "settings": asdict(settings)})
+            saved_step = step
 
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if settings.bf16 and device.type == "cuda"
                 else contextlib.nullcontext())
@@ -108,7 +116,8 @@ def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cu
     t0 = time.perf_counter()
     losses = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            tqdm(total=settings.steps, initial=start, desc="ddpm", disable=not progress, unit="step") as bar:
+            tqdm(total=settings.steps, initial=start, desc="ddpm", disable=not progress, unit="step") as bar, \
+            preempt.resumable():
         for step in range(start, end):
             seed = _step_seed(settings.seed, step)
             g = torch.Generator().manual_seed(seed)
@@ -134,11 +143,20 @@ def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cu
             with torch.no_grad():
                 torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
             losses.append(float(loss.detach()))
+            if not np.isfinite(losses[-1]):  # before the weights reach a checkpoint
+                kept = (f"the last good checkpoint is {state_path} at step {saved_step}" if saved_step is not None
+                        else "no checkpoint was written yet")
+                raise NonFiniteError(f"ddpm: the loss became {losses[-1]} at step {step + 1}; training stopped, "
+                                     f"{kept}; lower generator.ddpm.lr")
             bar.update(1)
             if len(losses) % 50 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if (step + 1) % settings.checkpoint_every_steps == 0 and step + 1 < settings.steps:
                 save(step + 1)
+            if step + 1 < end:
+                preempt.stop_if_requested(f"in ddpm training at step {step + 1}/{settings.steps}"
+                                          + (f" (state in {state_path})" if state_path is not None else
+                                             " (no work folder: restarts)"), lambda: save(step + 1))
     if end == settings.steps:
         save(end)
     unet.eval()
