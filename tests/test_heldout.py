@@ -42,7 +42,8 @@ def _ids(images) -> set:
 TINY = ["data.val_size=40", "data.train_size=100", "data.crop_padding=0", "classifier.epochs=2",
         "classifier.batch_size=32", "train.epochs=1", "train.batch_size=32", "train.inner.steps=2",
         "train.eval_every_epochs=1", "train.log_every_steps=5", "eval.n=20", "eval.batch_size=20",
-        "generator.num_samples=1000", "train.alpha=0.5", "arms=[{generator: heldout}]"]
+        "generator.num_samples=1000", "train.alpha=0.5", "arms=[{generator: heldout}]", "train.epoch_size=null",
+        "eval.attack=pgd40"]
 
 
 def test_holdout_split_is_stratified_disjoint_and_seeded():

@@ -68,11 +68,17 @@ def write_report(out: Path, results: dict, *, samples_path: Path | None,
              f"Threat model: {results['threat']['norm']}, eps = {results['threat']['eps']:.6g}. "
              f"Device: {results['device']}. Total wall time {results['wall_time_s']:.0f} s.", "",
              results_table(results["models"]), "", verdict(results["models"]), ""]
-    if results.get("labeling"):
-        lab = results["labeling"]
-        lines += [f"Pseudo-labels: {lab['num_labeled']:,} generated images, mean f_NR confidence "
-                  f"{lab['mean_confidence']:.3f}" + (f", agreement with the generator's class "
-                  f"{lab['agreement_with_condition']:.3f}" if "agreement_with_condition" in lab else "") + ".", ""]
+    if results["models"] and results["models"][0].get("attack") != "pgd40":
+        lines += [f"Model selection: PGD-40 on the validation split; reported robust accuracy: "
+                  f"{results['models'][0]['attack']} on the test split.", ""]
+    labelings = results.get("labeling_by_generator") or (
+        {results["config"]["generator"]["name"]: results["labeling"]} if results.get("labeling") else {})
+    for name, lab in labelings.items():
+        # for withheld real images the conditioning class is the true label: agreement = f_NR's label accuracy
+        agree = "the true class" if name == "heldout" else "the generator's class"
+        lines += [f"Pseudo-labels of `{name}`: {lab['num_labeled']:,} images, mean f_NR confidence "
+                  f"{lab['mean_confidence']:.3f}" + (f", f_NR agrees with {agree} on "
+                  f"{100 * lab['agreement_with_condition']:.1f}%" if "agreement_with_condition" in lab else "") + ".", ""]
     if samples_path is not None and samples_path.exists():
         save_store_grid(out / "samples.png", samples_path, per_class=10, seed=0,
                         title="generated samples with their training labels (one row per class)")
