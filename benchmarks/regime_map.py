@@ -103,6 +103,7 @@ def run_job(out: Path, name: str, arms, seed: int, attack: str, extra=()) -> dic
     return record
 
 
+ARM_COLOR = {"baseline": "tab:gray", "heldout": "tab:blue", "ddpm": "tab:orange", "gaussian": "tab:green"}
 ARM_LABEL = {"baseline": "baseline (real only)", "heldout": "oracle: held-out real, alpha 0.3",
              "ddpm": "DDPM, alpha 0.3", "gaussian": "Gaussian, alpha 0.8"}
 
@@ -192,7 +193,8 @@ def write_regime_map(records: list[dict], prefix: Path, *, order: list[str], cen
                 xs.append(i + (k - 1) * 0.15)
                 ys.append(100 * r["gain"])
                 es.append(200 * (r["gain_se_seeds"] if r["gain_se_seeds"] == r["gain_se_seeds"] else 0))
-        ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=4, label=ARM_LABEL[arm])
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=4, color=ARM_COLOR[arm], label=ARM_LABEL[arm])
     ax.axhline(0, color="gray", lw=1)
     ax.set_xticks(range(len(points)), points, rotation=20)
     ax.set_ylabel("robust accuracy gain vs baseline (points, ± 2 SE)")
@@ -202,7 +204,7 @@ def write_regime_map(records: list[dict], prefix: Path, *, order: list[str], cen
     for arm in ("baseline", *arms):
         vals = [(i, 100 * r["gap"]) for i, p in enumerate(points) for r in rows if r["point"] == p and r["arm"] == arm]
         if vals:
-            ax.plot(*zip(*vals), marker="o", label=ARM_LABEL[arm])
+            ax.plot(*zip(*vals), marker="o", color=ARM_COLOR[arm], label=ARM_LABEL[arm])
     ax.set_xticks(range(len(points)), points, rotation=20)
     ax.set_ylabel("robust generalisation gap (train - test, points)")
     ax.legend(fontsize=8)
