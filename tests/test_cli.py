@@ -14,7 +14,7 @@ from robustgen.cli import main
 TINY = [
     "data.val_size=64", "classifier.epochs=1", "classifier.batch_size=64",
     "generator.num_samples=300", "train.epochs=1", "train.batch_size=64", "train.inner.steps=2",
-    "train.eval_every_epochs=1", "eval.n=60", "eval.batch_size=60", "train.log_every_steps=5",
+    "train.eval_every_epochs=1", "eval.n=60", "eval.batch_size=60", "train.log_every_steps=5", "eval.attack=pgd40",
 ]
 
 
@@ -74,7 +74,7 @@ def test_load_model_and_eval_verb(tiny_run, tmp_path, capsys):
     logits = model(torch.rand(3, 1, 8, 8))
     assert logits.shape == (3, 10)
     out = tmp_path / "eval.json"
-    main(["eval", "--checkpoint", ckpt, "--n", "60", "--eps", "0.2", "--out", str(out), "--quiet"])
+    main(["eval", "--checkpoint", ckpt, "--attack", "pgd40", "--n", "60", "--eps", "0.2", "--out", str(out), "--quiet"])
     data = json.loads(out.read_text())
     assert data["n"] == 60 and data["robust_accuracy"] == pytest.approx(expected["robust_accuracy"])
 
@@ -235,7 +235,7 @@ def test_export_and_external_checkpoint_eval(tiny_run, tmp_path):
     assert side["threat_model"] == "Linf" and side["arch"] == "small-cnn"
     out = tmp_path / "ext.json"
     main(["eval", "--checkpoint", str(plain), "--arch", "small-cnn", "--set", "data.dataset=digits",
-          "--eps", "0.2", "--n", "30", "--out", str(out), "--quiet"])
+          "--attack", "pgd40", "--eps", "0.2", "--n", "30", "--out", str(out), "--quiet"])
     ours = tmp_path / "ours.json"
-    main(["eval", "--checkpoint", ckpt, "--n", "30", "--out", str(ours), "--quiet"])
+    main(["eval", "--checkpoint", ckpt, "--attack", "pgd40", "--n", "30", "--out", str(ours), "--quiet"])
     assert json.loads(out.read_text())["robust_accuracy"] == json.loads(ours.read_text())["robust_accuracy"]

@@ -8,12 +8,43 @@ def _m(name, alpha, rob, clean=0.9, n=1000):
 
 
 def test_verdict_compares_with_the_baseline_honestly():
-    assert "within noise" in verdict([_m("baseline", 1.0, 0.50), _m("gen", 0.8, 0.51)])
-    assert "better than" in verdict([_m("baseline", 1.0, 0.50), _m("gen", 0.8, 0.60)])
+    assert "within two standard errors" in verdict([_m("baseline", 1.0, 0.50), _m("gen", 0.8, 0.51)])
+    assert "does not help" in verdict([_m("baseline", 1.0, 0.50), _m("gen", 0.8, 0.51)])
+    assert "beats" in verdict([_m("baseline", 1.0, 0.50), _m("gen", 0.8, 0.60)])
     assert "worse than" in verdict([_m("baseline", 1.0, 0.50), _m("gen", 0.8, 0.40)])
     assert verdict([_m("gen", 0.8, 0.4)]) == ""
+
+
+def test_verdict_pairs_the_test_points_when_it_has_them():
+    # 100 points: the generator arm wins 8 and loses 1 -> +7 points; paired SE from the 9 changes
+    base, gen = _m("baseline", 1.0, 0.50, n=100), _m("gen", 0.8, 0.57, n=100)
+    base["robust_points"] = "1" * 50 + "0" * 50
+    gen["robust_points"] = "0" + "1" * 49 + "1" * 8 + "0" * 42
+    text = verdict([base, gen])
+    d = [-1] + [0] * 49 + [1] * 8 + [0] * 42
+    mean = sum(d) / 100
+    se = (sum((x - mean) ** 2 for x in d) / 99) ** 0.5 / 10
+    assert f"{100 * mean:+.2f} ± {100 * se:.2f} points" in text and "paired over the test points" in text
+    assert "beats" in text  # +7 > 2 x 3.0: unpaired binomial errors (2 SE = 14 points) could not tell
 
 
 def test_table_has_a_row_per_model():
     table = results_table([_m("baseline", 1.0, 0.5), _m("gen", 0.8, 0.4)])
     assert "| baseline | 1 | 0 | 90.00% | 50.00% |" in table and "| gen | 0.8 | 100 |" in table
+
+
+def test_paired_differences_and_their_standard_errors():
+    import math
+
+    import pytest
+
+    from robustgen.metrics.paired import paired_point_difference, paired_seed_difference
+
+    d, se = paired_point_difference("1100", "1010")  # per point: 0, +1, -1, 0
+    assert d == 0.0 and se == pytest.approx(math.sqrt(2 / 3) / 2)
+    mean, se, k = paired_seed_difference([0.52, 0.55, 0.50], [0.45, 0.47, 0.46])
+    assert k == 3 and mean == pytest.approx((0.07 + 0.08 + 0.04) / 3)
+    assert se == pytest.approx(0.01 * math.sqrt(13 / 3) / math.sqrt(3))  # sample std of 7, 8, 4 is sqrt(13/3)
+    assert math.isnan(paired_seed_difference([0.5], [0.4])[1])
+    with pytest.raises(ValueError):
+        paired_point_difference("10", "1")

@@ -103,7 +103,7 @@ def classifier(config, overrides, out, wait, quiet):
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output .npz (image, label = class)")
 def generate(config, overrides, generator_name, num_samples, seed, out):
     """Fit a generator on the real train split and sample images in the released .npz layout."""
-    from robustgen.stages import generate_samples, load_splits
+    from robustgen.stages import generate_samples, generator_data, load_splits
 
     extra = []
     if generator_name is not None:
@@ -114,7 +114,7 @@ def generate(config, overrides, generator_name, num_samples, seed, out):
         extra.append(f"generator.seed={seed}")
     cfg = _config(config, overrides + tuple(extra))
     splits = load_splits(cfg)
-    click.echo(json.dumps(generate_samples(cfg, splits.train, out, progress=True), indent=2))
+    click.echo(json.dumps(generate_samples(cfg, generator_data(cfg, splits), out, progress=True), indent=2))
 
 
 @cli.command()
@@ -207,7 +207,8 @@ def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_si
         partial.unlink(missing_ok=True)
     for warning in result["sanity"]["warnings"]:
         click.echo(f"robustgen: warning: {warning}", err=True)
-    click.echo(json.dumps(result, indent=2))
+    # the per-point flags stay in --out: one character per test image is no terminal output
+    click.echo(json.dumps({k: v for k, v in result.items() if k != "robust_points"}, indent=2))
 
 
 @cli.command()
@@ -302,13 +303,13 @@ def store_verify(store_dir):
 @click.option("--quiet", is_flag=True)
 def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, no_verify_existing, quiet):
     """Fit the configured generator on the real train split and write samples shard by shard; resumes."""
-    from robustgen.stages import generate_into_store, load_splits, resolve_device
+    from robustgen.stages import generate_into_store, generator_data, load_splits, resolve_device
 
     if shard_size < 1:
         raise RobustgenError(f"--shard-size must be >= 1, got {shard_size}")
     extra = [f"generator.num_samples={num_samples}"] + ([] if seed is None else [f"generator.seed={seed}"])
     cfg = _config(config, overrides + tuple(extra))
-    result = generate_into_store(cfg, load_splits(cfg).train, store_dir, device=resolve_device(cfg.device),
+    result = generate_into_store(cfg, generator_data(cfg, load_splits(cfg)), store_dir, device=resolve_device(cfg.device),
                                  progress=not quiet, shard_size=shard_size, verify_existing=not no_verify_existing)
     click.echo(json.dumps(result, indent=2))
 

@@ -42,6 +42,9 @@ class DataConfig:
     crop_padding: int = 4  # random-crop zero padding in pixels (0 disables cropping)
     flip: bool = True  # random horizontal flips
     split_seed: int = 0  # seed of the validation split (and of the digits train/test split)
+    # Real training images kept (seeded, stratified, after validation is removed); the rest are
+    # withheld: no stage trains on them, the `heldout` generator serves them. null: keep all.
+    train_size: Optional[int] = None
     # Several sources mixed per batch, e.g. [{path: train, weight: 0.3}, {path: generated, weight: 0.7}];
     # empty: train.alpha of the real split and 1 - alpha of the generated data. train.alpha must
     # equal the real split's share here.
@@ -166,10 +169,20 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class ArmConfig:
+    """One more robust model that ``robustgen run`` trains next to the configured one, with the
+    same steps, threat and labelling but another generator's data."""
+
+    generator: str  # a registered generator; heldout: the real images withheld by data.train_size (the perfect-generator reference)
+    alpha: Optional[float] = None  # its fraction of real images per batch (null: train.alpha)
+
+
+@dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto (cuda if available), cpu, cuda, cuda:1, ...
     baseline: bool = True  # robustgen run: also train alpha = 1 (no generated data) with the same steps
+    arms: list[ArmConfig] = field(default_factory=list)  # robustgen run: more models, e.g. [{generator: heldout}]
     data: DataConfig = field(default_factory=DataConfig)
     threat: ThreatConfig = field(default_factory=ThreatConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -390,6 +403,7 @@ def validate(cfg: RunConfig, *, source: str) -> None:
                        ("classifier.label_smoothing", c.label_smoothing), ("train.ema_decay", t.ema_decay)):
         _check(0.0 <= value <= 1.0, source, f"{key} must be in [0, 1], got {value}")
     _check(t.epoch_size is None or t.epoch_size > 0, source, "train.epoch_size must be > 0 or null")
+    _check(cfg.data.train_size is None or cfg.data.train_size > 0, source, "data.train_size must be > 0 or null")
     _check(t.alpha == 1.0 or cfg.generator.num_samples > 0, source,
            "train.alpha < 1 needs generated data: generator.num_samples must be > 0")
     _check(cfg.generator.num_samples >= 0, source, "generator.num_samples must be >= 0")
@@ -410,6 +424,13 @@ def validate(cfg: RunConfig, *, source: str) -> None:
            f"eval.attack: unknown attack {cfg.eval.attack!r} (known: {', '.join(list_attacks())})")
     _check(cfg.generator.name in list_generators(), source,
            f"generator.name: unknown generator {cfg.generator.name!r} (known: {', '.join(list_generators())})")
+    for i, arm in enumerate(cfg.arms):
+        _check(arm.generator in list_generators(), source,
+               f"arms[{i}].generator: unknown generator {arm.generator!r} (known: {', '.join(list_generators())})")
+        arm_alpha = t.alpha if arm.alpha is None else arm.alpha
+        _check(0.0 <= arm_alpha < 1.0, source, f"arms[{i}]: its alpha (arms[{i}].alpha, else train.alpha) must be in "
+                                               f"[0, 1), got {arm_alpha:g}")
+    _check(not (cfg.arms and cfg.data.sources), source, "arms and data.sources cannot be combined")
 
 
 def _validate_ddpm(d: DDPMConfig, source: str) -> None:

@@ -28,7 +28,7 @@ from robustgen.generate import generator_fit_kwargs
 from robustgen.generate.runner import array_fingerprint
 from robustgen.locks import FolderLock
 from robustgen.train.distributed import DistContext, barrier, context_from_env
-from robustgen.stages import (Splits, evaluate_checkpoint, generate_into_store, label_into_store,
+from robustgen.stages import (Splits, evaluate_checkpoint, generate_into_store, generator_data, label_into_store,
                               load_splits, resolve_device, train_classifier, train_robust)
 
 
@@ -39,7 +39,8 @@ def fingerprint(*parts) -> str:
 
 def data_fingerprint(cfg: RunConfig, splits: Splits) -> str:
     """Content hash of the real splits, so a changed npz file or split invalidates every stage."""
-    content = array_fingerprint(*(a for ds in (splits.train, splits.val, splits.test) for a in (ds.images, ds.labels)))
+    parts = [splits.train, splits.val, splits.test] + ([splits.heldout] if splits.heldout is not None else [])
+    content = array_fingerprint(*(a for ds in parts for a in (ds.images, ds.labels)))
     return fingerprint(cfg.data.dataset, cfg.data.val_size, cfg.data.split_seed, content)
 
 
@@ -122,14 +123,19 @@ def _intact(path: Path, sha256: str) -> bool:
 
 
 def model_variants(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
-    """The robust models a run trains: the configured mix, plus an alpha = 1 baseline (real data only)."""
+    """The robust models a run trains: the configured mix, one per entry of ``arms``, plus an
+    alpha = 1 baseline (real data only)."""
     if cfg.data.sources:
         main_name = "mix-" + "+".join(f"{Path(s.path).name}{s.weight:g}" for s in cfg.data.sources)
     else:
         main_name = "baseline" if cfg.train.alpha == 1.0 else f"{cfg.generator.name}-alpha{cfg.train.alpha:g}"
-    variants = [(main_name, cfg)]
+    variants = [(main_name, replace(cfg, arms=[]))]
+    for arm in cfg.arms:  # the same run with another generator's data (and its own alpha)
+        alpha = cfg.train.alpha if arm.alpha is None else arm.alpha
+        variants.append((f"{arm.generator}-alpha{alpha:g}",
+                         replace(cfg, **{"generator.name": arm.generator, "train.alpha": alpha, "arms": []})))
     if cfg.baseline and main_name != "baseline":
-        variants.insert(0, ("baseline", replace(cfg, **{"train.alpha": 1.0, "data.sources": []})))
+        variants.insert(0, ("baseline", replace(cfg, **{"train.alpha": 1.0, "data.sources": [], "arms": []})))
     return variants
 
 
@@ -152,10 +158,12 @@ def train_fingerprint(variant: RunConfig, data_fp: str, label_fp: str | None) ->
 def plan(cfg: RunConfig) -> dict:
     """What ``run`` would do, without loading data or computing anything."""
     stages = []
-    if any(needs_generated(v) for _, v in model_variants(cfg)):
+    generators = list(dict.fromkeys(v.generator.name for _, v in model_variants(cfg) if needs_generated(v)))
+    if generators:
         stages.append({"stage": "classifier", "arch": cfg.classifier.arch, "epochs": cfg.classifier.epochs,
                        "checkpoint": cfg.classifier.checkpoint})
-        stages.append({"stage": "generate", "generator": cfg.generator.name, "num_samples": cfg.generator.num_samples})
+    for name in generators:
+        stages.append({"stage": "generate", "generator": name, "num_samples": cfg.generator.num_samples})
         stages.append({"stage": "label", "mode": cfg.label.mode, "top_k_per_class": cfg.label.top_k_per_class,
                        "top_fraction_per_class": cfg.label.top_fraction_per_class, "balanced": cfg.label.balanced})
     for name, v in model_variants(cfg):
@@ -195,7 +203,8 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
         f"{splits.train.num_classes} classes, shape {splits.train.image_shape}")
     data_fp = data_fingerprint(cfg, splits)
     variants = model_variants(cfg)
-    label_fp = generated = label_result = None
+    classifier_fp = classifier_path = None
+    labelled: dict[str, tuple[str, Path, dict]] = {}  # generator -> (label fingerprint, store, label summary)
 
     if any(needs_generated(v) for _, v in variants):
         if cfg.classifier.checkpoint:
@@ -211,21 +220,25 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
             classifier_path = stage.dir / "best.safetensors"
             if ctx.is_main:
                 log(f"classifier: test accuracy {result['test_accuracy']:.4f}")
-        g = cfg.generator  # only what this generator reads, so another generator's settings change nothing
+    for _, variant in variants:
+        if not needs_generated(variant) or variant.generator.name in labelled:
+            continue
+        g = variant.generator  # only what this generator reads, so another generator's settings change nothing
         generate_fp = fingerprint("generate-store", data_fp, g.name, g.num_samples, g.seed, generator_fit_kwargs(g))
         gen_stage = Stage(out, "generate", generate_fp)
-        gen_stage.run(lambda d: generate_into_store(cfg, splits.train, d / "store", device=device, progress=progress),
-                      {"data": data_fp}, ctx=ctx)
+        gen_stage.run(lambda d: generate_into_store(variant, generator_data(variant, splits), d / "store", device=device,
+                                                    progress=progress), {"data": data_fp}, ctx=ctx)
         label_fp = fingerprint("label-store", generate_fp, classifier_fp, asdict(cfg.label))
         label_stage = Stage(out, "label", label_fp)
         label_result = label_stage.run(
             lambda d: label_into_store(classifier_path, gen_stage.dir / "store", d / "store", cfg=cfg, device=device,
                                        progress=progress),
             {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx)
-        generated = label_stage.dir / "store"  # what training reads, with constant memory
+        labelled[g.name] = (label_fp, label_stage.dir / "store", label_result)  # the store training reads
 
     models = []
     for name, variant in variants:
+        label_fp, generated, _ = labelled.get(variant.generator.name, (None, None, None))
         train_fp = train_fingerprint(variant, data_fp, label_fp)
         stage = Stage(out, f"train-{name}", train_fp)
         summary = stage.run(lambda d: train_robust(variant, splits, generated, d, device=device, fingerprint=train_fp,
@@ -239,14 +252,16 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
             lambda d: _evaluate_into(d, stage.dir / "best.safetensors", variant, splits, device, progress),
             {"train": train_fp}, ctx=ctx)
         models.append({
-            "name": name, "alpha": variant.train.alpha, "generated_samples": summary["generated_samples"],
+            "name": name, "alpha": variant.train.alpha,
+            "generator": variant.generator.name if needs_generated(variant) else None,
+            "generated_samples": summary["generated_samples"],
             "clean_accuracy": metrics["clean_accuracy"], "robust_accuracy": metrics["robust_accuracy"],
             "attack": metrics["attack"], "norm": metrics["norm"], "eps": metrics["eps"], "n_eval": metrics["n"],
             "max_perturbation": metrics["max_perturbation"], "steps": summary["steps"],
             "batch_size": summary["batch_size"], "selected": summary["selection"],
             "train_time_s": summary["wall_time_s"], "eval_time_s": metrics["time_s"],
             "wall_time_s": round(summary["wall_time_s"] + metrics["time_s"], 2),
-            "checkpoint": summary["checkpoint"],
+            "checkpoint": summary["checkpoint"], "robust_points": metrics.get("robust_points"),
         })
         if ctx.is_main:
             log(f"{name}: clean {metrics['clean_accuracy']:.4f}, robust {metrics['robust_accuracy']:.4f} "
@@ -255,13 +270,15 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
     results = {
         "version": __version__, "dataset": cfg.data.dataset, "device": str(device),
         "threat": {"norm": cfg.threat.norm, "eps": cfg.threat.eps},
-        "models": models, "labeling": label_result,
+        "models": models, "labeling": labelled[cfg.generator.name][2] if cfg.generator.name in labelled else None,
+        "labeling_by_generator": {name: entry[2] for name, entry in labelled.items()},
         "wall_time_s": round(time.perf_counter() - started, 2), "config": config_to_dict(cfg),
     }
     if ctx.is_main:
         from robustgen.report.figures import model_figures
 
-        samples = generated  # the labelled generated images, as training sees them
+        # the configured generator's labelled images, as training sees them
+        samples = labelled[cfg.generator.name][1] if cfg.generator.name in labelled else None
         figures = [fig for m in models
                    for fig in model_figures(out, m["name"], Path(m["checkpoint"]), splits.test,
                                             norm=cfg.threat.norm, eps=cfg.threat.eps, device=device)]

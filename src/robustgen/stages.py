@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from robustgen.checkpoint import load_model, model_spec, write_json
 from robustgen.config import RunConfig, config_to_dict
-from robustgen.data import ImageDataset, load_dataset, read_npz, train_val_split, write_npz
+from robustgen.data import ImageDataset, holdout_split, load_dataset, read_npz, train_val_split, write_npz
 from robustgen.data.store_format import DEFAULT_SHARD_SIZE, file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.evaluate import evaluate_robustness
@@ -40,9 +40,10 @@ from robustgen.train.steps import TrainingAttack, pgd_at_step_loss, standard_ste
 
 @dataclass(frozen=True)
 class Splits:
-    train: ImageDataset  # real training images, validation images removed
+    train: ImageDataset  # real training images, validation (and withheld) images removed
     val: ImageDataset  # held-out training images for model selection
     test: ImageDataset
+    heldout: ImageDataset | None = None  # withheld by data.train_size; only the heldout generator reads them
 
 
 def resolve_device(name: str) -> torch.device:
@@ -63,7 +64,21 @@ def load_splits(cfg: RunConfig) -> Splits:
     if test.num_classes > full.num_classes:
         raise RobustgenError(f"{d.dataset}: the test split has labels beyond the train split's {full.num_classes} classes")
     train, val = train_val_split(full, d.val_size, d.split_seed)
-    return Splits(train=train, val=val, test=test)
+    heldout = None
+    if d.train_size is not None:
+        train, heldout = holdout_split(train, d.train_size, d.split_seed)
+    return Splits(train=train, val=val, test=test, heldout=heldout)
+
+
+def generator_data(cfg: RunConfig, splits: Splits) -> ImageDataset:
+    """The images the configured generator is fitted on: the real split, or for a generator that
+    fits on withheld images (``heldout``) the images ``data.train_size`` withheld."""
+    if getattr(get_generator(cfg.generator.name), "fits_on", "train") != "heldout":
+        return splits.train
+    if splits.heldout is None or len(splits.heldout) == 0:
+        raise RobustgenError(f"generator {cfg.generator.name!r} serves withheld real images: set data.train_size "
+                             f"below the {len(splits.train)} real training images")
+    return splits.heldout
 
 
 def build_model(arch: str, activation: str, data: ImageDataset, *, seed: int) -> tuple[nn.Module, dict]:
@@ -174,12 +189,15 @@ def generate_into_store(cfg: RunConfig, train: ImageDataset, store_dir: Path, *,
     """``generate_samples`` at scale: fit once, then sample ``generator.num_samples`` images shard
     by shard into a store with per-sample seeds (``generate.runner.generate_store``); a killed job
     resumes at its first incomplete shard. The generator's training state (a DDPM's checkpoints)
-    lives in ``store_dir/generator-work``."""
+    lives in ``store_dir/generator-work``. ``train``: the images it fits on (``generator_data``)."""
     from robustgen.generate.runner import generate_store
 
     g = cfg.generator
+    # a generator of withheld real images serves each of them at most once
+    num_samples = g.num_samples if getattr(get_generator(g.name), "fits_on", "train") != "heldout" \
+        else min(g.num_samples, len(train))
     return generate_store(store_dir, generator=g.name, train_images=train.images, train_labels=train.labels,
-                          num_classes=train.num_classes, num_samples=g.num_samples, seed=g.seed,
+                          num_classes=train.num_classes, num_samples=num_samples, seed=g.seed,
                           fit_config=generator_fit_kwargs(g), class_names=train.class_names,
                           data_name=cfg.data.dataset, shard_size=shard_size, progress=progress,
                           verify_existing=verify_existing,

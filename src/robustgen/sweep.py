@@ -89,7 +89,8 @@ def run_sweep(cfg: RunConfig, out: Path, *, alphas, generators, seeds, seed_key:
     records: dict[tuple, dict] = {}
     points = grid_points(alphas, generators, seeds)
     for k, (g, a, s) in enumerate(points):
-        point_cfg = replace(cfg, **{"generator.name": g, "train.alpha": a, seed_key: s})
+        # a sweep point trains its own grid of models: the config's extra arms are not repeated at every point
+        point_cfg = replace(cfg, **{"generator.name": g, "train.alpha": a, seed_key: s, "arms": []})
         log(f"sweep: point {k + 1}/{len(points)}: generator {g}, alpha {a:g}, seed {s}")
         results = run_fn(point_cfg, _point_dir(out, g, a, s))
         for m in results["models"]:

@@ -26,6 +26,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "register_dataset",
+    "holdout_split",
     "train_val_split",
     "validate_dataset",
     "default_data_root",
@@ -140,6 +141,26 @@ def train_val_split(ds: ImageDataset, val_size: int, seed: int) -> tuple[ImageDa
     is_val = np.zeros(n, dtype=bool)
     is_val[rng.permutation(n)[:val_size]] = True
     return ds.subset(np.flatnonzero(~is_val)), ds.subset(np.flatnonzero(is_val))
+
+
+def holdout_split(ds: ImageDataset, keep: int, seed: int) -> tuple[ImageDataset, ImageDataset]:
+    """Keep ``keep`` examples (seeded, stratified: each class keeps its share, largest remainders
+    rounded up); withhold the rest. Both parts keep the original order of their rows."""
+    n = len(ds)
+    if not 0 < keep <= n:
+        raise RobustgenError(f"{ds.name}: data.train_size {keep} must be in [1, {n}] (the real training "
+                             f"images left after validation)")
+    counts = np.bincount(ds.labels, minlength=ds.num_classes)
+    quota = keep * counts / n
+    take = np.floor(quota).astype(np.int64)
+    order = np.argsort(-(quota - take), kind="stable")  # largest remainders first
+    take[order[:keep - int(take.sum())]] += 1
+    rng = np.random.default_rng([seed, 0x4B33])
+    kept = np.zeros(n, dtype=bool)
+    for c in range(ds.num_classes):
+        rows = np.flatnonzero(ds.labels == c)
+        kept[rng.permutation(rows)[:take[c]]] = True
+    return ds.subset(np.flatnonzero(kept)), ds.subset(np.flatnonzero(~kept))
 
 
 # ---------------------------------------------------------------------------------------------

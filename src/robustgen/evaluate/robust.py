@@ -20,13 +20,15 @@ def evaluate_robustness(model: nn.Module, images: np.ndarray, labels: np.ndarray
     """Robust accuracy = clean-correct and not fooled by any stage of ``attack``, per point.
 
     Runs in float32 in eval mode; the result has per-stage accuracies (paper Table 3 layout),
-    the largest perturbation seen, timings and a list of sanity warnings."""
+    the largest perturbation seen, timings, a list of sanity warnings and ``robust_points`` (one
+    character per point, '1' where it stays robust)."""
     stages = get_attack(attack, norm=norm, eps=eps)
     collected_warnings(reset=True)
     result = run_cascade(model, images, labels, stages, norm=norm, eps=eps, batch_size=batch_size,
                          device=torch.device(device), seed=seed, state_path=state_path,
                          state_key=f"{state_key}|{attack}|{norm}|{eps!r}|{seed}|{batch_size}",
                          progress=progress, desc=desc)
-    result.pop("robust_mask")
+    # per point, '1' = robust (clean-correct and never fooled): paired comparisons of two models
+    result["robust_points"] = "".join("1" if r else "0" for r in result.pop("robust_mask"))
     warnings = masking_warnings(result["stages"]) + [f"autoattack: {m}" for m in collected_warnings(reset=True)]
     return {"attack": attack, "norm": norm, "eps": eps, "seed": seed, **result, "warnings": warnings}

@@ -52,3 +52,4 @@ def runtime_kwargs(adapter, options: dict | None) -> dict:
 # Registration side effects (after the registry exists, so the modules can import it).
 from robustgen.generate import gaussian as _gaussian  # noqa: E402,F401
 from robustgen.generate import diffusion as _diffusion  # noqa: E402,F401
+from robustgen.generate import heldout as _heldout  # noqa: E402,F401

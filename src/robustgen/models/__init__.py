@@ -132,6 +132,13 @@ def _small_cnn(**kwargs) -> nn.Module:
     return SmallCNN(**kwargs)
 
 
+@register_model("small-cnn-<width>", example="small-cnn-16",
+                validate=lambda width: None if width > 0 else "the width must be > 0")
+def _small_cnn_width(*, width: int, **kwargs) -> nn.Module:
+    """The demo CNN with ``width`` channels in its first block (small-cnn is small-cnn-32): capacity axis."""
+    return SmallCNN(width=width, **kwargs)
+
+
 @register_model("resnet-18-kuangliu")
 def _kuangliu_resnet18(**kwargs) -> nn.Module:
     return KuangliuResNet((2, 2, 2, 2), **kwargs)

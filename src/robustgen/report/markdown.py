@@ -24,25 +24,36 @@ def results_table(models: list[dict]) -> str:
 
 
 def verdict(models: list[dict]) -> str:
-    """How each model compares with the alpha = 1 baseline, against the evaluation's sampling noise."""
+    """How each model compares with the alpha = 1 baseline: the robust-accuracy difference on the
+    same test points and its standard error (paired over the points when both models kept their
+    per-point results, else two independent binomial errors)."""
+    from robustgen.metrics.paired import paired_point_difference
+
     base = next((m for m in models if m["alpha"] == 1.0), None)
     others = [m for m in models if m is not base]
     if base is None or not others:
         return ""
     lines = []
     for m in others:
-        d_rob = 100 * (m["robust_accuracy"] - base["robust_accuracy"])
         d_clean = 100 * (m["clean_accuracy"] - base["clean_accuracy"])
-        # binomial standard error of a difference of two accuracies on n points each
-        se = 100 * math.sqrt(sum(r * (1 - r) / max(x["n_eval"], 1)
-                                 for x in (m, base) for r in [x["robust_accuracy"]]))
-        if abs(d_rob) <= 2 * se:
-            word = "within noise of"
+        if m.get("robust_points") and base.get("robust_points") and len(m["robust_points"]) == len(base["robust_points"]):
+            d, se = paired_point_difference(m["robust_points"], base["robust_points"])
+            d_rob, se, kind = 100 * d, 100 * se, "paired over the test points (McNemar-style)"
         else:
-            word = "better than" if d_rob > 0 else "worse than"
-        lines.append(f"- `{m['name']}` is {word} the baseline: robust accuracy {d_rob:+.2f} points, clean "
-                     f"{d_clean:+.2f} points, same number of steps (one seed; two standard errors of the "
-                     f"difference on n = {m['n_eval']} are {2 * se:.1f} points).")
+            d_rob = 100 * (m["robust_accuracy"] - base["robust_accuracy"])
+            se = 100 * math.sqrt(sum(x["robust_accuracy"] * (1 - x["robust_accuracy"]) / max(x["n_eval"], 1)
+                                     for x in (m, base)))
+            kind = "two independent binomial errors"
+        if abs(d_rob) <= 2 * se:
+            word = "is within two standard errors of"
+        else:
+            word = "beats" if d_rob > 0 else "is worse than"
+        source = "held-out real images (the perfect-generator reference)" if m.get("generator") == "heldout" else \
+            (f"`{m['generator']}` samples" if m.get("generator") else "its data")
+        helps = "helps" if d_rob > 2 * se else "does not help here"
+        lines.append(f"- `{m['name']}` ({source}) {word} the baseline: robust accuracy {d_rob:+.2f} ± {se:.2f} points "
+                     f"({m['attack']}, n = {m['n_eval']}; standard error {kind}), clean {d_clean:+.2f} points, same "
+                     f"number of steps, one seed: the extra data {helps}.")
     return "\n".join(lines)
 
 
@@ -57,11 +68,17 @@ def write_report(out: Path, results: dict, *, samples_path: Path | None,
              f"Threat model: {results['threat']['norm']}, eps = {results['threat']['eps']:.6g}. "
              f"Device: {results['device']}. Total wall time {results['wall_time_s']:.0f} s.", "",
              results_table(results["models"]), "", verdict(results["models"]), ""]
-    if results.get("labeling"):
-        lab = results["labeling"]
-        lines += [f"Pseudo-labels: {lab['num_labeled']:,} generated images, mean f_NR confidence "
-                  f"{lab['mean_confidence']:.3f}" + (f", agreement with the generator's class "
-                  f"{lab['agreement_with_condition']:.3f}" if "agreement_with_condition" in lab else "") + ".", ""]
+    if results["models"] and results["models"][0].get("attack") != "pgd40":
+        lines += [f"Model selection: PGD-40 on the validation split; reported robust accuracy: "
+                  f"{results['models'][0]['attack']} on the test split.", ""]
+    labelings = results.get("labeling_by_generator") or (
+        {results["config"]["generator"]["name"]: results["labeling"]} if results.get("labeling") else {})
+    for name, lab in labelings.items():
+        # for withheld real images the conditioning class is the true label: agreement = f_NR's label accuracy
+        agree = "the true class" if name == "heldout" else "the generator's class"
+        lines += [f"Pseudo-labels of `{name}`: {lab['num_labeled']:,} images, mean f_NR confidence "
+                  f"{lab['mean_confidence']:.3f}" + (f", f_NR agrees with {agree} on "
+                  f"{100 * lab['agreement_with_condition']:.1f}%" if "agreement_with_condition" in lab else "") + ".", ""]
     if samples_path is not None and samples_path.exists():
         save_store_grid(out / "samples.png", samples_path, per_class=10, seed=0,
                         title="generated samples with their training labels (one row per class)")

@@ -1,0 +1,257 @@
+"""Regime map: where does extra data improve robustness? (paper Sec. 4; Schmidt et al. 2018)
+
+A small grid on the digits demo, one factor at a time around a centre point (150 real training
+images, small CNN of width 32, 469 TRADES steps of batch 128, Linf eps 0.2); the other points
+change the real-set size (75, 400), the steps (938), eps (0.1) or the width (64). For every
+point and seed it trains, at the same number of steps:
+
+    baseline            real images only (alpha = 1)
+    heldout (oracle)    + the real training images withheld by data.train_size, pseudo-labelled by
+                        f_NR like generated data (the perfect-generator reference), alpha 0.3
+    gaussian            + 5000 samples of the class-conditional Gaussian (App. D), alpha 0.8 (the
+                        proportion the paper found best for it, Sec. 3.2)
+    ddpm                + 5000 samples of a class-conditional DDPM fitted on the real images, alpha 0.3
+
+and evaluates each on the 540 test images (and the baseline's robust gap on its own training
+images) with the attack of --attack. A seed is train.seed: f_NR, the samples and their labels
+are shared by the seeds of a point, so the standard errors measure training noise only.
+
+    python benchmarks/regime_map.py --out runs/regime-map --worker 0/2 &   # two processes,
+    python benchmarks/regime_map.py --out runs/regime-map --worker 1/2 &   # one thread each
+    python benchmarks/regime_map.py --out runs/regime-map --report docs/figures/regime_map
+
+Jobs run in priority order and each writes OUT/jobs/<point>-seed<s>.json when done; a rerun
+skips finished jobs and resumes unfinished stages. --report tabulates whatever has finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+CENTRE = {"data.train_size": 150, "train.arch": "small-cnn", "train.epoch_size": 1200, "train.epochs": 50,
+          "threat.eps": 0.2}
+ALL_ARMS = ("baseline", "heldout", "ddpm", "gaussian")
+ORACLE, GAUSSIAN, DDPM = ("baseline", "heldout"), ("baseline", "gaussian"), ("baseline", "ddpm")
+POINTS = {"centre": {}, "real-400": {"data.train_size": 400}, "real-75": {"data.train_size": 75},
+          "steps-938": {"train.epochs": 100}, "eps-0.1": {"threat.eps": 0.1},
+          "width-64": {"train.arch": "small-cnn-64"}}
+
+# Jobs (point, arms, seed) in the order each worker runs them (most informative first: the
+# oracle arm decides where extra data can help, the Gaussian arm is the demo's generator, the
+# DDPM costs a fit per real-set size). A job's baseline is cached by fingerprint, so the
+# generator jobs of a point and seed reuse the oracle job's. Worker 0 owns the points with 150
+# real images, worker 1 those with 400 and 75: no two processes compute the same stage.
+WORKER_JOBS = [
+    [("centre", ORACLE, 0), ("centre", GAUSSIAN, 0), ("centre", ORACLE, 1), ("centre", GAUSSIAN, 1),
+     ("centre", ORACLE, 2), ("centre", GAUSSIAN, 2), ("centre", DDPM, 0), ("steps-938", ORACLE, 0),
+     ("eps-0.1", ORACLE, 0), ("width-64", ORACLE, 0), ("centre", DDPM, 1), ("steps-938", ORACLE, 1),
+     ("eps-0.1", ORACLE, 1), ("width-64", ORACLE, 1), ("centre", DDPM, 2)],
+    [("real-400", ORACLE, 0), ("real-75", ORACLE, 0), ("real-400", GAUSSIAN, 0), ("real-75", GAUSSIAN, 0),
+     ("real-400", ORACLE, 1), ("real-75", ORACLE, 1), ("real-400", ORACLE, 2), ("real-75", ORACLE, 2),
+     ("real-400", DDPM, 0), ("real-75", DDPM, 0)],
+]
+
+
+def point_config(changes: dict, arms, seed: int, attack: str, extra=()):
+    from robustgen.config import load_config
+
+    settings = {**CENTRE, **changes}
+    generated = [a for a in arms if a != "baseline"]
+    main, others = generated[0], generated[1:]
+    alpha = {"heldout": 0.3, "ddpm": 0.3, "gaussian": 0.8}
+    arm_list = "[" + ", ".join(f"{{generator: {a}, alpha: {alpha[a]}}}" for a in others) + "]"
+    # f_NR: ~250 steps of batch 128 whatever the real-set size (30 passes over 150 images leave it at 25%)
+    classifier_epochs = round(32000 / settings["data.train_size"])
+    overrides = [f"{k}={v}" for k, v in settings.items()] + [f"classifier.epochs={classifier_epochs}",
+        f"generator.name={main}", f"train.alpha={alpha[main]}", f"arms={arm_list}", "generator.num_samples=5000",
+        # seed 0 leaves train.seed null (the run's seed, 0): the centre's seed 0 is then exactly the
+        # digits_oracle preset, whose run folder's stages a shared cache can reuse
+        *([f"train.seed={seed}"] if seed else []), f"eval.attack={attack}", "eval.batch_size=540", "train.eval_every_epochs=25", *extra]
+    return load_config("digits_demo", overrides), settings
+
+
+def run_job(out: Path, name: str, arms, seed: int, attack: str, extra=()) -> dict:
+    from robustgen.checkpoint import write_json
+    from robustgen.pipeline import run
+    from robustgen.stages import evaluate_checkpoint, load_splits
+
+    cfg, settings = point_config(POINTS[name], arms, seed, attack, extra)
+    t0 = time.perf_counter()
+    # one run folder per real-set size (owned by one worker): its stage cache shares f_NR, the
+    # samples and their labels between seeds and points; results.json is rewritten per job
+    results = run(cfg, out / "runs" / f"real-{settings['data.train_size']}", progress=False)
+    splits = load_splits(cfg)
+    models = []
+    for m in results["models"]:
+        # robust accuracy on the model's own real training images: the robust generalisation gap
+        on_train = evaluate_checkpoint(Path(m["checkpoint"]), splits.train, attack=attack, norm=cfg.threat.norm,
+                                       eps=cfg.threat.eps, n=None, batch_size=540, seed=0,
+                                       device=results["device"], progress=False)
+        models.append({"arm": m["generator"] or "baseline", "alpha": m["alpha"], "steps": m["steps"],
+                       "clean_accuracy": m["clean_accuracy"], "robust_accuracy": m["robust_accuracy"],
+                       "train_robust_accuracy": on_train["robust_accuracy"],
+                       "train_clean_accuracy": on_train["clean_accuracy"],
+                       "robust_points": m["robust_points"], "attack": m["attack"], "n_eval": m["n_eval"]})
+    record = {"point": name, "settings": settings, "seed": seed, "attack": attack, "models": models,
+              "wall_time_s": round(time.perf_counter() - t0, 1)}
+    write_json(out / "jobs" / f"{job_name(name, arms, seed)}.json", record)
+    return record
+
+
+ARM_COLOR = {"baseline": "tab:gray", "heldout": "tab:blue", "ddpm": "tab:orange", "gaussian": "tab:green"}
+ARM_LABEL = {"baseline": "baseline (real only)", "heldout": "oracle: held-out real, alpha 0.3",
+             "ddpm": "DDPM, alpha 0.3", "gaussian": "Gaussian, alpha 0.8"}
+
+
+def summarize(records: list[dict], order: list[str]) -> list[dict]:
+    """One row per (point, arm): accuracies (mean over seeds), the paired difference to the
+    baseline over seeds with its SE, and the per-test-point (McNemar-style) SE averaged over seeds."""
+    import numpy as np
+
+    from robustgen.metrics.paired import paired_point_difference, paired_seed_difference
+
+    rows = []
+    for point in order:
+        recs = sorted((r for r in records if r["point"] == point), key=lambda r: r["seed"])
+        if not recs:
+            continue
+        by_arm = {}
+        for r in recs:
+            for m in r["models"]:
+                by_arm.setdefault(m["arm"], {})[r["seed"]] = m
+        base = by_arm.get("baseline", {})
+        for arm in ALL_ARMS:
+            if arm not in by_arm:
+                continue
+            seeds = sorted(set(by_arm[arm]) & set(base))
+            ms = [by_arm[arm][s] for s in seeds]
+            row = {"point": point, "settings": recs[0]["settings"], "arm": arm, "seeds": seeds,
+                   "alpha": ms[0]["alpha"], "steps": ms[0]["steps"], "attack": ms[0]["attack"],
+                   "n_eval": ms[0]["n_eval"],
+                   "clean": float(np.mean([m["clean_accuracy"] for m in ms])),
+                   "robust": float(np.mean([m["robust_accuracy"] for m in ms])),
+                   "train_robust": float(np.mean([m["train_robust_accuracy"] for m in ms])),
+                   "gap": float(np.mean([m["train_robust_accuracy"] - m["robust_accuracy"] for m in ms]))}
+            if arm != "baseline":
+                d, se, k = paired_seed_difference([m["robust_accuracy"] for m in ms],
+                                                  [base[s]["robust_accuracy"] for s in seeds])
+                point_se = [paired_point_difference(by_arm[arm][s]["robust_points"], base[s]["robust_points"])[1]
+                            for s in seeds]
+                dc, sec, _ = paired_seed_difference([m["clean_accuracy"] for m in ms],
+                                                    [base[s]["clean_accuracy"] for s in seeds])
+                row.update(gain=d, gain_se_seeds=se, gain_se_points=float(np.mean(point_se)) / np.sqrt(len(seeds)),
+                           clean_gain=dc, clean_gain_se=sec)
+            rows.append(row)
+    return rows
+
+
+def _pts(x: float) -> str:
+    return f"{100 * x:+.1f}"
+
+
+def write_regime_map(records: list[dict], prefix: Path, *, order: list[str], centre: dict, command: str) -> None:
+    from robustgen.checkpoint import write_json
+    from robustgen.report.plots import _figure, _save
+
+    rows = summarize(records, order)
+    attack = next((r["attack"] for r in rows), "?")
+    lines = [f"# Regime map: when does extra data improve robust accuracy? (digits, {attack} on the 540 test images)", "",
+             "Centre point: " + ", ".join(f"`{k}={v}`" for k, v in centre.items()) + " (469 TRADES steps of batch 128, "
+             "Linf; the steps column gives each point's). Each other point changes one factor. Gains are robust-accuracy points against the baseline "
+             "trained with the same seed and steps: mean over seeds ± the standard error of the seed-paired "
+             "differences (SE seeds); SE points is the per-test-point (McNemar-style) standard error of one "
+             "seed's paired difference, divided by sqrt(seeds). Gap = robust accuracy on the model's own real "
+             "training images minus on the test images (same attack).", "",
+             "| point | steps | arm | seeds | clean | robust | gain vs baseline (± SE seeds) | SE points | robust on train | gap |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        gain = "" if r["arm"] == "baseline" else (f"{_pts(r['gain'])} ± {100 * r['gain_se_seeds']:.1f}")
+        se_pts = "" if r["arm"] == "baseline" else f"{100 * r['gain_se_points']:.1f}"
+        lines.append(f"| {r['point']} | {r['steps']} | {ARM_LABEL[r['arm']]} | {len(r['seeds'])} | {100 * r['clean']:.1f} | "
+                     f"{100 * r['robust']:.1f} | {gain} | {se_pts} | {100 * r['train_robust']:.1f} | "
+                     f"{100 * r['gap']:.1f} |")
+    total = sum(r.get("wall_time_s", 0) for r in records)
+    lines += ["", f"{len(records)} (point, seed) jobs, {total / 60:.0f} job-minutes in all. Reproduce: `{command}`.", ""]
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    Path(f"{prefix}.md").write_text("\n".join(lines))
+    write_json(Path(f"{prefix}.json"), {"rows": rows, "records": records, "centre": centre})
+
+    points = [p for p in order if any(r["point"] == p for r in rows)]
+    fig = _figure(12, 4.2)
+    ax = fig.add_subplot(1, 2, 1)
+    arms = [a for a in ALL_ARMS if a != "baseline"]
+    for k, arm in enumerate(arms):
+        xs, ys, es = [], [], []
+        for i, p in enumerate(points):
+            r = next((r for r in rows if r["point"] == p and r["arm"] == arm), None)
+            if r is not None:
+                xs.append(i + (k - 1) * 0.15)
+                ys.append(100 * r["gain"])
+                es.append(200 * (r["gain_se_seeds"] if r["gain_se_seeds"] == r["gain_se_seeds"] else 0))
+        if xs:
+            ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=4, color=ARM_COLOR[arm], label=ARM_LABEL[arm])
+    ax.axhline(0, color="gray", lw=1)
+    ax.set_xticks(range(len(points)), points, rotation=20)
+    ax.set_ylabel("robust accuracy gain vs baseline (points, ± 2 SE)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    ax = fig.add_subplot(1, 2, 2)
+    for arm in ("baseline", *arms):
+        vals = [(i, 100 * r["gap"]) for i, p in enumerate(points) for r in rows if r["point"] == p and r["arm"] == arm]
+        if vals:
+            ax.plot(*zip(*vals), marker="o", color=ARM_COLOR[arm], label=ARM_LABEL[arm])
+    ax.set_xticks(range(len(points)), points, rotation=20)
+    ax.set_ylabel("robust generalisation gap (train - test, points)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.suptitle(f"digits regime map ({attack}); mean over seeds")
+    _save(fig, f"{prefix}.png")
+
+
+def job_name(point: str, arms, seed: int) -> str:
+    return f"{point}-{'+'.join(arms)}-seed{seed}"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/regime-map"))
+    parser.add_argument("--worker", default="0/1", help="I/N: run the jobs of worker I of N")
+    parser.add_argument("--attack", default="autoattack")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="KEY=VALUE applied to every point (smoke tests, e.g. train.epochs=1)")
+    parser.add_argument("--report", type=Path, default=None,
+                        help="write PREFIX.md, PREFIX.png and PREFIX.json from the finished jobs instead")
+    args = parser.parse_args(argv)
+    if args.report is not None:
+        records = [json.loads(p.read_text()) for p in sorted((args.out / "jobs").glob("*.json"))]
+        order = list(POINTS)
+        write_regime_map(records, args.report, order=order, centre=CENTRE,
+                         command="python benchmarks/regime_map.py --worker 0/2 & "
+                                 "python benchmarks/regime_map.py --worker 1/2; "
+                                 f"python benchmarks/regime_map.py --report {args.report}")
+        print(args.report.with_suffix(".md").read_text())
+        return 0
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    worker, workers = (int(v) for v in args.worker.split("/"))
+    if workers != len(WORKER_JOBS) or not 0 <= worker < workers:
+        raise SystemExit(f"--worker must be I/{len(WORKER_JOBS)} with I in 0..{len(WORKER_JOBS) - 1}")
+    for name, arms, seed in WORKER_JOBS[worker]:
+        if (args.out / "jobs" / f"{job_name(name, arms, seed)}.json").exists():
+            continue
+        t0 = time.perf_counter()
+        print(f"[regime-map] {time.strftime('%H:%M:%S')} {name} seed {seed}: arms {', '.join(arms)}", flush=True)
+        record = run_job(args.out, name, arms, seed, args.attack, args.overrides)
+        summary = ", ".join(f"{m['arm']} {100 * m['robust_accuracy']:.1f}" for m in record["models"])
+        print(f"[regime-map] {name} seed {seed} done in {time.perf_counter() - t0:.0f} s: {summary}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
