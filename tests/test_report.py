@@ -17,3 +17,15 @@ def test_verdict_compares_with_the_baseline_honestly():
 def test_table_has_a_row_per_model():
     table = results_table([_m("baseline", 1.0, 0.5), _m("gen", 0.8, 0.4)])
     assert "| baseline | 1 | 0 | 90.00% | 50.00% |" in table and "| gen | 0.8 | 100 |" in table
+
+
+def test_report_shows_class_counts_before_and_after_the_selection(tmp_path):
+    from robustgen.report.markdown import write_report
+
+    results = {"dataset": "digits", "threat": {"norm": "linf", "eps": 0.2}, "device": "cpu", "wall_time_s": 1.0,
+               "models": [_m("gen", 0.8, 0.4)],
+               "labeling": {"num_labeled": 20, "mean_confidence": 0.9, "counts_before": [12, 15],
+                            "counts_per_class": [10, 10]}}
+    write_report(tmp_path, results, samples_path=None)
+    text = (tmp_path / "report.md").read_text()
+    assert "| labelled (f_NR) | 12 | 15 |" in text and "| kept for training | 10 | 10 |" in text

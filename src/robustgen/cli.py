@@ -111,17 +111,19 @@ def generate(config, overrides, generator_name, num_samples, seed, out):
 @click.option("--top-k", type=int, default=None, help="keep the k most confident images per class")
 @click.option("--top-fraction", type=float, default=None, help="keep this fraction of each class, most confident first")
 @click.option("--balanced", is_flag=True, help="then keep the same number of every class")
+@click.option("--per-class", type=int, default=None,
+              help="keep exactly N most confident images of every class (paper App. D); needs >= N of each")
 @click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def label(checkpoint, input_path, out, mode, top_k, top_fraction, balanced, batch_size, device, quiet):
+def label(checkpoint, input_path, out, mode, top_k, top_fraction, balanced, per_class, batch_size, device, quiet):
     """Label generated images with a classifier and filter per class; keeps confidences (and the generator's class)."""
     from robustgen.stages import label_samples, resolve_device
 
     if top_k is not None and top_k <= 0:
         raise RobustgenError(f"--top-k must be > 0, got {top_k}")
     result = label_samples(checkpoint, input_path, out, top_k=top_k, top_fraction=top_fraction, balanced=balanced,
-                           mode=mode, batch_size=batch_size, device=resolve_device(device), progress=not quiet)
+                           per_class=per_class, mode=mode, batch_size=batch_size, device=resolve_device(device), progress=not quiet)
     click.echo(json.dumps(result, indent=2))
 
 
@@ -301,13 +303,16 @@ def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, 
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="classifier checkpoint (f_NR)")
 @click.option("--top-k", type=int, default=None, help="keep the k most confident images per class")
 @click.option("--balanced", is_flag=True, help="keep the same number per class (the smallest class's)")
+@click.option("--per-class", type=int, default=None,
+              help="keep exactly N most confident images of every class (paper App. D); needs >= N of each")
 @click.option("--condition-top-fraction", type=float, default=None,
               help="label = the generator's class; keep this fraction per class by the classifier's confidence in it")
 @click.option("--arch", default=None, help="architecture of a plain (non-robustgen) state dict, e.g. resnet-18-kuangliu")
 @click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def store_label(store_dir, checkpoint, top_k, balanced, condition_top_fraction, arch, batch_size, device, quiet):
+def store_label(store_dir, checkpoint, top_k, balanced, per_class, condition_top_fraction, arch, batch_size, device,
+                quiet):
     """Pseudo-label a store shard by shard (resumes), then select rows per class."""
     from robustgen.checkpoint import load_external_model, load_model, model_info
     from robustgen.data.store import file_sha256, read_manifest
@@ -334,7 +339,7 @@ def store_label(store_dir, checkpoint, top_k, balanced, condition_top_fraction, 
     result = label_store(store_dir, model, labeller=labeller, mode=mode, batch_size=batch_size, device=dev,
                          progress=not quiet)
     result["selection"] = select_store(store_dir, top_k=top_k, top_fraction=condition_top_fraction,
-                                       balanced=balanced)
+                                       balanced=balanced, per_class=per_class)
     click.echo(json.dumps(result, indent=2))
 
 

@@ -109,6 +109,9 @@ class LabelConfig:
     top_k_per_class: Optional[int] = None  # keep the k most confident samples per class (App. D)
     top_fraction_per_class: Optional[float] = None  # keep this fraction of each class, most confident first (Wang et al.: 0.2)
     balanced: bool = False  # then keep the same number of every class (the smallest class's)
+    # App. D class balance: keep exactly this many of every class, the most confident (1M = 100K per
+    # CIFAR-10 class); generator.num_samples must oversample so every class has that many. Excludes the three above.
+    per_class: Optional[int] = None
     batch_size: int = 1024
 
 
@@ -397,6 +400,11 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _validate_ddpm(cfg.generator.ddpm, source)
     _check(cfg.label.top_k_per_class is None or cfg.label.top_k_per_class > 0, source,
            "label.top_k_per_class must be > 0 or null")
+    lab = cfg.label
+    _check(lab.per_class is None or lab.per_class > 0, source, "label.per_class must be > 0 or null")
+    _check(lab.per_class is None or (lab.top_k_per_class is None and lab.top_fraction_per_class is None
+                                     and not lab.balanced), source,
+           "label.per_class excludes label.top_k_per_class, label.top_fraction_per_class and label.balanced")
     _check(cfg.label.mode in ("argmax", "condition"), source, f"label.mode must be argmax or condition, got {cfg.label.mode!r}")
     f = cfg.label.top_fraction_per_class
     _check(f is None or 0 < f <= 1, source, f"label.top_fraction_per_class must be in (0, 1] or null, got {f}")
