@@ -9,7 +9,8 @@ gradients are computed and thrown away, as in the PGD-AT ports derived from Rice
 autograd skip the weight gradients. robustgen's step freezes parameters during the attack, uses
 the authors' BN convention and, by default, their Adam inner loop (``sign`` variants use the
 reference's sign steps, so the algorithm is the same), and optionally bf16 autocast (``bf16``),
-channels_last (``cl``) and torch.compile (``compile``). Every variant runs the same model, batch
+channels_last (``cl``), torch.compile (``compile``) and BatchNorm per group of --bn-group-size
+images (``groups``, the authors' 32 images per core). Every variant runs the same model, batch
 and number of attack steps, from the same initial weights; ratios are against the first row.
 
     python benchmarks/trades_step.py --arch small-cnn --image 8 --channels 1 --batch 128
@@ -35,6 +36,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from robustgen.models import create_model
+from robustgen.models.ghost_batchnorm import use_bn_groups
 from robustgen.train.steps import TrainingAttack, trades_step_loss
 
 # Dense bf16 tensor-core peaks from the vendor data sheets (SXM parts), TFLOP/s.
@@ -105,6 +107,7 @@ def main() -> None:
     p.add_argument("--peak-tflops", type=float, default=None, help="override the device's bf16 peak")
     p.add_argument("--micro-batches", type=int, default=1,
                    help="robustgen variants accumulate gradients over this many chunks of the batch")
+    p.add_argument("--bn-group-size", type=int, default=32, help="images per BatchNorm group for the 'groups' option")
     a = p.parse_args()
     device = torch.device(a.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -136,9 +139,9 @@ def main() -> None:
 
     for variant in [v for v in a.variants.split(",") if v]:
         rule, *options = variant.split("+")
-        if rule not in ("adam", "sign") or set(options) - {"bf16", "cl", "compile"}:
+        if rule not in ("adam", "sign") or set(options) - {"bf16", "cl", "compile", "groups"}:
             raise SystemExit(f"bad variant {variant!r}")
-        model = copy.deepcopy(base)
+        model = use_bn_groups(copy.deepcopy(base), a.bn_group_size if "groups" in options else None)
         memory_format = torch.channels_last if "cl" in options else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         xs = x.contiguous(memory_format=memory_format)

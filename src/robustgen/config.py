@@ -156,6 +156,9 @@ class TrainConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the model for training
     micro_batches: int = 1  # gradient accumulation: chunks per device and step (BN statistics per chunk)
+    # BatchNorm statistics per group of this many images of each chunk, in the attack, clean and
+    # adversarial passes (ghost BatchNorm; the authors: 1024 over 32 cores = 32); null: the whole chunk
+    bn_group_size: Optional[int] = None
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over all devices (SyncBatchNorm); false: per device, as the authors
     log_every_steps: int = 50
 
@@ -393,6 +396,10 @@ def validate(cfg: RunConfig, *, source: str) -> None:
                        ("classifier.label_smoothing", c.label_smoothing), ("train.ema_decay", t.ema_decay)):
         _check(0.0 <= value <= 1.0, source, f"{key} must be in [0, 1], got {value}")
     _check(t.epoch_size is None or t.epoch_size > 0, source, "train.epoch_size must be > 0 or null")
+    _check(t.bn_group_size is None or t.bn_group_size >= 2, source, "train.bn_group_size must be >= 2 or null")
+    _check(t.bn_group_size is None or not t.sync_bn, source, "train.bn_group_size and train.sync_bn exclude each other")
+    _check(t.bn_group_size is None or t.batch_size % t.bn_group_size == 0, source,
+           f"train.bn_group_size {t.bn_group_size} must divide train.batch_size {t.batch_size}")
     _check(t.alpha == 1.0 or cfg.generator.num_samples > 0, source,
            "train.alpha < 1 needs generated data: generator.num_samples must be > 0")
     _check(cfg.generator.num_samples >= 0, source, "generator.num_samples must be >= 0")

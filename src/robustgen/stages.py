@@ -31,6 +31,7 @@ from robustgen.generate import generator_fit_kwargs, get_generator, runtime_kwar
 from robustgen.generate.runner import array_fingerprint
 from robustgen.label import assign_labels, predict_probabilities
 from robustgen.models import create_model
+from robustgen.models.ghost_batchnorm import use_bn_groups
 from robustgen.train.distributed import DistContext
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
 from robustgen.train.schedule import scaled_lr
@@ -285,7 +286,8 @@ def adversarial_settings(cfg: RunConfig, n_real: int) -> LoopSettings:
         eval_every_steps=max(1, int(round(t.eval_every_epochs * per_epoch))),
         checkpoint_every_steps=max(1, int(round(t.checkpoint_every_epochs * per_epoch))),
         log_every_steps=t.log_every_steps, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
-        channels_last=t.channels_last, micro_batches=t.micro_batches, seed=robust_seed(cfg))
+        channels_last=t.channels_last, micro_batches=t.micro_batches, bn_group_size=t.bn_group_size,
+        seed=robust_seed(cfg))
 
 
 def read_generated(path: Path, num_classes: int, image_shape: tuple):
@@ -351,6 +353,7 @@ def train_robust(cfg: RunConfig, splits: Splits, generated: Path | None,
     t = cfg.train
     sources, weights = training_sources(cfg, splits, generated)
     model, spec = build_model(t.arch, t.activation, splits.train, seed=robust_seed(cfg))
+    use_bn_groups(model, t.bn_group_size)
     if t.sync_bn and ctx.enabled:
         if device.type != "cuda":
             raise RobustgenError("train.sync_bn needs CUDA devices: torch's SyncBatchNorm does not run on CPUs")
