@@ -1,7 +1,7 @@
 """MultiTargeted's two orders of runs against APGD-T on a robust CIFAR-10 model trained here.
 
 Trains a small pre-activation CNN with TRADES (the authors' Adam inner loop, alpha = 1) on the
-JPEG-decoded CIFAR-10 copy, then attacks the first --n test images with each attack alone
+JPEG-decoded CIFAR-10 copy, then attacks --n random test images (seeded) with each attack alone
 (not in a cascade, same points, same seed): APGD-T (AutoAttack's 9 targets x 100 steps),
 MultiTargeted with one target per restart (restarts x 1) and the published restarts x targets
 loop (``robustgen.attacks.multitargeted``). Prints and writes a markdown table: robust accuracy,
@@ -78,7 +78,9 @@ def main() -> None:
     train_s = time.perf_counter() - t0
     model.eval()
 
-    images, labels = test.images[: args.n], test.labels[: args.n]
+    # A seeded random subset: the test file may be sorted by class.
+    pick = np.sort(np.random.default_rng(args.seed).permutation(len(test.labels))[: args.n])
+    images, labels = test.images[pick], test.labels[pick]
 
     def mt(targets: int, restarts: int):
         def run(m, x, y, seed):
@@ -114,7 +116,7 @@ def main() -> None:
     lines = [
         f"TRADES small CNN (width {args.width}, {sum(p.numel() for p in model.parameters()):,} parameters) trained "
         f"{args.train_steps} steps of {args.batch_size} ({args.inner_steps}-step Adam inner loop, beta 6) on "
-        f"CIFAR-10 (cifar10-jpeg) at {h}x{h} in {train_s / 60:.1f} min; Linf 8/255; first {args.n} test images; "
+        f"CIFAR-10 (cifar10-jpeg) at {h}x{h} in {train_s / 60:.1f} min; Linf 8/255; {args.n} random test images; "
         f"clean accuracy {100 * rows[0]['clean_accuracy']:.1f}%; seed {args.seed}; "
         f"{platform.machine()} CPU, {torch.get_num_threads()} thread, machine shared with other jobs (times are indicative).",
         "",
