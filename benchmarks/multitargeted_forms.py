@@ -32,6 +32,7 @@ from robustgen.models.small_cnn import SmallCNN
 from robustgen.train.loop import LoopSettings, train_loop
 from robustgen.train.steps import TrainingAttack, trades_step_loss
 
+TRAINING_ARGS = ("data", "downsample", "width", "train_steps", "batch_size", "inner_steps", "seed")
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 
 
@@ -73,7 +74,8 @@ def main() -> None:
     t0 = time.perf_counter()
     train_loop(model, settings=settings, real=train, generated=[], step_loss=trades_step_loss(inner, beta=6.0),
                evaluate=None, out_dir=Path(args.work), device=torch.device("cpu"),
-               spec={"arch": f"small-cnn-width{args.width}", "num_classes": 10}, extra_meta={}, fingerprint=json.dumps(vars(args)),
+               spec={"arch": f"small-cnn-width{args.width}", "num_classes": 10}, extra_meta={},
+               fingerprint=json.dumps({k: getattr(args, k) for k in TRAINING_ARGS}),
                progress=False)
     train_s = time.perf_counter() - t0
     model.eval()

@@ -40,7 +40,8 @@ def cli() -> None:
 @_common
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/default"), show_default=True,
               help="output folder (finished stages in it are reused)")
-@click.option("--dry-run", is_flag=True, help="validate the config and print the plan without computing")
+@click.option("--dry-run", is_flag=True,
+              help="validate the config, print the plan, the cost estimate and the preflight of every input; exit 2 on a problem")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def run(config, overrides, out, dry_run, quiet):
     """Classifier -> generate -> label -> TRADES training -> evaluation, with a report.
@@ -51,8 +52,16 @@ def run(config, overrides, out, dry_run, quiet):
 
     cfg = _config(config, overrides)
     if dry_run:
+        from robustgen.preflight import dry_run as preflight_dry_run
+
         click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip())
         click.echo("---\nplan:\n" + describe_plan(cfg))
+        lines, problems = preflight_dry_run(cfg, out)
+        click.echo("\n".join(lines))
+        for problem in problems:
+            click.echo(f"robustgen: error: {problem}", err=True)
+        if problems:
+            raise SystemExit(2)
         return
     results = run_pipeline(cfg, out, progress=not quiet)
     if int(os.environ.get("RANK", "0")) != 0:

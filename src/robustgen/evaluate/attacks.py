@@ -54,46 +54,57 @@ def pgd40_stage(model, x, y, seed, *, norm: str, eps: float) -> torch.Tensor:
                                      success_fn=misclassified(y), generator=_generator(x, seed)).x_adv
 
 
-def mt_stage(model, x, y, seed, *, norm: str, eps: float, restarts: int = 10, targets: int | None = None,
-             steps: int = 200) -> torch.Tensor:
-    return multitargeted_attack(model, x, y, norm=norm, eps=eps, restarts=restarts, targets=targets, steps=steps,
-                                generator=_generator(x, seed))[0]
+def mt_stage(model, x, y, seed, *, norm: str, eps: float) -> torch.Tensor:
+    """MultiTargeted with AA+MT's settings (MT_RESTARTS x MT_TARGETS runs of MT_STEPS steps)."""
+    return multitargeted_attack(model, x, y, norm=norm, eps=eps, restarts=MT_RESTARTS, targets=MT_TARGETS,
+                                steps=MT_STEPS, generator=_generator(x, seed))[0]
 
 
 def _pyaa(fn, **kwargs):
     return lambda model, x, y, seed, *, norm, eps: fn(model, x, y, norm=norm, eps=eps, seed=seed, **kwargs)
 
 
-def _stage(name: str, fn, norm: str, eps: float, white_box: bool = True) -> AttackStage:
-    return AttackStage(name, partial(fn, norm=norm, eps=eps), white_box=white_box)
+def _stage(name: str, fn, norm: str, eps: float, cost: int, white_box: bool = True) -> AttackStage:
+    """``cost``: forward-equivalents per attacked point, at most (2 per gradient step)."""
+    return AttackStage(name, partial(fn, norm=norm, eps=eps), white_box=white_box, forward_equivalents=cost)
+
+
+# MultiTargeted in AA+MT: restarts and targets per restart (None: one target per restart).
+MT_RESTARTS, MT_TARGETS, MT_STEPS = 10, None, 200
+MT_COST = 2 * MT_STEPS * MT_RESTARTS * (MT_TARGETS or 1)
+
+
+def _apgd_cost(restarts: int, targets: int = 1) -> int:
+    return 2 * 100 * restarts * targets
 
 
 @register_attack("pgd40")
 def _pgd40(*, norm, eps):
-    return [_stage("pgd40", pgd40_stage, norm, eps)]
+    return [_stage("pgd40", pgd40_stage, norm, eps, cost=2 * 40 + 2)]
 
 
 @register_attack("apgd-ce")
 def _apgd_ce(*, norm, eps):
-    return [_stage("apgd-ce", _pyaa(aa.apgd, loss="ce", restarts=1), norm, eps)]
+    return [_stage("apgd-ce", _pyaa(aa.apgd, loss="ce", restarts=1), norm, eps, cost=_apgd_cost(1))]
 
 
 @register_attack("apgd-t")
 def _apgd_t(*, norm, eps):
-    return [_stage("apgd-t", _pyaa(aa.apgd_targeted), norm, eps)]
+    return [_stage("apgd-t", _pyaa(aa.apgd_targeted), norm, eps, cost=_apgd_cost(1, 9))]
 
 
 @register_attack("mt")
 def _mt(*, norm, eps):
-    return [_stage("multitargeted", mt_stage, norm, eps)]
+    return [_stage("multitargeted", mt_stage, norm, eps, cost=MT_COST)]
 
 
 @register_attack("autoattack")
 def _autoattack(*, norm, eps):
-    return [_stage("apgd-ce", _pyaa(aa.apgd, loss="ce", restarts=1), norm, eps),
-            _stage("apgd-t", _pyaa(aa.apgd_targeted), norm, eps),
-            _stage("fab-t", _pyaa(aa.fab_targeted), norm, eps),
-            _stage("square", _pyaa(aa.square), norm, eps, white_box=False)]
+    return [_stage("apgd-ce", _pyaa(aa.apgd, loss="ce", restarts=1), norm, eps, cost=_apgd_cost(1)),
+            _stage("apgd-t", _pyaa(aa.apgd_targeted), norm, eps, cost=_apgd_cost(1, 9)),
+            # FAB: a forward and the gradients of two logits per step, 9 targets x 100 steps
+            _stage("fab-t", _pyaa(aa.fab_targeted), norm, eps, cost=3 * 100 * 9),
+            _stage("square", _pyaa(aa.square), norm, eps, cost=5000, white_box=False)]
 
 
 @register_attack("aa+mt")
@@ -102,9 +113,9 @@ def _aa_mt(*, norm, eps):
 
 
 def _aa_mt_stages(*, norm, eps):
-    return [_stage("apgd-ce", _pyaa(aa.apgd, loss="ce", restarts=5), norm, eps),
-            _stage("apgd-dlr", _pyaa(aa.apgd, loss="dlr", restarts=5), norm, eps),
-            _stage("multitargeted", mt_stage, norm, eps)]
+    return [_stage("apgd-ce", _pyaa(aa.apgd, loss="ce", restarts=5), norm, eps, cost=_apgd_cost(5)),
+            _stage("apgd-dlr", _pyaa(aa.apgd, loss="dlr", restarts=5), norm, eps, cost=_apgd_cost(5)),
+            _stage("multitargeted", mt_stage, norm, eps, cost=MT_COST)]
 
 
 WORST_CASE_ATTACK = "worst-of-aa-and-aa+mt"
