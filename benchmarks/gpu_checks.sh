@@ -8,6 +8,7 @@
 #   3. robustgen run end to end on the GPU (digits, bf16 + channels_last + compile), short schedule
 #   4. SyncBatchNorm in the training step on CUDA (a one-process group)
 #   5. WRN-70-16 at batch 1024 in 4 micro-batches (bf16): speed and peak GPU memory
+#   6. BatchNorm groups of 32 (train.bn_group_size, the paper presets) vs plain BatchNorm, WRN-28-10
 set -u
 OUT=${OUT:-/tmp/robustgen-gpu}
 mkdir -p "$OUT"
@@ -54,3 +55,5 @@ step trades_compile 150 python3 benchmarks/trades_step.py --arch wrn-28-10 --ima
   --device cuda --repeats 5 --warmup 3 --references backward --variants adam+bf16+cl,adam+bf16+cl+compile
 step wrn70_micro 150 python3 benchmarks/trades_step.py --arch wrn-70-16 --image 32 --channels 3 --batch 1024 \
   --device cuda --repeats 2 --warmup 1 --references "" --variants adam+bf16+cl --micro-batches 4
+step bn_groups 120 python3 benchmarks/trades_step.py --arch wrn-28-10 --image 32 --channels 3 --batch 256 \
+  --device cuda --repeats 5 --warmup 2 --references "" --variants adam+bf16+cl,adam+bf16+cl+groups --bn-group-size 32
