@@ -11,6 +11,7 @@
 #   5. SyncBatchNorm in the training step on CUDA (a one-process group)
 #   6. robustgen run end to end on the GPU (digits, bf16, compile, layout chosen at start-up)
 #   7. diffusion sampler throughput, Ho et al.'s 35.7M UNet, batch 256, bf16
+#   8. BatchNorm groups of 32 (train.bn_group_size, the paper presets) vs plain BatchNorm, WRN-28-10 (after step 4)
 # `benchmarks/gpu_checks.sh --tiny` runs the same steps on the CPU with tiny models and sizes,
 # without torch.compile (minutes of compiling on a CPU) and the CUDA-only steps, and with 3x the
 # time limits, to check the script itself without a GPU.
@@ -45,14 +46,16 @@ cuda_only() {  # cuda_only NAME: true (and a note) in tiny mode
   return 1
 }
 
-step trades_wrn28 180 $TRADES --arch $WRN28 --batch $B --repeats 5 --warmup 2 --references port,zhang \
+step trades_wrn28 150 $TRADES --arch $WRN28 --batch $B --repeats 5 --warmup 2 --references port,zhang \
   --variants adam,adam+bf16+cl+twopass,adam+bf16+cl$COMPILE
-step trades_wrn70 120 $TRADES --arch $WRN70 --batch $B70 --repeats 3 --warmup 1 --references "" \
+step trades_wrn70 90 $TRADES --arch $WRN70 --batch $B70 --repeats 3 --warmup 1 --references "" \
   --variants adam+bf16+cl+twopass,adam+bf16+cl
 step wrn70_micro 60 $TRADES --arch $WRN70 --batch $BIG --repeats 2 --warmup 1 --references "" \
   --variants adam+bf16+cl --micro-batches 4
 step profile_wrn28 45 $TRADES --arch $WRN28 --batch $B --repeats 1 --warmup 1 --references "" \
   --variants adam+bf16+cl --profile
+step bn_groups 60 $TRADES --arch $WRN28 --batch $B --repeats 3 --warmup 1 --references "" \
+  --variants adam+bf16+cl,adam+bf16+cl+groups --bn-group-size 32
 cuda_only syncbn || step syncbn 45 python3 - <<'EOF'
 import os, torch, torch.distributed as dist, torch.nn as nn, torch.nn.functional as F
 from robustgen.models import create_model

@@ -16,7 +16,8 @@ References (float32, eager, written the way the public PyTorch code does it; sig
 
 robustgen variants: an inner rule (``adam``, the authors' 10-step Adam, or ``sign``, the ports'
 steps) joined by ``+`` with options ``bf16`` (autocast), ``cl`` (channels_last), ``compile``
-(torch.compile) and ``twopass`` (the clean logits computed twice, as before they were shared);
+(torch.compile), ``twopass`` (the clean logits computed twice, as before they were shared) and
+``groups`` (BatchNorm per group of --bn-group-size images, the authors' 32 images per core);
 ``default`` is the default training configuration: fp32, with the memory layout chosen by the
 same start-up measurement training uses (robustgen.train.speed). Every entry runs the same
 model, batch and number of attack steps from the same initial weights, in interleaved rounds
@@ -51,12 +52,13 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from robustgen.models import create_model
 from robustgen.train.speed import hardware_name, choose_step_options
+from robustgen.models.ghost_batchnorm import use_bn_groups
 from robustgen.train.steps import TrainingAttack, trades_step_loss
 
 # Dense bf16 tensor-core peaks from the vendor data sheets (SXM parts), TFLOP/s.
 BF16_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
 REFERENCES = ("port", "zhang", "backward")
-OPTIONS = {"bf16", "cl", "compile", "twopass"}
+OPTIONS = {"bf16", "cl", "compile", "twopass", "groups"}
 
 
 def track_running_stats(model, flag: bool) -> None:
@@ -150,6 +152,7 @@ def main() -> None:
     p.add_argument("--micro-batches", type=int, default=1,
                    help="robustgen variants accumulate gradients over this many chunks of the batch")
     p.add_argument("--profile", action="store_true", help="print each entry's top operators over one step")
+    p.add_argument("--bn-group-size", type=int, default=32, help="images per BatchNorm group for the 'groups' option")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -194,7 +197,7 @@ def main() -> None:
             rule, *options = variant.split("+")
             if rule not in ("adam", "sign") or set(options) - OPTIONS:
                 raise SystemExit(f"bad variant {variant!r}")
-        model = copy.deepcopy(base)
+        model = use_bn_groups(copy.deepcopy(base), a.bn_group_size if "groups" in options else None)
         memory_format = torch.channels_last if "cl" in options else torch.contiguous_format
         model = model.to(memory_format=memory_format)
         xs = x.contiguous(memory_format=memory_format)

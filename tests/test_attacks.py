@@ -105,3 +105,15 @@ def test_evaluate_robustness_reports_worst_case(tiny_images):
     assert r0["robust_accuracy"] == pytest.approx(r0["clean_accuracy"])
     again = evaluate_robustness(model, images, labels, attack="pgd40", norm="linf", eps=8 / 255, batch_size=16)
     assert again["robust_accuracy"] == r["robust_accuracy"]  # seeded
+
+
+def test_pgd40_schedule_compounds_like_the_authors_optax_schedule():
+    # optax.piecewise_constant_schedule(0.1, {20: 0.1, 30: 0.01}) multiplies the scales: the last
+    # ten steps run at 1e-4, not 1e-3 (google-deepmind/deepmind-research adversarial_robustness).
+    from robustgen.attacks.pgd import pgd40_schedule, scaled_piecewise_constant
+
+    schedule = pgd40_schedule(0.1)
+    assert [schedule(k) for k in (0, 19)] == [0.1, 0.1]
+    assert [schedule(k) for k in (20, 29)] == pytest.approx([0.01, 0.01])
+    assert [schedule(k) for k in (30, 39)] == pytest.approx([1e-4, 1e-4])
+    assert scaled_piecewise_constant(0.1, {5: 0.1})(5) == pytest.approx(0.01)  # the training attack's

@@ -20,7 +20,7 @@ def test_paper_preset_matches_the_authors_recipe():
         "wrn-28-10", "trades", 6.0, 0.3, 1024, 400.0, 50000)
     assert (t.inner.steps, t.inner.step_rule, t.inner.adam_lr, t.inner.adam_lr_boundaries) == (10, "adam", [0.1, 0.01], [5])
     assert t.ema_decay == 0.995 and t.label_smoothing_generated == 0.1 and t.weight_decay == 5e-4
-    assert cfg.threat.eps == 8 / 255 and cfg.generator.num_samples == 1_000_000
+    assert cfg.threat.eps == 8 / 255 and cfg.label.per_class == 100_000 and cfg.generator.num_samples > 1_000_000
     assert load_config("cifar10_l2_wrn-70-16").threat.eps == 128 / 255
 
 

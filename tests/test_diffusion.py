@@ -266,7 +266,7 @@ def test_config_and_fit_kwargs():
     demo = load_config("digits_demo")
     for key in ("data", "threat", "classifier", "train", "eval", "seed"):  # rows compare with the demo's
         assert getattr(cfg, key) == getattr(demo, key), key
-    c10 = load_config("cifar10_linf_wrn-28-10_ddpm")
+    c10 = load_config("cifar10_linf_wrn-28-10")
     assert c10.generator.ddpm.pretrained == "google/ddpm-cifar10-32" and c10.generator.ddpm.unet == "ho-cifar10"
     for bad, match in (("generator.ddpm.sampler=euler", "sampler"), ("generator.ddpm.unet=big", "UNet preset"),
                        ("generator.ddpm.precision=fp16", "precision"), ("generator.ddpm.ema_decay=1", "ema_decay"),

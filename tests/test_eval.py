@@ -25,7 +25,7 @@ def _data(n=24, seed=0):
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
-@pytest.mark.parametrize("attack", ["pgd40", "apgd-ce", "apgd-t", "autoattack", "aa+mt", "mt"])
+@pytest.mark.parametrize("attack", ["pgd40", "apgd-ce", "apgd-t", "autoattack", "aa+mt", "mt", "worst-of-aa-and-aa+mt"])
 def test_every_stage_stays_in_the_ball_and_box(attack, norm, eps):
     model = _cnn()
     images, labels = _data(12)
@@ -65,6 +65,26 @@ def test_multitargeted_breaks_a_linear_model_exactly_when_some_target_allows():
     assert torch.equal(success[clear], (best > 0)[clear])
     assert (model(adv).argmax(1) != y)[success].all()
     assert 0.2 < float((best > 0).float().mean()) < 0.9  # the case is not trivial
+
+
+def test_multitargeted_published_loop_runs_every_target_in_every_restart():
+    from robustgen.attacks.multitargeted import target_ranks
+
+    assert target_ranks(2, 3, 9) == [0, 1, 2, 0, 1, 2]  # restarts x targets (the original TF1 loop)
+    assert target_ranks(4, None, 3) == [0, 1, 2, 0]  # one target per restart, cycling
+    assert target_ranks(1, 20, 3) == [0, 1, 2]  # no more targets than classes - 1
+    # with every target in the loop, R restarts x (K-1) targets is the same sequence of runs as
+    # R (K-1) restarts of one target each: both forms agree bit for bit
+    model = _cnn(classes=4, seed=3)
+    images, labels = _data(16, seed=5)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    y = torch.from_numpy(labels)
+    with frozen_parameters(model):
+        a = multitargeted_attack(model, x, y, norm="linf", eps=2 / 255, restarts=2, targets=3, steps=5,
+                                 generator=torch.Generator().manual_seed(0))
+        b = multitargeted_attack(model, x, y, norm="linf", eps=2 / 255, restarts=6, targets=None, steps=5,
+                                 generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
 def test_target_order_sorts_by_clean_margin():
@@ -167,3 +187,21 @@ def test_apgd_stages_reproduce_pyautoattack_and_keep_the_global_rng():
     with frozen_parameters(model):
         apgd(model, x[:4], y[:4], norm="linf", eps=8 / 255, seed=0, loss="ce", restarts=1, steps=5)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_worst_of_aa_and_aa_mt_runs_autoattack_then_aa_mt_on_the_survivors():
+    names = [s.name for s in get_attack("worst-of-aa-and-aa+mt", norm="linf", eps=0.1)]
+    assert names == ["autoattack/apgd-ce", "autoattack/apgd-t", "autoattack/fab-t", "autoattack/square",
+                     "aa+mt/apgd-ce", "aa+mt/apgd-dlr", "aa+mt/multitargeted"]
+    model = _cnn(seed=2)
+    images, labels = _data(30, seed=4)
+    kwargs = dict(norm="linf", eps=4 / 255, batch_size=10, seed=1)
+    worst = evaluate_robustness(model, images, labels, attack="worst-of-aa-and-aa+mt", **kwargs)
+    aa = evaluate_robustness(model, images, labels, attack="autoattack", **kwargs)
+    # AutoAttack's stages see the same points and seeds as AutoAttack alone: its number is in the JSON
+    assert worst["robust_accuracy_after"]["autoattack"] == aa["robust_accuracy"]
+    assert [s["robust_accuracy"] for s in worst["stages"][:4]] == [s["robust_accuracy"] for s in aa["stages"]]
+    # AA+MT attacks only what AutoAttack left, and the final number is the per-point worst case
+    assert worst["stages"][4]["attacked"] == round(aa["robust_accuracy"] * 30)
+    assert worst["robust_accuracy"] == worst["robust_accuracy_after"]["aa+mt"] <= aa["robust_accuracy"]
+    assert len(worst["stages"]) == 7 and all("time_s" in s for s in worst["stages"])

@@ -44,7 +44,7 @@ def test_unknown_or_invalid_arch_raises(arch):
 
 @pytest.mark.parametrize(
     "arch, expected",
-    [("wrn-28-10", 36_479_194), ("wrn-70-16", 266_796_506), ("preact-resnet-18", 11_170_000)],
+    [("wrn-28-10", 36_479_194), ("wrn-70-16", 266_796_506), ("preact-resnet-18", 12_548_426)],  # 3x3 shortcuts (authors)
 )
 def test_parameter_counts(arch, expected):
     # Built on the meta device: no memory, no init cost.
@@ -62,7 +62,7 @@ def test_small_cnn_is_small_and_has_batchnorm():
 def test_wrn_depth_sets_block_count():
     with torch.device("meta"):
         model = create_model("wrn-40-2", num_classes=10)
-    assert [len(group) for group in model.groups] == [6, 6, 6]
+    assert [len(group.block) for group in model.layer] == [6, 6, 6]
     assert model.logits.in_features == 128
 
 

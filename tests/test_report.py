@@ -48,3 +48,13 @@ def test_paired_differences_and_their_standard_errors():
     assert math.isnan(paired_seed_difference([0.5], [0.4])[1])
     with pytest.raises(ValueError):
         paired_point_difference("10", "1")
+def test_report_shows_class_counts_before_and_after_the_selection(tmp_path):
+    from robustgen.report.markdown import write_report
+
+    results = {"dataset": "digits", "threat": {"norm": "linf", "eps": 0.2}, "device": "cpu", "wall_time_s": 1.0,
+               "models": [_m("gen", 0.8, 0.4)], "config": {"generator": {"name": "gaussian"}},
+               "labeling": {"num_labeled": 20, "mean_confidence": 0.9, "counts_before": [12, 15],
+                            "counts_per_class": [10, 10]}}
+    write_report(tmp_path, results, samples_path=None)
+    text = (tmp_path / "report.md").read_text()
+    assert "| labelled (f_NR) | 12 | 15 |" in text and "| kept for training | 10 | 10 |" in text

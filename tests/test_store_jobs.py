@@ -283,3 +283,30 @@ def test_cli_store_generate_and_samples(tmp_path, capsys):
         main(["store", "generate", str(tmp_path / "g"), "--num-samples", "120", "--shard-size", "60", "--quiet",
               "--set", "generator.pca_components=10"])
     assert e.value.code == 2 and "shard size 50, not 60" in capsys.readouterr().err
+
+
+def test_class_balance_keeps_exactly_n_per_class_or_says_how_much_to_oversample():
+    # paper App. D: 1M = the 100K most confident of every class; the samples must oversample
+    assert keep_counts([120, 100, 131], per_class=100).tolist() == [100, 100, 100]
+    with pytest.raises(RobustgenError, match=r"class 1 has only 80 of 330 generated .* at least 1\.25x"):
+        keep_counts([120, 80, 130], per_class=100)
+    with pytest.raises(RobustgenError, match="excludes"):
+        keep_counts([5, 5], per_class=2, top_k=3)
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    conf = np.array([0.2, 0.9, 0.5, 0.1, 0.8, 0.3, 0.7])
+    assert select_per_class(labels, conf, keep_counts(np.bincount(labels), per_class=2)).tolist() == [1, 2, 4, 6]
+
+
+def test_class_balanced_store_reports_counts_before_and_after(tmp_path, digits, classifier, capsys):
+    _generate(tmp_path / "s", digits, 300)
+    main(["store", "label", str(tmp_path / "s"), "--checkpoint", str(classifier), "--condition-top-fraction", "1",
+          "--device", "cpu", "--quiet"])
+    capsys.readouterr()
+    before = np.bincount(Store(tmp_path / "s").labels, minlength=10)
+    n = int(before.min())
+    result = select_store(tmp_path / "s", per_class=n)
+    assert result["counts_before"] == before.tolist() and result["counts_per_class"] == [n] * 10
+    s = Store(tmp_path / "s")
+    assert np.bincount(s.labels, minlength=10).tolist() == [n] * 10
+    with pytest.raises(RobustgenError, match=f"{tmp_path / 's'}: class-balanced labels need {n + 1}"):
+        select_store(tmp_path / "s", per_class=n + 1)

@@ -248,15 +248,18 @@ def load_external_model(path: str | Path, *, arch: str, num_classes: int = 10, i
                         device: str | torch.device = "cpu") -> nn.Module:
     """A plain PyTorch state dict (not a robustgen checkpoint) loaded into ``create_model(arch, ...)``,
     in eval mode. Every key must match (names and shapes) except the model's ``mean``/``std``
-    buffers, which keep the architecture's defaults when the file lacks them (identity for
-    ``resnet-18-kuangliu``, whose original takes raw [0, 1] input), and BatchNorm's
-    ``num_batches_tracked`` counters."""
-    from robustgen.models import create_model
+    buffers and BatchNorm's ``num_batches_tracked`` counters. Files without ``mean``/``std``
+    normalise as ``models.external_normalization`` says: the authors' CIFAR-10 (CIFAR-100 for 100
+    classes) constants for wrn-* and preact-resnet-18, which load the authors' released
+    checkpoints and RobustBench's DM models key for key; the architecture's defaults otherwise
+    (identity for ``resnet-18-kuangliu``, whose original takes raw [0, 1] input)."""
+    from robustgen.models import create_model, external_normalization
 
     path = Path(path)
     state = _read_state_dict(path)
     try:
-        model = create_model(arch, num_classes=num_classes, in_channels=in_channels)
+        mean, std = external_normalization(arch, num_classes, in_channels)
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
     except RobustgenError as e:
         raise RobustgenError(f"{path}: {e}") from None
     expected = model.state_dict()

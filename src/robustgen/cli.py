@@ -52,7 +52,8 @@ def cli() -> None:
 @_common
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/default"), show_default=True,
               help="output folder (finished stages in it are reused)")
-@click.option("--dry-run", is_flag=True, help="validate the config and print the plan without computing")
+@click.option("--dry-run", is_flag=True,
+              help="validate the config, print the plan, the cost estimate and the preflight of every input; exit 2 on a problem")
 @_wait_option
 @click.option("--quiet", is_flag=True, help="no progress bars")
 def run(config, overrides, out, dry_run, wait, quiet):
@@ -64,8 +65,16 @@ def run(config, overrides, out, dry_run, wait, quiet):
 
     cfg = _config(config, overrides)
     if dry_run:
+        from robustgen.preflight import dry_run as preflight_dry_run
+
         click.echo(yaml.safe_dump(config_to_dict(cfg), sort_keys=False).rstrip())
         click.echo("---\nplan:\n" + describe_plan(cfg))
+        lines, problems = preflight_dry_run(cfg, out)
+        click.echo("\n".join(lines))
+        for problem in problems:
+            click.echo(f"robustgen: error: {problem}", err=True)
+        if problems:
+            raise SystemExit(2)
         return
     results = run_pipeline(cfg, out, progress=not quiet, wait=wait)
     if int(os.environ.get("RANK", "0")) != 0:
@@ -126,17 +135,19 @@ def generate(config, overrides, generator_name, num_samples, seed, out):
 @click.option("--top-k", type=int, default=None, help="keep the k most confident images per class")
 @click.option("--top-fraction", type=float, default=None, help="keep this fraction of each class, most confident first")
 @click.option("--balanced", is_flag=True, help="then keep the same number of every class")
+@click.option("--per-class", type=int, default=None,
+              help="keep exactly N most confident images of every class (paper App. D); needs >= N of each")
 @click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def label(checkpoint, input_path, out, mode, top_k, top_fraction, balanced, batch_size, device, quiet):
+def label(checkpoint, input_path, out, mode, top_k, top_fraction, balanced, per_class, batch_size, device, quiet):
     """Label generated images with a classifier and filter per class; keeps confidences (and the generator's class)."""
     from robustgen.stages import label_samples, resolve_device
 
     if top_k is not None and top_k <= 0:
         raise RobustgenError(f"--top-k must be > 0, got {top_k}")
     result = label_samples(checkpoint, input_path, out, top_k=top_k, top_fraction=top_fraction, balanced=balanced,
-                           mode=mode, batch_size=batch_size, device=resolve_device(device), progress=not quiet)
+                           per_class=per_class, mode=mode, batch_size=batch_size, device=resolve_device(device), progress=not quiet)
     click.echo(json.dumps(result, indent=2))
 
 
@@ -319,13 +330,16 @@ def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, 
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="classifier checkpoint (f_NR)")
 @click.option("--top-k", type=int, default=None, help="keep the k most confident images per class")
 @click.option("--balanced", is_flag=True, help="keep the same number per class (the smallest class's)")
+@click.option("--per-class", type=int, default=None,
+              help="keep exactly N most confident images of every class (paper App. D); needs >= N of each")
 @click.option("--condition-top-fraction", type=float, default=None,
               help="label = the generator's class; keep this fraction per class by the classifier's confidence in it")
 @click.option("--arch", default=None, help="architecture of a plain (non-robustgen) state dict, e.g. resnet-18-kuangliu")
 @click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--quiet", is_flag=True)
-def store_label(store_dir, checkpoint, top_k, balanced, condition_top_fraction, arch, batch_size, device, quiet):
+def store_label(store_dir, checkpoint, top_k, balanced, per_class, condition_top_fraction, arch, batch_size, device,
+                quiet):
     """Pseudo-label a store shard by shard (resumes), then select rows per class."""
     from robustgen.checkpoint import load_external_model, load_model, model_info
     from robustgen.data.store import file_sha256, read_manifest
@@ -352,7 +366,7 @@ def store_label(store_dir, checkpoint, top_k, balanced, condition_top_fraction, 
     result = label_store(store_dir, model, labeller=labeller, mode=mode, batch_size=batch_size, device=dev,
                          progress=not quiet)
     result["selection"] = select_store(store_dir, top_k=top_k, top_fraction=condition_top_fraction,
-                                       balanced=balanced)
+                                       balanced=balanced, per_class=per_class)
     click.echo(json.dumps(result, indent=2))
 
 

@@ -112,6 +112,9 @@ class LabelConfig:
     top_k_per_class: Optional[int] = None  # keep the k most confident samples per class (App. D)
     top_fraction_per_class: Optional[float] = None  # keep this fraction of each class, most confident first (Wang et al.: 0.2)
     balanced: bool = False  # then keep the same number of every class (the smallest class's)
+    # App. D class balance: keep exactly this many of every class, the most confident (1M = 100K per
+    # CIFAR-10 class); generator.num_samples must oversample so every class has that many. Excludes the three above.
+    per_class: Optional[int] = None
     batch_size: int = 1024
 
 
@@ -156,6 +159,9 @@ class TrainConfig:
     channels_last: Optional[bool] = None  # NHWC layout for training; null: the faster layout, measured at start-up (train/speed.py)
     compile: bool = False  # torch.compile the model for training (on a CPU measured at start-up and dropped, with a warning, where slower)
     micro_batches: int = 1  # gradient accumulation: chunks per device and step (BN statistics per chunk)
+    # BatchNorm statistics per group of this many images of each chunk, in the attack, clean and
+    # adversarial passes (ghost BatchNorm; the authors: 1024 over 32 cores = 32); null: the whole chunk
+    bn_group_size: Optional[int] = None
     sync_bn: bool = False  # under torchrun on GPUs: BatchNorm statistics over all devices (SyncBatchNorm); false: per device, as the authors
     log_every_steps: int = 50
 
@@ -404,6 +410,10 @@ def validate(cfg: RunConfig, *, source: str) -> None:
         _check(0.0 <= value <= 1.0, source, f"{key} must be in [0, 1], got {value}")
     _check(t.epoch_size is None or t.epoch_size > 0, source, "train.epoch_size must be > 0 or null")
     _check(cfg.data.train_size is None or cfg.data.train_size > 0, source, "data.train_size must be > 0 or null")
+    _check(t.bn_group_size is None or t.bn_group_size >= 2, source, "train.bn_group_size must be >= 2 or null")
+    _check(t.bn_group_size is None or not t.sync_bn, source, "train.bn_group_size and train.sync_bn exclude each other")
+    _check(t.bn_group_size is None or t.batch_size % t.bn_group_size == 0, source,
+           f"train.bn_group_size {t.bn_group_size} must divide train.batch_size {t.batch_size}")
     _check(t.alpha == 1.0 or cfg.generator.num_samples > 0, source,
            "train.alpha < 1 needs generated data: generator.num_samples must be > 0")
     _check(cfg.generator.num_samples >= 0, source, "generator.num_samples must be >= 0")
@@ -411,6 +421,11 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _validate_ddpm(cfg.generator.ddpm, source)
     _check(cfg.label.top_k_per_class is None or cfg.label.top_k_per_class > 0, source,
            "label.top_k_per_class must be > 0 or null")
+    lab = cfg.label
+    _check(lab.per_class is None or lab.per_class > 0, source, "label.per_class must be > 0 or null")
+    _check(lab.per_class is None or (lab.top_k_per_class is None and lab.top_fraction_per_class is None
+                                     and not lab.balanced), source,
+           "label.per_class excludes label.top_k_per_class, label.top_fraction_per_class and label.balanced")
     _check(cfg.label.mode in ("argmax", "condition"), source, f"label.mode must be argmax or condition, got {cfg.label.mode!r}")
     f = cfg.label.top_fraction_per_class
     _check(f is None or 0 < f <= 1, source, f"label.top_fraction_per_class must be in (0, 1] or null, got {f}")

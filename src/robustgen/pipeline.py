@@ -165,7 +165,8 @@ def plan(cfg: RunConfig) -> dict:
     for name in generators:
         stages.append({"stage": "generate", "generator": name, "num_samples": cfg.generator.num_samples})
         stages.append({"stage": "label", "mode": cfg.label.mode, "top_k_per_class": cfg.label.top_k_per_class,
-                       "top_fraction_per_class": cfg.label.top_fraction_per_class, "balanced": cfg.label.balanced})
+                       "top_fraction_per_class": cfg.label.top_fraction_per_class, "balanced": cfg.label.balanced,
+                       "per_class": cfg.label.per_class})
     for name, v in model_variants(cfg):
         t = v.train
         epoch = t.epoch_size or "train split size"

@@ -31,6 +31,7 @@ from robustgen.generate import generator_fit_kwargs, get_generator, runtime_kwar
 from robustgen.generate.runner import array_fingerprint
 from robustgen.label import assign_labels, predict_probabilities
 from robustgen.models import create_model
+from robustgen.models.ghost_batchnorm import use_bn_groups
 from robustgen.train.distributed import DistContext
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
 from robustgen.train.schedule import scaled_lr
@@ -208,13 +209,14 @@ def generate_into_store(cfg: RunConfig, train: ImageDataset, store_dir: Path, *,
 # --------------------------------------------------------------------------- label
 def label_samples(classifier_path: Path, samples_path: Path, out_path: Path, *, top_k: int | None,
                   batch_size: int, device: torch.device, progress: bool = True, mode: str = "argmax",
-                  top_fraction: float | None = None, balanced: bool = False) -> dict:
+                  top_fraction: float | None = None, balanced: bool = False, per_class: int | None = None) -> dict:
     """Label generated images with f_NR and filter them per class.
 
     ``mode="argmax"``: label = f_NR's most likely class, confidence = its probability (paper Sec. 3.3);
     ``mode="condition"``: label = the sample's conditioning class, confidence = f_NR's probability
     of it (Wang et al.). Then keep the ``top_fraction`` / ``top_k`` most confident of each class,
-    optionally the same number of every class (``robustgen.label.select``)."""
+    optionally the same number of every class, or exactly ``per_class`` of every class
+    (``robustgen.label.select``)."""
     from robustgen.label import keep_counts, select_per_class
 
     model = load_model(classifier_path, device=device)
@@ -224,9 +226,13 @@ def label_samples(classifier_path: Path, samples_path: Path, out_path: Path, *, 
     probs = predict_probabilities(model, images, batch_size=batch_size, device=device, progress=progress)
     labels, confidence = assign_labels(probs, mode=mode, conditions=arrays.get("label"), source=str(samples_path))
     keep = np.arange(len(labels))
-    if top_k is not None or top_fraction is not None or balanced:
-        counts = keep_counts(np.bincount(labels, minlength=num_classes), top_k=top_k, top_fraction=top_fraction,
-                             balanced=balanced)
+    before = np.bincount(labels, minlength=num_classes)
+    if top_k is not None or top_fraction is not None or balanced or per_class is not None:
+        try:
+            counts = keep_counts(before, top_k=top_k, top_fraction=top_fraction, balanced=balanced,
+                                 per_class=per_class)
+        except RobustgenError as e:
+            raise RobustgenError(f"{samples_path}: {e}") from None
         keep = select_per_class(labels, confidence, counts)
     out = {"image": images[keep], "label": labels[keep], "confidence": confidence[keep]}
     if "label" in arrays:
@@ -236,7 +242,8 @@ def label_samples(classifier_path: Path, samples_path: Path, out_path: Path, *, 
     write_npz(out_path, **out)
     summary = {"mode": mode, "num_generated": int(len(labels)), "num_labeled": int(len(keep)),
                "mean_confidence": float(confidence[keep].mean()) if len(keep) else 0.0,
-               "counts_per_class": np.bincount(labels[keep], minlength=num_classes).tolist(), "path": str(out_path)}
+               "counts_per_class": np.bincount(labels[keep], minlength=num_classes).tolist(),
+               "counts_before": before.tolist(), "path": str(out_path)}
     if "label" in arrays:
         # how often f_NR's top class is the conditioning class, over all generated samples
         summary["agreement_with_condition"] = float((probs.argmax(1) == arrays["label"]).mean()) if len(labels) else 0.0
@@ -258,11 +265,12 @@ def label_into_store(classifier_path: Path, generated_store: Path, store_dir: Pa
     labelled = label_store(store_dir, model, labeller={"id": file_sha256(classifier_path), "path": str(classifier_path)},
                            mode=lab.mode, batch_size=lab.batch_size, device=device, progress=progress)
     selected = select_store(store_dir, top_k=lab.top_k_per_class, top_fraction=lab.top_fraction_per_class,
-                            balanced=lab.balanced)
+                            balanced=lab.balanced, per_class=lab.per_class)
     store = Store(store_dir)
     summary = {"mode": lab.mode, "num_generated": int(selected["of"]), "num_labeled": len(store),
                "mean_confidence": float(store.confidences.mean()) if len(store) else 0.0,
                "counts_per_class": selected["counts_per_class"], "path": str(store_dir),
+               "counts_before": selected.get("counts_before", selected["counts_per_class"]),
                "images_per_s": labelled["images_per_s"]}
     if "agreement_with_condition" in labelled:
         summary["agreement_with_condition"] = labelled["agreement_with_condition"]
@@ -297,7 +305,7 @@ def adversarial_settings(cfg: RunConfig, n_real: int) -> LoopSettings:
         eval_every_steps=max(1, int(round(t.eval_every_epochs * per_epoch))),
         checkpoint_every_steps=max(1, int(round(t.checkpoint_every_epochs * per_epoch))),
         log_every_steps=t.log_every_steps, crop_padding=cfg.data.crop_padding, flip=cfg.data.flip,
-        micro_batches=t.micro_batches, seed=robust_seed(cfg))
+        micro_batches=t.micro_batches, bn_group_size=t.bn_group_size, seed=robust_seed(cfg))
 
 
 def read_generated(path: Path, num_classes: int, image_shape: tuple):
@@ -363,6 +371,7 @@ def train_robust(cfg: RunConfig, splits: Splits, generated: Path | None,
     t = cfg.train
     sources, weights = training_sources(cfg, splits, generated)
     model, spec = build_model(t.arch, t.activation, splits.train, seed=robust_seed(cfg))
+    use_bn_groups(model, t.bn_group_size)
     if t.sync_bn and ctx.enabled:
         if device.type != "cuda":
             raise RobustgenError("train.sync_bn needs CUDA devices: torch's SyncBatchNorm does not run on CPUs")

@@ -35,6 +35,9 @@ class AttackStage:
     name: str
     run: StageFn
     white_box: bool = True  # False for score-based attacks (Square): used to flag gradient masking
+    # Upper bound of the model evaluations per attacked point, in forward-equivalents (an input
+    # gradient counts as a forward and a backward, ~2); for cost estimates (robustgen.cost).
+    forward_equivalents: int = 0
 
 
 def _to_device(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -31,4 +31,12 @@ def evaluate_robustness(model: nn.Module, images: np.ndarray, labels: np.ndarray
     # per point, '1' = robust (clean-correct and never fooled): paired comparisons of two models
     result["robust_points"] = "".join("1" if r else "0" for r in result.pop("robust_mask"))
     warnings = masking_warnings(result["stages"]) + [f"autoattack: {m}" for m in collected_warnings(reset=True)]
-    return {"attack": attack, "norm": norm, "eps": eps, "seed": seed, **result, "warnings": warnings}
+    return {"attack": attack, "norm": norm, "eps": eps, "seed": seed, **result,
+            "robust_accuracy_after": robust_accuracy_after(result["stages"]), "warnings": warnings}
+
+
+def robust_accuracy_after(stages: list[dict]) -> dict[str, float]:
+    """For cascades of cascades (stage names "autoattack/apgd-ce", ...): the cumulative robust
+    accuracy after each inner cascade's last stage, e.g. {"autoattack": AutoAttack's own number,
+    "aa+mt": the worst case of AutoAttack and AA+MT}. Empty for plain cascades."""
+    return {s["stage"].split("/", 1)[0]: s["robust_accuracy"] for s in stages if "/" in s["stage"]}

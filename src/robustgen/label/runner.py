@@ -99,12 +99,13 @@ def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "arg
 
 
 def select_store(store_dir, *, top_k: int | None = None, top_fraction: float | None = None,
-                 balanced: bool = False) -> dict:
-    """Write the store's selection by class and confidence (or clear it when no rule is given)."""
+                 balanced: bool = False, per_class: int | None = None) -> dict:
+    """Write the store's selection by class and confidence (or clear it when no rule is given).
+    The result has the counts per class before (``counts_before``) and after the selection."""
     store = Store(store_dir, use_selection=False)
-    rule = {"top_k": top_k, "top_fraction": top_fraction, "balanced": bool(balanced)}
+    rule = {"top_k": top_k, "top_fraction": top_fraction, "balanced": bool(balanced), "per_class": per_class}
     with StoreWriter.open(store_dir) as writer:
-        if top_k is None and top_fraction is None and not balanced:
+        if top_k is None and top_fraction is None and not balanced and per_class is None:
             writer._clear_selection()
             writer.save()
             return {"selected": store.total, "of": store.total, "rule": None,
@@ -112,9 +113,14 @@ def select_store(store_dir, *, top_k: int | None = None, top_fraction: float | N
         if store.confidences_all is None:
             raise RobustgenError(f"{store_dir}: selection needs confidences; label the store first")
         counts = np.bincount(store.labels_all, minlength=store.num_classes)
-        keep = keep_counts(counts, top_k=top_k, top_fraction=top_fraction, balanced=balanced)
+        try:
+            keep = keep_counts(counts, top_k=top_k, top_fraction=top_fraction, balanced=balanced,
+                               per_class=per_class)
+        except RobustgenError as e:
+            raise RobustgenError(f"{store_dir}: {e}") from None
         idx = select_per_class(store.labels_all, store.confidences_all, keep)
         kept = np.bincount(store.labels_all[idx], minlength=store.num_classes).tolist()
         writer.write_selection(idx, {"rule": rule, "counts_per_class": kept,
                                      "mean_confidence": float(store.confidences_all[idx].mean()) if idx.size else 0.0})
-        return {"selected": int(idx.size), "of": store.total, "rule": rule, "counts_per_class": kept}
+        return {"selected": int(idx.size), "of": store.total, "rule": rule, "counts_per_class": kept,
+                "counts_before": counts.tolist()}

@@ -3,7 +3,9 @@
 * top-k per class: keep the ``k`` most confident samples of each class (App. D: top 100K of 5M);
 * top fraction per class: keep round(F * n_c) of each class (Wang et al.: label = conditioning
   class, confidence = the classifier's probability of it, F = 20%);
-* class-balanced: the same count for every class, the smallest class's (after the rules above).
+* class-balanced: the same count for every class, the smallest class's (after the rules above);
+* exactly N per class (App. D: "100K per class for 1M"): the N most confident of every class;
+  the samples must hold at least N of each class (generate more than K x N: oversample).
 
 Within a class, higher confidence wins and ties go to the lower index. Runs class by class,
 so 100M labels need about 1 GB, not a global sort.
@@ -21,9 +23,23 @@ __all__ = ["keep_counts", "select_per_class"]
 
 
 def keep_counts(counts_per_class, *, top_k: int | None = None, top_fraction: float | None = None,
-                balanced: bool = False) -> np.ndarray:
+                balanced: bool = False, per_class: int | None = None) -> np.ndarray:
     """How many samples of each class to keep, given how many each class has."""
     counts = np.asarray(counts_per_class, dtype=np.int64)
+    if per_class is not None:
+        if top_k is not None or top_fraction is not None or balanced:
+            raise RobustgenError("an exact count per class excludes top-k, top fraction and balanced")
+        if isinstance(per_class, bool) or int(per_class) != per_class or per_class < 1:
+            raise RobustgenError(f"the count per class must be a positive integer, got {per_class!r}")
+        short = np.flatnonzero(counts < per_class)
+        if short.size:
+            c = int(short[np.argmin(counts[short])])
+            factor = per_class / max(int(counts[c]), 1)
+            raise RobustgenError(
+                f"class-balanced labels need {per_class:,} images of every class but class {c} has only "
+                f"{int(counts[c]):,} of {int(counts.sum()):,} generated ({short.size} classes short): generate at "
+                f"least {factor:.2f}x as many samples (generator.num_samples)")
+        return np.full_like(counts, int(per_class))
     keep = counts.copy()
     if top_fraction is not None:
         f = float(top_fraction)

@@ -33,7 +33,7 @@ def _unit(d: torch.Tensor, norm: str) -> torch.Tensor:
 def pgd_direction(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float,
                   seed: int = 0) -> torch.Tensor:
     """Unit-norm direction of the PGD-40 perturbation (the authors' model-selection attack: margin
-    loss, Adam 0.1 with x0.1 at 20 and x0.01 at 30, uniform start), [B, C, H, W]."""
+    loss, Adam lr 0.1, 0.01 from step 20, 1e-4 from step 30, uniform start), [B, C, H, W]."""
     g = torch.Generator(device=x.device).manual_seed(seed)
     with frozen_parameters(model):
         x_adv = projected_gradient_attack(model, x, lambda z: margin(z, y), norm=norm, eps=eps, steps=40,

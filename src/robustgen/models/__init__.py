@@ -26,7 +26,7 @@ from robustgen.models.small_cnn import SmallCNN
 from robustgen.models.wide_resnet import WideResNet, wrn_depth_error
 
 __all__ = [
-    "create_model", "list_models", "is_known_arch", "register_model", "example_arch",
+    "create_model", "external_normalization", "list_models", "is_known_arch", "register_model", "example_arch",
     "NormalizedClassifier", "WideResNet", "PreActResNet", "SmallCNN", "KuangliuResNet",
 ]
 
@@ -115,6 +115,24 @@ def create_model(arch: str, *, num_classes: int, in_channels: int = 3, mean: Seq
         raise RobustgenError(f"unknown activation {activation!r}; choose one of {', '.join(sorted(ACTIVATIONS))}")
     kwargs = {} if activation is None else {"activation": activation}
     return entry.builder(**fields, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std, **kwargs)
+
+
+# The authors' model_zoo constants (google-deepmind/deepmind-research adversarial_robustness/pytorch):
+# their files and RobustBench's DM models normalise with these, and do not store them.
+CIFAR10_MEAN_STD = ((0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616))
+CIFAR100_MEAN_STD = ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762))
+
+
+def external_normalization(arch: str, num_classes: int,
+                           in_channels: int = 3) -> tuple[Sequence[float] | None, Sequence[float] | None]:
+    """(mean, std) for a plain state dict of ``arch`` that does not hold them: the authors'
+    CIFAR-100 constants for their architectures (wrn-*, preact-resnet-18) with 100 classes, their
+    CIFAR-10 constants for other 3-channel inputs; (None, None), the architecture's defaults (0.5,
+    as the authors' MNIST models), otherwise."""
+    entry, _ = _resolve(arch)
+    if entry.builder not in (_wide_resnet, _preact_resnet18) or in_channels != 3:
+        return None, None
+    return CIFAR100_MEAN_STD if num_classes == 100 else CIFAR10_MEAN_STD
 
 
 @register_model("wrn-<depth>-<width>", example="wrn-16-2", validate=wrn_depth_error)

@@ -110,17 +110,3 @@ def head(x: torch.Tensor, norm: nn.Module, act: nn.Module, logits: nn.Linear) ->
     x = act(norm(x))
     x = torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)  # [B, C]
     return logits(x)
-
-
-def residual_stages(in_channels: int, widths: Sequence[int], strides: Sequence[int], blocks: Sequence[int],
-                    activation: str, *, bn_momentum: float) -> tuple[nn.Sequential, int]:
-    """Stacks of pre-activation blocks; the first block of each stage changes width and stride.
-    Returns the stages and their output channel count."""
-    stages, channels = [], in_channels
-    for width, stride, count in zip(widths, strides, blocks):
-        stage = []
-        for j in range(count):
-            stage.append(PreActBlock(channels, width, stride if j == 0 else 1, activation, bn_momentum=bn_momentum))
-            channels = width
-        stages.append(nn.Sequential(*stage))
-    return nn.Sequential(*stages), channels

@@ -79,6 +79,11 @@ def write_report(out: Path, results: dict, *, samples_path: Path | None,
         lines += [f"Pseudo-labels of `{name}`: {lab['num_labeled']:,} images, mean f_NR confidence "
                   f"{lab['mean_confidence']:.3f}" + (f", f_NR agrees with {agree} on "
                   f"{100 * lab['agreement_with_condition']:.1f}%" if "agreement_with_condition" in lab else "") + ".", ""]
+        if "counts_before" in lab:  # class balance (App. D): per-class counts before and after the selection
+            lines += ["| images per class | " + " | ".join(str(c) for c in range(len(lab["counts_before"]))) + " |",
+                      "| --- |" + " --- |" * len(lab["counts_before"]),
+                      "| labelled (f_NR) | " + " | ".join(f"{n:,}" for n in lab["counts_before"]) + " |",
+                      "| kept for training | " + " | ".join(f"{n:,}" for n in lab["counts_per_class"]) + " |", ""]
     if samples_path is not None and samples_path.exists():
         save_store_grid(out / "samples.png", samples_path, per_class=10, seed=0,
                         title="generated samples with their training labels (one row per class)")

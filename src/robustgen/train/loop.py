@@ -67,6 +67,7 @@ class LoopSettings:
     flip: bool = True
     channels_last: bool = False
     micro_batches: int = 1  # chunks per device and step (gradient accumulation); BN statistics per chunk
+    bn_group_size: int | None = None  # chunks are ordered so every group of this many images keeps the mix
     seed: int = 0
 
 
@@ -127,10 +128,29 @@ class TrainingBatches:
         first = ctx.rank * s.micro_batches
         self.mine = [(c, rows) for c, rows in enumerate(chunk_rows(self.counts, total_chunks))
                      if first <= c < first + s.micro_batches]
+        self.group_order = [self._group_order(rows) for _, rows in self.mine]
         # Indices and generated rows are prepared a few steps ahead in a thread, in pinned host
         # memory on CUDA, so the step's copies are asynchronous: no host sync in the step.
         self.pin = device.type == "cuda"
         self.prefetch = Prefetcher(self._fetch, start_step=start_step, stop_step=s.total_steps, pin_memory=self.pin)
+
+    def _group_order(self, rows) -> torch.Tensor | None:
+        """Row order of a chunk (laid out source by source) that gives every consecutive group of
+        ``bn_group_size`` rows an equal share (+-1) of each source: ghost BatchNorm groups keep the
+        batch's real/generated mix."""
+        g = self.s.bn_group_size
+        if g is None:
+            return None
+        counts = [len(r) for r in rows]
+        size = sum(counts)
+        if size % g:
+            raise RobustgenError(f"train.bn_group_size {g} must divide each device's chunk of the batch, which "
+                                 f"holds {size} images (batch {self.s.batch_size} / (world size {self.ctx.world_size} "
+                                 f"x micro_batches {self.s.micro_batches}))")
+        offsets = np.cumsum([0] + counts[:-1])
+        order = np.concatenate([offsets[i] + part for group in chunk_rows(counts, size // g)
+                                for i, part in enumerate(group)])
+        return torch.from_numpy(order).to(self.device)
 
     def _fetch(self, step: int) -> list:
         """Per chunk of this rank: its real indices and its generated rows (images, labels) on the host."""
@@ -160,6 +180,9 @@ class TrainingBatches:
                             torch.full((n_gen,), s.label_smoothing_generated, device=dev)])
         targets = smoothed_targets(labels, num_classes=self.num_classes, smoothing=smooth)
         weight = (n_real + n_gen) * self.ctx.world_size / s.batch_size
+        order = self.group_order[index - self.mine[0][0]]
+        if order is not None:
+            images, targets = images[order], targets[order]
         return Chunk(images=images, targets=targets, index=index, weight=weight)
 
     def __call__(self, step: int) -> list[Chunk]:
