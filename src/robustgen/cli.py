@@ -168,7 +168,7 @@ def train(config, overrides, generated, out, quiet):
 def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_size, seed, out, quiet):
     """Clean and robust accuracy of a checkpoint on the test split, per attack stage (JSON)."""
     from robustgen.checkpoint import write_json
-    from robustgen.data import load_dataset
+    from robustgen.data import load_split
     from robustgen.stages import evaluate_checkpoint, resolve_device
 
     extra = [] if config is not None or arch is not None else _trained_for(checkpoint)
@@ -180,7 +180,7 @@ def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_si
         extra.append(f"threat.eps={parse_number(eps, key='--eps', source='command line')!r}")
     cfg = _config(config, tuple(extra) + overrides)
     d, e = cfg.data, cfg.eval
-    test = load_dataset(d.dataset, "test", data_root=d.data_root, download=d.download, seed=d.split_seed)
+    test = load_split(d, "test")
     partial = None if out is None else out.with_name(out.name + ".partial.pt")
     result = evaluate_checkpoint(checkpoint, test, attack=e.attack, norm=cfg.threat.norm, eps=cfg.threat.eps, n=e.n,
                                  batch_size=e.batch_size, seed=e.seed, device=resolve_device(cfg.device),
@@ -421,7 +421,7 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
     """Complementarity and coverage (paper Alg. 1), FID, IS and KID of generated sets against the
     config's real train / test splits, in the layout of paper Table 1."""
     from robustgen.checkpoint import write_json
-    from robustgen.data import load_dataset
+    from robustgen.data import load_split
     from robustgen.metrics.features import get_extractor
     from robustgen.metrics.measure import ImageSet, measure as measure_sets, open_image_set
     from robustgen.stages import resolve_device
@@ -430,8 +430,8 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
     if n < 2:
         raise RobustgenError(f"--n must be >= 2, got {n}")
     d = cfg.data
-    train = load_dataset(d.dataset, "train", data_root=d.data_root, download=d.download, seed=d.split_seed)
-    test = load_dataset(d.dataset, "test", data_root=d.data_root, download=d.download, seed=d.split_seed)
+    train = load_split(d, "train")
+    test = load_split(d, "test")
     sources = {}
     for item in generated:
         name, sep, path = item.partition("=")

@@ -35,13 +35,17 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "cifar10"  # registry name (digits, cifar10, cifar100, svhn) or npz:PATH
+    dataset: str = "cifar10"  # registry name (digits, cifar10, cifar100, svhn, tinyimagenet, imagenet), npz:PATH or folder:PATH
     data_root: Optional[str] = None  # folder with local copies / download target
     download: bool = True  # torchvision datasets: download when missing (needs network)
     val_size: int = 1024  # training images held out (seeded) for model selection
     crop_padding: int = 4  # random-crop zero padding in pixels (0 disables cropping)
     flip: bool = True  # random horizontal flips
     split_seed: int = 0  # seed of the validation split (and of the digits train/test split)
+    # datasets of image files (folder:PATH, tinyimagenet, imagenet; robustgen.data.folder):
+    image_size: Optional[int] = None  # pixels: shorter side resized to this, centre square crop; null: the files' size
+    decode_workers: int = 0  # threads decoding image files (0: one per CPU core)
+    in_memory_gib: float = 8.0  # GiB: a split decoding to more is decoded per batch instead of held in RAM
     # Several sources mixed per batch, e.g. [{path: train, weight: 0.3}, {path: generated, weight: 0.7}];
     # empty: train.alpha of the real split and 1 - alpha of the generated data. train.alpha must
     # equal the real split's share here.
@@ -401,8 +405,11 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     f = cfg.label.top_fraction_per_class
     _check(f is None or 0 < f <= 1, source, f"label.top_fraction_per_class must be in (0, 1] or null, got {f}")
     _check(cfg.eval.n is None or cfg.eval.n > 0, source, "eval.n must be > 0 or null")
-    _check(cfg.data.dataset.startswith("npz:") or cfg.data.dataset in _dataset_names(), source,
-           f"data.dataset: unknown dataset {cfg.data.dataset!r} (known: {', '.join(_dataset_names())}, npz:PATH)")
+    _check(cfg.data.dataset.startswith(("npz:", "folder:")) or cfg.data.dataset in _dataset_names(), source,
+           f"data.dataset: unknown dataset {cfg.data.dataset!r} (known: {', '.join(_dataset_names())}, npz:PATH, folder:PATH)")
+    _check(cfg.data.image_size is None or cfg.data.image_size > 0, source, "data.image_size must be > 0 or null")
+    _check(cfg.data.decode_workers >= 0 and cfg.data.in_memory_gib >= 0, source,
+           "data.decode_workers and data.in_memory_gib must be >= 0")
     from robustgen.evaluate import list_attacks
     from robustgen.generate import list_generators
 
@@ -458,4 +465,4 @@ def _validate_sources(cfg: RunConfig, source: str) -> None:
 def _dataset_names() -> list[str]:
     from robustgen.data import list_datasets
 
-    return [d for d in list_datasets() if not d.startswith("npz:")]
+    return [d for d in list_datasets() if ":" not in d]

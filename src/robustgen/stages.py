@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from robustgen.checkpoint import load_model, model_spec, write_json
 from robustgen.config import RunConfig, config_to_dict
-from robustgen.data import ImageDataset, load_dataset, read_npz, train_val_split, write_npz
+from robustgen.data import ImageDataset, load_split, read_npz, train_val_split, write_npz
 from robustgen.data.store_format import DEFAULT_SHARD_SIZE, file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.evaluate import evaluate_robustness
@@ -55,14 +55,15 @@ def resolve_device(name: str) -> torch.device:
 
 def load_splits(cfg: RunConfig) -> Splits:
     d = cfg.data
-    full = load_dataset(d.dataset, "train", data_root=d.data_root, download=d.download, seed=d.split_seed)
-    test = load_dataset(d.dataset, "test", data_root=d.data_root, download=d.download, seed=d.split_seed)
+    full = load_split(d, "train")
+    test = load_split(d, "test")
     if test.image_shape != full.image_shape:
         raise RobustgenError(f"{d.dataset}: train images are {full.image_shape} but test images are {test.image_shape}")
     if test.num_classes > full.num_classes:
         raise RobustgenError(f"{d.dataset}: the test split has labels beyond the train split's {full.num_classes} classes")
     train, val = train_val_split(full, d.val_size, d.split_seed)
-    return Splits(train=train, val=val, test=test)
+    # model selection attacks the validation split every few epochs: keep it decoded
+    return Splits(train=train, val=val.in_memory(), test=test)
 
 
 def build_model(arch: str, activation: str, data: ImageDataset, *, seed: int) -> tuple[nn.Module, dict]:
@@ -109,7 +110,7 @@ def _selection_evaluator(cfg: RunConfig, val: ImageDataset, device: torch.device
 @torch.no_grad()
 def clean_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
                    device: torch.device) -> float:
-    probs = predict_probabilities(model, images, batch_size=batch_size, device=device)
+    probs = predict_probabilities(model, np.asarray(images), batch_size=batch_size, device=device)
     return float((probs.argmax(1) == labels).mean())
 
 

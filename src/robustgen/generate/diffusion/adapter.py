@@ -72,7 +72,8 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
     from robustgen.generate.diffusion.unet import (alphas_cumprod, build_unet, ho_scheduler_config,
                                                    load_pretrained, unet_num_classes)
 
-    if not isinstance(train_images, np.ndarray) or train_images.dtype != np.uint8 or train_images.ndim != 4:
+    # only the shape is read when loading a pretrained model (images may be decoded on demand)
+    if getattr(train_images, "dtype", None) != np.uint8 or getattr(train_images, "ndim", None) != 4:
         raise RobustgenError(f"expected uint8 NHWC images, got {getattr(train_images, 'dtype', type(train_images))} "
                              f"{getattr(train_images, 'shape', '')}")
     if sampler not in SAMPLERS:
@@ -100,6 +101,7 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
                                  f"but the data are {h}x{w}x{c}")
         return DDPMFit(model.to(device), sched, num_classes, bool(class_conditional), (h, w, c),
                        info={"pretrained": str(pretrained)}, **sample_settings)
+    train_images = np.asarray(train_images)
     labels = np.asarray(train_labels, dtype=np.int64) if class_conditional else None
     if labels is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise RobustgenError(f"labels must lie in [0, {num_classes})")
