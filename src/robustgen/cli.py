@@ -193,6 +193,19 @@ def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_si
     click.echo(json.dumps(result, indent=2))
 
 
+@cli.command("convert-guided-diffusion")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--preset", required=True, help="imagenet64-cond or imagenet256-cond (the checkpoint's flags)")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="diffusers folder to write")
+@click.option("--class-names", type=click.Path(path_type=Path), default=None,
+              help="text file: the model's class names (WordNet ids), one per line in class order")
+def convert_guided_diffusion_cmd(checkpoint, preset, out, class_names):
+    """Convert an openai/guided-diffusion checkpoint to a diffusers folder for generator.ddpm.pretrained."""
+    from robustgen.generate.diffusion.convert import convert_guided_diffusion
+
+    click.echo(f"wrote {convert_guided_diffusion(checkpoint, out, preset, class_names_file=class_names)}")
+
+
 @cli.command()
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="robustgen checkpoint")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="plain state dict .pt (+ OUT.json)")

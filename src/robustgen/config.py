@@ -96,6 +96,9 @@ class DDPMConfig:
     sampling_steps: int = 20  # solver steps (ddpm: 1000 as Ho et al.; edm-heun: 2 * steps - 1 UNet calls)
     sample_batch_size: int = 256  # images per UNet call when sampling; samples are bitwise reproducible per value
     precision: str = "fp32"  # fp32 or bf16 (autocast of the UNet on CUDA, training and sampling; CPU: fp32)
+    # same: a pretrained model's classes are the data's; by-name: data class c conditions on the model
+    # class of the same name (class_names.json of the pretrained folder), e.g. TinyImageNet's 200 wnids
+    class_map: str = "same"
 
 
 @dataclass(frozen=True)
@@ -435,6 +438,7 @@ def _validate_ddpm(d: DDPMConfig, source: str) -> None:
     _check(d.warmup_steps >= 0 and d.grad_clip >= 0, source, "generator.ddpm.warmup_steps and grad_clip must be >= 0")
     _check(0.0 <= d.ema_decay < 1.0, source, f"generator.ddpm.ema_decay must be in [0, 1), got {d.ema_decay}")
     _check(d.dropout is None or 0.0 <= d.dropout < 1.0, source, "generator.ddpm.dropout must be in [0, 1) or null")
+    _check(d.class_map in ("same", "by-name"), source, f"generator.ddpm.class_map must be same or by-name, got {d.class_map!r}")
 
 
 def real_share(sources: list) -> float:

@@ -154,7 +154,7 @@ def generate_samples(cfg: RunConfig, train: ImageDataset, out_path: Path, *, fit
     g = cfg.generator
     generator = get_generator(g.name)
     options = {"device": str(resolve_device(cfg.device)), "work_dir": Path(out_path).parent / f"{g.name}-work",
-               "progress": progress, **(fit_options or {})}
+               "progress": progress, "class_names": train.class_names, **(fit_options or {})}
     t0 = time.perf_counter()
     fitted = generator.fit(train.images, train.labels, num_classes=train.num_classes, **generator_fit_kwargs(g),
                            **runtime_kwargs(generator, options))
@@ -184,7 +184,7 @@ def generate_into_store(cfg: RunConfig, train: ImageDataset, store_dir: Path, *,
                           data_name=cfg.data.dataset, shard_size=shard_size, progress=progress,
                           verify_existing=verify_existing,
                           fit_options={"device": str(device), "work_dir": Path(store_dir) / "generator-work",
-                                       "progress": progress})
+                                       "progress": progress, "class_names": train.class_names})
 
 
 # --------------------------------------------------------------------------- label

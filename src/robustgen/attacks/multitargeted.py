@@ -42,13 +42,14 @@ def _forward_no_grad(model, x):
 
 def multitargeted_attack(model, x: torch.Tensor, labels: torch.Tensor, *, norm: str, eps: float,
                          restarts: int = 10, steps: int = 200, step_rule: str = "sign",
-                         step_size: Callable[[int], float] | None = None,
+                         step_size: Callable[[int], float] | None = None, num_targets: int | None = None,
                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x_adv [B, C, H, W], success bool [B]); x_adv is the first successful iterate of a
-    broken point and the clean input otherwise. The model is used as given (callers set eval mode
-    and freeze parameters)."""
+    broken point and the clean input otherwise. ``num_targets``: only the k classes with the
+    largest clean margin are targets (paper App. B: k = 10 on ImageNet); None: all K - 1. The
+    model is used as given (callers set eval mode and freeze parameters)."""
     schedule = step_size or default_mt_schedule(steps, eps)
-    targets = target_order(_forward_no_grad(model, x), labels)  # [B, K-1]
+    targets = target_order(_forward_no_grad(model, x), labels)[:, :num_targets]  # [B, min(k, K-1)]
     x_adv = x.detach().clone()
     success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for r in range(restarts):
