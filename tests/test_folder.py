@@ -170,13 +170,14 @@ def test_training_batches_from_files_equal_batches_from_memory(tmp_path):
 
 def test_run_end_to_end_on_a_folder_of_jpegs_decoded_per_batch(tmp_path):
     """`robustgen run` on a JPEG tree the test writes, with the real split decoded per batch by
-    the loop (data.in_memory_gib=0): every stage runs and the report has both models."""
+    the loop (data.in_memory_gib=0); labels are the generator's classes (label.mode=condition, no
+    filter), so no f_NR is trained and training reads the generated store directly."""
     from robustgen.cli import main
 
     root = make_folder_tree(tmp_path / "imgs", per_class=(16, 4), size=(8, 8))
     sets = ["data.dataset=folder:" + str(root), "data.in_memory_gib=0", "data.val_size=6", "data.crop_padding=1",
-            "baseline=false", "classifier.arch=small-cnn", "train.arch=small-cnn",
-            "classifier.epochs=1", "classifier.batch_size=16", "generator.num_samples=60", "train.epochs=1",
+            "baseline=false", "label.mode=condition", "train.arch=small-cnn",
+            "generator.num_samples=60", "train.epochs=1",
             "train.batch_size=16", "train.inner.steps=2", "train.eval_every_epochs=1", "eval.n=12",
             "eval.batch_size=12", "train.log_every_steps=2"]
     main(["run", "--out", str(tmp_path / "run"), "--quiet", *[a for s in sets for a in ("--set", s)]])
@@ -184,3 +185,5 @@ def test_run_end_to_end_on_a_folder_of_jpegs_decoded_per_batch(tmp_path):
     assert [m["name"] for m in results["models"]] == ["gaussian-alpha0.8"]
     for m in results["models"]:
         assert m["n_eval"] == 12 and 0 <= m["robust_accuracy"] <= m["clean_accuracy"] <= 1
+    stages = sorted(p.name.split("-")[0] for p in (tmp_path / "run" / "stages").iterdir())
+    assert stages == ["eval", "generate", "train"] and results["labeling"] is None

@@ -114,15 +114,25 @@ def train_fingerprint(variant: RunConfig, data_fp: str, label_fp: str | None) ->
                        *([source_fingerprints(variant)] if variant.data.sources else []))
 
 
+def labels_are_conditions(cfg: RunConfig) -> bool:
+    """Labels are the generator's conditioning classes, unfiltered: no f_NR is needed (paper
+    footnote 12: the class-conditional TinyImageNet generator needs no pseudo-labelling), so
+    training reads the generated store directly."""
+    lab = cfg.label
+    return lab.mode == "condition" and not (lab.top_k_per_class or lab.top_fraction_per_class or lab.balanced)
+
+
 def plan(cfg: RunConfig) -> dict:
     """What ``run`` would do, without loading data or computing anything."""
     stages = []
     if any(needs_generated(v) for _, v in model_variants(cfg)):
-        stages.append({"stage": "classifier", "arch": cfg.classifier.arch, "epochs": cfg.classifier.epochs,
-                       "checkpoint": cfg.classifier.checkpoint})
+        if not labels_are_conditions(cfg):
+            stages.append({"stage": "classifier", "arch": cfg.classifier.arch, "epochs": cfg.classifier.epochs,
+                           "checkpoint": cfg.classifier.checkpoint})
         stages.append({"stage": "generate", "generator": cfg.generator.name, "num_samples": cfg.generator.num_samples})
         stages.append({"stage": "label", "mode": cfg.label.mode, "top_k_per_class": cfg.label.top_k_per_class,
-                       "top_fraction_per_class": cfg.label.top_fraction_per_class, "balanced": cfg.label.balanced})
+                       "top_fraction_per_class": cfg.label.top_fraction_per_class, "balanced": cfg.label.balanced,
+                       **({"classifier": "none (labels = conditioning classes)"} if labels_are_conditions(cfg) else {})})
     for name, v in model_variants(cfg):
         t = v.train
         epoch = t.epoch_size or "train split size"
@@ -155,7 +165,10 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
     label_fp = generated = label_result = None
 
     if any(needs_generated(v) for _, v in variants):
-        if cfg.classifier.checkpoint:
+        conditions_only = labels_are_conditions(cfg)
+        if conditions_only:
+            classifier_path = classifier_fp = None
+        elif cfg.classifier.checkpoint:
             classifier_path = Path(cfg.classifier.checkpoint)
             classifier_fp = fingerprint("external-classifier", str(classifier_path.resolve()),
                                         classifier_path.stat().st_mtime if classifier_path.exists() else None)
@@ -173,13 +186,17 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True) -> dict:
         gen_stage = Stage(out, "generate", generate_fp)
         gen_stage.run(lambda d: generate_into_store(cfg, splits.train, d / "store", device=device, progress=progress),
                       {"data": data_fp}, ctx=ctx)
-        label_fp = fingerprint("label-store", generate_fp, classifier_fp, asdict(cfg.label))
-        label_stage = Stage(out, "label", label_fp)
-        label_result = label_stage.run(
-            lambda d: label_into_store(classifier_path, gen_stage.dir / "store", d / "store", cfg=cfg, device=device,
-                                       progress=progress),
-            {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx)
-        generated = label_stage.dir / "store"  # what training reads, with constant memory
+        if conditions_only:  # the generated store's labels are its conditioning classes
+            label_fp = fingerprint("label-conditions", generate_fp)
+            generated = gen_stage.dir / "store"
+        else:
+            label_fp = fingerprint("label-store", generate_fp, classifier_fp, asdict(cfg.label))
+            label_stage = Stage(out, "label", label_fp)
+            label_result = label_stage.run(
+                lambda d: label_into_store(classifier_path, gen_stage.dir / "store", d / "store", cfg=cfg,
+                                           device=device, progress=progress),
+                {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx)
+            generated = label_stage.dir / "store"  # what training reads, with constant memory
 
     models = []
     for name, variant in variants:
