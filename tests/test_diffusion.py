@@ -290,7 +290,7 @@ def test_generate_samples_stage_with_ddpm(tmp_path):
 
 def test_adapter_is_registered():
     assert get_generator("ddpm") is DDPMGenerator
-    assert set(DDPMGenerator.runtime_options) == {"device", "work_dir", "progress"}
+    assert set(DDPMGenerator.runtime_options) == {"device", "work_dir", "progress", "class_names"}
     assert DDPMGenerator.fit_file.endswith(".safetensors") and DDPMFit.__dataclass_fields__["sampler"]
 
 

@@ -25,7 +25,7 @@ def _data(n=24, seed=0):
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 8 / 255), ("l2", 0.5)])
-@pytest.mark.parametrize("attack", ["pgd40", "apgd-ce", "apgd-t", "autoattack", "aa+mt", "mt", "worst-of-aa-and-aa+mt"])
+@pytest.mark.parametrize("attack", ["pgd40", "apgd-ce", "apgd-t", "autoattack", "aa+mt", "aa+mt-top10", "mt", "worst-of-aa-and-aa+mt"])
 def test_every_stage_stays_in_the_ball_and_box(attack, norm, eps):
     model = _cnn()
     images, labels = _data(12)
@@ -85,6 +85,28 @@ def test_multitargeted_published_loop_runs_every_target_in_every_restart():
         b = multitargeted_attack(model, x, y, norm="linf", eps=2 / 255, restarts=6, targets=None, steps=5,
                                  generator=torch.Generator().manual_seed(0))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+def test_multitargeted_top_k_attacks_only_the_k_largest_margin_targets(monkeypatch):
+    """aa+mt-top10 (paper App. B, ImageNet): MultiTargeted's restarts cycle over the 10 classes with
+    the largest clean margin z_t - z_y only, whatever the number of classes and restarts."""
+    import robustgen.attacks.multitargeted as mt
+
+    model = _cnn(classes=30)
+    x = torch.rand(6, 3, 8, 8)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # clean-correct points, which a tiny eps cannot break
+    used = []
+    real_margin = mt.targeted_margin
+    monkeypatch.setattr(mt, "targeted_margin", lambda z, ys, ts: (used.append(ts.clone()), real_margin(z, ys, ts))[1])
+    with frozen_parameters(model):
+        allowed = target_order(model(x), y)[:, :10]
+        mt.multitargeted_attack(model, x, y, norm="linf", eps=1e-4, restarts=25, steps=2, num_targets=10,
+                                generator=torch.Generator().manual_seed(0))
+    seen = torch.zeros(6, 30, dtype=torch.bool)
+    for ts in used:
+        seen[torch.arange(len(ts)), ts] = True  # tiny eps: nothing breaks, every restart runs on all 6 points
+    assert seen.sum(1).tolist() == [10] * 6 and all(seen[i, allowed[i]].all() for i in range(6))
+    assert [s.name for s in get_attack("aa+mt-top10", norm="linf", eps=4 / 255)] == \
+        ["apgd-ce", "apgd-dlr", "multitargeted-top10"]
 
 
 def test_target_order_sorts_by_clean_margin():

@@ -32,7 +32,7 @@ def test_known_wrn_names(arch):
     assert is_known_arch(arch)
 
 
-@pytest.mark.parametrize("arch", ["wrn-27-10", "wrn-4-1", "wrn-28-0", "wrn-28", "WRN-28-10", "resnet-50", ""])
+@pytest.mark.parametrize("arch", ["wrn-27-10", "wrn-4-1", "wrn-28-0", "wrn-28", "WRN-28-10", "resnet-51", "resnet", ""])
 def test_unknown_or_invalid_arch_raises(arch):
     assert not is_known_arch(arch)
     with pytest.raises(RobustgenError) as info:
@@ -173,3 +173,39 @@ def test_register_model_pattern_parses_fields():
     finally:
         from robustgen import models
         del models._REGISTRY["test-net-<size>"]
+
+
+@pytest.mark.parametrize("arch, expected", [("resnet-50", 25_557_032), ("resnet-152", 60_192_808)])
+def test_torchvision_resnet_parameter_counts_match_torchvision(arch, expected):
+    with torch.device("meta"):
+        model = create_model(arch, num_classes=1000)
+    assert n_params(model) == expected  # torchvision's resnet50() / resnet152() (ImageNet, 1000 classes)
+
+
+def test_torchvision_resnet_loads_torchvision_weights_and_normalises_inside():
+    """The network proper is torchvision's: its weights load under net. (fc as logits), and with ReLU the model
+    on [0, 1] input equals torchvision's resnet50 on the normalised input; SiLU replaces every ReLU."""
+    from torchvision.models import resnet50
+
+    torch.manual_seed(0)
+    reference = resnet50(num_classes=7).eval()
+    randomize(reference)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    model = create_model("resnet-50", num_classes=7, mean=mean, std=std, activation="relu").eval()
+    state = reference.state_dict()
+    model.logits.load_state_dict({"weight": state.pop("fc.weight"), "bias": state.pop("fc.bias")})
+    model.net.load_state_dict(state)
+    x = torch.rand(2, 3, 64, 64)
+    normalised = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(model(x), reference(normalised))
+    silu = create_model("resnet-50", num_classes=7)
+    assert not any(isinstance(m, nn.ReLU) for m in silu.modules())
+    assert sum(isinstance(m, nn.SiLU) for m in silu.modules()) == 17  # the stem + 16 bottlenecks
+
+
+def test_wrn_takes_64x64_tinyimagenet_input():
+    """WRN-28-10 on TinyImageNet is the CIFAR network (stride 1, 2, 2, global average pool) on
+    64x64 input, as the PyTorch ports' ti_wideresnetwithswish."""
+    model = create_model("wrn-16-2", num_classes=200).eval()
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 64, 64)).shape == (2, 200)

@@ -196,7 +196,7 @@ def train(config, overrides, generated, out, wait, quiet):
 def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_size, seed, out, quiet):
     """Clean and robust accuracy of a checkpoint on the test split, per attack stage (JSON)."""
     from robustgen.checkpoint import write_json
-    from robustgen.data import load_dataset
+    from robustgen.data import load_split
     from robustgen.stages import evaluate_checkpoint, resolve_device
 
     extra = [] if config is not None or arch is not None else _trained_for(checkpoint)
@@ -208,7 +208,7 @@ def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_si
         extra.append(f"threat.eps={parse_number(eps, key='--eps', source='command line')!r}")
     cfg = _config(config, tuple(extra) + overrides)
     d, e = cfg.data, cfg.eval
-    test = load_dataset(d.dataset, "test", data_root=d.data_root, download=d.download, seed=d.split_seed)
+    test = load_split(d, "test")
     partial = None if out is None else out.with_name(out.name + ".partial.pt")
     result = evaluate_checkpoint(checkpoint, test, attack=e.attack, norm=cfg.threat.norm, eps=cfg.threat.eps, n=e.n,
                                  batch_size=e.batch_size, seed=e.seed, device=resolve_device(cfg.device),
@@ -220,6 +220,19 @@ def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_si
         click.echo(f"robustgen: warning: {warning}", err=True)
     # the per-point flags stay in --out: one character per test image is no terminal output
     click.echo(json.dumps({k: v for k, v in result.items() if k != "robust_points"}, indent=2))
+
+
+@cli.command("convert-guided-diffusion")
+@click.argument("checkpoint", type=click.Path(path_type=Path))
+@click.option("--preset", required=True, help="imagenet64-cond or imagenet256-cond (the checkpoint's flags)")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="diffusers folder to write")
+@click.option("--class-names", type=click.Path(path_type=Path), default=None,
+              help="text file: the model's class names (WordNet ids), one per line in class order")
+def convert_guided_diffusion_cmd(checkpoint, preset, out, class_names):
+    """Convert an openai/guided-diffusion checkpoint to a diffusers folder for generator.ddpm.pretrained."""
+    from robustgen.generate.diffusion.convert import convert_guided_diffusion
+
+    click.echo(f"wrote {convert_guided_diffusion(checkpoint, out, preset, class_names_file=class_names)}")
 
 
 @cli.command()
@@ -453,7 +466,7 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
     """Complementarity and coverage (paper Alg. 1), FID, IS and KID of generated sets against the
     config's real train / test splits, in the layout of paper Table 1."""
     from robustgen.checkpoint import write_json, write_text
-    from robustgen.data import load_dataset
+    from robustgen.data import load_split
     from robustgen.metrics.features import get_extractor
     from robustgen.metrics.measure import ImageSet, measure as measure_sets, open_image_set
     from robustgen.stages import resolve_device
@@ -462,8 +475,8 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
     if n < 2:
         raise RobustgenError(f"--n must be >= 2, got {n}")
     d = cfg.data
-    train = load_dataset(d.dataset, "train", data_root=d.data_root, download=d.download, seed=d.split_seed)
-    test = load_dataset(d.dataset, "test", data_root=d.data_root, download=d.download, seed=d.split_seed)
+    train = load_split(d, "train")
+    test = load_split(d, "test")
     sources = {}
     for item in generated:
         name, sep, path = item.partition("=")

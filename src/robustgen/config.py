@@ -35,7 +35,7 @@ class SourceConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = "cifar10"  # registry name (digits, cifar10, cifar100, svhn) or npz:PATH
+    dataset: str = "cifar10"  # registry name (digits, cifar10, cifar100, svhn, tinyimagenet, imagenet), npz:PATH or folder:PATH
     data_root: Optional[str] = None  # folder with local copies / download target
     download: bool = True  # torchvision datasets: download when missing (needs network)
     val_size: int = 1024  # training images held out (seeded) for model selection
@@ -45,6 +45,10 @@ class DataConfig:
     # Real training images kept (seeded, stratified, after validation is removed); the rest are
     # withheld: no stage trains on them, the `heldout` generator serves them. null: keep all.
     train_size: Optional[int] = None
+    # datasets of image files (folder:PATH, tinyimagenet, imagenet; robustgen.data.folder):
+    image_size: Optional[int] = None  # pixels: shorter side resized to this, centre square crop; null: the files' size
+    decode_workers: int = 0  # threads decoding image files (0: one per CPU core)
+    in_memory_gib: float = 8.0  # GiB: a split decoding to more is decoded per batch instead of held in RAM
     # Several sources mixed per batch, e.g. [{path: train, weight: 0.3}, {path: generated, weight: 0.7}];
     # empty: train.alpha of the real split and 1 - alpha of the generated data. train.alpha must
     # equal the real split's share here.
@@ -95,6 +99,9 @@ class DDPMConfig:
     sampling_steps: int = 20  # solver steps (ddpm: 1000 as Ho et al.; edm-heun: 2 * steps - 1 UNet calls)
     sample_batch_size: int = 256  # images per UNet call when sampling; samples are bitwise reproducible per value
     precision: str = "fp32"  # fp32 or bf16 (autocast of the UNet on CUDA, training and sampling; CPU: fp32)
+    # same: a pretrained model's classes are the data's; by-name: data class c conditions on the model
+    # class of the same name (class_names.json of the pretrained folder), e.g. TinyImageNet's 200 wnids
+    class_map: str = "same"
 
 
 @dataclass(frozen=True)
@@ -430,8 +437,11 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     f = cfg.label.top_fraction_per_class
     _check(f is None or 0 < f <= 1, source, f"label.top_fraction_per_class must be in (0, 1] or null, got {f}")
     _check(cfg.eval.n is None or cfg.eval.n > 0, source, "eval.n must be > 0 or null")
-    _check(cfg.data.dataset.startswith("npz:") or cfg.data.dataset in _dataset_names(), source,
-           f"data.dataset: unknown dataset {cfg.data.dataset!r} (known: {', '.join(_dataset_names())}, npz:PATH)")
+    _check(cfg.data.dataset.startswith(("npz:", "folder:")) or cfg.data.dataset in _dataset_names(), source,
+           f"data.dataset: unknown dataset {cfg.data.dataset!r} (known: {', '.join(_dataset_names())}, npz:PATH, folder:PATH)")
+    _check(cfg.data.image_size is None or cfg.data.image_size > 0, source, "data.image_size must be > 0 or null")
+    _check(cfg.data.decode_workers >= 0 and cfg.data.in_memory_gib >= 0, source,
+           "data.decode_workers and data.in_memory_gib must be >= 0")
     from robustgen.evaluate import list_attacks
     from robustgen.generate import list_generators
 
@@ -464,6 +474,7 @@ def _validate_ddpm(d: DDPMConfig, source: str) -> None:
     _check(d.warmup_steps >= 0 and d.grad_clip >= 0, source, "generator.ddpm.warmup_steps and grad_clip must be >= 0")
     _check(0.0 <= d.ema_decay < 1.0, source, f"generator.ddpm.ema_decay must be in [0, 1), got {d.ema_decay}")
     _check(d.dropout is None or 0.0 <= d.dropout < 1.0, source, "generator.ddpm.dropout must be in [0, 1) or null")
+    _check(d.class_map in ("same", "by-name"), source, f"generator.ddpm.class_map must be same or by-name, got {d.class_map!r}")
 
 
 def real_share(sources: list) -> float:
@@ -494,4 +505,4 @@ def _validate_sources(cfg: RunConfig, source: str) -> None:
 def _dataset_names() -> list[str]:
     from robustgen.data import list_datasets
 
-    return [d for d in list_datasets() if not d.startswith("npz:")]
+    return [d for d in list_datasets() if ":" not in d]

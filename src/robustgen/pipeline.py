@@ -155,18 +155,28 @@ def train_fingerprint(variant: RunConfig, data_fp: str, label_fp: str | None) ->
                        *([source_fingerprints(variant)] if variant.data.sources else []))
 
 
+def labels_are_conditions(cfg: RunConfig) -> bool:
+    """Labels are the generator's conditioning classes, unfiltered: no f_NR is needed (paper
+    footnote 12: the class-conditional TinyImageNet generator needs no pseudo-labelling), so
+    training reads the generated store directly."""
+    lab = cfg.label
+    return lab.mode == "condition" and not (lab.top_k_per_class or lab.top_fraction_per_class or lab.balanced
+                                             or lab.per_class)
+
+
 def plan(cfg: RunConfig) -> dict:
     """What ``run`` would do, without loading data or computing anything."""
     stages = []
     generators = list(dict.fromkeys(v.generator.name for _, v in model_variants(cfg) if needs_generated(v)))
-    if generators:
+    if generators and not labels_are_conditions(cfg):
         stages.append({"stage": "classifier", "arch": cfg.classifier.arch, "epochs": cfg.classifier.epochs,
                        "checkpoint": cfg.classifier.checkpoint})
     for name in generators:
         stages.append({"stage": "generate", "generator": name, "num_samples": cfg.generator.num_samples})
         stages.append({"stage": "label", "mode": cfg.label.mode, "top_k_per_class": cfg.label.top_k_per_class,
                        "top_fraction_per_class": cfg.label.top_fraction_per_class, "balanced": cfg.label.balanced,
-                       "per_class": cfg.label.per_class})
+                       "per_class": cfg.label.per_class,
+                       **({"classifier": "none (labels = conditioning classes)"} if labels_are_conditions(cfg) else {})})
     for name, v in model_variants(cfg):
         t = v.train
         epoch = t.epoch_size or "train split size"
@@ -208,7 +218,9 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
     labelled: dict[str, tuple[str, Path, dict]] = {}  # generator -> (label fingerprint, store, label summary)
 
     if any(needs_generated(v) for _, v in variants):
-        if cfg.classifier.checkpoint:
+        if labels_are_conditions(cfg):
+            pass  # no f_NR: the labels are the conditioning classes
+        elif cfg.classifier.checkpoint:
             classifier_path = Path(cfg.classifier.checkpoint)
             classifier_fp = fingerprint("external-classifier", str(classifier_path.resolve()),
                                         classifier_path.stat().st_mtime if classifier_path.exists() else None)
@@ -229,6 +241,9 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
         gen_stage = Stage(out, "generate", generate_fp)
         gen_stage.run(lambda d: generate_into_store(variant, generator_data(variant, splits), d / "store", device=device,
                                                     progress=progress), {"data": data_fp}, ctx=ctx)
+        if labels_are_conditions(cfg):  # the generated store's labels are its conditioning classes
+            labelled[g.name] = (fingerprint("label-conditions", generate_fp), gen_stage.dir / "store", None)
+            continue
         label_fp = fingerprint("label-store", generate_fp, classifier_fp, asdict(cfg.label))
         label_stage = Stage(out, "label", label_fp)
         label_result = label_stage.run(

@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from robustgen.checkpoint import load_model, model_spec, write_json
 from robustgen.config import RunConfig, config_to_dict
-from robustgen.data import ImageDataset, holdout_split, load_dataset, read_npz, train_val_split, write_npz
+from robustgen.data import ImageDataset, holdout_split, load_split, read_npz, train_val_split, write_npz
 from robustgen.data.store_format import DEFAULT_SHARD_SIZE, file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.evaluate import evaluate_robustness
@@ -58,8 +58,8 @@ def resolve_device(name: str) -> torch.device:
 
 def load_splits(cfg: RunConfig) -> Splits:
     d = cfg.data
-    full = load_dataset(d.dataset, "train", data_root=d.data_root, download=d.download, seed=d.split_seed)
-    test = load_dataset(d.dataset, "test", data_root=d.data_root, download=d.download, seed=d.split_seed)
+    full = load_split(d, "train")
+    test = load_split(d, "test")
     if test.image_shape != full.image_shape:
         raise RobustgenError(f"{d.dataset}: train images are {full.image_shape} but test images are {test.image_shape}")
     if test.num_classes > full.num_classes:
@@ -68,7 +68,8 @@ def load_splits(cfg: RunConfig) -> Splits:
     heldout = None
     if d.train_size is not None:
         train, heldout = holdout_split(train, d.train_size, d.split_seed)
-    return Splits(train=train, val=val, test=test, heldout=heldout)
+    # model selection attacks the validation split every few epochs: keep it decoded
+    return Splits(train=train, val=val.in_memory(), test=test, heldout=heldout)
 
 
 def generator_data(cfg: RunConfig, splits: Splits) -> ImageDataset:
@@ -126,7 +127,7 @@ def _selection_evaluator(cfg: RunConfig, val: ImageDataset, device: torch.device
 @torch.no_grad()
 def clean_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
                    device: torch.device) -> float:
-    probs = predict_probabilities(model, images, batch_size=batch_size, device=device)
+    probs = predict_probabilities(model, np.asarray(images), batch_size=batch_size, device=device)
     return float((probs.argmax(1) == labels).mean())
 
 
@@ -170,7 +171,7 @@ def generate_samples(cfg: RunConfig, train: ImageDataset, out_path: Path, *, fit
     g = cfg.generator
     generator = get_generator(g.name)
     options = {"device": str(resolve_device(cfg.device)), "work_dir": Path(out_path).parent / f"{g.name}-work",
-               "progress": progress, **(fit_options or {})}
+               "progress": progress, "class_names": train.class_names, **(fit_options or {})}
     t0 = time.perf_counter()
     fitted = generator.fit(train.images, train.labels, num_classes=train.num_classes, **generator_fit_kwargs(g),
                            **runtime_kwargs(generator, options))
@@ -203,7 +204,7 @@ def generate_into_store(cfg: RunConfig, train: ImageDataset, store_dir: Path, *,
                           data_name=cfg.data.dataset, shard_size=shard_size, progress=progress,
                           verify_existing=verify_existing,
                           fit_options={"device": str(device), "work_dir": Path(store_dir) / "generator-work",
-                                       "progress": progress})
+                                       "progress": progress, "class_names": train.class_names})
 
 
 # --------------------------------------------------------------------------- label

@@ -59,12 +59,15 @@ def target_ranks(restarts: int, targets: int | None, num_targets: int) -> list[i
 def multitargeted_attack(model, x: torch.Tensor, labels: torch.Tensor, *, norm: str, eps: float,
                          restarts: int = 10, targets: int | None = None, steps: int = 200,
                          step_rule: str = "sign", step_size: Callable[[int], float] | None = None,
+                         num_targets: int | None = None,
                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (x_adv [B, C, H, W], success bool [B]); x_adv is the first successful iterate of a
-    broken point and the clean input otherwise. ``targets``: see the module docstring. The model
-    is used as given (callers set eval mode and freeze parameters)."""
+    broken point and the clean input otherwise. ``targets``: see the module docstring.
+    ``num_targets``: only the k classes with the largest clean margin are candidate targets (paper
+    App. B: k = 10 on ImageNet); None: all K - 1. The model is used as given (callers set eval mode
+    and freeze parameters)."""
     schedule = step_size or default_mt_schedule(steps, eps)
-    order = target_order(_forward_no_grad(model, x), labels)  # [B, K-1]
+    order = target_order(_forward_no_grad(model, x), labels)[:, :num_targets]  # [B, min(k, K-1)]
     x_adv = x.detach().clone()
     success = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
     for rank in target_ranks(restarts, targets, order.shape[1]):

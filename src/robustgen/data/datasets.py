@@ -1,9 +1,10 @@
 """Real image datasets: the ``ImageDataset`` container, a name registry and the built-ins.
 
-Images stay uint8 [N, H, W, C] in host memory; they become float only on the device
-(see ``augment.py``). Built-ins: ``digits`` (scikit-learn's bundled 8x8 digits, offline, for
-tests and smoke runs), ``cifar10`` / ``cifar100`` / ``svhn`` (torchvision), and
-``npz:PATH`` (the released-data layout, REFERENCE.md §4).
+Images stay uint8 [N, H, W, C] in host memory (or decoded on demand from files, ``folder.py``);
+they become float only on the device (see ``augment.py``). Built-ins: ``digits`` (scikit-learn's
+bundled 8x8 digits, offline, for tests and smoke runs), ``cifar10`` / ``cifar100`` / ``svhn``
+(torchvision), ``npz:PATH`` (the released-data layout), ``tinyimagenet`` / ``imagenet`` (local
+copies) and ``folder:PATH`` (an ImageFolder tree of image files).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Callable
 import numpy as np
 
 from robustgen.errors import RobustgenError
+from robustgen.data import folder
 from robustgen.data.npz import read_npz, validate_dataset, validate_images, validate_labels
 from robustgen.registry import Registry
 
@@ -25,6 +27,7 @@ __all__ = [
     "ImageDataset",
     "list_datasets",
     "load_dataset",
+    "load_split",
     "register_dataset",
     "holdout_split",
     "train_val_split",
@@ -51,10 +54,23 @@ class ImageDataset:
         object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
         if not self.class_names:
             raise RobustgenError(f"{self.name}: dataset has no class names")
-        validate_images(self.images, source=self.name, allow_empty=True)
+        if not self.decoded_on_demand:
+            validate_images(self.images, source=self.name, allow_empty=True)
         validate_labels(self.labels, n=self.images.shape[0], num_classes=len(self.class_names),
                         source=self.name, allow_empty=True)
         object.__setattr__(self, "labels", self.labels.astype(np.int64, copy=False))
+
+    @property
+    def decoded_on_demand(self) -> bool:
+        """Whether ``images`` is a ``FolderImages`` (decoded per access) rather than a numpy array."""
+        from robustgen.data.folder import FolderImages
+
+        return isinstance(self.images, FolderImages)
+
+    def in_memory(self) -> "ImageDataset":
+        """This dataset with its images as a numpy array (decoding them if needed)."""
+        return self if not self.decoded_on_demand else ImageDataset(
+            np.asarray(self.images), self.labels, self.class_names, self.name)
 
     @property
     def num_classes(self) -> int:
@@ -76,13 +92,18 @@ class ImageDataset:
         idx = np.asarray(indices)
         if idx.dtype != bool:
             idx = idx.astype(np.int64, copy=False)
-        return ImageDataset(self.images[idx], self.labels[idx], self.class_names, self.name)
+        images = self.images.take(idx) if self.decoded_on_demand else self.images[idx]
+        return ImageDataset(images, self.labels[idx], self.class_names, self.name)
 
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        """Per-channel mean and (population) std of images/255, for the model's normalisation."""
+        """Per-channel mean and (population) std of images/255, for the model's normalisation;
+        of a seeded sample of 10,000 images when they are decoded on demand (ImageNet)."""
         n = len(self)
         if n == 0:
             raise RobustgenError(f"{self.name}: cannot compute mean/std of an empty dataset")
+        if self.decoded_on_demand and n > 10_000:
+            rows = np.sort(np.random.default_rng(0).choice(n, 10_000, replace=False))
+            return self.subset(rows).in_memory().mean_std()
         c = self.images.shape[3]
         total = np.zeros(c, np.float64)
         total_sq = np.zeros(c, np.float64)
@@ -102,6 +123,8 @@ class ImageDataset:
 
 LoaderFn = Callable[..., ImageDataset]
 _REGISTRY = Registry("dataset")  # name -> LoaderFn
+# Local copies kept as image files: name -> (root, split) -> FileList (robustgen.data.folder)
+_FILE_LAYOUTS = {"tinyimagenet": folder.tinyimagenet_files, "imagenet": folder.imagenet_files}
 
 
 def register_dataset(name: str):
@@ -112,20 +135,39 @@ def register_dataset(name: str):
 
 
 def list_datasets() -> list[str]:
-    """Registered dataset names, plus the ``npz:PATH`` form."""
-    return sorted(_REGISTRY) + ["npz:PATH"]
+    """Registered dataset names, plus the ``npz:PATH`` and ``folder:PATH`` forms."""
+    return sorted([*_REGISTRY, *_FILE_LAYOUTS]) + ["npz:PATH", "folder:PATH"]
 
 
 def load_dataset(spec: str, split: str, *, data_root: str | None = None, download: bool = True,
-                 seed: int = 0) -> ImageDataset:
-    """Load split ``"train"`` or ``"test"`` of dataset ``spec`` (a registered name or ``npz:PATH``)."""
+                 seed: int = 0, image_size: int | None = None, decode_workers: int = 0,
+                 in_memory_gib: float = 8.0) -> ImageDataset:
+    """Load split ``"train"`` or ``"test"`` of dataset ``spec`` (a registered name, ``npz:PATH`` or
+    ``folder:PATH``). ``image_size``, ``decode_workers``, ``in_memory_gib``: how datasets of image
+    files are decoded (``robustgen.data.folder``); the others ignore them."""
     if split not in SPLITS:
         raise RobustgenError(f"dataset split must be one of {list(SPLITS)}, got {split!r}")
+    decoding = dict(image_size=image_size, decode_workers=decode_workers, in_memory_gib=in_memory_gib)
     if spec.startswith("npz:"):
         return _load_npz_dataset(spec[len("npz:"):], split, spec=spec)
+    if spec.startswith("folder:"):
+        if not spec[len("folder:"):]:
+            raise RobustgenError("dataset 'folder:' needs a path, e.g. folder:data/my-images (with train/ and test/)")
+        files = folder.folder_files(Path(spec[len("folder:"):]), split)
+        return folder.load_file_dataset(files, name=spec, **decoding)
+    if spec in _FILE_LAYOUTS:
+        files = _FILE_LAYOUTS[spec](default_data_root(data_root), split)
+        return folder.load_file_dataset(files, name=spec, **decoding)
     if spec not in _REGISTRY:
         raise RobustgenError(f"unknown dataset {spec!r}; choose from {list_datasets()}")
     return _REGISTRY[spec](split, data_root=data_root, download=download, seed=seed)
+
+
+def load_split(data_config, split: str) -> ImageDataset:
+    """Split ``split`` of the dataset a ``DataConfig`` (``data.*`` keys) names."""
+    d = data_config
+    return load_dataset(d.dataset, split, data_root=d.data_root, download=d.download, seed=d.split_seed,
+                        image_size=d.image_size, decode_workers=d.decode_workers, in_memory_gib=d.in_memory_gib)
 
 
 def train_val_split(ds: ImageDataset, val_size: int, seed: int) -> tuple[ImageDataset, ImageDataset]:

@@ -417,8 +417,9 @@ class GaussianGenerator:
     def fit(
         train_images: np.ndarray, train_labels: np.ndarray, *, num_classes: int, num_components: int = 200
     ) -> GaussianFit:
+        # images decoded on demand from files (data.folder) are decoded here, all at once
         return fit_class_conditional_gaussian(
-            train_images, train_labels, num_classes=num_classes, num_components=num_components
+            np.asarray(train_images), train_labels, num_classes=num_classes, num_components=num_components
         )
 
     @staticmethod

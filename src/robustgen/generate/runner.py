@@ -41,9 +41,13 @@ _SHARD_FIELDS = ("images", "labels", "conditions")
 
 
 def array_fingerprint(*arrays: np.ndarray) -> str:
-    """sha256 over the arrays' shapes, dtypes and bytes (identifies the training data)."""
+    """sha256 over the arrays' shapes, dtypes and bytes (identifies the training data); images
+    decoded on demand from files (``data.folder.FolderImages``) contribute their file fingerprint."""
     h = hashlib.sha256()
     for a in arrays:
+        if hasattr(a, "fingerprint") and not isinstance(a, np.ndarray):
+            h.update(f"files{a.shape}{a.fingerprint()}".encode())
+            continue
         a = np.ascontiguousarray(a)
         h.update(f"{a.dtype.str}{a.shape}".encode())
         h.update(memoryview(a.reshape(-1).view(np.uint8)))

@@ -1,4 +1,5 @@
-"""Classifiers of Gowal et al. 2021 (Sec. 5: WRN-28-10, WRN-70-16, PreAct ResNet-18) plus a
+"""Classifiers of Gowal et al. 2021 (Sec. 5: WRN-28-10, WRN-70-16, PreAct ResNet-18; App. B:
+torchvision's ResNet-50/152 for ImageNet, ``resnet-<depth>``) plus a
 small CNN for the CPU demo and the kuangliu CIFAR ResNet-18 layout (to load external
 checkpoints, ``robustgen.checkpoint.load_external_model``), behind one registry. Every model
 takes [0, 1] NCHW input, normalises it inside ((x - mean) / std, buffers saved in the state
@@ -22,12 +23,13 @@ from robustgen.errors import RobustgenError
 from robustgen.models.common import ACTIVATIONS, NormalizedClassifier
 from robustgen.models.kuangliu_resnet import KuangliuResNet
 from robustgen.models.preact_resnet import PreActResNet
+from robustgen.models.resnet import TorchvisionResNet, resnet_depth_error
 from robustgen.models.small_cnn import SmallCNN
 from robustgen.models.wide_resnet import WideResNet, wrn_depth_error
 
 __all__ = [
     "create_model", "external_normalization", "list_models", "is_known_arch", "register_model", "example_arch",
-    "NormalizedClassifier", "WideResNet", "PreActResNet", "SmallCNN", "KuangliuResNet",
+    "NormalizedClassifier", "WideResNet", "PreActResNet", "SmallCNN", "KuangliuResNet", "TorchvisionResNet",
 ]
 
 _FIELD = re.compile(r"<([a-z_]+)>")
@@ -160,3 +162,8 @@ def _small_cnn_width(*, width: int, **kwargs) -> nn.Module:
 @register_model("resnet-18-kuangliu")
 def _kuangliu_resnet18(**kwargs) -> nn.Module:
     return KuangliuResNet((2, 2, 2, 2), **kwargs)
+
+
+@register_model("resnet-<depth>", example="resnet-18", validate=resnet_depth_error)
+def _torchvision_resnet(*, depth: int, **kwargs) -> nn.Module:
+    return TorchvisionResNet(depth, **kwargs)

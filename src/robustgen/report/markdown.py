@@ -74,6 +74,8 @@ def write_report(out: Path, results: dict, *, samples_path: Path | None,
     labelings = results.get("labeling_by_generator") or (
         {results["config"]["generator"]["name"]: results["labeling"]} if results.get("labeling") else {})
     for name, lab in labelings.items():
+        if lab is None:
+            continue  # labels are the conditioning classes: no f_NR summary
         # for withheld real images the conditioning class is the true label: agreement = f_NR's label accuracy
         agree = "the true class" if name == "heldout" else "the generator's class"
         lines += [f"Pseudo-labels of `{name}`: {lab['num_labeled']:,} images, mean f_NR confidence "
@@ -87,7 +89,8 @@ def write_report(out: Path, results: dict, *, samples_path: Path | None,
     if samples_path is not None and samples_path.exists():
         save_store_grid(out / "samples.png", samples_path, per_class=10, seed=0,
                         title="generated samples with their training labels (one row per class)")
-        lines += ["Generated samples as training sees them (labels from f_NR), one row per class:", "",
+        source = "from f_NR" if results.get("labeling") else "the generator's conditioning classes"
+        lines += [f"Generated samples as training sees them (labels {source}), one row per class:", "",
                   "![samples](samples.png)", ""]
     for caption, path in figures:
         lines += [f"{caption}:", "", f"![{Path(path).stem}]({path})", ""]

@@ -100,8 +100,9 @@ class Chunk:
 
 class TrainingBatches:
     """This rank's chunks of step t's global batch. Source 0 is the real split, kept on the
-    device as uint8; sources 1.. are generated sets (arrays in RAM or stores on disk, read with
-    constant memory). Every batch holds exactly ``counts[i]`` rows of source i (``source_counts``
+    device as uint8 (or, when its images are decoded on demand from files, gathered per step on
+    the host like the generated rows); sources 1.. are generated sets (arrays in RAM or stores
+    on disk, read with constant memory). Every batch holds exactly ``counts[i]`` rows of source i (``source_counts``
     of the weights; (alpha, 1 - alpha) gives round(alpha * B) real rows), spread evenly over the
     world_size x micro_batches chunks. Indices and generated rows are prepared ahead of the step
     by a background thread, into pinned memory under CUDA, and only for this rank's chunks."""
@@ -118,8 +119,12 @@ class TrainingBatches:
         self.indices = WeightedIndices([len(real), *(len(g) for g in self.generated)], weights,
                                        batch_size=s.batch_size, seed=s.seed, sampling=sampling)
         self.counts = self.indices.counts
-        self.real_images = torch.from_numpy(real.images).to(device)  # uint8 [N, H, W, C]
-        self.real_labels = torch.from_numpy(real.labels).to(device)
+        self.real_on_device = not real.decoded_on_demand
+        if self.real_on_device:
+            self.real_images = torch.from_numpy(real.images).to(device)  # uint8 [N, H, W, C]
+            self.real_labels = torch.from_numpy(real.labels).to(device)
+        # sources whose rows the prefetch thread gathers on the host
+        self.host_sources = self.generated if self.real_on_device else [_FileSource(real), *self.generated]
         self.image_shape = tuple(real.images.shape[1:])
         self.num_classes = num_classes
         total_chunks = ctx.world_size * s.micro_batches
@@ -153,29 +158,34 @@ class TrainingBatches:
         return torch.from_numpy(order).to(self.device)
 
     def _fetch(self, step: int) -> list:
-        """Per chunk of this rank: its real indices and its generated rows (images, labels) on the host."""
+        """Per chunk of this rank: its real indices (None when the real rows are gathered on the
+        host), the number of real rows and the host-gathered rows (images, labels)."""
         idx = self.indices(step)
         out = []
         for _, rows in self.mine:
             real = idx[0][rows[0]]
-            real_idx = host_buffer((len(real),), np.int64, pin_memory=self.pin)
-            real_idx.numpy()[:] = real
-            picked = [source_idx[r] for source_idx, r in zip(idx[1:], rows[1:])]
+            real_idx = None
+            if self.real_on_device:
+                real_idx = host_buffer((len(real),), np.int64, pin_memory=self.pin)
+                real_idx.numpy()[:] = real
+            picked = [source_idx[r] for source_idx, r in zip(idx, rows)][1 if self.real_on_device else 0:]
             n = sum(len(p) for p in picked)
             images = host_buffer((n, *self.image_shape), np.uint8, pin_memory=self.pin)
             labels = host_buffer((n,), np.int64, pin_memory=self.pin)
-            gather_rows(self.generated, picked, images.numpy(), labels.numpy())
-            out.append((real_idx, images, labels))
+            gather_rows(self.host_sources, picked, images.numpy(), labels.numpy())
+            out.append((real_idx, len(real), images, labels))
         return out
 
-    def _chunk(self, real_idx: torch.Tensor, gen_images: torch.Tensor, gen_labels: torch.Tensor, index: int) -> Chunk:
+    def _chunk(self, real_idx: torch.Tensor | None, n_real: int, host_images: torch.Tensor,
+               host_labels: torch.Tensor, index: int) -> Chunk:
         s, dev = self.s, self.device
-        real_idx = real_idx.to(dev, non_blocking=True)
-        images, labels = self.real_images[real_idx], self.real_labels[real_idx]
-        n_real, n_gen = len(real_idx), len(gen_labels)
-        if n_gen:
-            images = torch.cat([images, gen_images.to(dev, non_blocking=True)])
-            labels = torch.cat([labels, gen_labels.to(dev, non_blocking=True)])
+        images = host_images.to(dev, non_blocking=True)
+        labels = host_labels.to(dev, non_blocking=True)
+        if real_idx is not None:  # real rows from the device copy, then the host rows
+            real_idx = real_idx.to(dev, non_blocking=True)
+            images = torch.cat([self.real_images[real_idx], images])
+            labels = torch.cat([self.real_labels[real_idx], labels])
+        n_gen = len(labels) - n_real
         smooth = torch.cat([torch.full((n_real,), s.label_smoothing_real, device=dev),
                             torch.full((n_gen,), s.label_smoothing_generated, device=dev)])
         targets = smoothed_targets(labels, num_classes=self.num_classes, smoothing=smooth)
@@ -189,11 +199,24 @@ class TrainingBatches:
         if self.prefetch.next_step != step:
             raise RuntimeError(f"batches are read in step order: expected step {self.prefetch.next_step}, got {step}")
         fetched = next(self.prefetch)
-        return [self._chunk(real_idx, images, labels, c)
-                for (c, _), (real_idx, images, labels) in zip(self.mine, fetched)]
+        return [self._chunk(*item, c) for (c, _), item in zip(self.mine, fetched)]
 
     def close(self) -> None:
         self.prefetch.close()
+
+
+class _FileSource:
+    """A real split decoded on demand from files, as a batch source (``gather`` / ``labels``)."""
+
+    def __init__(self, ds: ImageDataset):
+        self.images, self.labels, self.num_classes = ds.images, ds.labels, ds.num_classes
+        self.image_shape = ds.image_shape
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def gather(self, indices, out=None):
+        return self.images.gather(indices, out=out)
 
 
 @dataclass

@@ -6,7 +6,11 @@ holds the sampling settings too (sampler, steps, batch size, precision), since t
 images; it is saved as one safetensors file (weights + JSON metadata, no pickle).
 
 Global sample i has conditioning class i % K (class-conditional UNet; the first N samples are
-class-balanced) or none (unconditional: labels come from pseudo-labelling). Sample i's noise
+class-balanced) or none (unconditional: labels come from pseudo-labelling). A model with more
+classes than the data (an ImageNet DDPM for TinyImageNet, paper Sec. 6) is restricted to the
+data's classes with ``class_map="by-name"``: data class c conditions on the model class of the
+same name (the pretrained folder's ``class_names.json``, e.g. WordNet ids), and the sample's
+label is c. Sample i's noise
 comes from its own generator (``samplers.sample_generators(seed, [i])``). Samples are computed
 in fixed batches of ``sample_batch_size`` aligned to the global index, so sample i is bitwise
 the same whatever range, shard size or restart produced it (same machine and device).
@@ -45,6 +49,7 @@ class DDPMFit:
     batch_size: int = 256
     precision: str = "fp32"
     info: dict = field(default_factory=dict)  # training summary / source
+    condition_classes: list | None = None  # model class of each data class (class_map by-name); None: the same
 
     def to(self, device) -> "DDPMFit":
         self.unet.to(torch.device(device))
@@ -66,14 +71,16 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
              batch_size: int = 64, lr: float = 1e-3, warmup_steps: int = 200, ema_decay: float = 0.999,
              grad_clip: float = 1.0, dropout: float | None = None, flip: bool = False, train_seed: int = 0,
              sampler: str = "dpm-solver++", sampling_steps: int = 20, sample_batch_size: int = 256,
-             precision: str = "fp32", checkpoint_every_steps: int = 500, device: str = "cpu",
-             work_dir=None, progress: bool = False, stop_after: int | None = None) -> DDPMFit:
+             precision: str = "fp32", checkpoint_every_steps: int = 500, class_map: str = "same",
+             class_names=None, device: str = "cpu", work_dir=None, progress: bool = False,
+             stop_after: int | None = None) -> DDPMFit:
     """Train a DDPM on uint8 NHWC ``train_images`` (or load ``pretrained``); see the module doc."""
     from robustgen.generate.diffusion.train import DDPMTrainSettings, train_ddpm
     from robustgen.generate.diffusion.unet import (alphas_cumprod, build_unet, ho_scheduler_config,
                                                    load_pretrained, unet_num_classes)
 
-    if not isinstance(train_images, np.ndarray) or train_images.dtype != np.uint8 or train_images.ndim != 4:
+    # only the shape is read when loading a pretrained model (images may be decoded on demand)
+    if getattr(train_images, "dtype", None) != np.uint8 or getattr(train_images, "ndim", None) != 4:
         raise RobustgenError(f"expected uint8 NHWC images, got {getattr(train_images, 'dtype', type(train_images))} "
                              f"{getattr(train_images, 'shape', '')}")
     if sampler not in SAMPLERS:
@@ -92,15 +99,20 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
         if (k is not None) != bool(class_conditional):
             raise RobustgenError(f"{pretrained}: the model is {'class-conditional' if k else 'unconditional'} "
                                  f"but generator.ddpm.class_conditional is {class_conditional}")
-        if k is not None and k != num_classes:
-            raise RobustgenError(f"{pretrained}: the model has {k} classes but the data {num_classes}")
+        condition_classes = None
+        if class_map == "by-name" and k is not None:
+            condition_classes = _classes_by_name(pretrained, class_names, num_classes)
+        elif k is not None and k != num_classes:
+            raise RobustgenError(f"{pretrained}: the model has {k} classes but the data {num_classes} "
+                                 f"(generator.ddpm.class_map=by-name restricts it to the data's classes)")
         size = model.config.sample_size
         size = size if isinstance(size, int) else size[0]
         if (size, model.config.in_channels) != (h, c):
             raise RobustgenError(f"{pretrained}: the model makes {size}x{size}x{model.config.in_channels} images "
                                  f"but the data are {h}x{w}x{c}")
         return DDPMFit(model.to(device), sched, num_classes, bool(class_conditional), (h, w, c),
-                       info={"pretrained": str(pretrained)}, **sample_settings)
+                       info={"pretrained": str(pretrained)}, condition_classes=condition_classes, **sample_settings)
+    train_images = np.asarray(train_images)
     labels = np.asarray(train_labels, dtype=np.int64) if class_conditional else None
     if labels is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise RobustgenError(f"labels must lie in [0, {num_classes})")
@@ -123,6 +135,24 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
                    info={"unet": unet, **summary}, **sample_settings)
 
 
+def _classes_by_name(pretrained: str, class_names, num_classes: int) -> list[int]:
+    """The model class of each data class, matched by name through ``pretrained/class_names.json``."""
+    from pathlib import Path
+
+    path = Path(str(pretrained)).expanduser() / "class_names.json"
+    if not path.is_file():
+        raise RobustgenError(f"{path}: file not found (generator.ddpm.class_map=by-name needs the model's class "
+                             f"names; robustgen convert-guided-diffusion --class-names writes it)")
+    if class_names is None or len(class_names) != num_classes:
+        raise RobustgenError("generator.ddpm.class_map=by-name needs the data's class names")
+    index = {str(n): i for i, n in enumerate(json.loads(path.read_text()))}
+    missing = [str(n) for n in class_names if str(n) not in index]
+    if missing:
+        raise RobustgenError(f"{path}: {len(missing)} of the data's classes are not among the model's "
+                             f"(first: {missing[0]!r})")
+    return [index[str(n)] for n in class_names]
+
+
 class DDPMRangeSampler:
     """``sample(start, stop)`` -> (uint8 [n, H, W, C], int64 classes or None) of the global sequence."""
 
@@ -138,7 +168,8 @@ class DDPMRangeSampler:
         f = self.fit
         idx = range(b * f.batch_size, (b + 1) * f.batch_size)
         device = next(f.unet.parameters()).device
-        labels = (torch.tensor([i % f.num_classes for i in idx], dtype=torch.long, device=device)
+        model_class = f.condition_classes or list(range(f.num_classes))  # of each data class
+        labels = (torch.tensor([model_class[i % f.num_classes] for i in idx], dtype=torch.long, device=device)
                   if f.class_conditional else None)
         x = sample_diffusion(f.unet, f.scheduler_config, generators=sample_generators(self.seed, idx),
                              class_labels=labels, sampler=f.sampler, steps=f.steps, bf16=f.precision == "bf16")
@@ -168,7 +199,7 @@ class DDPMGenerator:
     for sharded generation. ``runtime_options`` are passed by the runner but not fingerprinted."""
 
     fit_file = "generator_fit.safetensors"
-    runtime_options = ("device", "work_dir", "progress")
+    runtime_options = ("device", "work_dir", "progress", "class_names")
 
     @staticmethod
     def fit_kwargs(generator_config) -> dict:
@@ -199,7 +230,7 @@ class DDPMGenerator:
                 "scheduler_config": fitted.scheduler_config, "num_classes": fitted.num_classes,
                 "class_conditional": fitted.class_conditional, "image_shape": list(fitted.image_shape),
                 "sampler": fitted.sampler, "steps": fitted.steps, "batch_size": fitted.batch_size,
-                "precision": fitted.precision, "info": fitted.info}
+                "precision": fitted.precision, "info": fitted.info, "condition_classes": fitted.condition_classes}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata={_META_KEY: json.dumps(meta, default=str)}))
 
     @staticmethod
@@ -219,4 +250,5 @@ class DDPMGenerator:
         unet.eval().requires_grad_(False).to(torch.device(device))
         return DDPMFit(unet, meta["scheduler_config"], int(meta["num_classes"]), bool(meta["class_conditional"]),
                        tuple(meta["image_shape"]), sampler=meta["sampler"], steps=int(meta["steps"]),
-                       batch_size=int(meta["batch_size"]), precision=meta["precision"], info=meta.get("info", {}))
+                       batch_size=int(meta["batch_size"]), precision=meta["precision"], info=meta.get("info", {}),
+                       condition_classes=meta.get("condition_classes"))

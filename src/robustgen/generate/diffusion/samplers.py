@@ -130,10 +130,16 @@ def sample_diffusion(unet, scheduler_config: dict, *, generators: Sequence[torch
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
                 else contextlib.nullcontext())
 
-    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def model_output(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with autocast:
             out = unet(x, t, class_labels=class_labels).sample
         return out.float()
+
+    def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        # learned-variance models (guided-diffusion) output [eps, variance]: the ODE solvers read eps
+        return model_output(x, t)[:, :c]
+
+    learned_variance = scheduler_config.get("variance_type") in ("learned", "learned_range")
 
     x = per_sample_noise(generators, (c, size, size), device)  # [B, C, H, W]
     if sampler == "edm-heun":
@@ -148,7 +154,9 @@ def sample_diffusion(unet, scheduler_config: dict, *, generators: Sequence[torch
     x = x * sched.init_noise_sigma
     for t in sched.timesteps:
         model_in = sched.scale_model_input(x, t)
-        eps = eps_model(model_in, t.expand(x.shape[0]).to(device))
+        # ancestral DDPM steps of a learned-variance model take its variance output too
+        step_model = model_output if sampler == "ddpm" and learned_variance else eps_model
+        eps = step_model(model_in, t.expand(x.shape[0]).to(device))
         kwargs = {"generator": list(generators)} if sampler == "ddpm" else {}
         x = sched.step(eps, t, x, **kwargs).prev_sample
     return x.clamp(-1, 1)
