@@ -187,3 +187,29 @@ def test_run_end_to_end_on_a_folder_of_jpegs_decoded_per_batch(tmp_path):
         assert m["n_eval"] == 12 and 0 <= m["robust_accuracy"] <= m["clean_accuracy"] <= 1
     stages = sorted(p.name.split("-")[0] for p in (tmp_path / "run" / "stages").iterdir())
     assert stages == ["eval", "generate", "train"] and results["labeling"] is None
+
+
+@pytest.mark.parametrize("preset, unet", [("tinyimagenet_linf_wrn-28-10", "guided-diffusion-imagenet64"),
+                                          ("imagenet_linf_resnet-152", "guided-diffusion-imagenet256")])
+def test_presets_dry_run_print_the_cost_and_name_what_is_missing(preset, unet, tmp_path, capsys):
+    """Without the data and the converted DDPM, the dry run still prints the recipe and the cost
+    (published split sizes; no f_NR stages: labels are the conditioning classes), then fails
+    naming the missing folders."""
+    from robustgen.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["run", preset, "--dry-run", "--out", str(tmp_path / "run"), "--set", f"data.data_root={tmp_path}"])
+    out, err = capsys.readouterr()
+    assert e.value.code == 2 and "cost estimate" in out and f"UNet {unet}" in out
+    assert "  classifier:" not in out and "  labelling:" not in out
+    assert f"{tmp_path}: no " in err and "guided-diffusion-" in err
+
+
+def test_folder_dataset_sizes_for_the_cost_estimate(tmp_path):
+    from robustgen.config import load_config
+    from robustgen.preflight import data_shape
+
+    root = make_folder_tree(tmp_path / "imgs", per_class=(5, 2), size=(16, 12))
+    cfg = load_config(None, [f"data.dataset=folder:{root}", "data.image_size=8"])
+    shape = data_shape(cfg)
+    assert (shape.n_train, shape.n_test, shape.image_shape, shape.num_classes) == (15, 6, (8, 8, 3), 3)

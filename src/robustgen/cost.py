@@ -128,7 +128,7 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
                   num_classes: int) -> CostEstimate:
     """The cost of ``robustgen run cfg`` on a dataset of these sizes (see the module docstring)."""
     from robustgen.evaluate import get_attack
-    from robustgen.pipeline import model_variants, needs_generated
+    from robustgen.pipeline import labels_are_conditions, model_variants, needs_generated
     from robustgen.stages import adversarial_settings
     from robustgen.train.loop import steps_for
 
@@ -142,7 +142,8 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
     if any(needs_generated(v) for _, v in variants):
         c, g = cfg.classifier, cfg.generator
         gf, params = forward_gflops(c.arch, image_shape, num_classes)
-        if c.checkpoint is None:
+        pseudo_labels = not labels_are_conditions(cfg)  # else no f_NR: labels are the conditioning classes
+        if c.checkpoint is None and pseudo_labels:
             steps = steps_for(epochs=c.epochs, epoch_size=n_real, batch_size=c.batch_size)
             stages.append(StageCost("classifier", 3.0 * steps * c.batch_size, gf, "fp32",
                                     f"{c.arch}, {steps:,} steps x {c.batch_size} images x 3", proxy=True))
@@ -161,8 +162,9 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
         else:
             stages.append(StageCost("sampling", 0.0, 0.0, None,
                                     f"{g.name}: {g.num_samples:,} images on the CPU (no GPU estimate)"))
-        stages.append(StageCost("labelling", float(g.num_samples), gf, "fp32",
-                                f"{g.num_samples:,} images x 1 forward of {c.arch}", proxy=True))
+        if pseudo_labels:
+            stages.append(StageCost("labelling", float(g.num_samples), gf, "fp32",
+                                    f"{g.num_samples:,} images x 1 forward of {c.arch}", proxy=True))
         # uint8 images plus label, confidence and condition per image; the labelled copy shares the images
         disk += g.num_samples * (pixels + 24)
     for name, v in variants:

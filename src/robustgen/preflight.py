@@ -113,6 +113,8 @@ def data_shape(cfg: RunConfig, report: Preflight | None = None) -> DataShape | N
                 if report is not None:
                     report.notes.append(f"dataset {spec}: not under {root}; torchvision will download it (network)")
             return DataShape(n_train, n_test, shape, classes)
+        if spec in _IMAGE_FILES or spec.startswith("folder:"):
+            return _file_data_shape(cfg, report)
         from robustgen.data import load_dataset  # small bundled datasets (digits): just load them
 
         train = load_dataset(spec, "train", data_root=cfg.data.data_root, download=cfg.data.download,
@@ -125,6 +127,38 @@ def data_shape(cfg: RunConfig, report: Preflight | None = None) -> DataShape | N
             raise
         report.problems.append(str(e))
         return None
+
+
+# Local image-file datasets (robustgen.data.folder): (train images, test images, native side, classes).
+_IMAGE_FILES = {"tinyimagenet": (100_000, 10_000, 64, 200), "imagenet": (1_281_167, 50_000, None, 1000)}
+
+
+def _file_data_shape(cfg: RunConfig, report: Preflight | None) -> DataShape:
+    """Sizes of a dataset of image files: from its file lists when present (the first image gives
+    the size unless data.image_size is set); for tinyimagenet / imagenet not present, the published
+    split sizes, with a problem naming the missing folder."""
+    from robustgen.data.datasets import _FILE_LAYOUTS, default_data_root
+    from robustgen.data.folder import FolderImages, folder_files
+
+    spec, d = cfg.data.dataset, cfg.data
+    try:
+        if spec.startswith("folder:"):
+            train, test = (folder_files(Path(spec[7:]), split) for split in ("train", "test"))
+        else:
+            root = default_data_root(d.data_root)
+            train, test = (_FILE_LAYOUTS[spec](root, split) for split in ("train", "test"))
+    except RobustgenError as e:
+        if report is None or spec not in _IMAGE_FILES:
+            raise
+        report.problems.append(str(e))
+        n_train, n_test, side, classes = _IMAGE_FILES[spec]
+        side = d.image_size or side
+        if side is None:
+            report.problems.append(f"dataset {spec}: set data.image_size (its files have many sizes)")
+            side = 224
+        return DataShape(n_train, n_test, (side, side, 3), classes)
+    shape = FolderImages(train.paths[:1], size=d.image_size).shape[1:]
+    return DataShape(len(train.paths), len(test.paths), tuple(shape), len(train.class_names))
 
 
 def _check_source(path: str, report: Preflight) -> None:

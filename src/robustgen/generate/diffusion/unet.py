@@ -6,6 +6,8 @@
 * ``digits-small``: a 0.9M-parameter UNet for the embedded 8x8 digits (channels 32-64, two
   blocks per resolution, no attention) that trains on one CPU thread in minutes (3000 steps of
   64 images: ~7 minutes on a shared 2-core CPU);
+* ``guided-diffusion-imagenet64`` / ``-imagenet256``: the architectures of guided-diffusion's
+  class-conditional ImageNet checkpoints (``convert.py``), named by presets that load them;
 * ``tiny``: 8-16 channels, for tests.
 
 Every UNet is a diffusers ``UNet2DModel`` predicting the noise eps; ``num_class_embeds`` adds a
@@ -23,6 +25,12 @@ from robustgen.errors import RobustgenError
 
 __all__ = ["UNET_PRESETS", "build_unet", "ho_scheduler_config", "load_pretrained", "unet_num_classes"]
 
+def _guided_diffusion_unet(preset: str) -> dict:
+    from robustgen.generate.diffusion.convert import GUIDED_DIFFUSION_PRESETS, unet_config
+
+    return unet_config(GUIDED_DIFFUSION_PRESETS[preset])
+
+
 # Keyword arguments of diffusers.UNet2DModel; sample_size / channels / classes come from the data.
 UNET_PRESETS: dict[str, dict] = {
     "ho-cifar10": dict(
@@ -35,6 +43,10 @@ UNET_PRESETS: dict[str, dict] = {
         block_out_channels=(32, 64), layers_per_block=2,
         down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
         norm_num_groups=8, dropout=0.0),
+    # the class-conditional ImageNet UNets of openai/guided-diffusion (convert.py), 64x64 and 256x256
+    **{f"guided-diffusion-{name}": {k: v for k, v in _guided_diffusion_unet(preset).items()
+                                    if k not in ("sample_size", "in_channels", "out_channels", "num_class_embeds")}
+       for name, preset in (("imagenet64", "imagenet64-cond"), ("imagenet256", "imagenet256-cond"))},
     # for tests and smoke runs: seconds, not minutes
     "tiny": dict(
         block_out_channels=(8, 16), layers_per_block=1,
