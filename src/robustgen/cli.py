@@ -317,6 +317,18 @@ def store_verify(store_dir):
     click.echo(f"{store_dir}: ok")
 
 
+@store.command("merge")
+@click.argument("stores", metavar="STORE... OUT", nargs=-1, required=True, type=click.Path(path_type=Path))
+def store_merge(stores):
+    """Merge stores (same image shape and classes) into the new store OUT: shards are hard links,
+    sha256s and provenance are kept."""
+    from robustgen.data.store_merge import merge_stores
+
+    if len(stores) < 2:
+        raise RobustgenError("store merge needs input stores and an output folder: STORE... OUT")
+    click.echo(json.dumps(merge_stores(stores[:-1], stores[-1]), indent=2))
+
+
 @store.command("generate")
 @click.argument("store_dir", metavar="STORE", type=click.Path(path_type=Path))
 @_common
