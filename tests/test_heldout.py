@@ -151,8 +151,11 @@ def test_true_labels_only_when_asked(oracle_run, tmp_path):
     cfg, out, results, seen = oracle_run
     args = [f"data.dataset={cfg.data.dataset}", *TINY, "label.mode=condition", "baseline=false",
             "generator.name=heldout", "arms=[]"]
-    results = pipeline.run(load_config(None, args), out, progress=False)  # reuses the classifier and samples
-    store = _label_store(out, results, "heldout")
+    results = pipeline.run(load_config(None, args), out, progress=False)  # reuses the samples
+    # labels = the conditioning classes: no f_NR labelling, training reads the generated store itself
+    assert results["labeling_by_generator"] == {"heldout": None}
+    store = next(st for st in (Store(p / "store") for p in (out / "stages").glob("generate-*"))
+                 if st.manifest["generator"]["name"] == "heldout")
     images = store.gather(np.arange(len(store)))
     ids = np.array([_ids(images[k:k + 1]).pop() for k in range(len(images))])
     assert np.array_equal(store.labels, ids % 4)
