@@ -168,7 +168,7 @@ def _write_bad_file(kind: str, path: Path, kuangliu_model: nn.Module) -> tuple[l
     if kind == "shape":
         return ["'linear.weight'", "(10, 512)", "(100, 512)"], {"num_classes": 100}
     if kind == "arch":
-        return ["unknown architecture 'resnet-1000'"], {"arch": "resnet-1000"}
+        return ["unknown architecture 'vgg-1000'"], {"arch": "vgg-1000"}
     raise AssertionError(kind)
 
 
