@@ -5,6 +5,8 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import flop_registry
 
 from robustgen.models import create_model
 from robustgen.train.speed import StepOptions, candidate_options, choose_step_options, measure_candidates
@@ -137,3 +139,41 @@ def test_one_pass_trades_step_matches_the_two_pass_step(arch, image, channels):
         assert torch.allclose(state_a[k].float(), state_b[k].float(), atol=1e-6, rtol=0), k
     moved = [k for k in state_a if state_a[k].is_floating_point() and not torch.equal(state_a[k], base.state_dict()[k])]
     assert len(moved) > len(state_a) // 2  # the step moved the weights and statistics being compared
+
+
+class CountFlops(TorchDispatchMode):
+    """torch's per-operator FLOP formulas without FlopCounterMode's module hooks (which do not
+    support the attack's autograd.grad)."""
+
+    flops = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        formula = flop_registry.get(func._overloadpacket)
+        if formula is not None:
+            self.flops += formula(*args, **(kwargs or {}), out_val=out)
+        return out
+
+
+@pytest.mark.parametrize("loss_name", ["trades", "pgd"])
+def test_the_cost_estimate_counts_the_step_the_trainer_runs(loss_name):
+    """cost.py's forward-equivalents per image of a training step against the FLOPs the step
+    actually runs (torch's flop counter, forward and backward, attack included). The first
+    convolution's input gradient is not needed in the final backward, so the measured count is
+    a little below the estimate; 3% covers it, and a second clean pass (+1 of 26) would not."""
+    from robustgen.cost import step_forward_equivalents
+    from robustgen.train.steps import pgd_at_step_loss
+
+    torch.manual_seed(0)
+    model = create_model("wrn-10-1", num_classes=10, in_channels=3).train()
+    x = torch.rand(8, 3, 16, 16)
+    targets = F.one_hot(torch.randint(0, 10, (8,)), 10).float()
+    attack = TrainingAttack(norm="linf", eps=8 / 255, steps=10)
+    step = trades_step_loss(attack, beta=6.0) if loss_name == "trades" else pgd_at_step_loss(attack)
+    with CountFlops() as forward, torch.no_grad():
+        model(x)
+    with CountFlops() as counted:
+        step(model, model, x, targets, torch.Generator().manual_seed(1)).backward()
+    measured = counted.flops / forward.flops
+    expected = step_forward_equivalents(loss_name, 10)
+    assert expected * 0.97 <= measured <= expected, (measured, expected)

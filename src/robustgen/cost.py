@@ -1,9 +1,9 @@
 """What a run will cost before it runs: forward-equivalents, GPU-hours and disk per stage.
 
 A stage's work is counted in forward-equivalents (one forward pass of its network on one image;
-a backward pass counts as about two): standard training 3 per image, a TRADES-k step 2k + 7 per
-image (clean target, k attack steps with input gradients, clean and adversarial passes with
-their backward), PGD-AT 2k + 3, labelling 1, a sampler's UNet calls 1 each, evaluation the
+a backward pass counts as about two): standard training 3 per image, a TRADES-k step 2k + 6 per
+image (one clean pass that is both the attack's target and the loss's clean logits, k attack
+steps with input gradients, the adversarial pass, and the backward of both), PGD-AT 2k + 3, labelling 1, a sampler's UNet calls 1 each, evaluation the
 attack's stages at most (``AttackStage.forward_equivalents``, every point surviving every
 stage: an upper bound). Forward FLOPs per image come from ``torch.utils.flop_counter`` on the
 meta device (no memory, no weights). GPU-hours divide the FLOPs by model-FLOP rates measured
@@ -23,7 +23,8 @@ import torch
 
 from robustgen.config import RunConfig
 
-__all__ = ["GPU", "MEASURED_TFLOPS", "StageCost", "CostEstimate", "estimate_cost", "forward_gflops"]
+__all__ = ["GPU", "MEASURED_TFLOPS", "StageCost", "CostEstimate", "estimate_cost", "forward_gflops",
+           "step_forward_equivalents"]
 
 GPU = "NVIDIA H200"
 # Model-FLOP rates of one TRADES-10 training step measured on one H200 (torch 2.11;
@@ -82,6 +83,11 @@ class CostEstimate:
 
 
 @lru_cache(maxsize=32)
+def step_forward_equivalents(loss: str, attack_steps: int) -> int:
+    """Forward-equivalents per image of one adversarial training step (see the module docstring)."""
+    return 2 * attack_steps + (6 if loss == "trades" else 3)
+
+
 def forward_gflops(arch: str, image_shape: tuple[int, int, int], num_classes: int) -> tuple[float, int]:
     """(GFLOPs of one forward pass per image, parameter count) of a registered classifier."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -173,7 +179,7 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
         params_total += params
         s = adversarial_settings(v, n_real)
         k = t.inner.steps
-        per_image = 2 * k + (7 if t.loss == "trades" else 3)
+        per_image = step_forward_equivalents(t.loss, k)
         stages.append(StageCost(f"train[{name}]", float(s.total_steps) * s.batch_size * per_image, gf,
                                 _train_rate(t.precision, t.arch),
                                 f"{t.arch}, {s.total_steps:,} steps x {s.batch_size} images x {per_image} "

@@ -1,6 +1,6 @@
 """A small pre-activation CNN for the CPU demo on 8x8 grayscale scikit-learn digits (also runs
 on 32x32x3). Not a model from Gowal et al. 2021; it shrinks their pre-activation design so that
-TRADES (about 27 forward-equivalents per image per step) trains in minutes on two CPU cores.
+TRADES (26 forward-equivalents per image per step) trains in minutes on two CPU cores.
 
 conv3x3(32) -> pre-act block(32) -> pre-act block(64, stride 2) -> BN -> act -> pool -> linear:
 77,162 parameters for 1 input channel and 10 classes; about 90 ms per TRADES step of batch 128
