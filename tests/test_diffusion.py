@@ -303,3 +303,27 @@ def test_bf16_sampling_on_cuda_is_close_to_fp32():
     kw["generators"] = S.sample_generators(0, range(4))
     b = S.sample_diffusion(unet, ho_scheduler_config(), bf16=True, **kw)
     assert a.dtype == b.dtype == torch.float32 and (a - b).abs().mean() < 0.05
+
+
+def test_named_sampler_settings_and_speed_options_travel_with_the_fit(tiny_fit, tmp_path):
+    import dataclasses
+
+    assert S.resolve_sampler("wang2023", 7) == ("edm-heun", 20) and S.resolve_sampler("ddim", 7) == ("ddim", 7)
+    with pytest.raises(RobustgenError, match="unknown sampler 'heun'"):
+        S.resolve_sampler("heun", 20)
+    fit = dataclasses.replace(tiny_fit, sampler="edm-heun", steps=3, channels_last=True, setting="wang2023")
+    path = tmp_path / DDPMGenerator.fit_file
+    DDPMGenerator.save_fit(fit, path)
+    loaded = DDPMGenerator.load_fit(path)
+    assert (loaded.sampler, loaded.steps, loaded.channels_last, loaded.compile, loaded.setting) == (
+        "edm-heun", 3, True, False, "wang2023")
+    # channels_last changes the memory layout, not the images (up to a rare rounding of one level)
+    plain = DDPMRangeSampler(dataclasses.replace(fit, channels_last=False), seed=2).sample(0, 6)[0].astype(int)
+    nhwc = DDPMRangeSampler(loaded, seed=2).sample(0, 6)[0].astype(int)
+    assert np.abs(plain - nhwc).max() <= 1 and (plain == nhwc).mean() > 0.99
+    # batch size by memory: a CPU gets the default; the choice is made once and kept in the fit
+    assert S.auto_batch_size(tiny_fit.unet, class_conditional=True, bf16=False) == 256
+    wang = fit_ddpm(np.zeros((4, 8, 8, 1), np.uint8), np.arange(4) % 2, num_classes=2,
+                    **{**TINY, "train_steps": 1, "sampler": "wang2023", "sample_batch_size": 0})
+    assert (wang.sampler, wang.steps, wang.setting, wang.batch_size) == ("edm-heun", 20, "wang2023", 256)
+    assert wang.info["batch_size_chosen_by_memory"] == 256

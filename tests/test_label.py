@@ -104,3 +104,20 @@ def test_save_sample_grid_writes_png(tmp_path, channels):
     # seeded: same bytes again
     save_sample_grid(str(path), images, labels, class_names=["zero", "one", "two"], per_class=10, title="samples")
     assert path.read_bytes() == data
+
+
+def test_predict_probabilities_batches_and_speed_options():
+    from robustgen.models.inference import InferenceOptions, prepare_for_inference
+
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (30, 4, 4, 3), dtype=np.uint8)
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.SiLU(), nn.Flatten(), nn.Linear(64, 5))
+    whole = predict_probabilities(conv, images, batch_size=8)
+    # given batches of rows: their rows, in that order, each computed as in the whole run
+    part = predict_probabilities(conv, images, batch_size=8, batches=[(16, 24), (0, 8)])
+    np.testing.assert_array_equal(part, np.concatenate([whole[16:24], whole[0:8]]))
+    # channels_last: the same probabilities up to float rounding; bf16 asks for CUDA and is off on a CPU
+    options = InferenceOptions(bf16=True, channels_last=True)
+    nhwc = predict_probabilities(prepare_for_inference(conv, options), images, batch_size=8, options=options)
+    np.testing.assert_allclose(nhwc, whole, atol=1e-6)
+    assert conv[0].weight.is_contiguous(memory_format=torch.channels_last)

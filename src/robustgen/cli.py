@@ -198,6 +198,7 @@ def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_si
     from robustgen.checkpoint import write_json
     from robustgen.data import load_split
     from robustgen.stages import evaluate_checkpoint, resolve_device
+    from robustgen.train.distributed import context_from_env, main_first
 
     extra = [] if config is not None or arch is not None else _trained_for(checkpoint)
     for key, value in (("eval.attack", attack), ("threat.norm", norm), ("eval.n", n),
@@ -208,11 +209,14 @@ def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_si
         extra.append(f"threat.eps={parse_number(eps, key='--eps', source='command line')!r}")
     cfg = _config(config, tuple(extra) + overrides)
     d, e = cfg.data, cfg.eval
-    test = load_split(d, "test")
+    ctx, device = context_from_env(resolve_device(cfg.device))  # under torchrun the ranks share the batches
+    test = main_first(ctx, lambda: load_split(d, "test"))
     partial = None if out is None else out.with_name(out.name + ".partial.pt")
     result = evaluate_checkpoint(checkpoint, test, attack=e.attack, norm=cfg.threat.norm, eps=cfg.threat.eps, n=e.n,
-                                 batch_size=e.batch_size, seed=e.seed, device=resolve_device(cfg.device),
-                                 progress=not quiet, arch=arch, state_path=partial)
+                                 batch_size=e.batch_size, seed=e.seed, device=device,
+                                 progress=not quiet, arch=arch, state_path=partial, ctx=ctx)
+    if not ctx.is_main:
+        return
     if out is not None:
         write_json(out, result)
         partial.unlink(missing_ok=True)
@@ -338,16 +342,21 @@ def store_merge(stores):
 @click.option("--no-verify-existing", is_flag=True, help="trust finished shards without re-hashing them")
 @click.option("--quiet", is_flag=True)
 def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, no_verify_existing, quiet):
-    """Fit the configured generator on the real train split and write samples shard by shard; resumes."""
+    """Fit the configured generator on the real train split and write samples shard by shard; resumes.
+    Under torchrun the processes share the shards (the same store as one process)."""
     from robustgen.stages import generate_into_store, generator_data, load_splits, resolve_device
+    from robustgen.train.distributed import context_from_env, main_first
 
     if shard_size < 1:
         raise RobustgenError(f"--shard-size must be >= 1, got {shard_size}")
     extra = [f"generator.num_samples={num_samples}"] + ([] if seed is None else [f"generator.seed={seed}"])
     cfg = _config(config, overrides + tuple(extra))
-    result = generate_into_store(cfg, generator_data(cfg, load_splits(cfg)), store_dir, device=resolve_device(cfg.device),
-                                 progress=not quiet, shard_size=shard_size, verify_existing=not no_verify_existing)
-    click.echo(json.dumps(result, indent=2))
+    ctx, device = context_from_env(resolve_device(cfg.device))
+    train = generator_data(cfg, main_first(ctx, lambda: load_splits(cfg)))
+    result = generate_into_store(cfg, train, store_dir, device=device, progress=not quiet, shard_size=shard_size,
+                                 verify_existing=not no_verify_existing, ctx=ctx)
+    if ctx.is_main:
+        click.echo(json.dumps(result, indent=2))
 
 
 @store.command("label")
@@ -362,18 +371,24 @@ def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, 
 @click.option("--arch", default=None, help="architecture of a plain (non-robustgen) state dict, e.g. resnet-18-kuangliu")
 @click.option("--batch-size", type=int, default=1024, show_default=True)
 @click.option("--device", default="auto", show_default=True)
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast of the classifier (CUDA; recorded with the labels)")
+@click.option("--channels-last", is_flag=True, help="NHWC layout of the classifier and its inputs")
+@click.option("--compile", "compile_model", is_flag=True, help="torch.compile the classifier")
 @click.option("--quiet", is_flag=True)
 def store_label(store_dir, checkpoint, top_k, balanced, per_class, condition_top_fraction, arch, batch_size, device,
-                quiet):
-    """Pseudo-label a store shard by shard (resumes), then select rows per class."""
+                bf16, channels_last, compile_model, quiet):
+    """Pseudo-label a store shard by shard (resumes), then select rows per class. Under torchrun
+    the processes share every shard's rows (the same labels as one process)."""
     from robustgen.checkpoint import load_external_model, load_model, model_info
     from robustgen.data.store import file_sha256, read_manifest
     from robustgen.label.runner import label_store, select_store
+    from robustgen.models.inference import InferenceOptions, prepare_for_inference
     from robustgen.stages import resolve_device
+    from robustgen.train.distributed import context_from_env
 
     manifest = read_manifest(store_dir)
     h, w, c = manifest["image_shape"]
-    dev = resolve_device(device)
+    ctx, dev = context_from_env(resolve_device(device))
     if arch is not None:
         model = load_external_model(checkpoint, arch=arch, num_classes=int(manifest["num_classes"]),
                                     in_channels=c, device=dev)
@@ -388,11 +403,13 @@ def store_label(store_dir, checkpoint, top_k, balanced, per_class, condition_top
         model = load_model(checkpoint, device=dev)
     mode = "condition" if condition_top_fraction is not None else "argmax"
     labeller = {"checkpoint": str(checkpoint), "id": file_sha256(checkpoint)[:16]}
-    result = label_store(store_dir, model, labeller=labeller, mode=mode, batch_size=batch_size, device=dev,
-                         progress=not quiet)
-    result["selection"] = select_store(store_dir, top_k=top_k, top_fraction=condition_top_fraction,
-                                       balanced=balanced, per_class=per_class)
-    click.echo(json.dumps(result, indent=2))
+    options = InferenceOptions(bf16=bf16, channels_last=channels_last, compile=compile_model)
+    result = label_store(store_dir, prepare_for_inference(model, options), labeller=labeller, mode=mode,
+                         batch_size=batch_size, device=dev, progress=not quiet, options=options, ctx=ctx)
+    if ctx.is_main:
+        result["selection"] = select_store(store_dir, top_k=top_k, top_fraction=condition_top_fraction,
+                                           balanced=balanced, per_class=per_class)
+        click.echo(json.dumps(result, indent=2))
 
 
 @cli.group()

@@ -95,13 +95,17 @@ class DDPMConfig:
     flip: bool = False  # random horizontal flips of the training images (CIFAR: true; digits: false)
     train_seed: int = 0  # initial weights and every training draw
     checkpoint_every_steps: int = 500  # resumable training state, in steps
-    sampler: str = "dpm-solver++"  # ddpm (ancestral), ddim, dpm-solver++ or edm-heun
+    sampler: str = "dpm-solver++"  # ddpm (ancestral), ddim, dpm-solver++, edm-heun, or a named setting:
+    #   wang2023 (edm-heun, 20 levels, as Wang et al. 2023) or karras2022 (edm-heun, 18): these fix the steps
     sampling_steps: int = 20  # solver steps (ddpm: 1000 as Ho et al.; edm-heun: 2 * steps - 1 UNet calls)
-    sample_batch_size: int = 256  # images per UNet call when sampling; samples are bitwise reproducible per value
+    sample_batch_size: int = 256  # images per UNet call when sampling; samples are bitwise reproducible per
+    #   value; 0: the largest power of two that fits the GPU's free memory, chosen once and kept in the fit
     precision: str = "fp32"  # fp32 or bf16 (autocast of the UNet on CUDA, training and sampling; CPU: fp32)
     # same: a pretrained model's classes are the data's; by-name: data class c conditions on the model
     # class of the same name (class_names.json of the pretrained folder), e.g. TinyImageNet's 200 wnids
     class_map: str = "same"
+    channels_last: bool = False  # sampling: NHWC UNet weights and inputs
+    compile: bool = False  # sampling: torch.compile the UNet (with CUDA graphs on CUDA)
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,10 @@ class LabelConfig:
     # App. D class balance: keep exactly this many of every class, the most confident (1M = 100K per
     # CIFAR-10 class); generator.num_samples must oversample so every class has that many. Excludes the three above.
     per_class: Optional[int] = None
-    batch_size: int = 1024
+    batch_size: int = 1024  # images per classifier call
+    precision: str = "fp32"  # fp32 or bf16 (autocast of f_NR on CUDA; recorded in the labeller id)
+    channels_last: bool = False  # NHWC layout of f_NR and its inputs
+    compile: bool = False  # torch.compile f_NR
 
 
 @dataclass(frozen=True)
@@ -397,6 +404,8 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _check(t.generated_sampling in ("with_replacement", "permutation"), source,
            "train.generated_sampling must be with_replacement or permutation")
     _check(t.precision in ("fp32", "bf16"), source, f"train.precision must be fp32 or bf16, got {t.precision!r}")
+    _check(cfg.label.precision in ("fp32", "bf16"), source,
+           f"label.precision must be fp32 or bf16, got {cfg.label.precision!r}")
     for key, value in (("train.batch_size", t.batch_size), ("classifier.batch_size", c.batch_size),
                        ("eval.batch_size", cfg.eval.batch_size), ("label.batch_size", cfg.label.batch_size),
                        ("train.log_every_steps", t.log_every_steps),
@@ -459,17 +468,19 @@ def validate(cfg: RunConfig, *, source: str) -> None:
 
 
 def _validate_ddpm(d: DDPMConfig, source: str) -> None:
-    from robustgen.generate.diffusion.samplers import SAMPLERS
+    from robustgen.generate.diffusion.samplers import SAMPLER_SETTINGS, SAMPLERS
     from robustgen.generate.diffusion.unet import UNET_PRESETS
 
     _check(d.unet in UNET_PRESETS, source,
            f"generator.ddpm.unet: unknown UNet preset {d.unet!r} (known: {', '.join(sorted(UNET_PRESETS))})")
-    _check(d.sampler in SAMPLERS, source,
-           f"generator.ddpm.sampler must be one of {', '.join(SAMPLERS)}, got {d.sampler!r}")
+    known = SAMPLERS + tuple(SAMPLER_SETTINGS)
+    _check(d.sampler in known, source, f"generator.ddpm.sampler must be one of {', '.join(known)}, got {d.sampler!r}")
     _check(d.precision in ("fp32", "bf16"), source, f"generator.ddpm.precision must be fp32 or bf16, got {d.precision!r}")
     _check(d.pretrained is None or d.pretrained.strip() != "", source, "generator.ddpm.pretrained must be a path, a hub id or null")
-    for key in ("train_steps", "batch_size", "sampling_steps", "sample_batch_size", "checkpoint_every_steps"):
+    for key in ("train_steps", "batch_size", "sampling_steps", "checkpoint_every_steps"):
         _check(getattr(d, key) > 0, source, f"generator.ddpm.{key} must be > 0, got {getattr(d, key)}")
+    _check(d.sample_batch_size >= 0, source,
+           f"generator.ddpm.sample_batch_size must be > 0, or 0 (by memory), got {d.sample_batch_size}")
     _check(d.lr > 0, source, f"generator.ddpm.lr must be > 0, got {d.lr}")
     _check(d.warmup_steps >= 0 and d.grad_clip >= 0, source, "generator.ddpm.warmup_steps and grad_clip must be >= 0")
     _check(0.0 <= d.ema_decay < 1.0, source, f"generator.ddpm.ema_decay must be in [0, 1), got {d.ema_decay}")

@@ -134,6 +134,7 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
                   num_classes: int) -> CostEstimate:
     """The cost of ``robustgen run cfg`` on a dataset of these sizes (see the module docstring)."""
     from robustgen.evaluate import get_attack
+    from robustgen.generate.diffusion.samplers import resolve_sampler
     from robustgen.pipeline import labels_are_conditions, model_variants, needs_generated
     from robustgen.stages import adversarial_settings
     from robustgen.train.loop import steps_for
@@ -161,10 +162,11 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
             if d.pretrained is None:
                 stages.append(StageCost("generator training", 3.0 * d.train_steps * d.batch_size, ug, rate,
                                         f"UNet {d.unet}, {d.train_steps:,} steps x {d.batch_size} images x 3", proxy=True))
-            calls = _unet_calls(d.sampler, d.sampling_steps)
+            solver, solver_steps = resolve_sampler(d.sampler, d.sampling_steps)  # a named setting fixes both
+            calls = _unet_calls(solver, solver_steps)
             stages.append(StageCost("sampling", float(g.num_samples) * calls, ug, rate,
                                     f"{g.num_samples:,} images x {calls} UNet calls ({d.sampler}, "
-                                    f"{d.sampling_steps} steps, UNet {d.unet})", proxy=True))
+                                    f"{solver_steps} steps, UNet {d.unet})", proxy=True))
         else:
             stages.append(StageCost("sampling", 0.0, 0.0, None,
                                     f"{g.name}: {g.num_samples:,} images on the CPU (no GPU estimate)"))

@@ -27,7 +27,7 @@ from robustgen.data.store_format import cached_sha256
 from robustgen.generate import generator_fit_kwargs
 from robustgen.generate.runner import array_fingerprint
 from robustgen.locks import FolderLock
-from robustgen.train.distributed import DistContext, barrier, context_from_env
+from robustgen.train.distributed import DistContext, barrier, context_from_env, main_first
 from robustgen.stages import (Splits, evaluate_checkpoint, generate_into_store, generator_data, label_into_store,
                               load_splits, resolve_device, train_classifier, train_robust)
 
@@ -87,7 +87,8 @@ class Stage:
     def run(self, compute: Callable[[Path], dict], inputs: dict, *, ctx: DistContext = DistContext(),
             all_ranks: bool = False) -> dict:
         """The cached result, or compute it. Under torchrun a stage runs on rank 0 while the others
-        wait, unless ``all_ranks`` (data-parallel training); rank 0 alone writes the manifest."""
+        wait, unless ``all_ranks`` (training, generation, labelling and evaluation share the work
+        across ranks); rank 0 alone writes the manifest."""
         result = self.cached()
         if result is not None:
             if ctx.is_main:
@@ -203,11 +204,7 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
     started = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    if ctx.is_main:  # the first rank downloads, the others wait and read
-        splits = load_splits(cfg)
-    barrier(ctx)
-    if not ctx.is_main:
-        splits = load_splits(cfg)
+    splits = main_first(ctx, lambda: load_splits(cfg))  # the first rank downloads, the others wait and read
     ranks = f" x {ctx.world_size} processes" if ctx.enabled else ""
     if ctx.is_main:
         log(f"{cfg.data.dataset} on {device}{ranks}: train {len(splits.train)} / val {len(splits.val)} / test {len(splits.test)} images, "
@@ -240,7 +237,8 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
         generate_fp = fingerprint("generate-store", data_fp, g.name, g.num_samples, g.seed, generator_fit_kwargs(g))
         gen_stage = Stage(out, "generate", generate_fp)
         gen_stage.run(lambda d: generate_into_store(variant, generator_data(variant, splits), d / "store", device=device,
-                                                    progress=progress), {"data": data_fp}, ctx=ctx)
+                                                    progress=progress, ctx=ctx),
+                      {"data": data_fp}, ctx=ctx, all_ranks=True)
         if labels_are_conditions(cfg):  # the generated store's labels are its conditioning classes
             labelled[g.name] = (fingerprint("label-conditions", generate_fp), gen_stage.dir / "store", None)
             continue
@@ -248,8 +246,8 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
         label_stage = Stage(out, "label", label_fp)
         label_result = label_stage.run(
             lambda d: label_into_store(classifier_path, gen_stage.dir / "store", d / "store", cfg=cfg, device=device,
-                                       progress=progress),
-            {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx)
+                                       progress=progress, ctx=ctx),
+            {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx, all_ranks=True)
         labelled[g.name] = (label_fp, label_stage.dir / "store", label_result)  # the store training reads
 
     models = []
@@ -265,8 +263,8 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
         eval_fp = fingerprint("eval", train_fp, asdict(e), asdict(variant.threat))
         eval_stage = Stage(out, f"eval-{name}", eval_fp)
         metrics = eval_stage.run(
-            lambda d: _evaluate_into(d, stage.dir / "best.safetensors", variant, splits, device, progress),
-            {"train": train_fp}, ctx=ctx)
+            lambda d: _evaluate_into(d, stage.dir / "best.safetensors", variant, splits, device, progress, ctx),
+            {"train": train_fp}, ctx=ctx, all_ranks=True)
         models.append({
             "name": name, "alpha": variant.train.alpha,
             "generator": variant.generator.name if needs_generated(variant) else None,
@@ -303,14 +301,16 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
     return results
 
 
-def _evaluate_into(stage_dir: Path, checkpoint: Path, cfg: RunConfig, splits: Splits, device, progress) -> dict:
+def _evaluate_into(stage_dir: Path, checkpoint: Path, cfg: RunConfig, splits: Splits, device, progress,
+                   ctx: DistContext = DistContext()) -> dict:
     e = cfg.eval
     partial = stage_dir / "eval.partial.pt"  # resumable progress of a long evaluation
     metrics = evaluate_checkpoint(checkpoint, splits.test, attack=e.attack, norm=cfg.threat.norm, eps=cfg.threat.eps,
                                   n=e.n, batch_size=e.batch_size, seed=e.seed, device=device, progress=progress,
-                                  state_path=partial)
-    write_json(stage_dir / "eval.json", metrics)
-    partial.unlink(missing_ok=True)
+                                  state_path=partial, ctx=ctx)
+    if ctx.is_main:
+        write_json(stage_dir / "eval.json", metrics)
+        partial.unlink(missing_ok=True)
     return metrics
 
 

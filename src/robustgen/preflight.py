@@ -243,7 +243,10 @@ def recipe_summary(cfg: RunConfig) -> list[str]:
     if g.name == "ddpm":
         d = g.ddpm
         source = f"pretrained {d.pretrained}" if d.pretrained else f"trained here ({d.unet}, {d.train_steps:,} steps)"
-        data = f"DDPM ({source}), {d.sampler} sampler, {d.sampling_steps} steps"
+        from robustgen.generate.diffusion.samplers import resolve_sampler
+
+        steps = resolve_sampler(d.sampler, d.sampling_steps)[1]  # a named setting (wang2023) fixes its steps
+        data = f"DDPM ({source}), {d.sampler} sampler, {steps} steps"
     else:
         data = g.name
     if lab.per_class is not None:

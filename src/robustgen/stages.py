@@ -32,6 +32,7 @@ from robustgen.generate.runner import array_fingerprint
 from robustgen.label import assign_labels, predict_probabilities
 from robustgen.models import create_model
 from robustgen.models.ghost_batchnorm import use_bn_groups
+from robustgen.models.inference import InferenceOptions, prepare_for_inference
 from robustgen.train.distributed import DistContext
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
 from robustgen.train.schedule import scaled_lr
@@ -187,11 +188,12 @@ def generate_samples(cfg: RunConfig, train: ImageDataset, out_path: Path, *, fit
 
 def generate_into_store(cfg: RunConfig, train: ImageDataset, store_dir: Path, *, device: torch.device,
                         progress: bool = True, shard_size: int = DEFAULT_SHARD_SIZE,
-                        verify_existing: bool = True) -> dict:
+                        verify_existing: bool = True, ctx: DistContext = DistContext()) -> dict:
     """``generate_samples`` at scale: fit once, then sample ``generator.num_samples`` images shard
     by shard into a store with per-sample seeds (``generate.runner.generate_store``); a killed job
     resumes at its first incomplete shard. The generator's training state (a DDPM's checkpoints)
-    lives in ``store_dir/generator-work``. ``train``: the images it fits on (``generator_data``)."""
+    lives in ``store_dir/generator-work``. ``train``: the images it fits on (``generator_data``).
+    Under torchrun (``ctx``) the ranks share the shards."""
     from robustgen.generate.runner import generate_store
 
     g = cfg.generator
@@ -204,7 +206,7 @@ def generate_into_store(cfg: RunConfig, train: ImageDataset, store_dir: Path, *,
                           data_name=cfg.data.dataset, shard_size=shard_size, progress=progress,
                           verify_existing=verify_existing,
                           fit_options={"device": str(device), "work_dir": Path(store_dir) / "generator-work",
-                                       "progress": progress, "class_names": train.class_names})
+                                       "progress": progress, "class_names": train.class_names}, ctx=ctx)
 
 
 # --------------------------------------------------------------------------- label
@@ -252,19 +254,25 @@ def label_samples(classifier_path: Path, samples_path: Path, out_path: Path, *, 
 
 
 def label_into_store(classifier_path: Path, generated_store: Path, store_dir: Path, *, cfg: RunConfig,
-                     device: torch.device, progress: bool = True) -> dict:
+                     device: torch.device, progress: bool = True, ctx: DistContext = DistContext()) -> dict | None:
     """``label_samples`` at scale: ``store_dir`` shares the generated store's images (hard links),
     gets f_NR's labels and confidences shard by shard (resumable, ``label.runner.label_store``)
-    and the per-class selection of ``cfg.label``; the generated store itself is never modified."""
+    and the per-class selection of ``cfg.label``; the generated store itself is never modified.
+    Under torchrun (``ctx``) the ranks share every shard's rows; rank 0 returns the summary."""
     from robustgen.data.store import Store
     from robustgen.data.store_link import link_store
     from robustgen.label.runner import label_store, select_store
+    from robustgen.train.distributed import on_main
 
     lab = cfg.label
-    link_store(generated_store, store_dir)
-    model = load_model(classifier_path, device=device)
+    on_main(ctx, lambda: link_store(generated_store, store_dir))
+    options = label_options(lab)
+    model = prepare_for_inference(load_model(classifier_path, device=device), options)
     labelled = label_store(store_dir, model, labeller={"id": file_sha256(classifier_path), "path": str(classifier_path)},
-                           mode=lab.mode, batch_size=lab.batch_size, device=device, progress=progress)
+                           mode=lab.mode, batch_size=lab.batch_size, device=device, progress=progress,
+                           options=options, ctx=ctx)
+    if not ctx.is_main:
+        return None
     selected = select_store(store_dir, top_k=lab.top_k_per_class, top_fraction=lab.top_fraction_per_class,
                             balanced=lab.balanced, per_class=lab.per_class)
     store = Store(store_dir)
@@ -276,6 +284,11 @@ def label_into_store(classifier_path: Path, generated_store: Path, store_dir: Pa
     if "agreement_with_condition" in labelled:
         summary["agreement_with_condition"] = labelled["agreement_with_condition"]
     return summary
+
+
+def label_options(lab) -> InferenceOptions:
+    """The labeller's device path from ``label.*`` (precision, channels_last, compile)."""
+    return InferenceOptions(bf16=lab.precision == "bf16", channels_last=lab.channels_last, compile=lab.compile)
 
 
 def model_num_classes(path: Path) -> int:
@@ -430,10 +443,12 @@ def training_log_check(info: dict, clean_accuracy: float, n: int) -> dict | None
 
 def evaluate_checkpoint(checkpoint: Path, test: ImageDataset, *, attack: str, norm: str, eps: float,
                         n: int | None, batch_size: int, seed: int, device: torch.device,
-                        progress: bool = True, arch: str | None = None, state_path: Path | None = None) -> dict:
+                        progress: bool = True, arch: str | None = None, state_path: Path | None = None,
+                        ctx: DistContext = DistContext()) -> dict:
     """Clean and robust accuracy of a checkpoint on (the first ``n`` images of) a test split, with
     a sanity report. ``arch`` loads a plain state dict of a registered architecture instead of a
-    robustgen checkpoint. ``state_path`` makes a long evaluation resumable."""
+    robustgen checkpoint. ``state_path`` makes a long evaluation resumable; under torchrun (``ctx``)
+    the ranks share the batches."""
     from robustgen.checkpoint import load_external_model, model_info
 
     if arch is None:
@@ -451,7 +466,7 @@ def evaluate_checkpoint(checkpoint: Path, test: ImageDataset, *, attack: str, no
     key = f"{file_sha256(checkpoint)}|{test.name}|{count}|{array_fingerprint(images, labels)}"
     result = evaluate_robustness(model, images, labels, attack=attack, norm=norm, eps=eps, batch_size=batch_size,
                                  device=device, seed=seed, progress=progress, desc=f"eval[{attack}]",
-                                 state_path=state_path, state_key=key)
+                                 state_path=state_path, state_key=key, ctx=ctx)
     sanity = {"max_perturbation_within_eps": result["max_perturbation"] <= eps * (1 + 1e-5) + 1e-6,
               "finite_logits": True, "warnings": result.pop("warnings")}
     check = training_log_check(info, result["clean_accuracy"], count)

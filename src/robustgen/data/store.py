@@ -60,6 +60,7 @@ __all__ = [
     "FIELDS",
     "MANIFEST",
     "SELECTION",
+    "ShardFiles",
     "Store",
     "StoreWriter",
     "file_sha256",
@@ -72,7 +73,72 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- writer
-class StoreWriter:
+class ShardFiles:
+    """Writes the files of one shard (checked, atomic) without touching the manifest or taking the
+    lock: each rank of a parallel job writes its own shards this way, and rank 0's ``StoreWriter``
+    records them (``record_shard``) in the manifest."""
+
+    def __init__(self, path, manifest: dict):
+        self.path = Path(path)
+        self.manifest = manifest
+
+    @property
+    def image_shape(self) -> tuple:
+        return tuple(self.manifest["image_shape"])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.manifest["num_classes"])
+
+    def _check_rows(self, index: int, images, labels, conditions, confidences) -> int:
+        where = f"{self.path / shard_file('images', index)}"
+        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
+            raise RobustgenError(f"{where}: images must be uint8 [N, H, W, C], got "
+                                 f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}")
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise RobustgenError(f"{where}: images are {_fmt_shape(images.shape[1:])} but the store holds "
+                                 f"{_fmt_shape(self.image_shape)}")
+        n = len(images)
+        if n == 0:
+            raise RobustgenError(f"{where}: a shard needs at least one image")
+        self._check_per_row(index, n, labels, conditions, confidences)
+        return n
+
+    def _check_per_row(self, index: int, n: int, labels, conditions, confidences) -> None:
+        for name, arr in (("labels", labels), ("conditions", conditions)):
+            if arr is None:
+                continue
+            where = self.path / shard_file(name, index)
+            arr = np.asarray(arr)
+            if arr.shape != (n,) or arr.dtype.kind not in "iu":
+                raise RobustgenError(f"{where}: {name} must be integers [{n}], got {arr.dtype} {arr.shape}")
+            lo, hi = int(arr.min()), int(arr.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise RobustgenError(f"{where}: label {hi if hi >= self.num_classes else lo} out of range "
+                                     f"for {self.num_classes} classes")
+        if confidences is not None:
+            c = np.asarray(confidences)
+            if c.shape != (n,) or c.dtype.kind != "f" or not np.all(np.isfinite(c)):
+                raise RobustgenError(f"{self.path / shard_file('confidences', index)}: confidences must be "
+                                     f"finite floats [{n}]")
+
+    def write_files(self, index: int, *, images: np.ndarray, labels, conditions=None, confidences=None,
+                    labeller: str | None = None) -> dict:
+        """Write shard ``index``'s files; returns its manifest entry (not yet recorded)."""
+        n = self._check_rows(index, images, labels, conditions, confidences)
+        arrays = {"images": images, "labels": labels, "conditions": conditions, "confidences": confidences}
+        files = {}
+        for field, arr in arrays.items():
+            if arr is None:
+                continue
+            name = shard_file(field, index)
+            files[field] = {"name": name, "sha256": write_npy(self.path / name,
+                                                             np.asarray(arr).astype(FIELDS[field], copy=False))}
+        return {"index": index, "count": n, "files": files, "labeller": labeller,
+                "counts_per_class": np.bincount(np.asarray(labels), minlength=self.num_classes).tolist()}
+
+
+class StoreWriter(ShardFiles):
     """Create a store or open one to add / rewrite shards; one writer per store (file lock).
 
     ``StoreWriter.create(path, image_shape=..., num_classes=...)`` makes a new store (the folder
@@ -83,8 +149,7 @@ class StoreWriter:
     """
 
     def __init__(self, path, manifest: dict):
-        self.path = Path(path)
-        self.manifest = manifest
+        super().__init__(path, manifest)
         self._lock = FolderLock(self.path, what="store").acquire()  # one writer, named in .lock
         for stale in self.path.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
@@ -118,14 +183,6 @@ class StoreWriter:
     def shards(self) -> list[dict]:
         return self.manifest["shards"]
 
-    @property
-    def image_shape(self) -> tuple:
-        return tuple(self.manifest["image_shape"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.manifest["num_classes"])
-
     def save(self) -> None:
         _refresh_totals(self.manifest)
         self.manifest["code_version"] = code_version()
@@ -158,54 +215,21 @@ class StoreWriter:
         return True
 
     # -- writing
-    def _check_rows(self, index: int, images, labels, conditions, confidences) -> int:
-        where = f"{self.path / shard_file('images', index)}"
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-            raise RobustgenError(f"{where}: images must be uint8 [N, H, W, C], got "
-                                 f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}")
-        if tuple(images.shape[1:]) != self.image_shape:
-            raise RobustgenError(f"{where}: images are {_fmt_shape(images.shape[1:])} but the store holds "
-                                 f"{_fmt_shape(self.image_shape)}")
-        n = len(images)
-        if n == 0:
-            raise RobustgenError(f"{where}: a shard needs at least one image")
-        self._check_per_row(index, n, labels, conditions, confidences)
-        return n
-
-    def _check_per_row(self, index: int, n: int, labels, conditions, confidences) -> None:
-        for name, arr in (("labels", labels), ("conditions", conditions)):
-            if arr is None:
-                continue
-            where = self.path / shard_file(name, index)
-            arr = np.asarray(arr)
-            if arr.shape != (n,) or arr.dtype.kind not in "iu":
-                raise RobustgenError(f"{where}: {name} must be integers [{n}], got {arr.dtype} {arr.shape}")
-            lo, hi = int(arr.min()), int(arr.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise RobustgenError(f"{where}: label {hi if hi >= self.num_classes else lo} out of range "
-                                     f"for {self.num_classes} classes")
-        if confidences is not None:
-            c = np.asarray(confidences)
-            if c.shape != (n,) or c.dtype.kind != "f" or not np.all(np.isfinite(c)):
-                raise RobustgenError(f"{self.path / shard_file('confidences', index)}: confidences must be "
-                                     f"finite floats [{n}]")
-
     def write_shard(self, index: int, *, images: np.ndarray, labels, conditions=None, confidences=None,
                     labeller: str | None = None) -> dict:
         """Write shard ``index`` (rewrite, or append when it is the next one) and record it."""
+        self._check_index(index)
+        return self.record_shard(self.write_files(index, images=images, labels=labels, conditions=conditions,
+                                                  confidences=confidences, labeller=labeller))
+
+    def _check_index(self, index: int) -> None:
         if not 0 <= index <= len(self.shards):
             raise RobustgenError(f"{self.path}: cannot write shard {index}: only {len(self.shards)} shards exist")
-        n = self._check_rows(index, images, labels, conditions, confidences)
-        arrays = {"images": images, "labels": labels, "conditions": conditions, "confidences": confidences}
-        files = {}
-        for field, arr in arrays.items():
-            if arr is None:
-                continue
-            name = shard_file(field, index)
-            files[field] = {"name": name, "sha256": write_npy(self.path / name,
-                                                             np.asarray(arr).astype(FIELDS[field], copy=False))}
-        entry = {"index": index, "count": n, "files": files, "labeller": labeller,
-                 "counts_per_class": np.bincount(np.asarray(labels), minlength=self.num_classes).tolist()}
+
+    def record_shard(self, entry: dict) -> dict:
+        """List a shard whose files are written (``write_files``, by any process) in the manifest."""
+        index = int(entry["index"])
+        self._check_index(index)
         if index == len(self.shards):
             self.shards.append(entry)
         else:

@@ -6,6 +6,12 @@ candidate. Success is decided here, in float32 and eval mode, from the candidate
 returns, after checking that they lie in the eps-ball and [0, 1] and give finite logits (a
 violation is an error, never a number). Progress is saved after every batch when a state path
 is given, so a killed evaluation resumes where it stopped and ends with identical numbers.
+
+Under torchrun (``ctx``) the batches (of ``batch_size`` points, the same as in one process) are
+dealt in rounds of one per rank; after each round the ranks' results are summed and rank 0 saves
+the progress. An attack's randomness is a function of (seed, its batch), so every point's result,
+and every number, equals one process's whatever the number of ranks, and a killed job resumes
+from its last complete round with any number of ranks.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from robustgen import preempt
 from robustgen.attacks.pgd import frozen_parameters, perturbation_norm
 from robustgen.checkpoint import load_state, save_state
 from robustgen.errors import RobustgenError
+from robustgen.train.distributed import DistContext, stop_if_requested, sum_across
 
 # (model, x [B,C,H,W], y [B], seed) -> candidate adversarial examples [B,C,H,W]
 StageFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor]
@@ -54,7 +61,8 @@ def _fresh_state(n: int, key: str) -> dict:
 
 def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages: list[AttackStage], *,
                 norm: str, eps: float, batch_size: int, device, seed: int = 0, state_path: Path | None = None,
-                state_key: str = "", progress: bool = False, desc: str = "eval") -> dict:
+                state_key: str = "", progress: bool = False, desc: str = "eval",
+                ctx: DistContext = DistContext()) -> dict:
     """Clean and robust accuracy after each stage; ``state_path`` makes the run resumable
     (``state_key`` must identify model, data and attack settings; a mismatch is an error)."""
     n = len(labels)
@@ -67,21 +75,25 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
             raise RobustgenError(f"{state_path}: partial evaluation of another model/attack/data; delete it or use another --out")
 
     def save() -> None:
-        if state_path is not None:
+        if state_path is not None and ctx.is_main:
             save_state(state_path, state)
+
+    w = ctx.world_size
 
     start = time.perf_counter()
     try:
         with frozen_parameters(model), preempt.resumable() if state_path is not None else contextlib.nullcontext():
             if not state["clean_done"]:
+                clean = torch.zeros(n, dtype=torch.int64)
                 with torch.no_grad():
-                    for lo in range(0, n, batch_size):
+                    for lo in range(ctx.rank * batch_size, n, w * batch_size):
                         idx = np.arange(lo, min(lo + batch_size, n))
                         x, y = _to_device(images, labels, idx, device)
                         logits = model(x)
                         if not bool(torch.isfinite(logits).all()):
                             raise RobustgenError("the model produced NaN/inf logits on clean test inputs")
-                        state["clean"][idx] = (logits.argmax(1) == y).cpu()
+                        clean[idx] = (logits.argmax(1) == y).cpu().long()
+                state["clean"] = _across(ctx, clean, device) > 0
                 state["robust"] = state["clean"].clone()
                 state["stage_start"] = state["clean"].clone()
                 state["clean_done"] = True
@@ -91,30 +103,36 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
                 todo = state["stage_start"].nonzero(as_tuple=True)[0].numpy()
                 batches = [todo[lo:lo + batch_size] for lo in range(0, len(todo), batch_size)]
                 bar = tqdm(total=len(todo), initial=sum(len(b) for b in batches[:state["batch"]]),
-                           desc=f"{desc}[{stage.name}]", unit="img", disable=not progress, leave=False)
-                for b in range(state["batch"], len(batches)):
+                           desc=f"{desc}[{stage.name}]", unit="img", disable=not (progress and ctx.is_main),
+                           leave=False)
+                for first in range(state["batch"], len(batches), w):
                     t0 = time.perf_counter()
-                    idx = batches[b]
-                    x, y = _to_device(images, labels, idx, device)
-                    candidates = stage.run(model, x, y, seed).detach()
-                    dist = perturbation_norm(candidates, x, norm=norm)
-                    if bool((dist > eps * (1 + 1e-5) + 1e-6).any()) or bool((candidates < 0).any() | (candidates > 1).any()):
-                        raise RobustgenError(f"attack stage {stage.name} returned points outside the {norm} eps-ball "
-                                             f"or [0,1]: max distance {float(dist.max()):.6g}, eps {eps:.6g}")
-                    with torch.no_grad():
-                        logits = model(candidates)
-                    if not bool(torch.isfinite(logits).all()):
-                        raise RobustgenError(f"attack stage {stage.name}: the model produced NaN/inf logits")
-                    fooled = (logits.argmax(1) != y).cpu()
-                    state["robust"][idx[fooled.numpy()]] = False
-                    state["max_perturbation"] = max(state["max_perturbation"], float(dist.max()))
+                    fooled = torch.zeros(n, dtype=torch.int64)
+                    farthest = torch.zeros(1, dtype=torch.float64)
+                    if first + ctx.rank < len(batches):  # this rank's batch of the round
+                        idx = batches[first + ctx.rank]
+                        x, y = _to_device(images, labels, idx, device)
+                        candidates = stage.run(model, x, y, seed).detach()
+                        dist = perturbation_norm(candidates, x, norm=norm)
+                        if bool((dist > eps * (1 + 1e-5) + 1e-6).any()) or bool((candidates < 0).any() | (candidates > 1).any()):
+                            raise RobustgenError(f"attack stage {stage.name} returned points outside the {norm} eps-ball "
+                                                 f"or [0,1]: max distance {float(dist.max()):.6g}, eps {eps:.6g}")
+                        with torch.no_grad():
+                            logits = model(candidates)
+                        if not bool(torch.isfinite(logits).all()):
+                            raise RobustgenError(f"attack stage {stage.name}: the model produced NaN/inf logits")
+                        fooled[idx] = (logits.argmax(1) != y).cpu().long()
+                        farthest[0] = float(dist.max())
+                    state["robust"] &= ~(_across(ctx, fooled, device) > 0)
+                    state["max_perturbation"] = max(state["max_perturbation"],
+                                                    float(_across(ctx, farthest, device, op="max")[0]))
                     state["stage_time"] += time.perf_counter() - t0
-                    state["batch"] = b + 1
+                    state["batch"] = min(first + w, len(batches))
                     save()
-                    bar.update(len(idx))
-                    if state_path is not None:
-                        preempt.stop_if_requested(f"while evaluating ({stage.name}, batch {b + 1} of {len(batches)}; "
-                                                  f"progress in {state_path})")
+                    bar.update(sum(len(b) for b in batches[first:state["batch"]]))
+                    if state_path is not None:  # every rank stops after the same round (saved by rank 0)
+                        stop_if_requested(ctx, f"while evaluating ({stage.name}, batch {state['batch']} of "
+                                               f"{len(batches)}; progress in {state_path})")
                 bar.close()
                 broken = int((state["stage_start"] & ~state["robust"]).sum())
                 state["stages"].append({
@@ -135,6 +153,19 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
         "robust_mask": state["robust"].numpy(),
         "time_s": round(time.perf_counter() - start, 3),
     }
+
+
+def _across(ctx: DistContext, values: torch.Tensor, device, *, op: str = "sum") -> torch.Tensor:
+    """``values`` (CPU) summed (or maxed) over the ranks; through ``device`` (NCCL needs CUDA tensors)."""
+    if not ctx.enabled:
+        return values
+    import torch.distributed as tdist
+
+    on = values.to(device)
+    if op == "max":
+        tdist.all_reduce(on, op=tdist.ReduceOp.MAX)
+        return on.cpu()
+    return sum_across(ctx, on).cpu()
 
 
 def _fraction(flags: torch.Tensor) -> float:

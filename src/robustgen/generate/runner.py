@@ -17,12 +17,21 @@ in the manifest (listed, right size, sha256 of its files matching). A job killed
 resumes at the first incomplete shard and produces byte-identical shards. Asking for more
 samples later extends the store; the last short shard is rewritten whole. Labels start as the
 conditioning class (``conditions``); ``robustgen.label.runner`` replaces them.
+
+Under torchrun (``ctx``): rank 0 holds the store's writer, fits (or loads) the generator and
+lists the shards to do; the other ranks load the saved fit. Shards to do are dealt in rounds of
+one per rank (``train.distributed.rounds``); each rank samples and writes its shard's files, and
+after every round rank 0 records the round's shards in the manifest. Shard k's bytes depend only
+on (fit, seed, k), so the store is byte-identical to one process's whatever the number of ranks,
+and a job killed mid-round loses at most that round, which the next launch (any number of ranks)
+redoes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -30,9 +39,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from robustgen import preempt
-from robustgen.data.store import DEFAULT_SHARD_SIZE, StoreWriter, file_sha256, is_store
+from robustgen.data.store import DEFAULT_SHARD_SIZE, ShardFiles, StoreWriter, file_sha256, is_store, read_manifest
 from robustgen.errors import RobustgenError
 from robustgen.generate import get_generator, runtime_kwargs
+from robustgen.train.distributed import DistContext, all_gather, on_main, rounds, stop_if_requested
 
 __all__ = ["FIT_FILE", "array_fingerprint", "generate_store"]
 
@@ -58,7 +68,8 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
                    num_classes: int, num_samples: int, seed: int, fit_config: dict | None = None,
                    class_names=None, shard_size: int = DEFAULT_SHARD_SIZE, data_name: str = "",
                    progress: bool = True, verify_existing: bool = True, fitted=None,
-                   on_shard: Callable[[int], None] | None = None, fit_options: dict | None = None) -> dict:
+                   on_shard: Callable[[int], None] | None = None, fit_options: dict | None = None,
+                   ctx: DistContext = DistContext()) -> dict:
     """Fit ``generator`` on the train split (once) and write ``num_samples`` images to ``store_dir``.
 
     ``fit_config``: keyword arguments of the generator's ``fit`` (e.g. ``num_components``).
@@ -68,7 +79,8 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
     against the manifest). ``verify_existing``: re-hash finished shards before trusting them.
     ``fitted``: an already fitted generator (of these data and config) to save instead of fitting.
     ``on_shard(k)`` is called after shard k is written (progress hooks, tests).
-    Returns a summary with wall times.
+    ``ctx``: this rank under torchrun (see the module doc). Returns a summary with wall times
+    (the same on every rank).
     """
     store_dir = Path(store_dir)
     adapter = get_generator(generator)
@@ -79,53 +91,81 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
         raise RobustgenError(f"number of samples must be a positive integer, got {num_samples!r}")
     num_samples = int(num_samples)
     fit_config = dict(fit_config or {})
+    runtime = runtime_kwargs(adapter, fit_options)
     t0 = time.perf_counter()
     image_shape = tuple(int(v) for v in train_images.shape[1:])
     spec = {"name": generator, "seed": int(seed), "fit_config": fit_config,
             "train_data": {"name": data_name, "n": int(len(train_labels)),
                            "sha256": array_fingerprint(train_images, train_labels)}}
-    if is_store(store_dir):
-        writer = StoreWriter.open(store_dir)
-        _check_resume(writer, spec, image_shape, num_classes, shard_size, num_samples)
-    else:
-        writer = StoreWriter.create(store_dir, image_shape=image_shape, num_classes=num_classes,
-                                    class_names=class_names, shard_size=shard_size,
-                                    info={"generator": {**spec, "fit_file": None}})
-    with writer:
+    writer = None
+
+    def prepare() -> dict:
+        """Rank 0: open or create the store, fit or load, and list the shards to write."""
+        nonlocal writer, fitted
+        if is_store(store_dir):
+            writer = stack.enter_context(StoreWriter.open(store_dir))
+            _check_resume(writer, spec, image_shape, num_classes, shard_size, num_samples)
+        else:
+            writer = stack.enter_context(StoreWriter.create(
+                store_dir, image_shape=image_shape, num_classes=num_classes, class_names=class_names,
+                shard_size=shard_size, info={"generator": {**spec, "fit_file": None}}))
         writer.update(target_num_images=num_samples)
         fitted, fit_s, refit = _fit_or_load(writer, adapter, spec, train_images, train_labels, num_classes,
-                                            fit_config, fitted, runtime_kwargs(adapter, fit_options))
-        sampler = adapter.range_sampler(fitted, seed=int(seed))
+                                            fit_config, fitted, runtime)
         size = int(writer.manifest["shard_size"])
-        starts = range(0, num_samples, size)
+        todo, done = [], 0
+        for k, start in enumerate(range(0, num_samples, size)):
+            stop = min(num_samples, start + size)
+            fields = _SHARD_FIELDS if k >= len(writer.shards) or "conditions" in writer.shards[k]["files"] \
+                else _SHARD_FIELDS[:2]
+            if writer.shard_ok(k, count=stop - start, fields=fields, check_sha=verify_existing):
+                done += stop - start
+            else:
+                todo.append((k, start, stop))
+        return {"todo": todo, "skipped": done, "fit_s": fit_s, "refit": refit,
+                "fit_file": getattr(adapter, "fit_file", FIT_FILE)}
+
+    with ExitStack() as stack:  # rank 0's writer, closed (or its lock released on an error) at the end
+        plan = on_main(ctx, prepare)
+        if not ctx.is_main:  # the fit rank 0 saved (or found) in the store
+            fitted = adapter.load_fit(store_dir / plan["fit_file"], **runtime)
+        files = writer if ctx.is_main else ShardFiles(store_dir, read_manifest(store_dir))
+        sampler = adapter.range_sampler(fitted, seed=int(seed))
         t1 = time.perf_counter()
-        written = skipped = 0
-        with tqdm(total=num_samples, unit="img", unit_scale=True, desc="generate", disable=not progress,
-                  smoothing=0.1) as bar, preempt.resumable():
-            for k, start in enumerate(starts):
-                stop = min(num_samples, start + size)
-                fields = _SHARD_FIELDS if k >= len(writer.shards) or "conditions" in writer.shards[k]["files"] \
-                    else _SHARD_FIELDS[:2]
-                if writer.shard_ok(k, count=stop - start, fields=fields, check_sha=verify_existing):
-                    skipped += stop - start
-                    bar.update(stop - start)
-                    continue
-                images, conditions = sampler.sample(start, stop)
-                labels = np.zeros(len(images), np.int64) if conditions is None else conditions
-                writer.write_shard(k, images=images, labels=labels, conditions=conditions)
-                written += stop - start
-                bar.update(stop - start)
-                if on_shard is not None:
-                    on_shard(k)
-                if stop < num_samples:
-                    preempt.stop_if_requested(f"while generating {store_dir}, after shard {k} ({stop} of {num_samples} images)")
+        written = 0
+        with tqdm(total=num_samples, initial=plan["skipped"], unit="img", unit_scale=True, desc="generate",
+                  disable=not (progress and ctx.is_main), smoothing=0.1) as bar, preempt.resumable():
+            todo = rounds(ctx, plan["todo"])
+            for r, mine in enumerate(todo):
+                entry = None
+                if mine is not None:
+                    k, start, stop = mine
+                    images, conditions = sampler.sample(start, stop)
+                    labels = np.zeros(len(images), np.int64) if conditions is None else conditions
+                    entry = files.write_files(k, images=images, labels=labels, conditions=conditions)
+                recorded = sorted((e for e in all_gather(ctx, entry) if e is not None), key=lambda e: e["index"])
+                for e in recorded:
+                    if ctx.is_main:
+                        writer.record_shard(e)
+                    written += int(e["count"])
+                    bar.update(int(e["count"]))
+                if on_shard is not None and mine is not None:
+                    on_shard(mine[0])
+                if r + 1 < len(todo):  # every rank stops after the same round (its shards are recorded)
+                    stop_if_requested(ctx, f"while generating {store_dir}, after shard {recorded[-1]['index']} "
+                                           f"({plan['skipped'] + written} of {num_samples} images)")
         sample_s = time.perf_counter() - t1
-        return {"store": str(store_dir), "generator": generator, "num_samples": num_samples,
-                "shards": len(writer.shards), "written": written, "skipped": skipped, "refit": refit,
-                "fit_time_s": round(fit_s, 2), "sample_time_s": round(sample_s, 2),
-                "images_per_s": round(written / sample_s, 1) if written and sample_s > 0 else None,
-                "wall_time_s": round(time.perf_counter() - t0, 2),
-                "counts_per_class": writer.manifest["counts_per_class"]}
+
+        def summary() -> dict:
+            return {"store": str(store_dir), "generator": generator, "num_samples": num_samples,
+                    "shards": len(writer.shards), "written": written, "skipped": plan["skipped"],
+                    "refit": plan["refit"], "fit_time_s": round(plan["fit_s"], 2),
+                    "sample_time_s": round(sample_s, 2),
+                    "images_per_s": round(written / sample_s, 1) if written and sample_s > 0 else None,
+                    "wall_time_s": round(time.perf_counter() - t0, 2),
+                    "counts_per_class": writer.manifest["counts_per_class"]}
+
+        return on_main(ctx, summary)  # leaving the stack closes rank 0's writer
 
 
 def _check_resume(writer: StoreWriter, spec: dict, image_shape, num_classes, shard_size, num_samples) -> None:

@@ -6,12 +6,16 @@ BigGAN/VDVAE sets of App. D) keep the ``k`` most confident images of each class.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from robustgen.errors import RobustgenError
+from robustgen.models.inference import InferenceOptions, autocast, to_memory_format
 
 __all__ = ["assign_labels", "predict_probabilities", "pseudo_label", "top_k_per_class"]
 
@@ -24,12 +28,18 @@ def predict_probabilities(
     batch_size: int = 512,
     device: str | torch.device = "cpu",
     progress: bool = False,
+    batches: Sequence[tuple[int, int]] | None = None,
+    options: InferenceOptions = InferenceOptions(),
 ) -> np.ndarray:
     """Softmax of ``model`` on uint8 NHWC images -> float32 [N, K].
 
-    The model (already on ``device``) takes [0, 1] NCHW input and returns logits; it runs in
-    eval mode and its previous train/eval mode is restored afterwards. Each uint8 batch is
-    moved to ``device`` and converted there. Works on memory-mapped arrays batch by batch.
+    The model (already on ``device``, prepared with ``models.inference.prepare_for_inference``
+    when ``options`` ask for channels_last / compile) takes [0, 1] NCHW input and returns logits;
+    it runs in eval mode and its previous train/eval mode is restored afterwards. Batches of rows
+    (``batches``: (start, stop) ranges, default consecutive ``batch_size`` rows; the result has
+    their rows in that order) are read from ``images`` by a background thread one batch ahead
+    (into pinned memory on CUDA), moved to ``device`` and converted there, so a memory-mapped
+    store shard is read while the model runs.
     """
     images = images_uint8_nhwc
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
@@ -42,19 +52,28 @@ def predict_probabilities(
     if batch_size < 1:
         raise RobustgenError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
+    if batches is None:
+        batches = [(lo, min(lo + batch_size, len(images))) for lo in range(0, len(images), batch_size)]
+    pin = device.type == "cuda"
+
+    def read(rows: tuple[int, int]) -> torch.Tensor:
+        x = torch.from_numpy(np.array(images[rows[0]:rows[1]]))  # a copy: store shards are read-only maps
+        return x.pin_memory() if pin else x
+
     was_training = model.training
     model.eval()
     out: list[np.ndarray] = []
     try:
-        with tqdm(total=len(images), unit="img", desc="pseudo-label", disable=not progress) as bar:
-            for start in range(0, len(images), batch_size):
-                batch = np.ascontiguousarray(images[start : start + batch_size])
-                if not batch.flags.writeable:  # a read-only memory map (store shard)
-                    batch = batch.copy()
+        with tqdm(total=sum(hi - lo for lo, hi in batches), unit="img", desc="pseudo-label",
+                  disable=not progress) as bar, ThreadPoolExecutor(1) as reader:
+            ahead = reader.submit(read, batches[0]) if batches else None
+            for b in range(len(batches)):
+                batch = ahead.result()
+                ahead = reader.submit(read, batches[b + 1]) if b + 1 < len(batches) else None
                 # [B, H, W, C] uint8 -> [B, C, H, W] float in [0, 1], on the device
-                x = torch.from_numpy(batch).to(device, non_blocking=True)
-                x = x.permute(0, 3, 1, 2).float().div_(255.0)
-                logits = model(x)
+                x = batch.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+                with autocast(options, device):
+                    logits = model(to_memory_format(x, options))
                 out.append(logits.float().softmax(dim=-1).cpu().numpy())
                 bar.update(len(batch))
     finally:

@@ -10,6 +10,14 @@ and library versions). Two modes:
 * ``"condition"`` (class-conditional generators, Wang et al.): label = the conditioning class,
   confidence = the classifier's probability of that class.
 
+Under torchrun (``ctx``) every shard's batches of ``batch_size`` rows are dealt round-robin to
+the ranks (rows, not shards: a store of few shards still keeps every GPU busy); rank 0 gathers
+the rows' labels and confidences and writes the shard. A row's result depends only on its batch,
+which is the same whatever the number of ranks, so the store is byte-identical to one process's.
+Speed options (``InferenceOptions``: bf16 autocast on CUDA, channels_last, torch.compile) are the
+caller's (``models.inference.prepare_for_inference``); bf16 is part of the labeller's id, since it
+changes confidences.
+
 ``select_store`` then keeps rows by class (``robustgen.label.select``) by writing the store's
 selection; with no rule it clears the selection. Images are never copied.
 """
@@ -17,6 +25,7 @@ selection; with no rule it clears the selection. Images are never copied.
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -26,10 +35,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustgen import preempt
-from robustgen.data.store import Store, StoreWriter, _MappedShard, shard_file
+from robustgen.data.store import Store, StoreWriter, _MappedShard, read_manifest, shard_file
 from robustgen.errors import RobustgenError
 from robustgen.label.pseudo import assign_labels, predict_probabilities
 from robustgen.label.select import keep_counts, select_per_class
+from robustgen.models.inference import InferenceOptions, effective_bf16
+from robustgen.train.distributed import DistContext, all_gather, on_main, stop_if_requested
 
 __all__ = ["LABEL_MODES", "label_store", "select_store"]
 
@@ -38,16 +49,24 @@ LABEL_MODES = ("argmax", "condition")
 
 def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "argmax", batch_size: int = 1024,
                 device: str | torch.device = "cpu", progress: bool = True,
-                on_shard: Callable[[int], None] | None = None) -> dict:
+                on_shard: Callable[[int], None] | None = None, options: InferenceOptions = InferenceOptions(),
+                ctx: DistContext = DistContext()) -> dict:
     """Label every shard of ``store_dir`` not yet labelled by ``labeller`` (a JSON-able dict with
-    an ``id`` that identifies the classifier, e.g. its file's sha256). Returns a summary."""
+    an ``id`` that identifies the classifier, e.g. its file's sha256). Returns a summary (the
+    same on every rank)."""
     if mode not in LABEL_MODES:
         raise RobustgenError(f"label mode must be one of {list(LABEL_MODES)}, got {mode!r}")
     if batch_size < 1:
         raise RobustgenError(f"batch size must be >= 1, got {batch_size}")
     store_dir = Path(store_dir)
-    labeller_id = f"{labeller['id']}:{mode}"
-    with StoreWriter.open(store_dir) as writer:
+    bf16 = effective_bf16(options, device)
+    labeller_id = f"{labeller['id']}:{mode}" + (":bf16" if bf16 else "")
+    writer = None
+
+    def prepare() -> dict:
+        """Rank 0: hold the store's writer, record the labeller, list the shards to label."""
+        nonlocal writer
+        writer = stack.enter_context(StoreWriter.open(store_dir))
         m = writer.manifest
         target = m.get("target_num_images")
         if target is not None and m["num_images"] < int(target):
@@ -56,46 +75,76 @@ def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "arg
         if mode == "condition" and not all("conditions" in e["files"] for e in writer.shards):
             raise RobustgenError(f"{store_dir}: the store has no conditioning classes (not from a "
                                  f"class-conditional generator); label with the classifier's argmax instead")
-        writer.update(labeller={**labeller, "mode": mode, "batch_size": int(batch_size), "id": labeller_id})
+        writer.update(labeller={**labeller, "mode": mode, "batch_size": int(batch_size), "id": labeller_id,
+                                "precision": "bf16" if bf16 else "fp32"})
+        todo = [int(e["index"]) for e in writer.shards
+                if not (e.get("labeller") == labeller_id and writer.shard_ok(int(e["index"]),
+                                                                            fields=("labels", "confidences")))]
+        return {"todo": todo, "total": int(m["num_images"])}
+
+    with ExitStack() as stack:  # rank 0's writer, closed (or its lock released on an error) at the end
+        plan = on_main(ctx, prepare)
+        manifest = writer.manifest if ctx.is_main else read_manifest(store_dir)
+        image_shape, num_classes = tuple(manifest["image_shape"]), int(manifest["num_classes"])
         t0 = time.perf_counter()
-        done = skipped = 0
-        agree = 0
-        with tqdm(total=m["num_images"], unit="img", unit_scale=True, desc="label", disable=not progress) as bar, \
-                preempt.resumable():
-            for e in writer.shards:
+        done = 0
+        todo = set(plan["todo"])
+        with tqdm(total=plan["total"], unit="img", unit_scale=True, desc="label",
+                  disable=not (progress and ctx.is_main)) as bar, preempt.resumable():
+            for e in manifest["shards"]:
                 k, n = int(e["index"]), int(e["count"])
-                if e.get("labeller") == labeller_id and writer.shard_ok(k, fields=("labels", "confidences")):
-                    skipped += n
+                if k not in todo:
                     bar.update(n)
                     continue
-                shard = _MappedShard(store_dir / shard_file("images", k), n, writer.image_shape)
-                probs = predict_probabilities(model, shard.array, batch_size=batch_size, device=device)
-                del shard  # unmapped: resident memory stays one shard's probabilities
-                if probs.shape[1] != writer.num_classes:
-                    raise RobustgenError(f"the classifier has {probs.shape[1]} classes but {store_dir} has "
-                                         f"{writer.num_classes}")
-                extra, conditions = {}, None
+                conditions = None
                 if "conditions" in e["files"]:
                     conditions = np.load(store_dir / e["files"]["conditions"]["name"], allow_pickle=False)
-                    predicted = probs.argmax(axis=1)
-                    extra["agreement"] = float((predicted == conditions).mean())
-                    agree += int((predicted == conditions).sum())
-                labels, confidence = assign_labels(probs, mode=mode, conditions=conditions, source=str(store_dir))
-                writer.write_labels(k, labels=labels, confidences=confidence, labeller=labeller_id, extra=extra)
+                batches = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
+                mine = batches[ctx.rank::ctx.world_size]
+                rows = None
+                if mine:
+                    shard = _MappedShard(store_dir / shard_file("images", k), n, image_shape)
+                    probs = predict_probabilities(model, shard.array, batch_size=batch_size, device=device,
+                                                  batches=mine, options=options)
+                    del shard  # unmapped: resident memory stays one shard's probabilities
+                    if probs.shape[1] != num_classes:
+                        raise RobustgenError(f"the classifier has {probs.shape[1]} classes but {store_dir} has "
+                                             f"{num_classes}")
+                    idx = np.concatenate([np.arange(lo, hi) for lo, hi in mine])
+                    labels, confidence = assign_labels(probs, mode=mode, source=str(store_dir),
+                                                       conditions=None if conditions is None else conditions[idx])
+                    rows = (idx, labels, confidence, probs.argmax(axis=1))
+                if ctx.is_main:
+                    parts = [r for r in all_gather(ctx, rows) if r is not None]
+                    idx = np.concatenate([r[0] for r in parts])
+                    labels, confidence, predicted = (np.empty(n, np.int64), np.empty(n, np.float32),
+                                                     np.empty(n, np.int64))
+                    for field, out in ((1, labels), (2, confidence), (3, predicted)):
+                        out[idx] = np.concatenate([r[field] for r in parts])
+                    extra = {} if conditions is None else {"agreement": float((predicted == conditions).mean())}
+                    writer.write_labels(k, labels=labels, confidences=confidence, labeller=labeller_id, extra=extra)
+                else:
+                    all_gather(ctx, rows)
                 done += n
                 bar.update(n)
                 if on_shard is not None:
                     on_shard(k)
-                if k + 1 < len(writer.shards):
-                    preempt.stop_if_requested(f"while labelling {store_dir}, after shard {k}")
+                if k < max(todo):  # every rank stops after the same shard (it is written)
+                    stop_if_requested(ctx, f"while labelling {store_dir}, after shard {k}")
         wall = time.perf_counter() - t0
-        summary = {"store": str(store_dir), "mode": mode, "labelled": done, "skipped": skipped,
+
+        def summary() -> dict:
+            shards = writer.shards
+            out = {"store": str(store_dir), "mode": mode, "labelled": done, "skipped": plan["total"] - done,
                    "images_per_s": round(done / wall, 1) if done and wall > 0 else None,
+                   "precision": "bf16" if bf16 else "fp32", "processes": ctx.world_size,
                    "counts_per_class": writer.manifest["counts_per_class"]}
-        if agree or any("agreement" in e for e in writer.shards):
-            summary["agreement_with_condition"] = round(
-                sum(e.get("agreement", 0.0) * int(e["count"]) for e in writer.shards) / writer.manifest["num_images"], 4)
-        return summary
+            if any("agreement" in e for e in shards):
+                out["agreement_with_condition"] = round(
+                    sum(e.get("agreement", 0.0) * int(e["count"]) for e in shards) / writer.manifest["num_images"], 4)
+            return out
+
+        return on_main(ctx, summary)  # leaving the stack closes rank 0's writer
 
 
 def select_store(store_dir, *, top_k: int | None = None, top_fraction: float | None = None,

@@ -28,7 +28,10 @@ import torch
 from robustgen import preempt
 from robustgen.errors import RobustgenError
 from robustgen.generate import register_generator
-from robustgen.generate.diffusion.samplers import SAMPLERS, sample_diffusion, sample_generators, to_uint8_nhwc
+from robustgen.generate.diffusion.samplers import (auto_batch_size, resolve_sampler, sample_diffusion,
+                                                   sample_generators, to_uint8_nhwc)
+from robustgen.models.inference import InferenceOptions, prepare_for_inference
+from robustgen.train.distributed import in_process_group
 
 __all__ = ["DDPMFit", "DDPMGenerator", "DDPMRangeSampler", "fit_ddpm"]
 
@@ -48,6 +51,9 @@ class DDPMFit:
     steps: int = 20
     batch_size: int = 256
     precision: str = "fp32"
+    channels_last: bool = False  # NHWC UNet and inputs when sampling
+    compile: bool = False  # torch.compile the UNet for sampling (CUDA graphs on CUDA)
+    setting: str | None = None  # the named sampler setting (wang2023, ...) that chose sampler and steps
     info: dict = field(default_factory=dict)  # training summary / source
     condition_classes: list | None = None  # model class of each data class (class_map by-name); None: the same
 
@@ -71,7 +77,8 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
              batch_size: int = 64, lr: float = 1e-3, warmup_steps: int = 200, ema_decay: float = 0.999,
              grad_clip: float = 1.0, dropout: float | None = None, flip: bool = False, train_seed: int = 0,
              sampler: str = "dpm-solver++", sampling_steps: int = 20, sample_batch_size: int = 256,
-             precision: str = "fp32", checkpoint_every_steps: int = 500, class_map: str = "same",
+             precision: str = "fp32", channels_last: bool = False, compile: bool = False,
+             checkpoint_every_steps: int = 500, class_map: str = "same",
              class_names=None, device: str = "cpu", work_dir=None, progress: bool = False,
              stop_after: int | None = None) -> DDPMFit:
     """Train a DDPM on uint8 NHWC ``train_images`` (or load ``pretrained``); see the module doc."""
@@ -83,16 +90,16 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
     if getattr(train_images, "dtype", None) != np.uint8 or getattr(train_images, "ndim", None) != 4:
         raise RobustgenError(f"expected uint8 NHWC images, got {getattr(train_images, 'dtype', type(train_images))} "
                              f"{getattr(train_images, 'shape', '')}")
-    if sampler not in SAMPLERS:
-        raise RobustgenError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
+    solver, solver_steps = resolve_sampler(sampler, sampling_steps)
     if precision not in ("fp32", "bf16"):
         raise RobustgenError(f"precision must be fp32 or bf16, got {precision!r}")
     h, w, c = (int(v) for v in train_images.shape[1:])
     if h != w:
         raise RobustgenError(f"the DDPM UNets take square images, got {h}x{w}")
     device = torch.device(device)
-    sample_settings = dict(sampler=sampler, steps=int(sampling_steps), batch_size=int(sample_batch_size),
-                           precision=precision)
+    sample_settings = dict(sampler=solver, steps=solver_steps, batch_size=int(sample_batch_size),
+                           precision=precision, channels_last=bool(channels_last), compile=bool(compile),
+                           setting=sampler if solver != sampler else None)
     if pretrained:
         model, sched = load_pretrained(pretrained)
         k = unet_num_classes(model)
@@ -110,8 +117,9 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
         if (size, model.config.in_channels) != (h, c):
             raise RobustgenError(f"{pretrained}: the model makes {size}x{size}x{model.config.in_channels} images "
                                  f"but the data are {h}x{w}x{c}")
-        return DDPMFit(model.to(device), sched, num_classes, bool(class_conditional), (h, w, c),
-                       info={"pretrained": str(pretrained)}, condition_classes=condition_classes, **sample_settings)
+        return _with_batch_size(DDPMFit(model.to(device), sched, num_classes, bool(class_conditional), (h, w, c),
+                                        info={"pretrained": str(pretrained)}, condition_classes=condition_classes,
+                                        **sample_settings))
     train_images = np.asarray(train_images)
     labels = np.asarray(train_labels, dtype=np.int64) if class_conditional else None
     if labels is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
@@ -131,8 +139,18 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
                          device=device, work_dir=work_dir, fingerprint=fp, progress=progress, stop_after=stop_after)
     model.load_state_dict(summary.pop("ema_state"), strict=False)
     model.eval().requires_grad_(False)
-    return DDPMFit(model, sched, num_classes, bool(class_conditional), (h, w, c),
-                   info={"unet": unet, **summary}, **sample_settings)
+    return _with_batch_size(DDPMFit(model, sched, num_classes, bool(class_conditional), (h, w, c),
+                                    info={"unet": unet, **summary}, **sample_settings))
+
+
+def _with_batch_size(fit: DDPMFit) -> DDPMFit:
+    """``sample_batch_size: 0`` is chosen here, once, from the device's memory, and saved with the fit
+    (the batch decides the images' bits, so every rank and every resumed job must use the same)."""
+    if fit.batch_size < 1:
+        fit.batch_size = auto_batch_size(fit.unet, class_conditional=fit.class_conditional,
+                                         bf16=fit.precision == "bf16", channels_last=fit.channels_last)
+        fit.info["batch_size_chosen_by_memory"] = fit.batch_size
+    return fit
 
 
 def _classes_by_name(pretrained: str, class_names, num_classes: int) -> list[int]:
@@ -161,6 +179,9 @@ class DDPMRangeSampler:
             raise RobustgenError(f"seed must be a non-negative integer, got {seed}")
         self.fit, self.seed = fit, int(seed)
         self._edge: tuple[int, np.ndarray] | None = None  # last block cut by a range edge
+        cuda = next(fit.unet.parameters()).device.type == "cuda"
+        self.model = prepare_for_inference(fit.unet, InferenceOptions(
+            channels_last=fit.channels_last, compile=fit.compile, cuda_graphs=fit.compile and cuda))
 
     def _block(self, b: int) -> np.ndarray:
         if self._edge is not None and self._edge[0] == b:
@@ -172,7 +193,8 @@ class DDPMRangeSampler:
         labels = (torch.tensor([model_class[i % f.num_classes] for i in idx], dtype=torch.long, device=device)
                   if f.class_conditional else None)
         x = sample_diffusion(f.unet, f.scheduler_config, generators=sample_generators(self.seed, idx),
-                             class_labels=labels, sampler=f.sampler, steps=f.steps, bf16=f.precision == "bf16")
+                             class_labels=labels, sampler=f.sampler, steps=f.steps, bf16=f.precision == "bf16",
+                             channels_last=f.channels_last, model=self.model)
         return to_uint8_nhwc(x)
 
     def sample(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray | None]:
@@ -182,8 +204,10 @@ class DDPMRangeSampler:
         f, B = self.fit, self.fit.batch_size
         out = np.empty((stop - start, *f.image_shape), dtype=np.uint8)
         for b in range(start // B, -(-stop // B)):
-            # a stop request drops this shard (redone on resume) rather than outlive the grace period
-            preempt.stop_if_requested(f"while sampling images {start}..{stop - 1} (redone on resume)")
+            # a stop request drops this shard (redone on resume) rather than outlive the grace period;
+            # under torchrun the ranks stop together after the round instead (generate.runner)
+            if not in_process_group():
+                preempt.stop_if_requested(f"while sampling images {start}..{stop - 1} (redone on resume)")
             lo, hi = max(start, b * B), min(stop, (b + 1) * B)
             block = self._block(b)
             if lo > b * B or hi < (b + 1) * B:
@@ -230,7 +254,8 @@ class DDPMGenerator:
                 "scheduler_config": fitted.scheduler_config, "num_classes": fitted.num_classes,
                 "class_conditional": fitted.class_conditional, "image_shape": list(fitted.image_shape),
                 "sampler": fitted.sampler, "steps": fitted.steps, "batch_size": fitted.batch_size,
-                "precision": fitted.precision, "info": fitted.info, "condition_classes": fitted.condition_classes}
+                "precision": fitted.precision, "channels_last": fitted.channels_last, "compile": fitted.compile,
+                "setting": fitted.setting, "info": fitted.info, "condition_classes": fitted.condition_classes}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata={_META_KEY: json.dumps(meta, default=str)}))
 
     @staticmethod
@@ -250,5 +275,7 @@ class DDPMGenerator:
         unet.eval().requires_grad_(False).to(torch.device(device))
         return DDPMFit(unet, meta["scheduler_config"], int(meta["num_classes"]), bool(meta["class_conditional"]),
                        tuple(meta["image_shape"]), sampler=meta["sampler"], steps=int(meta["steps"]),
-                       batch_size=int(meta["batch_size"]), precision=meta["precision"], info=meta.get("info", {}),
+                       batch_size=int(meta["batch_size"]), precision=meta["precision"],
+                       channels_last=bool(meta.get("channels_last", False)), compile=bool(meta.get("compile", False)),
+                       setting=meta.get("setting"), info=meta.get("info", {}),
                        condition_classes=meta.get("condition_classes"))

@@ -9,6 +9,14 @@ Karras et al. 2022), as functions of a UNet, its schedule and per-sample noise g
   VP-trained UNet (``VPDenoiser``; t(sigma) interpolates the training timesteps in log sigma).
   ``steps`` noise levels cost 2 * steps - 1 UNet evaluations.
 
+Named settings (``SAMPLER_SETTINGS``) fix a solver and its steps as published: ``wang2023`` is
+the EDM Heun schedule with 20 noise levels (39 UNet calls) that Wang et al. 2023 sampled their
+20M-50M CIFAR images with; ``karras2022`` is EDM's own CIFAR-10 setting (18 levels, 35 calls).
+
+Speed (``sample_diffusion``): bf16 autocast of the UNet on CUDA, channels_last inputs, and a
+compiled UNet passed as ``model`` (``models.inference.prepare_for_inference``); the solver
+arithmetic stays float32. ``auto_batch_size`` picks the batch from the GPU's free memory.
+
 Per-sample seeds (EDM): sample i draws all its noise (x_T, and the ancestral noise of every DDPM
 step) from its own CPU ``torch.Generator`` seeded by (seed, i) (``sample_generators``), so its
 noise is identical whatever the batch, device or restart. Images are then equal up to the
@@ -25,10 +33,21 @@ import torch
 
 from robustgen.errors import RobustgenError
 
-__all__ = ["SAMPLERS", "VPDenoiser", "edm_heun_sample", "edm_sigma_steps", "per_sample_noise",
-           "sample_diffusion", "sample_generators", "to_uint8_nhwc"]
+__all__ = ["SAMPLERS", "SAMPLER_SETTINGS", "VPDenoiser", "auto_batch_size", "edm_heun_sample", "edm_sigma_steps",
+           "per_sample_noise", "resolve_sampler", "sample_diffusion", "sample_generators", "to_uint8_nhwc"]
 
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++", "edm-heun")
+# name -> (solver, steps), as published (see the module doc)
+SAMPLER_SETTINGS = {"wang2023": ("edm-heun", 20), "karras2022": ("edm-heun", 18)}
+
+
+def resolve_sampler(name: str, steps: int) -> tuple[str, int]:
+    """(solver, steps) of a solver name (with ``steps``) or of a named setting (its own steps)."""
+    if name in SAMPLER_SETTINGS:
+        return SAMPLER_SETTINGS[name]
+    if name not in SAMPLERS:
+        raise RobustgenError(f"unknown sampler {name!r} (known: {', '.join(SAMPLERS + tuple(SAMPLER_SETTINGS))})")
+    return name, int(steps)
 
 
 def sample_generators(seed: int, indices: Sequence[int]) -> list[torch.Generator]:
@@ -112,11 +131,14 @@ def _scheduler(name: str, config: dict):
 
 @torch.no_grad()
 def sample_diffusion(unet, scheduler_config: dict, *, generators: Sequence[torch.Generator],
-                     class_labels: torch.Tensor | None, sampler: str, steps: int, bf16: bool = False) -> torch.Tensor:
+                     class_labels: torch.Tensor | None, sampler: str, steps: int, bf16: bool = False,
+                     channels_last: bool = False, model: Callable | None = None) -> torch.Tensor:
     """Images in [-1, 1], float32 [B, C, H, W] on the UNet's device, one per generator.
 
     ``class_labels``: int64 [B] conditioning classes, or None for an unconditional UNet.
     ``bf16``: autocast the UNet to bfloat16 (CUDA only); the sampler arithmetic stays float32.
+    ``channels_last``: give the UNet NHWC-strided inputs (its weights converted by the caller).
+    ``model``: what to call instead of ``unet`` (e.g. its ``torch.compile`` wrapper).
     """
     if sampler not in SAMPLERS:
         raise RobustgenError(f"unknown sampler {sampler!r} (known: {', '.join(SAMPLERS)})")
@@ -130,9 +152,13 @@ def sample_diffusion(unet, scheduler_config: dict, *, generators: Sequence[torch
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if bf16 and device.type == "cuda"
                 else contextlib.nullcontext())
 
+    run = unet if model is None else model
+
     def model_output(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            out = unet(x, t, class_labels=class_labels).sample
+            out = run(x, t, class_labels=class_labels).sample
         return out.float()
 
     def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -160,6 +186,40 @@ def sample_diffusion(unet, scheduler_config: dict, *, generators: Sequence[torch
         kwargs = {"generator": list(generators)} if sampler == "ddpm" else {}
         x = sched.step(eps, t, x, **kwargs).prev_sample
     return x.clamp(-1, 1)
+
+
+def auto_batch_size(unet, *, class_conditional: bool, bf16: bool, channels_last: bool = False,
+                    memory_fraction: float = 0.8, largest: int = 4096, cpu_default: int = 256) -> int:
+    """The largest power of two of images per UNet call whose activations fit in ``memory_fraction``
+    of the GPU memory free now (peak memory of one call measured at 16 and 32 images, extrapolated
+    linearly); ``cpu_default`` on a CPU. A fit records the value, so it is chosen once per store."""
+    device = next(unet.parameters()).device
+    if device.type != "cuda":
+        return int(cpu_default)
+    c, size = unet.config.in_channels, unet.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    peaks = []
+    for b in (16, 32):
+        x = torch.randn(b, c, size, size, device=device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        labels = torch.zeros(b, dtype=torch.long, device=device) if class_conditional else None
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+            unet(x, torch.full((b,), 500, device=device), class_labels=labels)
+        torch.cuda.synchronize(device)
+        peaks.append(torch.cuda.max_memory_allocated(device) - base)
+    per_image = max((peaks[1] - peaks[0]) / 16, 1.0)
+    fixed = max(peaks[0] - 16 * per_image, 0.0)
+    free = torch.cuda.mem_get_info(device)[0] * memory_fraction
+    # the solver keeps a few [B, C, H, W] float32 states besides the UNet's activations
+    per_image += 8 * c * size * size * 4
+    b = 1
+    while b * 2 <= largest and fixed + b * 2 * per_image <= free:
+        b *= 2
+    return b
 
 
 def to_uint8_nhwc(x: torch.Tensor) -> np.ndarray:
