@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of the closing notes, as one script (one NVIDIA GPU, repository root),
-# at most 10 minutes (the sum of the steps' limits). Logs go to ${OUT:-/tmp/robustgen-gpu}. Needs torch with CUDA, and diffusers for
+# at most 13.5 minutes (the sum of the steps' limits). Logs go to ${OUT:-/tmp/robustgen-gpu}. Needs torch with CUDA, and diffusers for
 # the diffusion step. Each step has its own time limit, so one failure does not hide the rest.
 #   1. TRADES-10 step of WRN-28-10, batch 256: the ports' references vs robustgen fp32, bf16 +
 #      channels_last before (clean logits computed twice, "twopass") and after (shared), and with
@@ -10,14 +10,22 @@
 #   4. where the time goes in the eager bf16 WRN-28-10 step (torch.profiler, CUDA kernel time)
 #   5. SyncBatchNorm in the training step on CUDA (a one-process group)
 #   6. robustgen run end to end on the GPU (digits, bf16, compile, layout chosen at start-up)
-#   7. diffusion sampler throughput, Ho et al.'s 35.7M UNet, batch 256, bf16
+#   7. diffusion sampling of Ho et al.'s 35.7M UNet, batch 256: DPM-Solver++-20, EDM Heun at 10 levels
+#      and wang2023 (EDM Heun, 20 levels), fp32 / bf16 / bf16+channels_last / +compile (CUDA graphs):
+#      images/s, model TFLOP/s, % of the bf16 peak, ratios interleaved, and a profile of one batch per
+#      variant (where the time goes; benchmarks/diffusion_sampling.py --profile)
 #   8. BatchNorm groups of 32 (train.bn_group_size, the paper presets) vs plain BatchNorm, WRN-28-10 (after step 4)
+#   9. labelling throughput of WRN-28-10 (f_NR) over a 32K-image store shard, batch 1024: fp32 /
+#      bf16 / bf16+channels_last / +compile vs the loop without read-ahead (benchmarks/label_throughput.py)
+# The limits sum to 13.5 minutes, more than one 10-minute device call: name the steps to run only
+# those (`gpu_checks.sh diffusion label`: 4.5 min; the first six: 7.5 min).
 # `benchmarks/gpu_checks.sh --tiny` runs the same steps on the CPU with tiny models and sizes,
 # without torch.compile (minutes of compiling on a CPU) and the CUDA-only steps, and with 3x the
 # time limits, to check the script itself without a GPU.
 set -u
 TINY=0
-[ "${1:-}" = "--tiny" ] && TINY=1
+[ "${1:-}" = "--tiny" ] && { TINY=1; shift; }
+ONLY=" $* "  # step names to run; empty: all
 OUT=${OUT:-/tmp/robustgen-gpu}
 mkdir -p "$OUT"
 export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$(pwd)/src PYTHONUNBUFFERED=1
@@ -33,15 +41,18 @@ fi
 python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" | tee -a "$OUT/gpu.txt"
 TRADES="python3 benchmarks/trades_step.py --device $DEV --image $IMG --channels 3 --steps $ATTACK"
 
+selected() { [ "$ONLY" = "  " ] || [[ "$ONLY" == *" $1 "* ]]; }
 step() {  # step NAME SECONDS COMMAND...
   local name=$1 limit=$(($2 * SCALE)); shift 2
+  selected "$name" || return 0
   echo "=== $name (limit ${limit}s): $*"
   local t0=$SECONDS
   timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
   echo "--- $name: exit $? after $((SECONDS - t0)) s"
   grep -v -E "^\s*$|it/s\]|s/it\]|%\|" "$OUT/$name.log" | tail -n 14
 }
-cuda_only() {  # cuda_only NAME: true (and a note) in tiny mode
+cuda_only() {  # cuda_only NAME: true (and a note) in tiny mode or when not selected
+  selected "$1" || return 0
   [ $TINY = 1 ] && { echo "=== $1: skipped in tiny mode (needs CUDA)"; return 0; }
   return 1
 }
@@ -77,8 +88,17 @@ RUN_SET="--set device=$DEV --set train.precision=bf16 --set classifier.epochs=3 
 [ $TINY = 1 ] && RUN_SET="--set device=cpu --set train.precision=bf16 --set classifier.epochs=0.2 --set train.epochs=0.2 --set generator.num_samples=200 --set eval.n=50"
 [ $TINY = 0 ] && RUN_SET="$RUN_SET --set train.compile=true"
 step run 90 python3 -m robustgen.cli run --out "$OUT/run" --quiet $RUN_SET
-[ -f "$OUT/run/results.json" ] && python3 -c "
+selected run && [ -f "$OUT/run/results.json" ] && python3 -c "
 import json, glob; r = json.load(open('$OUT/run/results.json'))
 for m in r['models']: print(m['name'], 'clean', m['clean_accuracy'], 'robust', m['robust_accuracy'], 'train s', m['train_time_s'])
 for f in glob.glob('$OUT/run/stages/train-*/step_options.json'): print(f.split('/')[-2], open(f).read().replace(chr(10), ' '))"
-cuda_only diffusion || step diffusion 60 python3 benchmarks/diffusion_sampling.py --device cuda --preset ho-cifar10 --bf16 --batch 256
+if [ $TINY = 1 ]; then  # the tiny UNet on the CPU, 2 repeats; compile is left out (minutes on a CPU)
+  SAMPLE="--device cpu --preset tiny --batch 16 --repeats 2 --ddpm-steps 20 --variants fp32,cl"
+  LABEL="--device cpu --arch wrn-10-1 --n 512 --batch 64 --repeats 2 --variants fp32,cl"
+else
+  SAMPLE="--device cuda --preset ho-cifar10 --batch 256 --repeats 2 --variants fp32,bf16,bf16+cl,bf16+cl+compile"
+  LABEL="--device cuda --arch wrn-28-10 --n 32768 --batch 1024 --repeats 2 --variants fp32,bf16,bf16+cl,bf16+cl+compile"
+fi
+step diffusion 180 python3 benchmarks/diffusion_sampling.py $SAMPLE --samplers dpm-solver++,edm-heun,wang2023 --profile \
+  --json "$OUT/diffusion.json"
+step label 90 python3 benchmarks/label_throughput.py $LABEL
