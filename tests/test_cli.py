@@ -31,7 +31,7 @@ def run_cli(args, capsys=None):
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    main(["run", "--out", str(out), "--quiet", *_sets(TINY)])
+    main(["run", "digits_demo", "--out", str(out), "--quiet", *_sets(TINY)])
     return out
 
 
@@ -57,11 +57,11 @@ def test_run_writes_results_report_and_grid(tiny_run):
 
 def test_second_run_reuses_every_stage(tiny_run, capsys):
     before = sorted(p.name for p in (tiny_run / "stages").iterdir())
-    main(["run", "--out", str(tiny_run), "--quiet", *_sets(TINY)])
+    main(["run", "digits_demo", "--out", str(tiny_run), "--quiet", *_sets(TINY)])
     err = capsys.readouterr().err
     assert "running" not in err and err.count("reusing") == len(before)
     # another alpha reuses the classifier, the samples and their labels
-    main(["run", "--out", str(tiny_run), "--quiet", *_sets(TINY + ["train.alpha=0.7", "baseline=false"])])
+    main(["run", "digits_demo", "--out", str(tiny_run), "--quiet", *_sets(TINY + ["train.alpha=0.7", "baseline=false"])])
     err = capsys.readouterr().err
     assert "classifier: reusing" in err and "label: reusing" in err and "train-gaussian-alpha0.7: running" in err
 
@@ -142,17 +142,17 @@ def test_train_verb_reads_stores_and_weighted_sources(tiny_run, tmp_path, capsys
     mix = (f"data.sources=[{{path: train, weight: 0.5}}, {{path: generated, weight: 0.4}}, "
            f"{{path: {labeled}, weight: 0.1, classes: [0, 1]}}]")
     sets = _sets([*TINY, mix, "train.alpha=0.5"])
-    main(["train", "--generated", str(store), "--out", str(tmp_path / "t"), "--quiet", *sets])
+    main(["train", "digits_demo", "--generated", str(store), "--out", str(tmp_path / "t"), "--quiet", *sets])
     summary = json.loads((tmp_path / "t" / "summary.json").read_text())
     assert [s["weight"] for s in summary["sources"]] == [0.5, 0.4, 0.1]
     assert summary["sources"][1]["name"] == str(store) and summary["sources"][2]["name"].endswith("[classes 0,1]")
     assert (tmp_path / "t" / "best.safetensors").is_file()
     # the real split's share and train.alpha must agree; a missing source is named
-    assert run_cli(["train", "--generated", str(store), "--out", str(tmp_path / "u"),
+    assert run_cli(["train", "digits_demo", "--generated", str(store), "--out", str(tmp_path / "u"),
                     *_sets([*TINY, mix])]) == 2
     assert "set train.alpha=0.5" in capsys.readouterr().err
     missing = "data.sources=[{path: train, weight: 0.5}, {path: /nowhere/x.npz, weight: 0.5}]"
-    assert run_cli(["train", "--out", str(tmp_path / "v"), *_sets([*TINY, missing, "train.alpha=0.5"])]) == 2
+    assert run_cli(["train", "digits_demo", "--out", str(tmp_path / "v"), *_sets([*TINY, missing, "train.alpha=0.5"])]) == 2
     assert "/nowhere/x.npz" in capsys.readouterr().err
 
 
@@ -184,7 +184,7 @@ def _bad_npz(tmp_path, **arrays):
 @pytest.mark.parametrize("case", ["unknown_key", "alpha", "eps", "missing_npz", "corrupt_npz", "dtype", "shape",
                                   "label_range", "nan"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, case):
-    args = ["run", "--out", str(tmp_path / "out"), "--set", "data.val_size=4"]
+    args = ["run", "digits_demo", "--out", str(tmp_path / "out"), "--set", "data.val_size=4"]
     if case == "unknown_key":
         args += ["--set", "train.alpah=0.3"]
     elif case == "alpha":

@@ -6,9 +6,13 @@ from robustgen.config import list_presets, load_config, parse_number
 from robustgen.errors import RobustgenError
 
 
-def test_default_is_the_digits_demo_and_presets_validate():
+def test_default_is_the_oracle_demo_and_presets_validate():
+    # robustgen run: baseline, the Gaussian generator and the held-out oracle arm at equal steps,
+    # AutoAttack on the test split (the demo of docs/regime_map.md)
     cfg = load_config()
-    assert cfg.data.dataset == "digits" and cfg.train.alpha < 1
+    assert cfg.data.dataset == "digits" and cfg.train.alpha < 1 and cfg.baseline
+    assert cfg.generator.name == "gaussian" and [a.generator for a in cfg.arms] == ["heldout"]
+    assert cfg.data.train_size is not None and cfg.eval.attack == "autoattack" and cfg.label.mode == "argmax"
     for name in list_presets():
         load_config(name)
 
@@ -68,7 +72,7 @@ def test_bad_files(tmp_path):
 def test_replace_round_trip_keeps_values_and_types():
     from robustgen.config import config_to_dict, load_config, replace
 
-    cfg = load_config(None, ["data.sources=[{path: train, weight: 1}, {path: x.npz, weight: 0, classes: [1, 2]}]",
+    cfg = load_config("digits_demo", ["data.sources=[{path: train, weight: 1}, {path: x.npz, weight: 0, classes: [1, 2]}]",
                              "train.alpha=1"])
     again = replace(cfg, **{"train.alpha": 1.0})
     assert again == cfg and config_to_dict(again) == config_to_dict(cfg)

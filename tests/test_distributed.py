@@ -76,7 +76,7 @@ def test_run_pipeline_under_torchrun(tmp_path):
     tiny = ["data.val_size=64", "classifier.epochs=1", "generator.num_samples=300", "train.epochs=2",
             "train.batch_size=64", "train.inner.steps=2", "eval.n=60"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "robustgen.cli",
-           "run", "--out", str(tmp_path), "--quiet", *[a for t in tiny for a in ("--set", t)]]
+           "run", "digits_demo", "--out", str(tmp_path), "--quiet", *[a for t in tiny for a in ("--set", t)]]
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("wrote ") == 1  # rank 0 reports

@@ -107,7 +107,7 @@ def test_heartbeat_refreshes_the_lock_file(tmp_path):
 def test_two_runs_4s_apart_second_exits_2_naming_the_first(tmp_path):
     """The reproduction of issue 14: a double-submitted ``robustgen run --out X``."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "robustgen.cli", "run", "--out", str(out), "--quiet", *QUICK_RUN]
+    cmd = [sys.executable, "-m", "robustgen.cli", "run", "digits_demo", "--out", str(out), "--quiet", *QUICK_RUN]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     time.sleep(4)
     second = subprocess.run(cmd, capture_output=True, env=_env(), timeout=600)
@@ -183,7 +183,7 @@ def test_signal_outside_a_resumable_loop_stops_at_once():
 
 def test_cli_exits_75_on_sigterm_and_the_rerun_finishes(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "robustgen.cli", "run", "--out", str(out), "--quiet", *QUICK_RUN,
+    cmd = [sys.executable, "-m", "robustgen.cli", "run", "digits_demo", "--out", str(out), "--quiet", *QUICK_RUN,
            "--set", "train.epochs=4", "--set", "train.checkpoint_every_epochs=0.5"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env())
     deadline = time.time() + 300
@@ -405,7 +405,7 @@ def test_corrupt_generated_shard_in_a_run_folder_is_regenerated(tmp_path, capfd)
     from robustgen.cli import main
 
     out = tmp_path / "run"
-    args = ["run", "--out", str(out), "--quiet", *QUICK_RUN, "--set", "train.alpha=0.5", "--set", "baseline=false",
+    args = ["run", "digits_demo", "--out", str(out), "--quiet", *QUICK_RUN, "--set", "train.alpha=0.5", "--set", "baseline=false",
             "--set", "classifier.epochs=1", "--set", "generator.num_samples=300"]
     main(args)
     first = json.loads((out / "results.json").read_text())

@@ -180,7 +180,7 @@ def test_run_end_to_end_on_a_folder_of_jpegs_decoded_per_batch(tmp_path):
             "generator.num_samples=60", "train.epochs=1",
             "train.batch_size=16", "train.inner.steps=2", "train.eval_every_epochs=1", "eval.n=12",
             "eval.batch_size=12", "train.log_every_steps=2"]
-    main(["run", "--out", str(tmp_path / "run"), "--quiet", *[a for s in sets for a in ("--set", s)]])
+    main(["run", "digits_demo", "--out", str(tmp_path / "run"), "--quiet", *[a for s in sets for a in ("--set", s)]])
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [m["name"] for m in results["models"]] == ["gaussian-alpha0.8"]
     for m in results["models"]:
@@ -210,6 +210,6 @@ def test_folder_dataset_sizes_for_the_cost_estimate(tmp_path):
     from robustgen.preflight import data_shape
 
     root = make_folder_tree(tmp_path / "imgs", per_class=(5, 2), size=(16, 12))
-    cfg = load_config(None, [f"data.dataset=folder:{root}", "data.image_size=8"])
+    cfg = load_config("digits_demo", [f"data.dataset=folder:{root}", "data.image_size=8"])
     shape = data_shape(cfg)
     assert (shape.n_train, shape.n_test, shape.image_shape, shape.num_classes) == (15, 6, (8, 8, 3), 3)

@@ -62,18 +62,18 @@ def test_holdout_split_is_stratified_disjoint_and_seeded():
 
 
 def test_withheld_images_are_in_no_other_split(tmp_path):
-    cfg = load_config(None, [f"data.dataset={_unique_dataset(tmp_path)}", *TINY])
+    cfg = load_config("digits_demo", [f"data.dataset={_unique_dataset(tmp_path)}", *TINY])
     s = load_splits(cfg)
     train, val, test, held = (_ids(d.images) for d in (s.train, s.val, s.test, s.heldout))
     assert len(train) == 100 and len(val) == 40 and len(held) == 300 - 40 - 100
     assert not train & held and not val & held and not test & held and not train & val
     assert generator_data(cfg, s) is s.train  # gaussian fits on the real split
-    oracle = load_config(None, [f"data.dataset={_unique_dataset(tmp_path)}", *TINY, "generator.name=heldout"])
+    oracle = load_config("digits_demo", [f"data.dataset={_unique_dataset(tmp_path)}", *TINY, "generator.name=heldout"])
     assert generator_data(oracle, s) is s.heldout
 
 
 def test_heldout_generator_needs_withheld_images(tmp_path):
-    cfg = load_config(None, [f"data.dataset={_unique_dataset(tmp_path)}", "data.val_size=40", "generator.name=heldout"])
+    cfg = load_config("digits_demo", [f"data.dataset={_unique_dataset(tmp_path)}", "data.val_size=40", "generator.name=heldout"])
     with pytest.raises(RobustgenError, match="data.train_size"):
         generator_data(cfg, load_splits(cfg))
 
@@ -82,7 +82,7 @@ def test_heldout_generator_needs_withheld_images(tmp_path):
 def oracle_run(tmp_path_factory):
     """A run with the Gaussian generator and a heldout arm; records what f_NR and training see."""
     folder = tmp_path_factory.mktemp("data")
-    cfg = load_config(None, [f"data.dataset={_unique_dataset(folder)}", *TINY])
+    cfg = load_config("digits_demo", [f"data.dataset={_unique_dataset(folder)}", *TINY])
     seen = {}
     mp = pytest.MonkeyPatch()
     real_classifier, real_robust = pipeline.train_classifier, pipeline.train_robust
@@ -151,7 +151,7 @@ def test_true_labels_only_when_asked(oracle_run, tmp_path):
     cfg, out, results, seen = oracle_run
     args = [f"data.dataset={cfg.data.dataset}", *TINY, "label.mode=condition", "baseline=false",
             "generator.name=heldout", "arms=[]"]
-    results = pipeline.run(load_config(None, args), out, progress=False)  # reuses the samples
+    results = pipeline.run(load_config("digits_demo", args), out, progress=False)  # reuses the samples
     # labels = the conditioning classes: no f_NR labelling, training reads the generated store itself
     assert results["labeling_by_generator"] == {"heldout": None}
     store = next(st for st in (Store(p / "store") for p in (out / "stages").glob("generate-*"))

@@ -36,7 +36,7 @@ def _fake_run(calls):
 
 def test_seeds_vary_adversarial_training_or_the_whole_run(tmp_path):
     calls = []
-    cfg = load_config(None)
+    cfg = load_config("digits_demo")
     run_sweep(cfg, tmp_path / "a", alphas=[0.5], generators=["gaussian"], seeds=[3], run_fn=_fake_run(calls),
               log=lambda m: None)
     run_sweep(cfg, tmp_path / "b", alphas=[0.5], generators=["gaussian"], seeds=[4], seed_key="seed",
@@ -49,7 +49,7 @@ def test_seeds_vary_adversarial_training_or_the_whole_run(tmp_path):
 
 def test_sweep_collects_every_model_and_writes_json_table_and_figure(tmp_path):
     calls = []
-    cfg = load_config(None)
+    cfg = load_config("digits_demo")
     summary = run_sweep(cfg, tmp_path, alphas=[0.5, 1.0], generators=["gaussian"], seeds=[0, 1],
                         run_fn=_fake_run(calls), log=lambda m: None)
     assert [(g, a, s) for g, a, s, _ in calls] == [("gaussian", 1.0, 0), ("gaussian", 0.5, 0),
@@ -88,7 +88,7 @@ def test_sweep_cli_rejects_bad_grids_in_one_line(tmp_path, capsys):
 def test_a_real_sweep_shares_the_classifier_and_samples_and_reruns_for_free(tmp_path):
     """Tiny digits runs: 2 alphas x 2 training seeds -> one classifier, one generate and one label
     stage for all four models; a second sweep computes nothing."""
-    cfg = load_config(None, ["classifier.epochs=1", "train.epochs=1", "train.warmup_epochs=0",
+    cfg = load_config("digits_demo", ["classifier.epochs=1", "train.epochs=1", "train.warmup_epochs=0",
                              "train.eval_every_epochs=1", "generator.num_samples=200", "eval.n=50",
                              "data.val_size=50", "baseline=false"])
     first = run_sweep(cfg, tmp_path, alphas=[0.5, 0.8], generators=["gaussian"], seeds=[0, 1], progress=False,

@@ -21,7 +21,7 @@ import yaml
 from robustgen.errors import RobustgenError
 
 PRESET_DIR = Path(__file__).parent / "configs"
-DEFAULT_PRESET = "digits_demo"
+DEFAULT_PRESET = "digits_oracle"
 
 
 @dataclass(frozen=True)
