@@ -76,7 +76,7 @@ def point_config(changes: dict, arms, seed: int, attack: str, extra=()):
 
 
 def run_job(out: Path, name: str, arms, seed: int, attack: str, extra=()) -> dict:
-    from robustgen.checkpoint import write_json
+    from robustgen.io import write_json
     from robustgen.pipeline import run
     from robustgen.stages import evaluate_checkpoint, load_splits
 
@@ -156,7 +156,7 @@ def _pts(x: float) -> str:
 
 def write_regime_map(records: list[dict], prefix: Path, *, order: list[str], centre: dict, command: str,
                      missing: list[str] = ()) -> None:
-    from robustgen.checkpoint import write_json
+    from robustgen.io import write_json
     from robustgen.report.plots import _figure, _save
 
     rows = summarize(records, order)

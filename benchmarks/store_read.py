@@ -1,7 +1,7 @@
 """Training data path over a large store with flat memory (issue: generated data at paper scale).
 
 Writes an N-image 32x32x3 store (default 2M images, 6.1 GB; random pixels) in a temporary
-folder, then runs the training loop's data path over it (``robustgen.train.loop.TrainingBatches``, what
+folder, then runs the training loop's data path over it (``robustgen.train.batches.TrainingBatches``, what
 ``train_loop`` reads each step from): batches of 1024 mixing 30% real images (the 50K CIFAR-10
 train set from shared/data, held on the device as uint8) with 70% store images drawn with
 replacement, gathered by its prefetch thread, returned as uint8 images and soft targets on the
@@ -35,10 +35,12 @@ import numpy as np
 import torch
 
 from robustgen.data import ImageDataset
-from robustgen.data.sources import ArraySource, MixedSource
+from robustgen.data.indices import WeightedIndices
+from robustgen.data.sources import ArraySource, gather_rows
 from robustgen.data.store import Store, StoreWriter
 from robustgen.train.distributed import DistContext
-from robustgen.train.loop import LoopSettings, TrainingBatches
+from robustgen.train.batches import TrainingBatches
+from robustgen.train.loop import LoopSettings
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg" / "train.npz"
 SHAPE = (32, 32, 3)
@@ -90,7 +92,7 @@ def read_pass(real: ArraySource, store: Store, args, steps: int, start: int, com
     real_set = ImageDataset(images=real.images, labels=real.labels, class_names=tuple(map(str, range(10))),
                             name=real.name)
     settings = LoopSettings(batch_size=args.batch_size, total_steps=start + steps, warmup_steps=0, peak_lr=0.1,
-                            alpha=args.alpha, seed=0)
+                            source_weights=(args.alpha, 1 - args.alpha), seed=0)
     batches = TrainingBatches(real_set, [store], settings, 10, device, DistContext(), start_step=start)
     waited = 0.0
     t0 = time.perf_counter()
@@ -159,12 +161,14 @@ def main() -> None:
         n_ram = min(len(store), 100_000)
         ram = ArraySource(store.gather(np.arange(n_ram)), store.labels[:n_ram], num_classes=10,
                           name=f"in-RAM copy of {n_ram} store images")
-        ram_mixed = MixedSource([real, ram], [args.alpha, 1 - args.alpha], batch_size=args.batch_size, seed=0,
-                                sampling=("permutation", "with_replacement"))
+        ram_indices = WeightedIndices([len(real), len(ram)], [args.alpha, 1 - args.alpha], batch_size=args.batch_size,
+                                      seed=0, sampling=("permutation", "with_replacement"))
+        batch_images = np.empty((args.batch_size, *SHAPE), np.uint8)
+        batch_labels = np.empty(args.batch_size, np.int64)
         base_steps = min(args.steps, 500)
         t = time.perf_counter()
         for s in range(base_steps):
-            ram_mixed.batch(s)
+            gather_rows([real, ram], ram_indices(s), batch_images, batch_labels)
         baseline = base_steps * args.batch_size / (time.perf_counter() - t)
 
         print(f"store read: {mean:,.0f} +- {spread:,.0f} images/s (n={len(rates)} passes of {args.steps} steps); "

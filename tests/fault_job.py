@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from robustgen.checkpoint import load_model, write_json
+from robustgen.checkpoint import load_model
+from robustgen.io import write_json
 from robustgen.data import load_dataset
 from robustgen.data.sources import open_source
 from robustgen.data.store_link import link_store

@@ -15,7 +15,8 @@ from robustgen.errors import RobustgenError
 from robustgen.models import create_model
 from robustgen.models.ghost_batchnorm import GroupBatchNorm2d, use_bn_groups
 from robustgen.train.distributed import DistContext
-from robustgen.train.loop import LoopSettings, TrainingBatches
+from robustgen.train.batches import TrainingBatches
+from robustgen.train.loop import LoopSettings
 from robustgen.train.steps import TrainingAttack, trades_step_loss
 
 

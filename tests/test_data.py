@@ -12,8 +12,6 @@ import torch
 
 from robustgen.data import (
     ImageDataset,
-    MixedBatchIndices,
-    batch_composition,
     crop_flip,
     list_datasets,
     load_dataset,
@@ -25,6 +23,7 @@ from robustgen.data import (
     write_npz,
 )
 from robustgen.data import datasets as datasets_mod
+from robustgen.data.indices import WeightedIndices, source_counts
 from robustgen.errors import RobustgenError
 
 SHARED_CIFAR = Path("/work/shared/data/cifar10-jpeg")
@@ -35,40 +34,50 @@ def _images(n=6, h=5, w=7, c=3, seed=0):
 
 
 # ---------------------------------------------------------------------------------------------
-# mixing
+# mixing: a proportion alpha of real images per batch is WeightedIndices with weights (alpha, 1 - alpha)
+
+
+def alpha_counts(batch_size, alpha):
+    return source_counts(batch_size, [alpha, 1 - alpha])
+
+
+def alpha_indices(n_real, n_generated, batch_size, alpha, seed, generated_sampling="with_replacement"):
+    return WeightedIndices([n_real, n_generated], [alpha, 1 - alpha], batch_size=batch_size, seed=seed,
+                           sampling=("permutation", generated_sampling))
+
 
 @pytest.mark.parametrize("batch_size", [1, 2, 3, 7, 10, 64, 100, 128, 256, 511, 1024])
 @pytest.mark.parametrize("alpha", [0.0, 0.05, 0.1, 0.2, 0.25, 0.3, 1 / 3, 0.4, 0.45, 0.5, 0.7, 0.9, 0.99, 1.0])
 def test_batch_composition_exact(batch_size, alpha):
-    n_real, n_gen = batch_composition(batch_size, alpha)
+    n_real, n_gen = alpha_counts(batch_size, alpha)
     assert n_real + n_gen == batch_size
     assert n_real == math.floor(alpha * batch_size + 0.5)
     assert 0 <= n_real <= batch_size
 
 
 def test_batch_composition_known_values():
-    assert batch_composition(1024, 0.3) == (307, 717)
-    assert batch_composition(10, 0.45) == (5, 5)  # half rounds up
-    assert batch_composition(512, 1.0) == (512, 0)
-    assert batch_composition(512, 0.0) == (0, 512)
+    assert alpha_counts(1024, 0.3) == (307, 717)
+    assert alpha_counts(10, 0.45) == (5, 5)  # half rounds up
+    assert alpha_counts(512, 1.0) == (512, 0)
+    assert alpha_counts(512, 0.0) == (0, 512)
 
 
 @pytest.mark.parametrize("alpha", [-0.1, 1.5, float("nan"), float("inf")])
 def test_batch_composition_rejects_bad_alpha(alpha):
-    with pytest.raises(RobustgenError, match="alpha"):
-        batch_composition(16, alpha)
+    with pytest.raises(RobustgenError, match="weights must be finite, >= 0"):
+        alpha_counts(16, alpha)
 
 
 def test_batch_composition_rejects_bad_batch_size():
     with pytest.raises(RobustgenError):
-        batch_composition(0, 0.5)
+        alpha_counts(0, 0.5)
 
 
 @pytest.mark.parametrize("sampling", ["with_replacement", "permutation"])
 def test_mixed_indices_deterministic_and_pure(sampling):
-    src = MixedBatchIndices(1000, 5000, 64, 0.3, seed=7, generated_sampling=sampling)
+    src = alpha_indices(1000, 5000, 64, 0.3, seed=7, generated_sampling=sampling)
     in_order = [src(t) for t in range(8)]
-    fresh = MixedBatchIndices(1000, 5000, 64, 0.3, seed=7, generated_sampling=sampling)
+    fresh = alpha_indices(1000, 5000, 64, 0.3, seed=7, generated_sampling=sampling)
     # Out of order on a fresh object: step 5 before step 3, far steps in between.
     r5, g5 = fresh(5)
     fresh(1000)
@@ -77,20 +86,20 @@ def test_mixed_indices_deterministic_and_pure(sampling):
     np.testing.assert_array_equal(g5, in_order[5][1])
     np.testing.assert_array_equal(r3, in_order[3][0])
     np.testing.assert_array_equal(g3, in_order[3][1])
-    n_r, n_g = batch_composition(64, 0.3)
+    n_r, n_g = alpha_counts(64, 0.3)
     for r, g in in_order:
         assert r.dtype == np.int64 and g.dtype == np.int64
         assert r.shape == (n_r,) and g.shape == (n_g,)
         assert r.min() >= 0 and r.max() < 1000 and g.min() >= 0 and g.max() < 5000
     # A different seed gives different batches.
-    other = MixedBatchIndices(1000, 5000, 64, 0.3, seed=8, generated_sampling=sampling)
+    other = alpha_indices(1000, 5000, 64, 0.3, seed=8, generated_sampling=sampling)
     assert not np.array_equal(other(0)[0], in_order[0][0])
 
 
 def test_real_indices_cover_epoch_exactly_once():
     n_real_total, batch_size, alpha = 400, 50, 0.4  # n_r = 20 divides 400
-    src = MixedBatchIndices(n_real_total, 100, batch_size, alpha, seed=3)
-    n_r, _ = batch_composition(batch_size, alpha)
+    src = alpha_indices(n_real_total, 100, batch_size, alpha, seed=3)
+    n_r, _ = alpha_counts(batch_size, alpha)
     steps = n_real_total // n_r
     for epoch in range(3):
         real = np.concatenate([src(epoch * steps + t)[0] for t in range(steps)])
@@ -104,40 +113,40 @@ def test_real_indices_cover_epoch_exactly_once():
 def test_real_indices_cross_epoch_boundary():
     # n_r = 30 does not divide 100: batches straddle epochs; the walk is still a concatenation
     # of permutations.
-    src = MixedBatchIndices(100, 10, 60, 0.5, seed=11)
+    src = alpha_indices(100, 10, 60, 0.5, seed=11)
     flat = np.concatenate([src(t)[0] for t in range(10)])  # 300 positions = 3 epochs
     for e in range(3):
         np.testing.assert_array_equal(np.sort(flat[e * 100:(e + 1) * 100]), np.arange(100))
 
 
 def test_real_batch_larger_than_real_set():
-    src = MixedBatchIndices(7, 10, 32, 0.75, seed=0)  # n_r = 24 > 7
+    src = alpha_indices(7, 10, 32, 0.75, seed=0)  # n_r = 24 > 7
     flat = np.concatenate([src(t)[0] for t in range(7)])  # 168 = 24 epochs of 7
     for e in range(24):
         np.testing.assert_array_equal(np.sort(flat[e * 7:(e + 1) * 7]), np.arange(7))
 
 
 def test_generated_permutation_covers_each_once():
-    src = MixedBatchIndices(50, 90, 20, 0.5, seed=5, generated_sampling="permutation")
+    src = alpha_indices(50, 90, 20, 0.5, seed=5, generated_sampling="permutation")
     gen = np.concatenate([src(t)[1] for t in range(9)])  # 90 positions
     np.testing.assert_array_equal(np.sort(gen), np.arange(90))
 
 
 def test_mixed_indices_alpha_edges_and_errors():
-    src = MixedBatchIndices(100, 0, 16, 1.0, seed=0)
+    src = alpha_indices(100, 0, 16, 1.0, seed=0)
     r, g = src(4)
     assert r.shape == (16,) and g.shape == (0,) and g.dtype == np.int64
-    src = MixedBatchIndices(0, 100, 16, 0.0, seed=0)
+    src = alpha_indices(0, 100, 16, 0.0, seed=0)
     r, g = src(4)
     assert r.shape == (0,) and g.shape == (16,)
-    with pytest.raises(RobustgenError, match="alpha < 1 needs generated data"):
-        MixedBatchIndices(100, 0, 16, 0.5, seed=0)
-    with pytest.raises(RobustgenError, match="generated_sampling"):
-        MixedBatchIndices(100, 100, 16, 0.5, seed=0, generated_sampling="bogus")
-    with pytest.raises(RobustgenError, match="alpha"):
-        MixedBatchIndices(100, 100, 16, 1.2, seed=0)
+    with pytest.raises(RobustgenError, match="source 1 is empty but its weight gives it 8 rows"):
+        alpha_indices(100, 0, 16, 0.5, seed=0)
+    with pytest.raises(RobustgenError, match="sampling must be one of"):
+        alpha_indices(100, 100, 16, 0.5, seed=0, generated_sampling="bogus")
+    with pytest.raises(RobustgenError, match="weights must be finite, >= 0"):
+        alpha_indices(100, 100, 16, 1.2, seed=0)
     with pytest.raises(ValueError):
-        MixedBatchIndices(100, 100, 16, 0.5, seed=0)(-1)
+        alpha_indices(100, 100, 16, 0.5, seed=0)(-1)
 
 
 # ---------------------------------------------------------------------------------------------

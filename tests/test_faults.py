@@ -432,7 +432,7 @@ def _enospc(*a, **k):
 
 
 def test_full_disk_at_a_checkpoint_keeps_the_previous_state_and_resumes_identically(tmp_path, monkeypatch):
-    from robustgen.checkpoint import DiskFullError
+    from robustgen.io import DiskFullError
 
     full, _ = _train(tmp_path / "full", checkpoint_every=2)
     real_save = torch.save
@@ -460,7 +460,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_state_and_resumes_identica
 
 
 def test_full_disk_while_writing_a_shard_resumes_to_identical_bytes(tmp_path, monkeypatch):
-    from robustgen.checkpoint import DiskFullError
+    from robustgen.io import DiskFullError
     from robustgen.data.store import verify_store
     from robustgen.generate.runner import generate_store
 
@@ -488,11 +488,11 @@ def test_full_disk_while_writing_a_shard_resumes_to_identical_bytes(tmp_path, mo
 
 
 def test_too_little_free_space_is_reported_before_writing(tmp_path, monkeypatch):
-    from robustgen import checkpoint
-    from robustgen.checkpoint import DiskFullError, write_json
+    from robustgen import io
+    from robustgen.io import DiskFullError, write_json
 
     write_json(tmp_path / "results.json", {"old": 1})
-    monkeypatch.setattr(checkpoint, "_free_bytes", lambda folder: 10)
+    monkeypatch.setattr(io, "_free_bytes", lambda folder: 10)
     with pytest.raises(DiskFullError, match=r"results.json: no space left on the device \(\d+ bytes needed, "
                                             r"10 bytes free\)"):
         write_json(tmp_path / "results.json", {"new": list(range(100))})

@@ -142,8 +142,9 @@ def test_bad_image_folders_fail_with_one_line_naming_the_file(tmp_path, case):
 def test_training_batches_from_files_equal_batches_from_memory(tmp_path):
     """The loop gathers a lazily decoded real split on the host: same images, labels and exact
     alpha mix as the device copy of the same split."""
+    from robustgen.train.batches import TrainingBatches
     from robustgen.train.distributed import DistContext
-    from robustgen.train.loop import LoopSettings, TrainingBatches
+    from robustgen.train.loop import LoopSettings
 
     root = make_folder_tree(tmp_path / "imgs", per_class=(10, 1))
     eager = load_dataset(f"folder:{root}", "train")

@@ -14,7 +14,7 @@ from robustgen.generate.gaussian import (
     GaussianFit,
     balanced_class_counts,
     fit_class_conditional_gaussian,
-    sample_class_conditional_gaussian,
+    sample_gaussian_range,
 )
 
 
@@ -47,7 +47,7 @@ def test_sampler_reproduces_latent_mean_and_covariance():
     images, labels = _synthetic()
     fit = fit_class_conditional_gaussian(images, labels, num_classes=3, num_components=20)
     per_class = 20000
-    samples, sample_labels = sample_class_conditional_gaussian(fit, 3 * per_class, seed=1, shuffle=False)
+    samples, sample_labels = sample_gaussian_range(fit, 0, 3 * per_class, seed=1)
     assert np.bincount(sample_labels).tolist() == [per_class] * 3
     for c in range(3):
         y = _project(fit, c, samples[sample_labels == c])
@@ -124,7 +124,7 @@ def test_num_components_reduced_for_small_classes_and_dimensions():
     # a class of 2 images -> one component, covariance still a matrix
     fit = fit_class_conditional_gaussian(images[:2], np.zeros(2, np.int64), num_classes=1)
     assert fit.latent_cov[0].shape == (1, 1)
-    sample_class_conditional_gaussian(fit, 5, seed=0)
+    sample_gaussian_range(fit, 0, 5, seed=0)
 
 
 def test_fit_rejects_tiny_classes_and_bad_input():
@@ -143,50 +143,36 @@ def test_fit_rejects_tiny_classes_and_bad_input():
 def test_sample_dtype_shape_range_and_balance():
     images, labels = _digits()
     fit = fit_class_conditional_gaussian(images, labels, num_classes=10)
-    out, out_labels = sample_class_conditional_gaussian(fit, 23, seed=0)
+    out, out_labels = sample_gaussian_range(fit, 0, 23, seed=0)
     assert out.dtype == np.uint8 and out.shape == (23, 8, 8, 1)
     assert out_labels.dtype == np.int64 and out_labels.shape == (23,)
     assert np.bincount(out_labels, minlength=10).tolist() == [3, 3, 3] + [2] * 7
     assert balanced_class_counts(23, 10) == [3, 3, 3] + [2] * 7
     # digits live at the bounds: clipping is exercised and the range is the full uint8 range
-    many, _ = sample_class_conditional_gaussian(fit, 2000, seed=0)
+    many, _ = sample_gaussian_range(fit, 0, 2000, seed=0)
     assert many.min() == 0 and many.max() == 255
-    # shuffled by default, class-ordered on request
-    _, ordered = sample_class_conditional_gaussian(fit, 100, seed=0, shuffle=False)
-    assert np.all(np.diff(ordered) >= 0)
-    _, shuffled = sample_class_conditional_gaussian(fit, 100, seed=0)
-    assert np.any(np.diff(shuffled) < 0)
-    empty, empty_labels = sample_class_conditional_gaussian(fit, 0, seed=0)
+    # sample i is of class i % K
+    _, interleaved = sample_gaussian_range(fit, 95, 200, seed=0)
+    np.testing.assert_array_equal(interleaved, np.arange(95, 200) % 10)
+    empty, empty_labels = sample_gaussian_range(fit, 0, 0, seed=0)
     assert empty.shape == (0, 8, 8, 1) and empty_labels.shape == (0,)
 
 
 def test_sampling_is_deterministic_per_sample():
     images, labels = _synthetic(num_classes=2, n=50)
     fit = fit_class_conditional_gaussian(images, labels, num_classes=2, num_components=8)
-    a, la = sample_class_conditional_gaussian(fit, 40, seed=7)
-    b, lb = sample_class_conditional_gaussian(fit, 40, seed=7)
+    a, la = sample_gaussian_range(fit, 0, 40, seed=7)
+    b, lb = sample_gaussian_range(fit, 0, 40, seed=7)
     assert a.tobytes() == b.tobytes() and la.tobytes() == lb.tobytes()
-    c, _ = sample_class_conditional_gaussian(fit, 40, seed=8)
+    c, _ = sample_gaussian_range(fit, 0, 40, seed=8)
     assert a.tobytes() != c.tobytes()
-    # sample j of class c does not depend on the total or on the other classes' counts,
-    # across a noise-chunk boundary
-    n0 = NOISE_CHUNK + 5
-    big, big_labels = sample_class_conditional_gaussian(fit, n0 + 3, seed=7, shuffle=False, class_counts=[n0, 3])
-    small, small_labels = sample_class_conditional_gaussian(fit, 12, seed=7, shuffle=False, class_counts=[2, 10])
-    assert big[big_labels == 0][:2].tobytes() == small[small_labels == 0].tobytes()
-    assert big[big_labels == 1].tobytes() == small[small_labels == 1][:3].tobytes()
-    bal, bal_labels = sample_class_conditional_gaussian(fit, 4, seed=7, shuffle=False)
-    assert bal[bal_labels == 1].tobytes() == small[small_labels == 1][:2].tobytes()
-    # shuffling permutes the same images
-    shuf, shuf_labels = sample_class_conditional_gaussian(fit, 12, seed=7, class_counts=[2, 10])
-    key = lambda imgs, labs: sorted(bytes([l]) + im.tobytes() for im, l in zip(imgs, labs))  # noqa: E731
-    assert key(shuf, shuf_labels) == key(small, small_labels)
-    with pytest.raises(RobustgenError, match="class_counts"):
-        sample_class_conditional_gaussian(fit, 5, seed=0, class_counts=[1, 2])
-    with pytest.raises(RobustgenError, match="class_counts"):
-        sample_class_conditional_gaussian(fit, 3, seed=0, class_counts=[3])
+    # sample i does not depend on the range that produced it, across a noise-chunk boundary
+    n0 = 2 * NOISE_CHUNK + 10
+    big, _ = sample_gaussian_range(fit, 0, n0, seed=7)
+    small, _ = sample_gaussian_range(fit, n0 - 30, n0, seed=7)
+    assert big[n0 - 30:].tobytes() == small.tobytes()
     with pytest.raises(RobustgenError, match="seed"):
-        sample_class_conditional_gaussian(fit, 3, seed=-1)
+        sample_gaussian_range(fit, 0, 3, seed=-1)
 
 
 def test_state_dict_round_trip():
@@ -204,8 +190,8 @@ def test_state_dict_round_trip():
     for name in ("means_image", "components", "latent_mean", "latent_cov"):
         for x, y in zip(getattr(fit, name), getattr(loaded, name)):
             np.testing.assert_array_equal(x, y)
-    a, _ = sample_class_conditional_gaussian(fit, 9, seed=3)
-    b, _ = sample_class_conditional_gaussian(loaded, 9, seed=3)
+    a, _ = sample_gaussian_range(fit, 0, 9, seed=3)
+    b, _ = sample_gaussian_range(loaded, 0, 9, seed=3)
     assert a.tobytes() == b.tobytes()
     safetensors_numpy = pytest.importorskip("safetensors.numpy")
     again = GaussianFit.from_state_dict(safetensors_numpy.load(safetensors_numpy.save(state)))

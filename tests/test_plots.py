@@ -36,7 +36,7 @@ def test_alpha_sweep_and_samples_plots_write_pngs(tmp_path):
 
 
 def test_training_curves_from_a_history_file(tmp_path):
-    from robustgen.checkpoint import write_json
+    from robustgen.io import write_json
 
     history = [{"step": s, "samples": 128 * s, "loss": 2.0 / s, "lr": 0.1} for s in range(1, 20)]
     history += [{"step": 10, "samples": 1280, "model": m, "score": 0.4, "val_clean_accuracy": 0.9,
@@ -49,7 +49,7 @@ def test_training_curves_from_a_history_file(tmp_path):
 
 
 def test_report_curves_cli(tmp_path, capsys):
-    from robustgen.checkpoint import write_json
+    from robustgen.io import write_json
     from robustgen.cli import main
 
     write_json(tmp_path / "history.json", [{"step": 1, "samples": 1, "loss": 1.0, "lr": 0.1}])

@@ -1,11 +1,11 @@
-"""Weighted multi-source batches: exact counts, equivalence with alpha-mixing, MixedSource, Prefetcher."""
+"""Weighted multi-source batches: exact counts, the documented index math, gathering rows, Prefetcher."""
 
 import numpy as np
 import pytest
 import torch
 
-from robustgen.data.mixing import MixedBatchIndices, batch_composition
-from robustgen.data.sources import ArraySource, MixedSource, Prefetcher, WeightedIndices, open_source, source_counts
+from robustgen.data.indices import WeightedIndices, source_counts
+from robustgen.data.sources import ArraySource, Prefetcher, gather_rows, host_buffer, open_source
 from robustgen.data.store import Store, StoreWriter
 from robustgen.errors import RobustgenError
 
@@ -36,17 +36,28 @@ def test_source_counts_sum_to_batch_and_match_alpha_mixing():
         assert all(abs(c - wi / w.sum() * B) < 1 + 1e-9 for c, wi in zip(counts, w))
     for B in (1, 2, 3, 7, 64, 100, 128, 1000, 1024):
         for alpha in np.round(np.linspace(0, 1, 41), 3):
-            assert source_counts(B, [alpha, 1 - alpha]) == batch_composition(B, float(alpha)), (B, alpha)
+            n_real = int(np.floor(float(alpha) * B + 0.5))  # alpha-mixing: round(alpha * B) real rows
+            assert source_counts(B, [alpha, 1 - alpha]) == (n_real, B - n_real), (B, alpha)
+
+
+def _walk(n, seed, stream, start, count):
+    """Positions start.. of the concatenation of per-epoch permutations seeded by (seed, stream, epoch)."""
+    epochs = np.concatenate([np.random.default_rng([seed, stream, e]).permutation(n)
+                             for e in range((start + count) // n + 1)])
+    return epochs[start:start + count]
 
 
 @pytest.mark.parametrize("gen_sampling", ["with_replacement", "permutation"])
-def test_weighted_indices_reproduce_mixed_batch_indices(gen_sampling):
-    old = MixedBatchIndices(50, 333, 64, 0.3, seed=5, generated_sampling=gen_sampling)
-    new = WeightedIndices([50, 333], [0.3, 0.7], batch_size=64, seed=5, sampling=("permutation", gen_sampling))
+def test_weighted_indices_follow_the_documented_math(gen_sampling):
+    wi = WeightedIndices([50, 333], [0.3, 0.7], batch_size=64, seed=5, sampling=("permutation", gen_sampling))
+    assert wi.counts == (19, 45)
     for step in (0, 1, 2, 7, 100):
-        (r0, g0), (r1, g1) = old(step), new(step)
-        np.testing.assert_array_equal(r0, r1)
-        np.testing.assert_array_equal(g0, g1)
+        real, gen = wi(step)
+        np.testing.assert_array_equal(real, _walk(50, 5, 0, step * 19, 19))
+        expected = (_walk(333, 5, 1, step * 45, 45) if gen_sampling == "permutation"
+                    else np.random.default_rng([5, 1, step]).integers(0, 333, size=45, dtype=np.int64))
+        np.testing.assert_array_equal(gen, expected)
+        assert real.dtype == gen.dtype == np.int64
 
 
 def test_weighted_indices_permutation_walks_every_row_once_per_epoch():
@@ -70,35 +81,48 @@ def _sources(tmp_path, k=4):
     return real, Store(tmp_path / "g"), images, labels
 
 
-def test_mixed_source_batches(tmp_path):
+def _batch(sources, indices, step):
+    """Step ``step``'s rows of every source, gathered as the training loop does."""
+    idx = indices(step)
+    images = np.empty((sum(len(i) for i in idx), *sources[0].image_shape), np.uint8)
+    labels = np.empty(len(images), np.int64)
+    gather_rows(sources, idx, images, labels)
+    return idx, images, labels
+
+
+def test_gather_rows_from_an_array_and_a_store(tmp_path):
     real, gen, images, labels = _sources(tmp_path)
-    mixed = MixedSource([real, gen], [0.25, 0.75], batch_size=16, seed=3,
-                        sampling=("permutation", "with_replacement"))
-    assert mixed.counts == (4, 12)
-    b = mixed.batch(5)
-    ir, ig = mixed.indices(5)
-    np.testing.assert_array_equal(b.images[:4], real.images[ir])
-    np.testing.assert_array_equal(b.images[4:], images[ig])
-    np.testing.assert_array_equal(b.labels, np.concatenate([real.labels[ir], labels[ig]]))
-    assert b.source_ids().tolist() == [0] * 4 + [1] * 12
-    again = mixed.batch(5)
-    np.testing.assert_array_equal(again.images, b.images)
+    indices = WeightedIndices([len(real), len(gen)], [0.25, 0.75], batch_size=16, seed=3,
+                              sampling=("permutation", "with_replacement"))
+    assert indices.counts == (4, 12)
+    (ir, ig), b_images, b_labels = _batch([real, gen], indices, 5)
+    np.testing.assert_array_equal(b_images[:4], real.images[ir])
+    np.testing.assert_array_equal(b_images[4:], images[ig])
+    np.testing.assert_array_equal(b_labels, np.concatenate([real.labels[ir], labels[ig]]))
+    np.testing.assert_array_equal(_batch([real, gen], indices, 5)[1], b_images)
 
 
 def test_prefetcher_yields_the_same_batches_in_order(tmp_path):
     real, gen, _, _ = _sources(tmp_path)
-    mixed = MixedSource([real, gen], [0.5, 0.5], batch_size=8, seed=0)
-    with Prefetcher(mixed, start_step=3, stop_step=9, depth=2, pin_memory=False) as pf:
+    indices = WeightedIndices([len(real), len(gen)], [0.5, 0.5], batch_size=8, seed=0)
+
+    def fetch(step):
+        images = host_buffer((8, *real.image_shape), np.uint8, pin_memory=False)
+        labels = host_buffer((8,), np.int64, pin_memory=False)
+        gather_rows([real, gen], indices(step), images.numpy(), labels.numpy())
+        return step, images, labels
+
+    with Prefetcher(fetch, start_step=3, stop_step=9, depth=2) as pf:
         got = list(pf)
-    assert [b.step for b in got] == list(range(3, 9))
-    for b in got:
-        assert isinstance(b.images, torch.Tensor) and b.images.dtype == torch.uint8
-        ref = mixed.batch(b.step)
-        np.testing.assert_array_equal(b.images.numpy(), ref.images)
-        np.testing.assert_array_equal(b.labels.numpy(), ref.labels)
+    assert [step for step, _, _ in got] == list(range(3, 9))
+    for step, images, labels in got:
+        assert isinstance(images, torch.Tensor) and images.dtype == torch.uint8
+        _, ref_images, ref_labels = _batch([real, gen], indices, step)
+        np.testing.assert_array_equal(images.numpy(), ref_images)
+        np.testing.assert_array_equal(labels.numpy(), ref_labels)
     # closing early does not hang; an endless prefetcher stops on close
-    pf = Prefetcher(mixed, depth=2, pin_memory=False)
-    assert next(pf).step == 0 and next(pf).step == 1
+    pf = Prefetcher(fetch, depth=2)
+    assert next(pf)[0] == 0 and next(pf)[0] == 1
     pf.close()
 
 
@@ -106,7 +130,8 @@ def test_prefetcher_with_a_callable(tmp_path):
     from robustgen.data.sources import host_buffer
 
     _, gen, images, labels = _sources(tmp_path)
-    indices = MixedBatchIndices(20, len(gen), 8, 0.25, seed=2)
+    indices = WeightedIndices([20, len(gen)], [0.25, 0.75], batch_size=8, seed=2,
+                              sampling=("permutation", "with_replacement"))
 
     def fetch(step):
         _, rows = indices(step)
@@ -114,7 +139,7 @@ def test_prefetcher_with_a_callable(tmp_path):
         gen.gather(rows, out=buf.numpy())
         return rows, buf
 
-    pf = Prefetcher(fetch, start_step=4, stop_step=7, pin_memory=False)
+    pf = Prefetcher(fetch, start_step=4, stop_step=7)
     got = list(pf)
     assert len(got) == 3 and pf.next_step == 7
     for step, (rows, buf) in zip(range(4, 7), got):
@@ -129,7 +154,7 @@ def test_prefetcher_raises_errors_from_the_thread():
 
     rng = np.random.default_rng(0)
     src = Broken(rng.integers(0, 256, (5, 2, 2, 1), dtype=np.uint8), np.zeros(5, np.int64), num_classes=1)
-    with Prefetcher(MixedSource([src], [1], batch_size=2, seed=0), stop_step=3, pin_memory=False) as pf:
+    with Prefetcher(lambda step: src.gather(np.arange(2)), stop_step=3) as pf:
         with pytest.raises(RobustgenError, match="disk on fire"):
             next(pf)
 

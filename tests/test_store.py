@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from robustgen.cli import main
-from robustgen.data.sources import ArraySource, MixedSource
+from robustgen.data.sources import ArraySource, check_sources_agree
 from robustgen.data.store import MANIFEST, Store, StoreWriter, file_sha256, verify_store
 from robustgen.data.store_npz import export_npz, import_npz
 from robustgen.errors import RobustgenError
@@ -228,9 +228,9 @@ def test_manifest_and_expectation_errors(store, tmp_path, capsys):
         w.write_shard(0, images=np.zeros((3, 8, 8, 1), np.uint8), labels=np.zeros(3, np.int64))
     real = ArraySource(images, labels, num_classes=4, name="real")
     with pytest.raises(RobustgenError, match="different image sizes .real: 8x8x3, .*gray: 8x8x1"):
-        MixedSource([real, Store(other)], [0.5, 0.5], batch_size=4, seed=0)
+        check_sources_agree([real, Store(other)])
     with pytest.raises(RobustgenError, match="different class counts"):
-        MixedSource([ArraySource(images, labels, num_classes=5), Store(path)], [0.5, 0.5], batch_size=4, seed=0)
+        check_sources_agree([ArraySource(images, labels, num_classes=5), Store(path)])
     (path / MANIFEST).write_text("{ not json")
     with pytest.raises(RobustgenError, match="manifest.json: corrupt JSON"):
         Store(path)

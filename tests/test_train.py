@@ -14,7 +14,8 @@ from robustgen.errors import RobustgenError
 from robustgen.models import create_model
 from robustgen.train.distributed import DistContext, chunk_rows
 from robustgen.train.ema import WeightAverage
-from robustgen.train.loop import LoopSettings, TrainingBatches, parameter_groups, train_loop
+from robustgen.train.batches import TrainingBatches
+from robustgen.train.loop import LoopSettings, parameter_groups, train_loop
 from robustgen.train.losses import kl_clean_adv, pgd_at_loss, smoothed_targets, trades_loss
 from robustgen.train.schedule import ema_decay, scaled_lr, warmup_cosine_lr
 from robustgen.train.steps import TrainingAttack, standard_step_loss, trades_step_loss

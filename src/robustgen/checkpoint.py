@@ -9,16 +9,13 @@
   kuangliu-layout ResNet-18 (``resnet-18-kuangliu``).
 * RobustBench form: ``export_robustbench`` writes a robustgen model as a plain state dict
   (``[0, 1]`` NCHW in, logits out, normalisation inside) plus a JSON sidecar saying how to load it.
-Every write goes to a temporary file in the same folder, is fsynced and renamed into place
-(``atomic_write``); a full disk is a one-line ``DiskFullError`` and leaves the old file intact.
+Every write goes through ``robustgen.io.atomic_write`` (fsynced, renamed into place; a full disk
+is a one-line ``DiskFullError`` and leaves the old file intact).
 """
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from robustgen.errors import RobustgenError
+from robustgen.io import atomic_write, write_json
 
 _META_KEY = "robustgen"
 
@@ -44,71 +42,6 @@ class _NotRobustgenCheckpoint(RobustgenError):
     """A readable file that is not a robustgen safetensors checkpoint."""
 
 
-def atomic_write(path: str | Path, write, *, size: int | None = None) -> None:
-    """Call ``write(tmp_path)``, fsync the temporary file and rename it onto ``path`` (then fsync
-    the folder): a reader sees the old file or the new one, never a part, even after a crash.
-    ``size``: the bytes about to be written, when known; too little free space is reported before
-    writing. A full disk (ENOSPC, EDQUOT) is a ``DiskFullError`` naming the file and the space
-    needed; the previous file at ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if size is not None and _free_bytes(path.parent) < size:
-        raise DiskFullError(path, size, _free_bytes(path.parent))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
-    except BaseException as e:
-        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise DiskFullError(path, size, _free_bytes(path.parent), written=written) from None
-        raise
-
-
-class DiskFullError(RobustgenError):
-    """A write found no space left; the file it was to replace is unchanged."""
-
-    def __init__(self, path: Path, need: int | None, free: int, *, written: int = 0):
-        needed = f"{_fmt_bytes(need)} needed" if need is not None else \
-            f"more than the {_fmt_bytes(written)} written before the disk filled"
-        kept = f"the previous {path.name} is intact" if path.exists() else f"no partial {path.name} is left"
-        super().__init__(f"{path}: no space left on the device ({needed}, {_fmt_bytes(free)} free); {kept}; "
-                         f"free space and run the same command again to resume")
-
-
-def _free_bytes(folder: Path) -> int:
-    st = os.statvfs(folder)
-    return st.f_bavail * st.f_frsize
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (the new name survives a power loss)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems do not fsync folders
-        pass
-    finally:
-        os.close(fd)
-
-
 def tensor_bytes(obj: Any) -> int:
     """Bytes of the tensors in a nested state (a lower bound of its file's size)."""
     if isinstance(obj, torch.Tensor):
@@ -118,25 +51,6 @@ def tensor_bytes(obj: Any) -> int:
     if isinstance(obj, (list, tuple)):
         return sum(tensor_bytes(v) for v in obj)
     return 0
-
-
-def write_text(path: str | Path, text: str) -> None:
-    data = text.encode()
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data), size=len(data))
-
-
-def write_json(path: str | Path, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: str | Path) -> Any:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise RobustgenError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RobustgenError(f"{path}: corrupt JSON ({e})") from None
 
 
 def model_spec(*, arch: str, num_classes: int, in_channels: int, activation: str,
@@ -329,6 +243,18 @@ def model_info(path: str | Path) -> dict:
 
 def save_state(path: str | Path, state: dict) -> None:
     atomic_write(path, lambda tmp: torch.save(state, tmp), size=tensor_bytes(state))
+
+
+def resume_state(path: str | Path, fingerprint: str, *, refusal: str) -> dict | None:
+    """The saved training state at ``path`` if it belongs to the training identified by
+    ``fingerprint``; None when there is none; ``refusal`` (the end of the error) when it is another's."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    state = load_state(path)
+    if state.get("fingerprint") != fingerprint:
+        raise RobustgenError(f"{path}: {refusal}")
+    return state
 
 
 def load_state(path: str | Path) -> dict:

@@ -195,8 +195,8 @@ def train(config, overrides, generated, out, wait, quiet):
 @click.option("--quiet", is_flag=True)
 def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_size, seed, out, quiet):
     """Clean and robust accuracy of a checkpoint on the test split, per attack stage (JSON)."""
-    from robustgen.checkpoint import write_json
     from robustgen.data import load_split
+    from robustgen.io import write_json
     from robustgen.stages import evaluate_checkpoint, resolve_device
     from robustgen.train.distributed import context_from_env, main_first
 
@@ -494,8 +494,8 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
             pca, seed, batch_size, device, out, quiet):
     """Complementarity and coverage (paper Alg. 1), FID, IS and KID of generated sets against the
     config's real train / test splits, in the layout of paper Table 1."""
-    from robustgen.checkpoint import write_json, write_text
     from robustgen.data import load_split
+    from robustgen.io import write_json, write_text
     from robustgen.metrics.features import get_extractor
     from robustgen.metrics.measure import ImageSet, measure as measure_sets, open_image_set
     from robustgen.stages import resolve_device

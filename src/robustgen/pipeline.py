@@ -21,11 +21,11 @@ from typing import Callable
 import torch
 
 from robustgen import __version__
-from robustgen.checkpoint import read_json, write_json
 from robustgen.config import RunConfig, config_to_dict, replace
 from robustgen.data.store_format import cached_sha256
 from robustgen.generate import generator_fit_kwargs
 from robustgen.generate.runner import array_fingerprint
+from robustgen.io import read_json, write_json
 from robustgen.locks import FolderLock
 from robustgen.train.distributed import DistContext, barrier, context_from_env, main_first
 from robustgen.stages import (Splits, evaluate_checkpoint, generate_into_store, generator_data, label_into_store,

@@ -54,6 +54,8 @@ class Preflight:
 
 def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape and dtype of every array in an .npz, from its zip directory and .npy headers only."""
+    from robustgen.data.store_format import read_npy_header
+
     path = Path(path)
     if not path.is_file():
         raise RobustgenError(f"{path}: file not found")
@@ -64,10 +66,7 @@ def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
                 if not name.endswith(".npy"):
                     continue
                 with z.open(name) as f:
-                    version = np.lib.format.read_magic(f)
-                    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                    shape, _, dtype = read(f)
-                out[name[:-4]] = (tuple(shape), dtype)
+                    out[name[:-4]] = read_npy_header(f, f"{path} (key {name[:-4]!r})", c_order=False)
             return out
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
         raise RobustgenError(f"{path}: not a readable .npz ({type(e).__name__}: {e})") from None

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from robustgen.checkpoint import load_model, model_spec, write_json
+from robustgen.checkpoint import load_model, model_spec
 from robustgen.config import RunConfig, config_to_dict
 from robustgen.data import ImageDataset, holdout_split, load_split, read_npz, train_val_split, write_npz
 from robustgen.data.store_format import DEFAULT_SHARD_SIZE, file_sha256
@@ -29,6 +29,7 @@ from robustgen.errors import RobustgenError
 from robustgen.evaluate import evaluate_robustness
 from robustgen.generate import generator_fit_kwargs, get_generator, runtime_kwargs
 from robustgen.generate.runner import array_fingerprint
+from robustgen.io import write_json
 from robustgen.label import assign_labels, predict_probabilities
 from robustgen.models import create_model
 from robustgen.models.ghost_batchnorm import use_bn_groups

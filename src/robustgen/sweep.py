@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.checkpoint import write_json, write_text
 from robustgen.config import RunConfig, config_to_dict, replace
 from robustgen.errors import RobustgenError
+from robustgen.io import write_json, write_text
 
 __all__ = ["grid_points", "run_sweep", "summarize", "sweep_table"]
 

@@ -1,6 +1,6 @@
 """One projected-gradient core for every attack in robustgen.
 
-The training attack (TRADES inner maximisation, paper Sec. 3.3 / REFERENCE.md §2), PGD-40 for
+The training attack (TRADES inner maximisation, paper Sec. 3.3 and App. A), PGD-40 for
 model selection and evaluation, and later MultiTargeted are all this loop with different
 objectives, step rules and step-size schedules:
 
@@ -216,7 +216,7 @@ def frozen_parameters(model: nn.Module) -> Iterator[None]:
 def batch_stats_without_update(model: nn.Module) -> Iterator[None]:
     """BatchNorm normalises with the current batch's statistics and leaves running averages alone.
 
-    The authors' convention for the attack and the clean logits (REFERENCE.md §2): train-mode BN,
+    The authors' convention for the attack and the clean logits (their released code; paper App. A): train-mode BN,
     no running-stat update; this is not ``model.eval()``.
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -232,11 +232,10 @@ def batch_stats_without_update(model: nn.Module) -> Iterator[None]:
             m.track_running_stats = track
 
 
-def lp_ball_ok(x_adv: torch.Tensor, x: torch.Tensor, *, norm: str, eps: float, tol: float = 1e-5) -> bool:
-    """True when x_adv is within the eps-ball (plus float tolerance) and in [0, 1]."""
-    dist = perturbation_norm(x_adv, x, norm=norm)
-    inside = bool((dist <= eps * (1 + tol) + tol).all())
-    return inside and bool((x_adv >= 0).all()) and bool((x_adv <= 1).all())
+def within_ball(distance, eps: float):
+    """``distance <= eps`` up to float32 rounding (relative 1e-5, absolute 1e-6): the one check
+    that an adversarial example lies in the eps-ball (tensors elementwise, or a float)."""
+    return distance <= eps * (1 + 1e-5) + 1e-6
 
 
 def scaled_piecewise_constant(init: float, boundaries_and_scales: dict[int, float]) -> Callable[[int], float]:
@@ -260,5 +259,5 @@ __all__ = [
     "AttackResult", "NORMS", "STEP_RULES", "INITS", "margin", "targeted_margin", "cross_entropy",
     "soft_cross_entropy", "misclassified", "project", "perturbation_norm", "random_start",
     "projected_gradient_attack", "piecewise_constant", "frozen_parameters",
-    "batch_stats_without_update", "lp_ball_ok", "pgd40_schedule", "scaled_piecewise_constant",
+    "batch_stats_without_update", "within_ball", "pgd40_schedule", "scaled_piecewise_constant",
 ]

@@ -13,15 +13,11 @@ from robustgen.data.datasets import (
     train_val_split,
     validate_dataset,
 )
-from robustgen.data.mixing import GENERATED_SAMPLING, MixedBatchIndices, batch_composition
 from robustgen.data.npz import read_npz, write_npz
 
 __all__ = [
     "CIFAR10_CLASSES",
-    "GENERATED_SAMPLING",
     "ImageDataset",
-    "MixedBatchIndices",
-    "batch_composition",
     "crop_flip",
     "default_data_root",
     "holdout_split",

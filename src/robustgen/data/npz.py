@@ -1,4 +1,4 @@
-"""The released-data ``.npz`` layout: read with validation, write atomically (REFERENCE.md §4).
+"""The released-data ``.npz`` layout: read with validation, write atomically (the released sets, paper Sec. 7).
 
 Every generated set released with the paper (and the CIFAR-10 copy in shared/data) is one
 uncompressed ``.npz`` holding ``image`` uint8 [N, H, W, C] and ``label`` integer [N]; extra
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.checkpoint import atomic_write
 from robustgen.errors import RobustgenError
+from robustgen.io import atomic_write
 
 __all__ = ["read_npz", "write_npz", "validate_dataset", "validate_images", "validate_labels"]
 

@@ -1,63 +1,40 @@
-"""Training batches from several image sources mixed with exact per-batch weights, prefetched.
-
-The generalisation of alpha-mixing (paper Sec. 3.3, Eq. 3) to any number of sources, each an
-in-memory array set or a store on disk, read with constant memory. Three layers:
+"""Training images from several sources, and the thread that prefetches the next steps' rows.
 
 * **A source** is anything with ``__len__``, ``labels`` (int64 [N], in RAM), ``num_classes``,
   ``image_shape`` and ``gather(indices, out=None) -> uint8 [B, H, W, C]``: ``ArraySource``
-  (real data in RAM) and ``robustgen.data.store.Store`` (memory-mapped shards).
-  ``open_source(path)`` opens a store folder or reads an .npz.
-* **Indices** (pure): ``source_counts(B, weights)`` gives the rows per batch of each source,
-  floor(w_i * B + 1/2) corrected so the counts sum to B (``largest remainder``; ties to the
-  earlier source when adding, the later one when removing); for two sources with weights
-  (alpha, 1 - alpha) this is exactly ``batch_composition``. ``WeightedIndices(sizes, weights,
-  batch_size=, seed=, sampling=)(step)`` returns one int64 index array per source, a pure
-  function of (seed, step): source i walks seeded per-epoch permutations (stream i) or draws
-  with replacement from ``default_rng([seed, i, step])``. With sources (real: "permutation",
-  generated: "with_replacement" or "permutation") it reproduces ``MixedBatchIndices`` exactly.
-* **Batches**: ``MixedSource(sources, weights, batch_size=, seed=, sampling=)`` checks the
-  sources agree (image shape, class count) and ``batch(step)`` returns a ``MixedBatch``:
-  images uint8 [B, H, W, C] and labels int64 [B], source 0's rows first, then source 1's, ...
-  (``counts`` says how many). ``Prefetcher(mixed, start_step=, stop_step=)`` gathers the next
-  ``depth`` batches in a background thread, into pinned host memory when CUDA is present, so
-  the device never waits on disk. ``Prefetcher(fetch)`` takes any step -> object callable too.
-
-Two ways to use it (both resume from ``step`` with no sampler state): a ``MixedSource`` gives
-whole batches on the host, e.g. through ``Prefetcher(mixed, start_step=step)``; the training
-loop (``robustgen.train.loop.TrainingBatches``) keeps the real split on the device and
-prefetches, per step, only this rank's indices and generated rows into pinned buffers
-(``WeightedIndices``, ``gather_rows`` into ``host_buffer``s, in a ``Prefetcher(fetch)``).
+  (arrays in RAM), ``ClassSubset`` (some classes of another source) and
+  ``robustgen.data.store.Store`` (memory-mapped shards). ``open_source(path)`` opens a store
+  folder or reads an .npz; ``check_sources_agree`` refuses sources of different image sizes or
+  class counts.
+* **Rows**: ``robustgen.data.indices.WeightedIndices`` says which rows of each source step t
+  takes; ``gather_rows`` copies them into (pinned) ``host_buffer``s.
+* **Prefetching**: ``Prefetcher(fetch, start_step=, stop_step=)`` computes ``fetch(step)`` a few
+  steps ahead in a background thread, so the device never waits on disk. The training loop
+  (``robustgen.train.batches.TrainingBatches``) keeps the real split on the device and prefetches,
+  per step, only this rank's indices and generated rows.
 """
 
 from __future__ import annotations
 
-import math
 import queue
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
-from robustgen.data.mixing import GENERATED_SAMPLING, _PermutationWalk
 from robustgen.errors import RobustgenError
 
 __all__ = [
     "ArraySource",
     "BatchSource",
     "ClassSubset",
-    "MixedBatch",
-    "MixedSource",
+    "check_sources_agree",
     "Prefetcher",
-    "WeightedIndices",
     "gather_rows",
     "host_buffer",
     "open_source",
-    "source_counts",
 ]
-
-SAMPLING = GENERATED_SAMPLING  # ("with_replacement", "permutation")
 
 
 class BatchSource(Protocol):
@@ -119,6 +96,19 @@ class ClassSubset:
         return self.source.gather(self.rows[np.asarray(indices, dtype=np.int64)], out=out)
 
 
+def check_sources_agree(sources: Sequence) -> None:
+    """Sources mixed into one batch must have one image size and one class count."""
+    names = [str(getattr(s, "name", f"source {i}")) for i, s in enumerate(sources)]
+    shapes = [tuple(s.image_shape) for s in sources]
+    if len(set(shapes)) > 1:
+        detail = ", ".join(f"{n}: {_fmt(sh)}" for n, sh in zip(names, shapes))
+        raise RobustgenError(f"data sources have different image sizes ({detail})")
+    classes = [int(s.num_classes) for s in sources]
+    if len(set(classes)) > 1:
+        detail = ", ".join(f"{n}: {k}" for n, k in zip(names, classes))
+        raise RobustgenError(f"data sources have different class counts ({detail})")
+
+
 def open_source(path, *, num_classes: int | None = None, image_shape=None, verify_images: bool = False):
     """A store folder as a ``Store`` (``verify_images``: its images shards are hashed in the
     background and each is checked before it is first read); an .npz in the released layout as
@@ -143,125 +133,7 @@ def _fmt(shape) -> str:
     return "x".join(str(int(v)) for v in shape)
 
 
-# --------------------------------------------------------------------------- pure index math
-def source_counts(batch_size: int, weights: Sequence[float]) -> tuple[int, ...]:
-    """Rows per batch of each source: floor(w_i * B + 1/2), then +-1 by largest remainder to sum to B.
-
-    Weights are normalised to sum to 1. When the rounded counts exceed B, the sources rounded
-    up the most lose one row each (ties: the later source first); when they fall short, the
-    sources rounded down the most gain one (ties: the earlier source first).
-    """
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise RobustgenError(f"batch size must be a positive integer, got {batch_size!r}")
-    try:
-        w = np.asarray([float(x) for x in weights], dtype=np.float64)
-    except (TypeError, ValueError):
-        raise RobustgenError(f"source weights must be numbers, got {list(weights)!r}") from None
-    if w.size == 0 or not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-        raise RobustgenError(f"source weights must be finite, >= 0 and not all 0, got {w.tolist()}")
-    total = float(w.sum())
-    B = int(batch_size)
-    exact = [float(x) / total * B if total != 1.0 else float(x) * B for x in w]
-    counts = [int(math.floor(e + 0.5)) for e in exact]
-    # remainders compared to 1e-9, so float noise (0.725 * 100 = 72.49999999999999) cannot break ties
-    while sum(counts) > B:
-        i = max((i for i in range(len(counts)) if counts[i] > 0),
-                key=lambda i: (round(counts[i] - exact[i], 9), i))
-        counts[i] -= 1
-    while sum(counts) < B:
-        i = max(range(len(counts)), key=lambda i: (round(exact[i] - counts[i], 9), -i))
-        counts[i] += 1
-    return tuple(counts)
-
-
-class WeightedIndices:
-    """Per-source indices of batch ``step``: a pure function of (seed, step); see the module doc."""
-
-    def __init__(self, sizes: Sequence[int], weights: Sequence[float], *, batch_size: int, seed: int,
-                 sampling: str | Sequence[str] = "with_replacement"):
-        self.counts = source_counts(batch_size, weights)
-        self.sizes = tuple(int(n) for n in sizes)
-        if len(self.sizes) != len(self.counts):
-            raise RobustgenError(f"{len(self.sizes)} sources but {len(self.counts)} weights")
-        self.sampling = (sampling,) * len(self.sizes) if isinstance(sampling, str) else tuple(sampling)
-        if len(self.sampling) != len(self.sizes) or any(s not in SAMPLING for s in self.sampling):
-            raise RobustgenError(f"sampling must be one of {list(SAMPLING)} per source, got {sampling!r}")
-        if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-            raise RobustgenError(f"seed must be a non-negative integer, got {seed!r}")
-        self.seed = int(seed)
-        for i, (n, c) in enumerate(zip(self.sizes, self.counts)):
-            if c and n <= 0:
-                raise RobustgenError(f"source {i} is empty but its weight gives it {c} rows per batch")
-        self._walks = [_PermutationWalk(n, self.seed, i) if s == "permutation" and n > 0 else None
-                       for i, (n, s) in enumerate(zip(self.sizes, self.sampling))]
-
-    @property
-    def batch_size(self) -> int:
-        return sum(self.counts)
-
-    def __call__(self, step: int) -> tuple[np.ndarray, ...]:
-        if isinstance(step, bool) or int(step) != step or step < 0:
-            raise ValueError(f"step must be a non-negative integer, got {step!r}")
-        step = int(step)
-        out = []
-        for i, (n, c) in enumerate(zip(self.sizes, self.counts)):
-            if c == 0:
-                out.append(np.empty(0, np.int64))
-            elif self._walks[i] is not None:
-                out.append(self._walks[i].take(step * c, c))
-            else:
-                out.append(np.random.default_rng([self.seed, i, step]).integers(0, n, size=c, dtype=np.int64))
-        return tuple(out)
-
-
 # --------------------------------------------------------------------------- batches
-@dataclass
-class MixedBatch:
-    """One training batch: rows of source 0, then source 1, ... (``counts`` rows each)."""
-
-    step: int
-    images: object  # uint8 [B, H, W, C]: numpy, or a torch tensor (pinned under CUDA) from Prefetcher
-    labels: object  # int64 [B]
-    counts: tuple[int, ...]
-
-    def source_ids(self) -> np.ndarray:
-        """int64 [B]: which source each row came from."""
-        return np.repeat(np.arange(len(self.counts), dtype=np.int64), self.counts)
-
-
-class MixedSource:
-    """Batches mixing ``sources`` with ``weights``; exact counts per batch, deterministic per step."""
-
-    def __init__(self, sources: Sequence[BatchSource], weights: Sequence[float], *, batch_size: int, seed: int,
-                 sampling: str | Sequence[str] = "with_replacement"):
-        if not sources:
-            raise RobustgenError("MixedSource needs at least one source")
-        self.sources = list(sources)
-        names = [str(getattr(s, "name", f"source {i}")) for i, s in enumerate(self.sources)]
-        shapes = [tuple(s.image_shape) for s in self.sources]
-        if len(set(shapes)) > 1:
-            detail = ", ".join(f"{n}: {_fmt(sh)}" for n, sh in zip(names, shapes))
-            raise RobustgenError(f"data sources have different image sizes ({detail})")
-        classes = [int(s.num_classes) for s in self.sources]
-        if len(set(classes)) > 1:
-            detail = ", ".join(f"{n}: {k}" for n, k in zip(names, classes))
-            raise RobustgenError(f"data sources have different class counts ({detail})")
-        self.image_shape, self.num_classes = shapes[0], classes[0]
-        self.indices = WeightedIndices([len(s) for s in self.sources], weights, batch_size=batch_size,
-                                       seed=seed, sampling=sampling)
-        self.counts = self.indices.counts
-        self.batch_size = self.indices.batch_size
-
-    def batch(self, step: int, *, images_out: np.ndarray | None = None,
-              labels_out: np.ndarray | None = None) -> MixedBatch:
-        """Batch ``step`` as numpy arrays (filled into ``images_out`` / ``labels_out`` when given)."""
-        B = self.batch_size
-        images = np.empty((B, *self.image_shape), np.uint8) if images_out is None else images_out
-        labels = np.empty(B, np.int64) if labels_out is None else labels_out
-        gather_rows(self.sources, self.indices(step), images, labels)
-        return MixedBatch(step=int(step), images=images, labels=labels, counts=self.counts)
-
-
 def gather_rows(sources: Sequence[BatchSource], indices: Sequence[np.ndarray], images: np.ndarray,
                 labels: np.ndarray) -> None:
     """Fill ``images`` / ``labels`` with rows ``indices[0]`` of source 0, then ``indices[1]`` of
@@ -288,38 +160,24 @@ def host_buffer(shape, dtype, *, pin_memory: bool):
 class Prefetcher:
     """Results of ``fetch(step)`` for steps [start_step, stop_step), computed ahead in a thread.
 
-    ``fetch`` is a ``MixedSource`` (each item is a ``MixedBatch`` whose ``images`` / ``labels``
-    are CPU torch tensors, pinned when ``pin_memory``, default: CUDA is available) or any
-    callable step -> object (e.g. this rank's generated rows of step t, gathered with
-    ``store.gather(idx, out=host_buffer(...).numpy())``). Items come in step order, each with
-    its own buffers, so an item stays valid after the next is fetched; ``next_step`` is the step
-    of the next item. An error in the thread is raised by the iterator. ``stop_step=None`` runs
-    until ``close()``.
+    ``fetch`` is any callable step -> object (e.g. this rank's generated rows of step t,
+    gathered with ``store.gather(idx, out=host_buffer(...).numpy())``). Items come in step order,
+    each with its own buffers, so an item stays valid after the next is fetched; ``next_step``
+    is the step of the next item. An error in the thread is raised by the iterator.
+    ``stop_step=None`` runs until ``close()``.
     """
 
     _DONE = object()
 
     def __init__(self, fetch, *, start_step: int = 0, stop_step: int | None = None,
-                 depth: int = 4, pin_memory: bool | None = None):
-        import torch
-
+                 depth: int = 4):
         self.next_step = int(start_step)
         self.stop_step = None if stop_step is None else int(stop_step)
-        self.pin = torch.cuda.is_available() if pin_memory is None else bool(pin_memory)
-        self._fetch = self._mixed_fetch(fetch) if isinstance(fetch, MixedSource) else fetch
+        self._fetch = fetch
         self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="robustgen-prefetch", daemon=True)
         self._thread.start()
-
-    def _mixed_fetch(self, mixed: MixedSource):
-        def fetch(step: int) -> MixedBatch:
-            images = host_buffer((mixed.batch_size, *mixed.image_shape), np.uint8, pin_memory=self.pin)
-            labels = host_buffer((mixed.batch_size,), np.int64, pin_memory=self.pin)
-            mixed.batch(step, images_out=images.numpy(), labels_out=labels.numpy())
-            return MixedBatch(step=step, images=images, labels=labels, counts=mixed.counts)
-
-        return fetch
 
     def _work(self) -> None:
         step = self.next_step

@@ -8,12 +8,14 @@ import io
 import json
 import mmap
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from robustgen.checkpoint import atomic_write, read_json
 from robustgen.errors import RobustgenError
+from robustgen.io import atomic_write, read_json
 
 MANIFEST = "manifest.json"
 FORMAT = "robustgen-store"
@@ -114,25 +116,36 @@ def cached_sha256(path: Path) -> str:
     return digest
 
 
+def read_npy_header(f, where: str, *, c_order: bool = True) -> tuple[tuple, np.dtype]:
+    """(shape, dtype) from the header of the .npy at the start of the binary file object ``f``
+    (left just after the header); ``c_order``: a Fortran-ordered array is an error. Errors name
+    ``where``."""
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    except (ValueError, OSError, EOFError, SyntaxError, KeyError, zlib.error, zipfile.BadZipFile) as e:
+        raise RobustgenError(f"{where}: not a readable .npy array (corrupt or truncated header: "
+                             f"{' '.join(str(e).split())[:120] or type(e).__name__})") from None
+    if fortran and c_order:
+        raise RobustgenError(f"{where}: Fortran-ordered array; expected C order")
+    return tuple(shape), dtype
+
+
 def npy_layout(path: Path) -> tuple[tuple, np.dtype, int, int]:
     """(shape, dtype, header bytes, file bytes) of a C-ordered .npy; errors name the file."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            shape, dtype = read_npy_header(f, str(path))
             offset = f.tell()
     except FileNotFoundError:
         raise RobustgenError(f"{path}: file not found") from None
-    except (ValueError, OSError, EOFError, SyntaxError) as e:
-        raise RobustgenError(f"{path}: not a readable .npy array (corrupt or truncated header: "
-                             f"{' '.join(str(e).split())[:120]})") from None
-    if fortran:
-        raise RobustgenError(f"{path}: Fortran-ordered array; store shards must be C-ordered")
-    return tuple(shape), dtype, offset, size
+    except OSError as e:
+        raise RobustgenError(f"{path}: unreadable ({e.strerror})") from None
+    return shape, dtype, offset, size
 
 
 def _check_layout(path: Path, shape: tuple, dtype: np.dtype, expected_shape: tuple,

@@ -1,4 +1,4 @@
-"""Import and export the released ``.npz`` layout to and from a store, streaming (REFERENCE.md §4).
+"""Import and export the released ``.npz`` layout to and from a store, streaming (the released sets, paper Sec. 7).
 
 DeepMind's ``cifar10_ddpm.npz`` and Wang et al.'s files hold ``image`` uint8 [N, H, W, C] and
 ``label`` [N] (optionally ``confidence``, ``condition``, ``class_names``). An .npz is a zip of
@@ -18,30 +18,16 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from robustgen.checkpoint import atomic_write
 from robustgen.data.npz import validate_labels
 from robustgen.data.store import DEFAULT_SHARD_SIZE, FIELDS, Store, StoreWriter, is_store
-from robustgen.data.store_format import _npy_bytes_header
+from robustgen.data.store_format import _npy_bytes_header, read_npy_header
 from robustgen.errors import RobustgenError
+from robustgen.io import atomic_write
 
 __all__ = ["export_npz", "import_npz"]
 
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError)
 _OPTIONAL = {"confidence": "confidences", "condition": "conditions"}
-
-
-def _read_header(f, where: str) -> tuple[tuple, np.dtype]:
-    try:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        else:
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except (*_ZIP_ERRORS, SyntaxError) as e:
-        raise RobustgenError(f"{where}: unreadable .npy header ({type(e).__name__})") from None
-    if fortran:
-        raise RobustgenError(f"{where}: Fortran-ordered array; expected C order")
-    return tuple(shape), dtype
 
 
 def _read_member(zf: zipfile.ZipFile, key: str, path: Path) -> np.ndarray:
@@ -67,6 +53,37 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
         raise RobustgenError(f"{path}: not an .npz (zip) archive (corrupt or truncated?)") from None
 
 
+def _per_image_arrays(zf: zipfile.ZipFile, keys: list[str], path: Path, num_classes: int | None):
+    """Everything of a released .npz but the images, checked: (labels, class names or None, the
+    number of classes, {store field: array} of the optional confidences / conditions)."""
+    labels = _read_member(zf, "label", path)
+    class_names = None
+    if "class_names" in keys:
+        names = _read_member(zf, "class_names", path)
+        names = np.char.decode(names, "utf-8") if names.dtype.kind == "S" else names
+        if names.dtype.kind != "U" or names.ndim != 1 or not names.size:
+            raise RobustgenError(f"{path}: 'class_names' must be a non-empty 1-D string array")
+        class_names = [str(c) for c in names]
+    if num_classes is None:
+        num_classes = len(class_names) if class_names else (int(labels.max()) + 1 if labels.size else 0)
+    if class_names is not None and len(class_names) != num_classes:
+        raise RobustgenError(f"{path}: {len(class_names)} class_names but {num_classes} classes")
+    validate_labels(labels, n=None, num_classes=num_classes, source=str(path))
+    n = int(labels.shape[0])
+    extra = {}
+    for key, field in _OPTIONAL.items():
+        if key in keys:
+            arr = _read_member(zf, key, path)
+            if arr.shape != (n,):
+                raise RobustgenError(f"{path}: length mismatch: {n} labels but '{key}' has shape {arr.shape}")
+            if key == "condition":
+                validate_labels(arr, n=n, num_classes=num_classes, source=f"{path} ('condition')")
+            elif arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
+                raise RobustgenError(f"{path}: 'confidence' must hold finite floats")
+            extra[field] = arr
+    return labels, class_names, num_classes, extra
+
+
 def import_npz(npz_path, store_dir, *, shard_size: int = DEFAULT_SHARD_SIZE, num_classes: int | None = None,
                progress: bool = False) -> dict:
     """Stream an .npz in the released layout into a new store (or resume that same import).
@@ -81,38 +98,14 @@ def import_npz(npz_path, store_dir, *, shard_size: int = DEFAULT_SHARD_SIZE, num
         missing = [k for k in ("image", "label") if k not in keys]
         if missing:
             raise RobustgenError(f"{path}: missing key(s) {missing}; found {keys}")
-        labels = _read_member(zf, "label", path)
-        class_names = None
-        if "class_names" in keys:
-            names = _read_member(zf, "class_names", path)
-            names = np.char.decode(names, "utf-8") if names.dtype.kind == "S" else names
-            if names.dtype.kind != "U" or names.ndim != 1 or not names.size:
-                raise RobustgenError(f"{path}: 'class_names' must be a non-empty 1-D string array")
-            class_names = [str(c) for c in names]
-        if num_classes is None:
-            num_classes = len(class_names) if class_names else (int(labels.max()) + 1 if labels.size else 0)
-        if class_names is not None and len(class_names) != num_classes:
-            raise RobustgenError(f"{path}: {len(class_names)} class_names but {num_classes} classes")
-        validate_labels(labels, n=None, num_classes=num_classes, source=str(path))
+        labels, class_names, num_classes, extra = _per_image_arrays(zf, keys, path, num_classes)
         n = int(labels.shape[0])
-        extra = {}
-        for key, field in _OPTIONAL.items():
-            if key in keys:
-                arr = _read_member(zf, key, path)
-                if arr.shape != (n,):
-                    raise RobustgenError(f"{path}: length mismatch: {n} labels but '{key}' has shape {arr.shape}")
-                if key == "condition":
-                    validate_labels(arr, n=n, num_classes=num_classes, source=f"{path} ('condition')")
-                elif arr.dtype.kind != "f" or not np.all(np.isfinite(arr)):
-                    raise RobustgenError(f"{path}: 'confidence' must hold finite floats")
-                extra[field] = arr
-
         try:
             member = zf.open("image.npy")
         except _ZIP_ERRORS:
             raise RobustgenError(f"{path}: key 'image' is unreadable (corrupt or truncated?)") from None
         with member as f:
-            shape, dtype = _read_header(f, f"{path} (key 'image')")
+            shape, dtype = read_npy_header(f, f"{path} (key 'image')")
             if dtype != np.uint8 or len(shape) != 4 or shape[3] not in (1, 3):
                 raise RobustgenError(f"{path}: 'image' must be uint8 [N, H, W, C] with C in (1, 3), "
                                      f"got {dtype} {shape}")

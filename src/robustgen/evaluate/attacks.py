@@ -1,6 +1,6 @@
 """Registry of evaluation attacks: each name builds a cascade of ``AttackStage``s.
 
-    pgd40       the authors' model-selection attack (REFERENCE.md §2)
+    pgd40       the authors' model-selection attack (paper App. A)
     apgd-ce     APGD on cross-entropy, 1 restart x 100 steps (AutoAttack's first stage)
     apgd-t      APGD-T, 9 target classes x 100 steps
     mt          MultiTargeted alone, as in aa+mt

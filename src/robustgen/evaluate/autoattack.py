@@ -1,4 +1,4 @@
-"""Stages backed by the official AutoAttack code (PyPI ``pyautoattack`` 0.2.0, REFERENCE.md §3).
+"""Stages backed by the official AutoAttack code (PyPI ``pyautoattack`` 0.2.0, paper App. A, Evaluation).
 
 Each function attacks one batch and returns candidate adversarial examples; the cascade in
 ``evaluate.cascade`` decides success, so these wrappers only deal with pyautoattack's sharp

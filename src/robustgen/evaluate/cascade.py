@@ -1,4 +1,4 @@
-"""A resumable cascade of attacks with per-point worst-case robust accuracy (REFERENCE.md §3).
+"""A resumable cascade of attacks with per-point worst-case robust accuracy (paper App. A, Evaluation).
 
 Each stage attacks only the points still robust after the stages before it; a point counts as
 robust when it is classified correctly on the clean input and on every stage's adversarial
@@ -28,7 +28,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from robustgen import preempt
-from robustgen.attacks.pgd import frozen_parameters, perturbation_norm
+from robustgen.attacks.pgd import frozen_parameters, perturbation_norm, within_ball
 from robustgen.checkpoint import load_state, save_state
 from robustgen.errors import RobustgenError
 from robustgen.train.distributed import DistContext, stop_if_requested, sum_across
@@ -114,7 +114,7 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
                         x, y = _to_device(images, labels, idx, device)
                         candidates = stage.run(model, x, y, seed).detach()
                         dist = perturbation_norm(candidates, x, norm=norm)
-                        if bool((dist > eps * (1 + 1e-5) + 1e-6).any()) or bool((candidates < 0).any() | (candidates > 1).any()):
+                        if not bool(within_ball(dist, eps).all()) or bool((candidates < 0).any() | (candidates > 1).any()):
                             raise RobustgenError(f"attack stage {stage.name} returned points outside the {norm} eps-ball "
                                                  f"or [0,1]: max distance {float(dist.max()):.6g}, eps {eps:.6g}")
                         with torch.no_grad():

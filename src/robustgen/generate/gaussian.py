@@ -15,31 +15,26 @@ chunks of ``NOISE_CHUNK`` rows, chunk ``m`` drawn from ``np.random.default_rng([
 sample ``j`` of class ``c`` is therefore the same whatever the total count, the other classes'
 counts or how the work is split.
 
-Two samplers share that noise:
-
-* ``sample_class_conditional_gaussian(fit, n, seed=...)``: n images at once, class-ordered or
-  shuffled (float64 arithmetic), for the in-memory pipeline.
-* ``sample_gaussian_range(fit, start, stop, seed=...)`` / ``GaussianRangeSampler``: any index
-  range of one infinite global sequence, for sharded, resumable generation at paper scale.
-  Global sample ``i`` has class ``c = i % K`` and is noise row ``j = i // K`` of class ``c``, so
-  the first N samples are class-balanced (``balanced_class_counts``). Rows are computed in
-  float32 in fixed blocks of ``RANGE_BLOCK`` rows aligned to ``j``, so sample ``i`` is
-  byte-identical whatever range, shard size or restart produced it (on the same machine and
-  BLAS; another CPU may round a rare pixel differently). The range sequence is not the
-  shuffled output of the first sampler.
+One sampler, ``sample_gaussian_range(fit, start, stop, seed=...)`` / ``GaussianRangeSampler``,
+gives any index range of one infinite global sequence, for sharded, resumable generation at
+paper scale. Global sample ``i`` has class ``c = i % K`` and is noise row ``j = i // K`` of
+class ``c``, so the first N samples are class-balanced (``balanced_class_counts``). Rows are
+computed in float32 in fixed blocks of ``RANGE_BLOCK`` rows aligned to ``j``, so sample ``i`` is
+byte-identical whatever range, shard size or restart produced it (on the same machine and
+BLAS; another CPU may round a rare pixel differently).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from collections import OrderedDict
 
 import numpy as np
 import scipy.linalg
 
+from robustgen.data.npz import validate_images
 from robustgen.errors import RobustgenError
 from robustgen.generate import register_generator
 
@@ -51,7 +46,6 @@ __all__ = [
     "RANGE_BLOCK",
     "balanced_class_counts",
     "fit_class_conditional_gaussian",
-    "sample_class_conditional_gaussian",
     "sample_gaussian_range",
 ]
 
@@ -60,8 +54,6 @@ NOISE_CHUNK = 4096
 # Rows per computation block of the range sampler; divides NOISE_CHUNK. Part of the sample
 # identity of ``sample_gaussian_range``: do not change.
 RANGE_BLOCK = 1024
-# Stream for the output permutation; class streams are [seed, c, m] with c < 2**32 - 1.
-_SHUFFLE_STREAM = (2**32 - 1, 2**32 - 1)
 
 
 @dataclass
@@ -116,11 +108,7 @@ class GaussianFit:
 
 
 def _check_images_labels(images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-        raise RobustgenError(
-            f"expected uint8 NHWC images, got {getattr(images, 'dtype', type(images))} "
-            f"with shape {getattr(images, 'shape', None)}"
-        )
+    validate_images(images, source="training images", allow_empty=True)
     labels = np.asarray(labels)
     if labels.shape != (images.shape[0],):
         raise RobustgenError(f"labels shape {labels.shape} does not match {images.shape[0]} images")
@@ -264,68 +252,6 @@ def _noise_factor(cov: np.ndarray) -> np.ndarray:
     return evecs * np.sqrt(np.clip(evals, 0.0, None))
 
 
-def sample_class_conditional_gaussian(
-    fit: GaussianFit,
-    num_samples: int,
-    *,
-    seed: int,
-    shuffle: bool = True,
-    class_counts: Sequence[int] | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Draw ``num_samples`` images -> (uint8 [N, H, W, C], int64 conditioning labels [N]).
-
-    Classes are balanced unless ``class_counts`` (one count per class, summing to
-    ``num_samples``) is given. The output is ordered by class, then sample index, unless
-    ``shuffle``, which applies a permutation derived from ``seed``.
-    """
-    K = fit.num_classes
-    if num_samples < 0:
-        raise RobustgenError(f"num_samples must be >= 0, got {num_samples}")
-    if not 0 <= int(seed) < 2**63:
-        raise RobustgenError(f"seed must be a non-negative integer, got {seed}")
-    seed = int(seed)
-    if class_counts is None:
-        counts = balanced_class_counts(num_samples, K)
-    else:
-        counts = [int(n) for n in class_counts]
-        if len(counts) != K or min(counts, default=0) < 0 or sum(counts) != num_samples:
-            raise RobustgenError(
-                f"class_counts must be {K} non-negative counts summing to num_samples={num_samples}, "
-                f"got {list(class_counts)}"
-            )
-    h, w, ch = fit.image_shape
-    images = np.empty((num_samples, h, w, ch), dtype=np.uint8)
-    flat = images.reshape(num_samples, h * w * ch)
-    # class-ordered row r lands at position[r]; shuffled output = ordered[perm], scattered in place
-    labels = np.repeat(np.arange(K, dtype=np.int64), counts)
-    position = np.arange(num_samples)
-    if shuffle and num_samples > 1:
-        perm = np.random.default_rng([seed, *_SHUFFLE_STREAM]).permutation(num_samples)
-        position[perm] = np.arange(num_samples)
-        labels = labels[perm]
-    start = 0
-    for c, count in enumerate(counts):
-        if count == 0:
-            continue
-        v, mu = fit.components[c], fit.means_image[c]
-        factor = _noise_factor(fit.latent_cov[c])
-        # one noise chunk at a time bounds the float64 working set to [NOISE_CHUNK, d]
-        for m in range(-(-count // NOISE_CHUNK)):
-            rows = min(NOISE_CHUNK, count - m * NOISE_CHUNK)
-            eps = np.random.default_rng([seed, c, m]).standard_normal((NOISE_CHUNK, v.shape[1]))[:rows]
-            # [rows, k]: z ~ N(latent_mean, latent_cov)
-            z = fit.latent_mean[c] + eps @ factor.T
-            # [rows, d]: inverse PCA, clip to [0, 1], quantise
-            x = z @ v.T
-            x += mu
-            np.clip(x, 0.0, 1.0, out=x)
-            x *= 255.0
-            np.rint(x, out=x)
-            flat[position[start : start + rows]] = x
-            start += rows
-    return images, labels
-
-
 class GaussianRangeSampler:
     """Index ranges of the global sample sequence of ``fit`` under ``seed`` (see the module doc).
 
@@ -423,8 +349,9 @@ class GaussianGenerator:
         )
 
     @staticmethod
-    def sample(fitted: GaussianFit, n: int, *, seed: int, shuffle: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        return sample_class_conditional_gaussian(fitted, n, seed=seed, shuffle=shuffle)
+    def sample(fitted: GaussianFit, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``n`` samples of the global sequence (class ``i % K``)."""
+        return sample_gaussian_range(fitted, 0, n, seed=seed)
 
     # Resumable, sharded generation (``robustgen.generate.runner``) needs the three below.
     @staticmethod

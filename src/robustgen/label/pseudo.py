@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from robustgen.data.npz import validate_images
 from robustgen.errors import RobustgenError
 from robustgen.models.inference import InferenceOptions, autocast, to_memory_format
 
@@ -42,11 +43,7 @@ def predict_probabilities(
     store shard is read while the model runs.
     """
     images = images_uint8_nhwc
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-        raise RobustgenError(
-            f"expected uint8 NHWC images, got {getattr(images, 'dtype', type(images))} "
-            f"with shape {getattr(images, 'shape', None)}"
-        )
+    validate_images(images, source="images to label", allow_empty=True)
     if len(images) == 0:
         raise RobustgenError("no images to label")
     if batch_size < 1:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from robustgen.data.npz import validate_images
 from robustgen.errors import RobustgenError
 from robustgen.registry import Registry
 
@@ -78,8 +79,7 @@ def extract_features(extractor: FeatureExtractor, images, *, batch_size: int = 2
     for start in tqdm(range(0, rows.size, batch_size), desc=f"features ({extractor.name})", unit="batch",
                       disable=not progress, leave=False):
         batch = np.asarray(gather(rows[start:start + batch_size]))
-        if batch.dtype != np.uint8 or batch.ndim != 4:
-            raise RobustgenError(f"expected uint8 NHWC images, got {batch.dtype} with shape {batch.shape}")
+        validate_images(batch, source=f"images for {extractor.name} features", allow_empty=True)
         f, z = extractor(torch.from_numpy(batch).to(extractor.device))
         feats.append(f.float().cpu().numpy())
         logits.append(z.float().cpu().numpy())

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from robustgen.errors import RobustgenError
 from robustgen.metrics.complementarity import (balanced_sample, complementarity_coverage, coverage, format_table,
@@ -131,9 +130,3 @@ def measure(train: ImageSet, test: ImageSet, sources: dict[str, ImageSet], *, ex
         notes.append(f"FID / KID against the {reference} sample.")
     out["markdown"] = format_table(out["rows"], notes=notes)
     return out
-
-
-def torch_device(name: str) -> torch.device:
-    from robustgen.stages import resolve_device
-
-    return resolve_device(name)

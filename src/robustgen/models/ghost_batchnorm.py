@@ -10,7 +10,7 @@ with the mean over groups of each group's mean and unbiased variance (each core 
 kept its own; with ``micro_batches`` emulation they are updated once per chunk instead).
 
 The training loop orders each batch so that every group holds the batch's mix of real and
-generated images (``train.loop.TrainingBatches``).
+generated images (``train.batches.TrainingBatches``).
 """
 
 from __future__ import annotations

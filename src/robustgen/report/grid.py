@@ -10,8 +10,9 @@ from typing import Sequence
 
 import numpy as np
 
-from robustgen.checkpoint import atomic_write
+from robustgen.data.npz import validate_images
 from robustgen.errors import RobustgenError
+from robustgen.io import save_figure
 
 __all__ = ["save_sample_grid", "save_store_grid"]
 
@@ -41,11 +42,7 @@ def save_sample_grid(
     from matplotlib.figure import Figure
 
     images = images_uint8_nhwc
-    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-        raise RobustgenError(
-            f"expected uint8 NHWC images, got {getattr(images, 'dtype', type(images))} "
-            f"with shape {getattr(images, 'shape', None)}"
-        )
+    validate_images(images, source="images of the grid", allow_empty=True)
     labels = np.asarray(labels)
     if labels.shape != (len(images),):
         raise RobustgenError(f"labels shape {labels.shape} does not match {len(images)} images")
@@ -90,7 +87,7 @@ def save_sample_grid(
     if title:
         fig.suptitle(title, y=1 - 0.1 / fig_h, va="top")
 
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    save_figure(fig, path, dpi=dpi)
 
 
 def save_store_grid(path, source, *, per_class: int = 10, seed: int = 0, title: str | None = None) -> dict:

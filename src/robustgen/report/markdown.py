@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Sequence
 
-from robustgen.checkpoint import write_text
+from robustgen.io import write_text
 
 
 def _pct(x: float) -> str:

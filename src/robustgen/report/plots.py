@@ -14,14 +14,13 @@ Each takes plain records (dicts / arrays) and a path, and writes the PNG atomica
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from robustgen.checkpoint import atomic_write
 from robustgen.errors import RobustgenError
+from robustgen.io import save_figure
 
 __all__ = ["plot_alpha_sweep", "plot_accuracy_vs_samples", "plot_training_curves", "plot_loss_landscapes",
            "read_history"]
@@ -34,12 +33,6 @@ def _figure(width: float, height: float):
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig
-
-
-def _save(fig, path) -> str:
-    path = os.fspath(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight"))
-    return path
 
 
 def _mean_std(rows: list[dict], x_key: str, y_key: str, group_key: str, expand_none: list[str] | None = None):
@@ -88,7 +81,7 @@ def plot_alpha_sweep(records: list[dict], path, *, title: str | None = None) -> 
         ax.legend(title="generator", fontsize=8)
     seeds = sorted({r.get("seed") for r in records})
     fig.suptitle((title + ": " if title else "") + f"mean ± std over {len(seeds)} seed(s)")
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def plot_accuracy_vs_samples(records: list[dict], path, *, title: str | None = None) -> str:
@@ -117,13 +110,13 @@ def plot_accuracy_vs_samples(records: list[dict], path, *, title: str | None = N
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def read_history(path) -> list[dict]:
     """A training stage's history.json (a list of {step, samples, loss, lr} and {step, samples,
     model, score, val_*} entries)."""
-    from robustgen.checkpoint import read_json
+    from robustgen.io import read_json
 
     path = Path(path)
     if path.is_dir():
@@ -174,7 +167,7 @@ def plot_training_curves(history: list[dict], path, *, title: str | None = None)
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def plot_loss_landscapes(landscape: dict, path, *, max_points: int = 4, title: str | None = None) -> str:
@@ -197,4 +190,4 @@ def plot_loss_landscapes(landscape: dict, path, *, max_points: int = 4, title: s
         ax.set_title(f"point {landscape.get('indices', list(range(k)))[i]}", fontsize=9)
     if title:
         fig.suptitle(title)
-    return _save(fig, path)
+    return save_figure(fig, path, dpi=100, bbox_inches="tight")

@@ -1,4 +1,4 @@
-"""Exponential moving average of the weights (REFERENCE.md §2: decay 0.995, TF-style ramp).
+"""Exponential moving average of the weights (paper App. A: decay 0.995; the TF-style ramp of the authors' code).
 
 The averaged model keeps no BatchNorm statistics of its own: it uses the raw model's running
 statistics, copied on every update, as the authors do."""

@@ -23,13 +23,14 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from robustgen import preempt
-from robustgen.checkpoint import load_state, save_model, save_state, write_json
+from robustgen.checkpoint import resume_state, save_model, save_state
 from robustgen.data import ImageDataset, crop_flip
-from robustgen.data.sources import BatchSource, Prefetcher, WeightedIndices, gather_rows, host_buffer
-from robustgen.errors import NonFiniteError, RobustgenError
-from robustgen.train.distributed import DistContext, barrier, chunk_rows, sum_across
+from robustgen.data.sources import BatchSource
+from robustgen.errors import NonFiniteError
+from robustgen.io import write_json
+from robustgen.train.batches import Chunk, TrainingBatches
+from robustgen.train.distributed import DistContext, barrier, sum_across
 from robustgen.train.ema import WeightAverage
-from robustgen.train.losses import smoothed_targets
 from robustgen.train.schedule import warmup_cosine_lr
 from robustgen.train.steps import StepLoss
 
@@ -90,141 +91,98 @@ def _step_generator(device: torch.device, seed: int, step: int, chunk: int, stre
     return torch.Generator(device=device).manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-@dataclass(frozen=True)
-class Chunk:
-    images: torch.Tensor  # uint8 [b, H, W, C] on the device
-    targets: torch.Tensor  # [b, K] soft targets
-    index: int  # position in the global batch's chunks (seeds its randomness)
-    weight: float  # b * world_size / B: makes DDP's gradient average the global batch mean
-
-
-class TrainingBatches:
-    """This rank's chunks of step t's global batch. Source 0 is the real split, kept on the
-    device as uint8 (or, when its images are decoded on demand from files, gathered per step on
-    the host like the generated rows); sources 1.. are generated sets (arrays in RAM or stores
-    on disk, read with constant memory). Every batch holds exactly ``counts[i]`` rows of source i (``source_counts``
-    of the weights; (alpha, 1 - alpha) gives round(alpha * B) real rows), spread evenly over the
-    world_size x micro_batches chunks. Indices and generated rows are prepared ahead of the step
-    by a background thread, into pinned memory under CUDA, and only for this rank's chunks."""
-
-    def __init__(self, real: ImageDataset, generated: Sequence[BatchSource], s: LoopSettings, num_classes: int,
-                 device: torch.device, ctx: DistContext, start_step: int = 0):
-        self.device, self.ctx, self.s = device, ctx, s
-        self.generated = list(generated)
-        weights = s.source_weights or ((s.alpha, 1.0 - s.alpha) if self.generated else (1.0,))
-        if len(weights) != 1 + len(self.generated):
-            raise RobustgenError(f"{len(weights)} source weights for the real split and {len(self.generated)} "
-                                 "generated sources")
-        sampling = ("permutation",) + (s.generated_sampling,) * len(self.generated)
-        self.indices = WeightedIndices([len(real), *(len(g) for g in self.generated)], weights,
-                                       batch_size=s.batch_size, seed=s.seed, sampling=sampling)
-        self.counts = self.indices.counts
-        self.real_on_device = not real.decoded_on_demand
-        if self.real_on_device:
-            self.real_images = torch.from_numpy(real.images).to(device)  # uint8 [N, H, W, C]
-            self.real_labels = torch.from_numpy(real.labels).to(device)
-        # sources whose rows the prefetch thread gathers on the host
-        self.host_sources = self.generated if self.real_on_device else [_FileSource(real), *self.generated]
-        self.image_shape = tuple(real.images.shape[1:])
-        self.num_classes = num_classes
-        total_chunks = ctx.world_size * s.micro_batches
-        if s.batch_size < total_chunks:
-            raise RobustgenError(f"batch size {s.batch_size} is smaller than world size x micro-batches = {total_chunks}")
-        first = ctx.rank * s.micro_batches
-        self.mine = [(c, rows) for c, rows in enumerate(chunk_rows(self.counts, total_chunks))
-                     if first <= c < first + s.micro_batches]
-        self.group_order = [self._group_order(rows) for _, rows in self.mine]
-        # Indices and generated rows are prepared a few steps ahead in a thread, in pinned host
-        # memory on CUDA, so the step's copies are asynchronous: no host sync in the step.
-        self.pin = device.type == "cuda"
-        self.prefetch = Prefetcher(self._fetch, start_step=start_step, stop_step=s.total_steps, pin_memory=self.pin)
-
-    def _group_order(self, rows) -> torch.Tensor | None:
-        """Row order of a chunk (laid out source by source) that gives every consecutive group of
-        ``bn_group_size`` rows an equal share (+-1) of each source: ghost BatchNorm groups keep the
-        batch's real/generated mix."""
-        g = self.s.bn_group_size
-        if g is None:
-            return None
-        counts = [len(r) for r in rows]
-        size = sum(counts)
-        if size % g:
-            raise RobustgenError(f"train.bn_group_size {g} must divide each device's chunk of the batch, which "
-                                 f"holds {size} images (batch {self.s.batch_size} / (world size {self.ctx.world_size} "
-                                 f"x micro_batches {self.s.micro_batches}))")
-        offsets = np.cumsum([0] + counts[:-1])
-        order = np.concatenate([offsets[i] + part for group in chunk_rows(counts, size // g)
-                                for i, part in enumerate(group)])
-        return torch.from_numpy(order).to(self.device)
-
-    def _fetch(self, step: int) -> list:
-        """Per chunk of this rank: its real indices (None when the real rows are gathered on the
-        host), the number of real rows and the host-gathered rows (images, labels)."""
-        idx = self.indices(step)
-        out = []
-        for _, rows in self.mine:
-            real = idx[0][rows[0]]
-            real_idx = None
-            if self.real_on_device:
-                real_idx = host_buffer((len(real),), np.int64, pin_memory=self.pin)
-                real_idx.numpy()[:] = real
-            picked = [source_idx[r] for source_idx, r in zip(idx, rows)][1 if self.real_on_device else 0:]
-            n = sum(len(p) for p in picked)
-            images = host_buffer((n, *self.image_shape), np.uint8, pin_memory=self.pin)
-            labels = host_buffer((n,), np.int64, pin_memory=self.pin)
-            gather_rows(self.host_sources, picked, images.numpy(), labels.numpy())
-            out.append((real_idx, len(real), images, labels))
-        return out
-
-    def _chunk(self, real_idx: torch.Tensor | None, n_real: int, host_images: torch.Tensor,
-               host_labels: torch.Tensor, index: int) -> Chunk:
-        s, dev = self.s, self.device
-        images = host_images.to(dev, non_blocking=True)
-        labels = host_labels.to(dev, non_blocking=True)
-        if real_idx is not None:  # real rows from the device copy, then the host rows
-            real_idx = real_idx.to(dev, non_blocking=True)
-            images = torch.cat([self.real_images[real_idx], images])
-            labels = torch.cat([self.real_labels[real_idx], labels])
-        n_gen = len(labels) - n_real
-        smooth = torch.cat([torch.full((n_real,), s.label_smoothing_real, device=dev),
-                            torch.full((n_gen,), s.label_smoothing_generated, device=dev)])
-        targets = smoothed_targets(labels, num_classes=self.num_classes, smoothing=smooth)
-        weight = (n_real + n_gen) * self.ctx.world_size / s.batch_size
-        order = self.group_order[index - self.mine[0][0]]
-        if order is not None:
-            images, targets = images[order], targets[order]
-        return Chunk(images=images, targets=targets, index=index, weight=weight)
-
-    def __call__(self, step: int) -> list[Chunk]:
-        if self.prefetch.next_step != step:
-            raise RuntimeError(f"batches are read in step order: expected step {self.prefetch.next_step}, got {step}")
-        fetched = next(self.prefetch)
-        return [self._chunk(*item, c) for (c, _), item in zip(self.mine, fetched)]
-
-    def close(self) -> None:
-        self.prefetch.close()
-
-
-class _FileSource:
-    """A real split decoded on demand from files, as a batch source (``gather`` / ``labels``)."""
-
-    def __init__(self, ds: ImageDataset):
-        self.images, self.labels, self.num_classes = ds.images, ds.labels, ds.num_classes
-        self.image_shape = ds.image_shape
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def gather(self, indices, out=None):
-        return self.images.gather(indices, out=out)
-
-
 @dataclass
 class LoopResult:
     history: list
     best: dict | None
     wall_time_s: float
     resumed_from: int
+
+
+def _resume(state_path: Path, fingerprint: str, model: nn.Module, optimizer, ema, ctx: DistContext):
+    """Load the training state at ``state_path`` into ``model`` / ``optimizer`` / ``ema``:
+    (history, best, start step, the loss of the log window in progress or None); a fresh start
+    when there is none."""
+    state = resume_state(state_path, fingerprint,
+                         refusal="belongs to a run with a different config; use another output folder or delete it")
+    if state is None:
+        return [], None, 0, None
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if ema is not None:
+        ema.load_state_dict(state["ema"])
+    # the log window in progress, for an exact history (one process only)
+    running = state["running_loss"] if not ctx.enabled and "running_loss" in state else None
+    return state["history"], state["best"], int(state["step"]), running
+
+
+def _attack_and_training_models(model: nn.Module, ctx: DistContext, device: torch.device, compile_model: bool):
+    """(the model the attack runs on, the model the training forward passes run on). The attack
+    needs input gradients only and must not trigger DDP's gradient hooks; the training forward
+    passes go through DDP when distributed."""
+    attack_model = torch.compile(model) if compile_model else model
+    train_model = model
+    if ctx.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Per-device BatchNorm: running statistics are not re-synchronised at every forward.
+        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+        no_buffer_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                              **no_buffer_sync)
+    if compile_model:
+        train_model = attack_model if not ctx.enabled else torch.compile(train_model)
+    return attack_model, train_model
+
+
+def _accumulate_gradients(chunks: list[Chunk], step: int, s: LoopSettings, step_loss: StepLoss, attack_model,
+                          train_model, device: torch.device, ctx: DistContext, memory_format,
+                          running: torch.Tensor) -> None:
+    """Backward of step ``step``'s loss over this rank's chunks (each weighted by its share of the
+    global batch); the loss is added to ``running``, the log window's sum (on the device: no host
+    sync)."""
+    for k, chunk in enumerate(chunks):
+        x = crop_flip(chunk.images, padding=s.crop_padding, flip=s.flip, memory_format=memory_format,
+                      generator=_step_generator(device, s.seed, step, chunk.index, 0))
+        # Gradients are all-reduced once per step, after the last chunk.
+        sync = train_model.no_sync() if ctx.enabled and k < len(chunks) - 1 else contextlib.nullcontext()
+        with sync:
+            loss = step_loss(attack_model, train_model, x, chunk.targets,
+                             _step_generator(device, s.seed, step, chunk.index, 1))
+            (loss * chunk.weight).backward()
+        running += loss.detach() * (chunk.weight / ctx.world_size)
+
+
+def _boundaries(done: int, s: LoopSettings) -> tuple[bool, bool, bool]:
+    """Whether ``done`` steps end a log window, an evaluation period and a checkpoint period (the
+    last step ends all three)."""
+    last = done == s.total_steps
+    return (done % s.log_every_steps == 0 or last,
+            bool(s.eval_every_steps and done % s.eval_every_steps == 0) or last,
+            bool(s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0) or last)
+
+
+def _save_final(out_dir: Path, final: nn.Module, s: LoopSettings, *, spec: dict, extra_meta: dict, weights: str,
+                selected: bool, history: list) -> None:
+    """``last.safetensors``, ``best.safetensors`` when no evaluation selected one, and the history."""
+    save_model(out_dir / "last.safetensors", final, spec=spec,
+               extra={**extra_meta, "step": s.total_steps, "weights": weights})
+    if not selected:  # no evaluator: the last weights are the selection
+        save_model(out_dir / "best.safetensors", final, spec=spec, extra={**extra_meta, "selection": None})
+    write_json(out_dir / "history.json", history)
+
+
+def _nonfinite_error(desc: str, first_bad_step: int, bad_loss: bool, done: int, state_path: Path,
+                     saved_step: int | None, best: dict | None) -> NonFiniteError:
+    """The one-line error of a loss or weights that stopped being finite, saying what is kept."""
+    step_text = (f"the loss became nan/inf at step {first_bad_step}" if first_bad_step
+                 else f"the loss became nan/inf on another process by step {done}" if bad_loss
+                 else f"the weights became nan/inf by step {done}")
+    kept = (f"the last good checkpoint is {state_path} at step {saved_step}" if saved_step is not None
+            else "no checkpoint was written yet")
+    if best is not None:
+        kept += f"; best.safetensors (step {best['step']}) is untouched"
+    return NonFiniteError(f"{desc}: {step_text}; training stopped, {kept}; lower the learning rate or check the data")
 
 
 def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
@@ -245,39 +203,11 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     optimizer = torch.optim.SGD(parameter_groups(model, s.weight_decay), lr=0.0, momentum=s.momentum,
                                 nesterov=s.nesterov)
     ema = WeightAverage(model, decay=s.ema_decay) if s.ema_decay is not None else None
-    history: list[dict] = []
-    best: dict | None = None
-    start_step = 0
-    resumed_running = None
     state_path = out_dir / "state.pt"
-    if state_path.exists():
-        state = load_state(state_path)
-        if state.get("fingerprint") != fingerprint:
-            raise RobustgenError(f"{state_path}: belongs to a run with a different config; use another output folder or delete it")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        history, best, start_step = state["history"], state["best"], int(state["step"])
-        if not ctx.enabled and "running_loss" in state:  # the log window in progress (exact history)
-            resumed_running = state["running_loss"]
-        if progress and main:
-            tqdm.write(f"{desc}: resuming from step {start_step}/{s.total_steps} ({state_path})")
-    # The attack needs input gradients only and must not trigger DDP's gradient hooks; the
-    # training forward passes go through DDP when distributed.
-    attack_model = torch.compile(model) if compile_model else model
-    train_model = model
-    if ctx.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # Per-device BatchNorm: running statistics are not re-synchronised at every forward.
-        newer = "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
-        no_buffer_sync = {"forward_sync_buffers": False} if newer else {"broadcast_buffers": False}
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                              **no_buffer_sync)
-    if compile_model:
-        train_model = attack_model if not ctx.enabled else torch.compile(train_model)
-
+    history, best, start_step, resumed_running = _resume(state_path, fingerprint, model, optimizer, ema, ctx)
+    if state_path.exists() and progress and main:
+        tqdm.write(f"{desc}: resuming from step {start_step}/{s.total_steps} ({state_path})")
+    attack_model, train_model = _attack_and_training_models(model, ctx, device, compile_model)
     saved_step = start_step if state_path.exists() else None
 
     def save_checkpoint(step: int) -> None:
@@ -296,15 +226,7 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
                              torch.tensor(float(stop), device=device)])
         bad_loss, bad_weights, stop_votes = sum_across(ctx, flags).tolist()
         if bad_loss or bad_weights:
-            step_text = (f"the loss became nan/inf at step {int(first_bad)}" if int(first_bad)
-                         else f"the loss became nan/inf on another process by step {done}" if bad_loss
-                         else f"the weights became nan/inf by step {done}")
-            kept = (f"the last good checkpoint is {state_path} at step {saved_step}" if saved_step is not None
-                    else "no checkpoint was written yet")
-            if best is not None:
-                kept += f"; best.safetensors (step {best['step']}) is untouched"
-            raise NonFiniteError(f"{desc}: {step_text}; training stopped, {kept}; lower the learning rate "
-                                 f"or check the data")
+            raise _nonfinite_error(desc, int(first_bad), bool(bad_loss), done, state_path, saved_step, best)
         return stop_votes > 0
 
     def run_evaluation(step: int) -> None:
@@ -336,17 +258,8 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
-                chunks = batches(step)
-                for k, chunk in enumerate(chunks):
-                    x = crop_flip(chunk.images, padding=s.crop_padding, flip=s.flip, memory_format=memory_format,
-                                  generator=_step_generator(device, s.seed, step, chunk.index, 0))
-                    # Gradients are all-reduced once per step, after the last chunk.
-                    sync = train_model.no_sync() if ctx.enabled and k < len(chunks) - 1 else contextlib.nullcontext()
-                    with sync:
-                        loss = step_loss(attack_model, train_model, x, chunk.targets,
-                                         _step_generator(device, s.seed, step, chunk.index, 1))
-                        (loss * chunk.weight).backward()
-                    running += loss.detach() * (chunk.weight / ctx.world_size)
+                _accumulate_gradients(batches(step), step, s, step_loss, attack_model, train_model, device, ctx,
+                                      memory_format, running)
                 optimizer.step()
                 if ema is not None:
                     ema.update(model, step)
@@ -354,9 +267,7 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
                 bar.update(1)
                 # device-side record of the first non-finite loss: no host sync in the step
                 first_bad = torch.where((first_bad == 0) & ~torch.isfinite(running), done, first_bad)
-                log_now = done % s.log_every_steps == 0 or done == s.total_steps
-                eval_now = bool(s.eval_every_steps and done % s.eval_every_steps == 0) or done == s.total_steps
-                save_now = bool(s.checkpoint_every_steps and done % s.checkpoint_every_steps == 0) or done == s.total_steps
+                log_now, eval_now, save_now = _boundaries(done, s)
                 # a stop request is honoured at the next step; under torchrun at the next boundary, where ranks agree
                 stop = preempt.requested() is not None and (not ctx.enabled or log_now or eval_now or save_now)
                 if log_now or eval_now or save_now or stop:
@@ -379,12 +290,8 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
         batches.close()
     bar.close()
     if main:
-        final = ema.model if ema is not None else model
-        save_model(out_dir / "last.safetensors", final, spec=spec,
-                   extra={**extra_meta, "step": s.total_steps, "weights": "ema" if ema is not None else "raw"})
-        if best is None:  # no evaluator: the last weights are the selection
-            save_model(out_dir / "best.safetensors", final, spec=spec, extra={**extra_meta, "selection": None})
-        write_json(out_dir / "history.json", history)
+        _save_final(out_dir, ema.model if ema is not None else model, s, spec=spec, extra_meta=extra_meta,
+                    weights="ema" if ema is not None else "raw", selected=best is not None, history=history)
     barrier(ctx)
     return LoopResult(history=history, best=best, wall_time_s=time.perf_counter() - t0,
                       resumed_from=start_step)

@@ -1,5 +1,5 @@
 """Training losses (pure functions of logits): TRADES (Zhang et al. 2019) as used by the paper
-(REFERENCE.md §2, beta = 6) and PGD adversarial training (Madry et al. 2018)."""
+(paper App. A, beta = 6) and PGD adversarial training (Madry et al. 2018)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pure schedules of the optimisation step (REFERENCE.md §2), so a resumed run needs no state."""
+"""Pure schedules of the optimisation step (paper App. A), so a resumed run needs no state."""
 
 from __future__ import annotations
 

@@ -37,7 +37,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustgen.checkpoint import read_json, write_json
+from robustgen.io import read_json, write_json
 from robustgen.train.distributed import DistContext
 
 CACHE_FILE = "step_options.json"

@@ -1,7 +1,7 @@
 """One optimisation step's loss for standard and adversarial training.
 
-These functions own the model's BatchNorm behaviour for the step (REFERENCE.md §2): the
-attack and the clean logits use the batch's statistics without updating the running averages;
+These functions own the model's BatchNorm behaviour for the step (the authors' released code;
+paper App. A): the attack and the clean logits use the batch's statistics without updating the running averages;
 only the forward pass that the loss is trained on (adversarial for TRADES / PGD-AT, clean for
 standard training) updates them. The math lives in ``losses`` and ``attacks.pgd``.
 """
@@ -28,7 +28,7 @@ StepLoss = Callable[[nn.Module, nn.Module, torch.Tensor, torch.Tensor, torch.Gen
 
 @dataclass(frozen=True)
 class TrainingAttack:
-    """The inner maximisation (REFERENCE.md §2)."""
+    """The inner maximisation (paper App. A)."""
 
     norm: str
     eps: float

@@ -247,7 +247,7 @@ class DDPMGenerator:
     def save_fit(fitted: DDPMFit, path) -> None:
         from safetensors.torch import save_file
 
-        from robustgen.checkpoint import atomic_write
+        from robustgen.io import atomic_write
 
         state = {k: v.detach().contiguous().cpu() for k, v in fitted.unet.state_dict().items()}
         meta = {"unet_config": {k: v for k, v in dict(fitted.unet.config).items() if not k.startswith("_")},

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from robustgen import preempt
-from robustgen.checkpoint import load_state, save_state
+from robustgen.checkpoint import resume_state, save_state
 from robustgen.errors import NonFiniteError, RobustgenError
 
 __all__ = ["DDPMTrainSettings", "ddpm_loss", "train_ddpm"]
@@ -61,6 +61,22 @@ def _lr(settings: DDPMTrainSettings, step: int) -> float:
     return settings.lr
 
 
+def _step_batch(settings: DDPMTrainSettings, step: int, data: torch.Tensor, num_timesteps: int):
+    """Step ``step``'s batch, a pure function of (seed, step): (x0 on the device, timesteps, noise,
+    row indices). Also seeds torch's global generator for the step's dropout."""
+    seed = _step_seed(settings.seed, step)
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # dropout
+    idx = torch.randint(len(data), (settings.batch_size,), generator=g)
+    t = torch.randint(num_timesteps, (settings.batch_size,), generator=g)
+    noise = torch.randn((settings.batch_size, *data.shape[1:]), generator=g)
+    x0 = data[idx.to(data.device)]
+    if settings.flip:
+        flip = (torch.rand(settings.batch_size, generator=g) < 0.5).to(data.device)
+        x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(3), x0)
+    return x0, t, noise, idx
+
+
 def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cumprod: torch.Tensor,
                settings: DDPMTrainSettings, device: torch.device | str = "cpu", work_dir: Path | None = None,
                fingerprint: str = "", progress: bool = False, stop_after: int | None = None) -> dict:
@@ -86,11 +102,10 @@ def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cu
     ema = [p.detach().clone() for p in params]
     start = 0
     state_path = None if work_dir is None else Path(work_dir) / STATE_FILE
-    if state_path is not None and state_path.is_file():
-        state = load_state(state_path)
-        if state.get("fingerprint") != fingerprint:
-            raise RobustgenError(f"{state_path}: a checkpoint of another diffusion training (other data or "
-                                 f"settings); remove it or use another work folder")
+    state = None if state_path is None else resume_state(
+        state_path, fingerprint, refusal="a checkpoint of another diffusion training (other data or settings); "
+                                         "remove it or use another work folder")
+    if state is not None:
         unet.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         for e, v in zip(ema, state["ema"]):
@@ -119,16 +134,7 @@ def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cu
             tqdm(total=settings.steps, initial=start, desc="ddpm", disable=not progress, unit="step") as bar, \
             preempt.resumable():
         for step in range(start, end):
-            seed = _step_seed(settings.seed, step)
-            g = torch.Generator().manual_seed(seed)
-            torch.manual_seed(seed)  # dropout
-            idx = torch.randint(n, (settings.batch_size,), generator=g)
-            t = torch.randint(T, (settings.batch_size,), generator=g)
-            noise = torch.randn((settings.batch_size, *data.shape[1:]), generator=g)
-            x0 = data[idx.to(device)]
-            if settings.flip:
-                flip = (torch.rand(settings.batch_size, generator=g) < 0.5).to(device)
-                x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(3), x0)
+            x0, t, noise, idx = _step_batch(settings, step, data, T)
             for group in opt.param_groups:
                 group["lr"] = _lr(settings, step)
             with autocast:
