@@ -77,25 +77,26 @@ def point_config(changes: dict, arms, seed: int, attack: str, extra=()):
 
 def run_job(out: Path, name: str, arms, seed: int, attack: str, extra=()) -> dict:
     from robustgen.io import write_json
+    from robustgen.config import replace
     from robustgen.pipeline import run
-    from robustgen.stages import evaluate_checkpoint, load_splits
+    from robustgen.stages import evaluate, load_splits
 
     cfg, settings = point_config(POINTS[name], arms, seed, attack, extra)
     t0 = time.perf_counter()
     # one run folder per real-set size (owned by one worker): its stage cache shares f_NR, the
     # samples and their labels between seeds and points; results.json is rewritten per job
-    results = run(cfg, out / "runs" / f"real-{settings['data.train_size']}", progress=False)
+    results = run(cfg, out / "runs" / f"real-{settings['data.train_size']}", progress=False).to_dict()
     splits = load_splits(cfg)
     models = []
     for m in results["models"]:
         # robust accuracy on the model's own real training images: the robust generalisation gap
-        on_train = evaluate_checkpoint(Path(m["checkpoint"]), splits.train, attack=attack, norm=cfg.threat.norm,
-                                       eps=cfg.threat.eps, n=None, batch_size=540, seed=0,
-                                       device=results["device"], progress=False)
+        on_train = evaluate.run(replace(cfg, **{"eval.attack": attack, "eval.n": None, "eval.batch_size": 540,
+                                                "eval.seed": 0}),
+                                Path(m["checkpoint"]), splits.train, device=results["device"], progress=False)
         models.append({"arm": m["generator"] or "baseline", "alpha": m["alpha"], "steps": m["steps"],
                        "clean_accuracy": m["clean_accuracy"], "robust_accuracy": m["robust_accuracy"],
-                       "train_robust_accuracy": on_train["robust_accuracy"],
-                       "train_clean_accuracy": on_train["clean_accuracy"],
+                       "train_robust_accuracy": on_train.robust_accuracy,
+                       "train_clean_accuracy": on_train.clean_accuracy,
                        "robust_points": m["robust_points"], "attack": m["attack"], "n_eval": m["n_eval"]})
     record = {"point": name, "settings": settings, "seed": seed, "attack": attack, "models": models,
               "wall_time_s": round(time.perf_counter() - t0, 1)}

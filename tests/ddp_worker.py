@@ -31,7 +31,7 @@ def main() -> None:
                        num_classes=4)]
     torch.manual_seed(0)
     model = create_model("small-cnn", num_classes=4, in_channels=1)
-    s = LoopSettings(batch_size=24, total_steps=total, warmup_steps=2, peak_lr=0.05, alpha=0.5, ema_decay=0.9,
+    s = LoopSettings(batch_size=24, total_steps=total, warmup_steps=2, peak_lr=0.05, source_weights=(0.5, 0.5), ema_decay=0.9,
                      checkpoint_every_steps=2, log_every_steps=1, crop_padding=1, flip=True, seed=3,
                      micro_batches=micro)
     inner = trades_step_loss(TrainingAttack(norm="linf", eps=0.1, steps=2), beta=6.0)

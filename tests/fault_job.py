@@ -41,7 +41,7 @@ def main(out: Path) -> None:
 
     torch.manual_seed(0)
     model = create_model("small-cnn", num_classes=10, in_channels=1)
-    settings = LoopSettings(batch_size=32, total_steps=10, warmup_steps=2, peak_lr=0.05, alpha=0.5, ema_decay=0.9,
+    settings = LoopSettings(batch_size=32, total_steps=10, warmup_steps=2, peak_lr=0.05, source_weights=(0.5, 0.5), ema_decay=0.9,
                             checkpoint_every_steps=1, eval_every_steps=3, log_every_steps=2, crop_padding=1, seed=3)
 
     def evaluate(variants, step):

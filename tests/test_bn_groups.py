@@ -88,7 +88,7 @@ def test_every_group_keeps_the_batch_mix_and_bad_sizes_are_refused():
     real = ImageDataset(images=rng.integers(0, 200, (64, 8, 8, 1), dtype=np.uint8), labels=np.arange(64) % 4,
                         class_names=("a", "b", "c", "d"), name="toy")
     gen = [ArraySource(np.full((50, 8, 8, 1), 255, np.uint8), np.zeros(50, np.int64), num_classes=4)]
-    s = LoopSettings(batch_size=32, total_steps=2, warmup_steps=0, peak_lr=0.1, alpha=0.3, crop_padding=0,
+    s = LoopSettings(batch_size=32, total_steps=2, warmup_steps=0, peak_lr=0.1, source_weights=(0.3, 0.7), crop_padding=0,
                      flip=False, bn_group_size=8)
     batches = TrainingBatches(real, gen, s, 4, torch.device("cpu"), DistContext())
     (chunk,) = batches(0)
@@ -97,7 +97,7 @@ def test_every_group_keeps_the_batch_mix_and_bad_sizes_are_refused():
     assert torch.equal((chunk.targets.max(1).values < 1).view(4, 8).sum(1), white)  # targets follow their image
     batches.close()
     with pytest.raises(RobustgenError, match="bn_group_size 8 must divide"):
-        TrainingBatches(real, gen, LoopSettings(batch_size=36, total_steps=1, warmup_steps=0, peak_lr=0.1, alpha=0.3,
+        TrainingBatches(real, gen, LoopSettings(batch_size=36, total_steps=1, warmup_steps=0, peak_lr=0.1, source_weights=(0.3, 0.7),
                                                 bn_group_size=8), 4, torch.device("cpu"), DistContext())
     with pytest.raises(RobustgenError, match="multiple of 4"):
         use_bn_groups(_model(), 4)(torch.rand(6, 3, 8, 8))

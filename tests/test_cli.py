@@ -79,28 +79,53 @@ def test_load_model_and_eval_verb(tiny_run, tmp_path, capsys):
     assert data["n"] == 60 and data["robust_accuracy"] == pytest.approx(expected["robust_accuracy"])
 
 
-def test_generate_and_label_verbs(tiny_run, tmp_path):
-    samples = tmp_path / "s.npz"
-    main(["generate", "--num-samples", "50", "--out", str(samples)])
-    arrays = np.load(samples)
+def test_classifier_verb_and_pipeline_compute_the_same_fingerprint(tiny_run, tmp_path, capsys):
+    from robustgen.config import load_config, replace
+    from robustgen.stages import classifier, data_fingerprint, load_splits
+
+    main(["classifier", "--out", str(tmp_path / "c"), "--quiet", *_sets(TINY)])
+    verb_fp = torch.load(tmp_path / "c" / "state.pt", weights_only=True)["fingerprint"]
+    stage = next((tiny_run / "stages").glob("classifier-*"))
+    assert stage.name == f"classifier-{verb_fp}"
+    assert torch.load(stage / "state.pt", weights_only=True)["fingerprint"] == verb_fp
+    # augmentation is part of it: the verb refuses to resume a folder trained with other crops or flips
+    cfg = load_config(None, TINY)
+    data_fp = data_fingerprint(cfg, load_splits(cfg))
+    for change in ({"data.crop_padding": cfg.data.crop_padding + 1}, {"data.flip": not cfg.data.flip}):
+        assert classifier.fingerprint(replace(cfg, **change), data_fp) != verb_fp
+    capsys.readouterr()
+    assert run_cli(["classifier", "--out", str(tmp_path / "c"), "--quiet", *_sets(TINY + ["data.crop_padding=0"])]) == 2
+    assert "different config" in capsys.readouterr().err
+
+
+def _export(store, path):
+    """A store in the released .npz layout, as numpy arrays."""
+    main(["store", "export", str(store), str(path), "--quiet"])
+    return np.load(path)
+
+
+def test_store_generate_and_label_verbs(tiny_run, tmp_path):
+    samples = tmp_path / "s"
+    main(["store", "generate", str(samples), "--num-samples", "50", "--quiet"])
+    arrays = _export(samples, tmp_path / "s.npz")
     assert arrays["image"].shape == (50, 8, 8, 1) and arrays["image"].dtype == np.uint8
     clf = next((tiny_run / "stages").glob("classifier-*")) / "best.safetensors"
-    labeled = tmp_path / "l.npz"
-    main(["label", "--checkpoint", str(clf), "--input", str(samples), "--out", str(labeled), "--top-k", "2", "--quiet"])
-    lab = np.load(labeled)
+    labeled = tmp_path / "l"
+    main(["store", "label", str(samples), "--out", str(labeled), "--checkpoint", str(clf), "--top-k", "2", "--quiet"])
+    lab = _export(labeled, tmp_path / "l.npz")
     assert len(lab["label"]) <= 20 and np.bincount(lab["label"]).max() <= 2
     assert set(lab.files) >= {"image", "label", "confidence", "condition"}
+    assert len(_export(samples, tmp_path / "again.npz")["image"]) == 50  # the generated store is left as it was
 
 
-def test_label_verb_condition_mode_and_per_class_filters(tiny_run, tmp_path):
-    samples = tmp_path / "samples.npz"  # the run's generated store, exported in the released layout
-    main(["store", "export", str(next((tiny_run / "stages").glob("generate-*")) / "store"), str(samples)])
+def test_store_label_condition_mode_and_per_class_filters(tiny_run, tmp_path):
+    generated = next((tiny_run / "stages").glob("generate-*")) / "store"
     clf = next((tiny_run / "stages").glob("classifier-*")) / "best.safetensors"
-    src = np.load(samples)
-    out = tmp_path / "cond.npz"
-    main(["label", "--checkpoint", str(clf), "--input", str(samples), "--out", str(out), "--mode", "condition",
-          "--top-fraction", "0.2", "--quiet"])
-    lab = np.load(out)
+    src = _export(generated, tmp_path / "samples.npz")
+    out = tmp_path / "cond"
+    main(["store", "label", str(generated), "--out", str(out), "--checkpoint", str(clf),
+          "--condition-top-fraction", "0.2", "--quiet"])
+    lab = _export(out, tmp_path / "cond.npz")
     assert np.array_equal(lab["label"], lab["condition"])  # label = the conditioning class (Wang et al.)
     counts = np.bincount(src["label"], minlength=10)
     assert np.bincount(lab["label"], minlength=10).tolist() == [int(np.floor(0.2 * n + 0.5)) for n in counts]
@@ -114,24 +139,26 @@ def test_label_verb_condition_mode_and_per_class_filters(tiny_run, tmp_path):
         mine = np.sort(conf[src["label"] == c])[::-1]
         kept = np.sort(lab["confidence"][lab["label"] == c])[::-1]
         assert np.allclose(kept, mine[:len(kept)])
-    balanced = tmp_path / "bal.npz"
-    main(["label", "--checkpoint", str(clf), "--input", str(samples), "--out", str(balanced), "--mode", "condition",
-          "--balanced", "--quiet"])
-    per_class = np.bincount(np.load(balanced)["label"], minlength=10)
+    balanced = tmp_path / "bal"
+    main(["store", "label", str(generated), "--out", str(balanced), "--checkpoint", str(clf),
+          "--condition-top-fraction", "1", "--balanced", "--quiet"])
+    per_class = np.bincount(_export(balanced, tmp_path / "bal.npz")["label"], minlength=10)
     assert len(set(per_class.tolist())) == 1 and per_class[0] > 0
 
 
-def test_label_verb_on_unconditional_samples(tiny_run, tmp_path, capsys):
+def test_store_label_on_unconditional_samples(tiny_run, tmp_path, capsys):
     clf = next((tiny_run / "stages").glob("classifier-*")) / "best.safetensors"
     images = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 1), dtype=np.uint8)
-    np.savez(tmp_path / "uncond.npz", image=images)  # an unconditional generator's samples: no label
-    main(["label", "--checkpoint", str(clf), "--input", str(tmp_path / "uncond.npz"), "--out",
-          str(tmp_path / "l.npz"), "--quiet"])
-    lab = np.load(tmp_path / "l.npz")
+    np.savez(tmp_path / "uncond.npz", image=images, label=np.zeros(40, np.int64))  # no conditioning classes
+    main(["store", "import", str(tmp_path / "uncond.npz"), str(tmp_path / "uncond"), "--num-classes", "10", "--quiet"])
+    main(["store", "label", str(tmp_path / "uncond"), "--out", str(tmp_path / "l"), "--checkpoint", str(clf),
+          "--quiet"])
+    lab = _export(tmp_path / "l", tmp_path / "l.npz")
     assert len(lab["label"]) == 40 and "condition" not in lab.files
-    assert run_cli(["label", "--checkpoint", str(clf), "--input", str(tmp_path / "uncond.npz"), "--out",
-                    str(tmp_path / "c.npz"), "--mode", "condition", "--quiet"]) == 2
-    assert "needs class-conditional samples" in capsys.readouterr().err
+    capsys.readouterr()
+    assert run_cli(["store", "label", str(tmp_path / "uncond"), "--out", str(tmp_path / "c"), "--checkpoint", str(clf),
+                    "--condition-top-fraction", "0.5", "--quiet"]) == 2
+    assert "condition" in capsys.readouterr().err
 
 
 def test_train_verb_reads_stores_and_weighted_sources(tiny_run, tmp_path, capsys):
@@ -228,7 +255,8 @@ def test_eval_verb_runs_the_paper_attack_suite_resumably(tiny_run, tmp_path):
     data = json.loads(out.read_text())
     assert [s["stage"] for s in data["stages"]] == ["apgd-ce", "apgd-dlr", "multitargeted"]
     assert data["robust_accuracy"] == data["stages"][-1]["robust_accuracy"] <= data["clean_accuracy"]
-    assert data["sanity"]["max_perturbation_within_eps"] and "clean_vs_training_log" in data["sanity"]
+    # every point was checked against the eps-ball by the cascade (an error otherwise)
+    assert data["max_perturbation"] <= 0.2 * (1 + 1e-5) + 1e-6 and "clean_vs_training_log" in data["sanity"]
     assert not (tmp_path / "aa.json.partial.pt").exists()
 
 

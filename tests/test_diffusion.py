@@ -12,7 +12,7 @@ import torch
 import diffusers  # noqa: F401
 
 from robustgen.config import load_config
-from robustgen.data import load_dataset, read_npz
+from robustgen.data import load_dataset
 from robustgen.data.store import Store
 from robustgen.errors import RobustgenError
 from robustgen.generate import generator_fit_kwargs, get_generator
@@ -275,17 +275,18 @@ def test_config_and_fit_kwargs():
             load_config("digits_ddpm", [bad])
 
 
-def test_generate_samples_stage_with_ddpm(tmp_path):
-    from robustgen.stages import generate_samples, load_splits
+def test_generate_stage_with_ddpm(tmp_path):
+    import torch
+
+    from robustgen.stages import generate, load_splits
 
     sets = [f"generator.ddpm.{k}={v}" for k, v in TINY.items()] + ["generator.num_samples=6", "device=cpu"]
     cfg = load_config("digits_ddpm", sets)
-    train = load_splits(cfg).train
-    out = generate_samples(cfg, train, tmp_path / "samples.npz")
-    arrays = read_npz(tmp_path / "samples.npz", num_classes=10)
-    assert out["num_samples"] == 6 and arrays["image"].shape == (6, 8, 8, 1)
-    assert arrays["label"].tolist() == list(range(6))
-    assert (tmp_path / "ddpm-work" / "ddpm_train_state.pt").is_file()
+    generate.run(cfg, load_splits(cfg).train, tmp_path / "store", device=torch.device("cpu"), progress=False)
+    store = Store(tmp_path / "store")
+    assert len(store) == 6 and store.gather(np.arange(6)).shape == (6, 8, 8, 1)
+    assert store.labels.tolist() == list(range(6))
+    assert (tmp_path / "store" / "generator-work" / "ddpm_train_state.pt").is_file()
 
 
 def test_adapter_is_registered():

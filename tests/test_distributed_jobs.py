@@ -145,7 +145,7 @@ def test_cli_store_generate_and_label_under_torchrun_match_one_process(tmp_path,
             cmd = [sys.executable, *launcher, "-m", "robustgen.cli", *verb]
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
             assert done.returncode == 0, done.stderr[-2000:]
-            assert done.stdout.count('"store"') == 1  # one summary, from rank 0
+            assert done.stdout.count("\n}") == 1  # one JSON summary, from rank 0
     one, two = _store_files(tmp_path / "one"), _store_files(tmp_path / "two")
     assert sorted(one) == sorted(two) and "selection.npy" in one
     for name in one:

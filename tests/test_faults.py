@@ -130,7 +130,7 @@ def _train(out, total=9, *, hook=None, checkpoint_every=4, eval_every=3, log_eve
     """A short TRADES run; ``hook(call)`` runs before each step's loss and may return a factor for it."""
     torch.manual_seed(0)
     model = create_model("small-cnn", num_classes=4, in_channels=1)
-    s = LoopSettings(batch_size=16, total_steps=total, warmup_steps=2, peak_lr=0.05, alpha=0.5, ema_decay=0.9,
+    s = LoopSettings(batch_size=16, total_steps=total, warmup_steps=2, peak_lr=0.05, source_weights=(0.5, 0.5), ema_decay=0.9,
                      checkpoint_every_steps=checkpoint_every, eval_every_steps=eval_every, log_every_steps=log_every,
                      crop_padding=1, flip=True, seed=3)
     inner = trades_step_loss(TrainingAttack(norm="linf", eps=0.1, steps=2), beta=6.0)
@@ -355,7 +355,7 @@ def test_corrupt_image_shard_is_never_read(tmp_path):
     with pytest.raises(RobustgenError, match=r"images-00001.npy: sha256 does not match the manifest .* not used"):
         store.gather(np.array([3, 20]))
     # training reads generated stores this way
-    from robustgen.stages import read_generated
+    from robustgen.stages.adversarial import read_generated
 
     source = read_generated(tmp_path / "s", 4, (8, 8, 1))
     with pytest.raises(RobustgenError, match="images-00001.npy: sha256"):
@@ -364,7 +364,7 @@ def test_corrupt_image_shard_is_never_read(tmp_path):
 
 def _train_on(out, source):
     model = create_model("small-cnn", num_classes=4, in_channels=1)
-    s = LoopSettings(batch_size=16, total_steps=2, warmup_steps=0, peak_lr=0.05, alpha=0.5, crop_padding=0, flip=False)
+    s = LoopSettings(batch_size=16, total_steps=2, warmup_steps=0, peak_lr=0.05, source_weights=(0.5, 0.5), crop_padding=0, flip=False)
     return train_loop(model, settings=s, real=_dataset(), generated=[source], step_loss=_plain_loss, evaluate=None,
                       out_dir=out, device=torch.device("cpu"), spec=SPEC, extra_meta={}, fingerprint="fp",
                       progress=False)

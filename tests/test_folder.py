@@ -152,7 +152,7 @@ def test_training_batches_from_files_equal_batches_from_memory(tmp_path):
     rng = np.random.default_rng(3)
     generated = ArraySource(rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 40),
                             num_classes=3, name="gen")
-    s = LoopSettings(batch_size=8, total_steps=4, warmup_steps=0, peak_lr=0.1, alpha=0.75, micro_batches=2)
+    s = LoopSettings(batch_size=8, total_steps=4, warmup_steps=0, peak_lr=0.1, source_weights=(0.75, 0.25), micro_batches=2)
     a = TrainingBatches(eager, [generated], s, 3, torch.device("cpu"), DistContext())
     b = TrainingBatches(lazy, [generated], s, 3, torch.device("cpu"), DistContext())
     try:

@@ -28,7 +28,7 @@ def test_training_steps_never_sync_the_host(tmp_path):
     generated = [ArraySource(*_data(200, 1), num_classes=4)]
     model = create_model("small-cnn", num_classes=4, in_channels=1).cuda().to(memory_format=torch.channels_last)
     total, micro = 6, 2
-    s = LoopSettings(batch_size=32, total_steps=total, warmup_steps=2, peak_lr=0.05, alpha=0.5, ema_decay=0.9,
+    s = LoopSettings(batch_size=32, total_steps=total, warmup_steps=2, peak_lr=0.05, source_weights=(0.5, 0.5), ema_decay=0.9,
                      log_every_steps=total, crop_padding=1, flip=True, channels_last=True, micro_batches=micro)
     inner = trades_step_loss(TrainingAttack(norm="linf", eps=0.1, steps=3), beta=6.0, bf16=True)
     calls = {"n": 0}

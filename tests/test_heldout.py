@@ -14,7 +14,8 @@ from robustgen.data import ImageDataset, holdout_split, write_npz
 from robustgen.data.store import Store
 from robustgen.errors import RobustgenError
 from robustgen.label import predict_probabilities
-from robustgen.stages import generator_data, load_splits
+from robustgen.stages import adversarial as adversarial_stage, classifier as classifier_stage, load_splits
+from robustgen.stages.generate import fit_data
 
 
 def _unique_dataset(folder, n_train=300, n_test=60, classes=4):
@@ -67,15 +68,15 @@ def test_withheld_images_are_in_no_other_split(tmp_path):
     train, val, test, held = (_ids(d.images) for d in (s.train, s.val, s.test, s.heldout))
     assert len(train) == 100 and len(val) == 40 and len(held) == 300 - 40 - 100
     assert not train & held and not val & held and not test & held and not train & val
-    assert generator_data(cfg, s) is s.train  # gaussian fits on the real split
+    assert fit_data(cfg, s) is s.train  # gaussian fits on the real split
     oracle = load_config("digits_demo", [f"data.dataset={_unique_dataset(tmp_path)}", *TINY, "generator.name=heldout"])
-    assert generator_data(oracle, s) is s.heldout
+    assert fit_data(oracle, s) is s.heldout
 
 
 def test_heldout_generator_needs_withheld_images(tmp_path):
     cfg = load_config("digits_demo", [f"data.dataset={_unique_dataset(tmp_path)}", "data.val_size=40", "generator.name=heldout"])
     with pytest.raises(RobustgenError, match="data.train_size"):
-        generator_data(cfg, load_splits(cfg))
+        fit_data(cfg, load_splits(cfg))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,7 @@ def oracle_run(tmp_path_factory):
     cfg = load_config("digits_demo", [f"data.dataset={_unique_dataset(folder)}", *TINY])
     seen = {}
     mp = pytest.MonkeyPatch()
-    real_classifier, real_robust = pipeline.train_classifier, pipeline.train_robust
+    real_classifier, real_robust = classifier_stage.run, adversarial_stage.run
 
     def classifier(cfg, splits, *a, **k):
         seen["classifier"] = (_ids(splits.train.images), _ids(splits.val.images))
@@ -95,11 +96,11 @@ def oracle_run(tmp_path_factory):
         seen.setdefault("robust", []).append((k.get("name"), _ids(splits.train.images), _ids(splits.val.images)))
         return real_robust(variant, splits, generated, *a, **k)
 
-    mp.setattr(pipeline, "train_classifier", classifier)
-    mp.setattr(pipeline, "train_robust", robust)
+    mp.setattr(classifier_stage, "run", classifier)
+    mp.setattr(adversarial_stage, "run", robust)
     try:
         out = tmp_path_factory.mktemp("run")
-        results = pipeline.run(cfg, out, progress=False)
+        results = pipeline.run(cfg, out, progress=False).to_dict()
     finally:
         mp.undo()
     return cfg, out, results, seen
@@ -153,7 +154,7 @@ def test_true_labels_only_when_asked(oracle_run, tmp_path):
             "generator.name=heldout", "arms=[]"]
     results = pipeline.run(load_config("digits_demo", args), out, progress=False)  # reuses the samples
     # labels = the conditioning classes: no f_NR labelling, training reads the generated store itself
-    assert results["labeling_by_generator"] == {"heldout": None}
+    assert results.labeling_by_generator == {"heldout": None}
     store = next(st for st in (Store(p / "store") for p in (out / "stages").glob("generate-*"))
                  if st.manifest["generator"]["name"] == "heldout")
     images = store.gather(np.arange(len(store)))

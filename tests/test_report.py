@@ -1,10 +1,13 @@
 from robustgen.report.markdown import results_table, verdict
+from robustgen.results import ModelResult
 
 
-def _m(name, alpha, rob, clean=0.9, n=1000):
-    return {"name": name, "alpha": alpha, "robust_accuracy": rob, "clean_accuracy": clean, "n_eval": n,
-            "generated_samples": 0 if alpha == 1 else 100, "attack": "pgd40", "norm": "linf", "eps": 0.2,
-            "wall_time_s": 1.0}
+def _m(name, alpha, rob, clean=0.9, n=1000, robust_points=None):
+    return ModelResult(name=name, alpha=alpha, generator=None if alpha == 1 else "gaussian", robust_accuracy=rob,
+                       clean_accuracy=clean, n_eval=n, generated_samples=0 if alpha == 1 else 100, attack="pgd40",
+                       norm="linf", eps=0.2, max_perturbation=0.2, steps=10, batch_size=8, selected=None,
+                       train_time_s=0.5, eval_time_s=0.5, wall_time_s=1.0, checkpoint="m.safetensors",
+                       robust_points=robust_points)
 
 
 def test_verdict_compares_with_the_baseline_honestly():
@@ -17,9 +20,8 @@ def test_verdict_compares_with_the_baseline_honestly():
 
 def test_verdict_pairs_the_test_points_when_it_has_them():
     # 100 points: the generator arm wins 8 and loses 1 -> +7 points; paired SE from the 9 changes
-    base, gen = _m("baseline", 1.0, 0.50, n=100), _m("gen", 0.8, 0.57, n=100)
-    base["robust_points"] = "1" * 50 + "0" * 50
-    gen["robust_points"] = "0" + "1" * 49 + "1" * 8 + "0" * 42
+    base = _m("baseline", 1.0, 0.50, n=100, robust_points="1" * 50 + "0" * 50)
+    gen = _m("gen", 0.8, 0.57, n=100, robust_points="0" + "1" * 49 + "1" * 8 + "0" * 42)
     text = verdict([base, gen])
     d = [-1] + [0] * 49 + [1] * 8 + [0] * 42
     mean = sum(d) / 100
@@ -51,10 +53,29 @@ def test_paired_differences_and_their_standard_errors():
 def test_report_shows_class_counts_before_and_after_the_selection(tmp_path):
     from robustgen.report.markdown import write_report
 
-    results = {"dataset": "digits", "threat": {"norm": "linf", "eps": 0.2}, "device": "cpu", "wall_time_s": 1.0,
-               "models": [_m("gen", 0.8, 0.4)], "config": {"generator": {"name": "gaussian"}},
-               "labeling": {"num_labeled": 20, "mean_confidence": 0.9, "counts_before": [12, 15],
-                            "counts_per_class": [10, 10]}}
+    from robustgen.results import RunResults
+
+    labeling = {"num_labeled": 20, "mean_confidence": 0.9, "counts_before": [12, 15], "counts_per_class": [10, 10]}
+    results = RunResults(version="0", dataset="digits", threat={"norm": "linf", "eps": 0.2}, device="cpu",
+                         wall_time_s=1.0, models=[_m("gen", 0.8, 0.4)], config={"generator": {"name": "gaussian"}},
+                         labeling=labeling, labeling_by_generator={"gaussian": labeling})
     write_report(tmp_path, results, samples_path=None)
     text = (tmp_path / "report.md").read_text()
     assert "| labelled (f_NR) | 12 | 15 |" in text and "| kept for training | 10 | 10 |" in text
+
+
+def test_model_result_is_composed_from_the_stage_results_once():
+    from robustgen.results import EvalResult, TrainingResult
+
+    train = TrainingResult(name="gen", alpha=0.8, steps=10, batch_size=8, generated_samples=100, sources=[],
+                           step_options={}, selection={"step": 10}, wall_time_s=3.25, resumed_from_step=0,
+                           checkpoint="c.safetensors")
+    ev = EvalResult(checkpoint="c.safetensors", dataset="digits", attack="pgd40", norm="linf", eps=0.2, seed=0, n=60,
+                    clean_accuracy=0.9, robust_accuracy=0.5, stages=[], max_perturbation=0.2, time_s=1.5,
+                    robust_points="10" * 30, robust_accuracy_after={}, sanity={"warnings": []})
+    m = ModelResult.from_stages(train, ev, generator="gaussian")
+    assert (m.n_eval, m.train_time_s, m.eval_time_s, m.wall_time_s) == (60, 3.25, 1.5, 4.75)
+    assert m.selected == {"step": 10} and m.robust_points == ev.robust_points and m.generator == "gaussian"
+    # a stage result read back from its JSON; one of another shape (an older version's) is None
+    assert TrainingResult.from_dict(train.to_dict()) == train
+    assert EvalResult.from_dict({**ev.to_dict(), "extra": 1}) is None

@@ -257,13 +257,18 @@ def test_select_store_and_cli(tmp_path, digits, classifier, capsys):
     main(["store", "label", str(tmp_path / "s"), "--checkpoint", str(classifier), "--top-k", "7", "--device", "cpu",
           "--quiet"])
     out = json.loads(capsys.readouterr().out)
-    assert out["labelled"] == 300 and out["selection"]["selected"] <= 70
+    assert out["num_generated"] == 300 and out["num_labeled"] <= 70
     s = Store(tmp_path / "s")
-    assert len(s) == out["selection"]["selected"] and np.bincount(s.labels, minlength=10).max() <= 7
+    assert len(s) == out["num_labeled"] and np.bincount(s.labels, minlength=10).max() <= 7
     main(["store", "label", str(tmp_path / "s"), "--checkpoint", str(classifier), "--condition-top-fraction", "0.2",
           "--balanced", "--device", "cpu", "--quiet"])
     out = json.loads(capsys.readouterr().out)
-    assert out["mode"] == "condition" and out["selection"]["counts_per_class"] == [6] * 10
+    assert out["mode"] == "condition" and out["counts_per_class"] == [6] * 10
+    # --out: a new store sharing the images; the labelled one is left as it was
+    main(["store", "label", str(tmp_path / "s"), "--out", str(tmp_path / "l"), "--checkpoint", str(classifier),
+          "--top-k", "3", "--device", "cpu", "--quiet"])
+    assert json.loads(capsys.readouterr().out)["path"] == str(tmp_path / "l")
+    assert len(Store(tmp_path / "l")) <= 30 and len(Store(tmp_path / "s")) == 60
     main(["store", "label", str(tmp_path / "s"), "--checkpoint", str(classifier), "--device", "cpu", "--quiet"])
     assert len(Store(tmp_path / "s")) == 300  # no rule: the selection is cleared
     wrong = tmp_path / "wrong.safetensors"

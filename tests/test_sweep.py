@@ -1,11 +1,14 @@
 """robustgen sweep: the grid, the shared stage cache, the summary and the figure."""
 
+import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 
 from robustgen.config import load_config
 from robustgen.errors import RobustgenError
+from robustgen.results import ModelResult
 from robustgen.sweep import grid_points, run_sweep, summarize
 
 
@@ -24,12 +27,15 @@ def _fake_run(calls):
         seed = cfg.train.seed if cfg.train.seed is not None else cfg.seed
         calls.append((cfg.generator.name, cfg.train.alpha, seed, out))
         assert (out / "stages").resolve() == (out.parent.parent / "stages").resolve()
-        models = [{"name": "m", "alpha": cfg.train.alpha, "clean_accuracy": 0.9 + 0.01 * seed,
-                   "robust_accuracy": 0.3 + 0.2 * cfg.train.alpha + 0.01 * seed, "generated_samples": 100,
-                   "attack": "pgd40", "n_eval": 10}]
+        model = ModelResult(name="m", alpha=cfg.train.alpha, generator="gaussian", clean_accuracy=0.9 + 0.01 * seed,
+                            robust_accuracy=0.3 + 0.2 * cfg.train.alpha + 0.01 * seed, generated_samples=100,
+                            attack="pgd40", norm="linf", eps=0.2, n_eval=10, max_perturbation=0.2, steps=5,
+                            batch_size=8, selected=None, train_time_s=1.0, eval_time_s=1.0, wall_time_s=2.0,
+                            checkpoint="m.safetensors", robust_points=None)
+        models = [model]
         if cfg.baseline and cfg.train.alpha < 1:
-            models.insert(0, {**models[0], "alpha": 1.0, "robust_accuracy": 0.5 + 0.01 * seed})
-        return {"models": models}
+            models.insert(0, dataclasses.replace(model, alpha=1.0, robust_accuracy=0.5 + 0.01 * seed))
+        return SimpleNamespace(models=models)
 
     return run
 

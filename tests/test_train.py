@@ -113,7 +113,8 @@ def test_batches_mix_exactly(alpha, batch):
     real = _dataset()
     gen_images = np.full((50, 8, 8, 1), 255, np.uint8)  # generated rows are all-white: countable
     gen = [ArraySource(gen_images, np.zeros(50, np.int64), num_classes=4)]
-    s = LoopSettings(batch_size=batch, total_steps=5, warmup_steps=0, peak_lr=0.1, alpha=alpha,
+    s = LoopSettings(batch_size=batch, total_steps=5, warmup_steps=0, peak_lr=0.1,
+                     source_weights=(alpha, 1 - alpha) if alpha < 1 else (1.0,),
                      label_smoothing_generated=0.1, label_smoothing_real=0.0, crop_padding=0, flip=False)
     batches = TrainingBatches(real, gen if alpha < 1 else [], s, 4, torch.device("cpu"), DistContext())
     n_real = math.floor(alpha * batch + 0.5)
@@ -131,7 +132,7 @@ def _train(out, total, *, stop_after=None, checkpoint_every=2):
     real = _dataset()
     gen = [ArraySource.from_dataset(_dataset(40, seed=1))]
     model = create_model("small-cnn", num_classes=4, in_channels=1)
-    s = LoopSettings(batch_size=16, total_steps=total, warmup_steps=2, peak_lr=0.05, alpha=0.5, ema_decay=0.9,
+    s = LoopSettings(batch_size=16, total_steps=total, warmup_steps=2, peak_lr=0.05, source_weights=(0.5, 0.5), ema_decay=0.9,
                      checkpoint_every_steps=checkpoint_every, eval_every_steps=3, log_every_steps=2, crop_padding=1,
                      flip=True, seed=3)
     inner = trades_step_loss(TrainingAttack(norm="linf", eps=0.1, steps=2), beta=6.0)
@@ -254,7 +255,7 @@ def test_micro_batches_train_and_weight_the_global_mean(tmp_path):
     torch.manual_seed(0)
     model = create_model("small-cnn", num_classes=4, in_channels=1)
     s = LoopSettings(batch_size=16, total_steps=3, warmup_steps=1, peak_lr=0.05, micro_batches=4, log_every_steps=1,
-                     alpha=0.5)
+                     source_weights=(0.5, 0.5))
     batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s, 4,
                        torch.device("cpu"), DistContext())
     chunks = batches(0)
@@ -294,9 +295,9 @@ def _short_training(out, generated, **settings):
 @pytest.mark.parametrize("sampling", ["with_replacement", "permutation"])
 def test_training_from_a_store_equals_training_from_memory(tmp_path, sampling):
     gen = _dataset(50, seed=4)
-    a, loss_a = _short_training(tmp_path / "a", [ArraySource.from_dataset(gen)], alpha=0.25,
+    a, loss_a = _short_training(tmp_path / "a", [ArraySource.from_dataset(gen)], source_weights=(0.25, 0.75),
                                 generated_sampling=sampling)
-    b, loss_b = _short_training(tmp_path / "b", [_store_of(tmp_path, gen)], alpha=0.25, generated_sampling=sampling)
+    b, loss_b = _short_training(tmp_path / "b", [_store_of(tmp_path, gen)], source_weights=(0.25, 0.75), generated_sampling=sampling)
     assert loss_a == loss_b
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
@@ -329,7 +330,7 @@ def test_several_weighted_sources_and_class_filters_mix_exactly(tmp_path):
 
 
 def test_batches_must_be_read_in_step_order():
-    s = LoopSettings(batch_size=8, total_steps=4, warmup_steps=0, peak_lr=0.1, alpha=0.5)
+    s = LoopSettings(batch_size=8, total_steps=4, warmup_steps=0, peak_lr=0.1, source_weights=(0.5, 0.5))
     batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s, 4, torch.device("cpu"),
                        DistContext(), start_step=1)
     try:

@@ -135,8 +135,9 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
     """The cost of ``robustgen run cfg`` on a dataset of these sizes (see the module docstring)."""
     from robustgen.evaluate import get_attack
     from robustgen.generate.diffusion.samplers import resolve_sampler
-    from robustgen.pipeline import labels_are_conditions, model_variants, needs_generated
-    from robustgen.stages import adversarial_settings
+    from robustgen.pipeline import model_variants
+    from robustgen.stages.adversarial import loop_settings, needs_generated
+    from robustgen.stages.label import labels_are_conditions
     from robustgen.train.loop import steps_for
 
     image_shape = tuple(image_shape)
@@ -179,7 +180,7 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
         t = v.train
         gf, params = forward_gflops(t.arch, image_shape, num_classes)
         params_total += params
-        s = adversarial_settings(v, n_real)
+        s = loop_settings(v, n_real, source_weights=(1.0,))  # steps and batch size do not depend on the mix
         k = t.inner.steps
         per_image = step_forward_equivalents(t.loss, k)
         stages.append(StageCost(f"train[{name}]", float(s.total_steps) * s.batch_size * per_image, gf,

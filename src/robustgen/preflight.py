@@ -213,7 +213,8 @@ def _existing_parent(path: Path) -> Path:
 
 def preflight(cfg: RunConfig, out: Path, *, disk_bytes: int | None = None) -> tuple[Preflight, DataShape | None]:
     """Check the run's inputs and the output folder; ``disk_bytes``: the estimated need."""
-    from robustgen.pipeline import model_variants, needs_generated
+    from robustgen.pipeline import model_variants
+    from robustgen.stages.adversarial import needs_generated
 
     report = Preflight()
     shape = data_shape(cfg, report)

@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.config import RunConfig, config_to_dict, replace
+from robustgen.config import RunConfig, config_to_dict, is_baseline, replace
 from robustgen.errors import RobustgenError
 from robustgen.io import write_json, write_text
+from robustgen.results import SweepRecord
 
 __all__ = ["grid_points", "run_sweep", "summarize", "sweep_table"]
 
@@ -43,15 +44,15 @@ def grid_points(alphas, generators, seeds) -> list[tuple[str, float, int]]:
         raise RobustgenError("a sweep needs at least one generator and one seed")
     points = []
     for seed in seeds:
-        if 1.0 in alphas:
+        if any(is_baseline(a) for a in alphas):
             points.append((generators[0], 1.0, int(seed)))
         for g in generators:
-            points += [(g, a, int(seed)) for a in alphas if a != 1.0]
+            points += [(g, a, int(seed)) for a in alphas if not is_baseline(a)]
     return points
 
 
 def _point_dir(out: Path, generator: str, alpha: float, seed: int) -> Path:
-    name = f"baseline-seed{seed}" if alpha == 1.0 else f"{generator}-alpha{alpha:g}-seed{seed}"
+    name = f"baseline-seed{seed}" if is_baseline(alpha) else f"{generator}-alpha{alpha:g}-seed{seed}"
     d = out / "points" / name
     d.mkdir(parents=True, exist_ok=True)
     link = d / "stages"
@@ -69,8 +70,9 @@ SEED_KEYS = ("train.seed", "seed")
 
 def run_sweep(cfg: RunConfig, out: Path, *, alphas, generators, seeds, seed_key: str = "train.seed",
               progress: bool = True, run_fn=None, log=print) -> dict:
-    """Run every grid point (``pipeline.run``, or ``run_fn(cfg, out)``), then write sweep.json,
-    sweep.md and alpha_sweep.png. Returns the sweep summary."""
+    """Run every grid point (``pipeline.run``, or ``run_fn(cfg, out)`` returning ``RunResults``),
+    then write sweep.json (one ``SweepRecord`` per trained model), sweep.md and alpha_sweep.png.
+    Returns the sweep summary."""
     from robustgen.generate import list_generators
     from robustgen.report.plots import plot_alpha_sweep
 
@@ -93,13 +95,9 @@ def run_sweep(cfg: RunConfig, out: Path, *, alphas, generators, seeds, seed_key:
         point_cfg = replace(cfg, **{"generator.name": g, "train.alpha": a, seed_key: s, "arms": []})
         log(f"sweep: point {k + 1}/{len(points)}: generator {g}, alpha {a:g}, seed {s}")
         results = run_fn(point_cfg, _point_dir(out, g, a, s))
-        for m in results["models"]:
-            key = ("none" if m["alpha"] == 1.0 else g, float(m["alpha"]), s)
-            records[key] = {"generator": key[0], "alpha": float(m["alpha"]), "seed": s,
-                            "clean_accuracy": m["clean_accuracy"], "robust_accuracy": m["robust_accuracy"],
-                            "generated_samples": m.get("generated_samples"), "attack": m.get("attack"),
-                            "n_eval": m.get("n_eval"), "steps": m.get("steps"),
-                            "wall_time_s": m.get("wall_time_s"), "checkpoint": m.get("checkpoint")}
+        for m in results.models:
+            record = SweepRecord.of(m, generator="none" if is_baseline(m.alpha) else g, seed=s)
+            records[(record.generator, record.alpha, s)] = record.to_dict()
     rows = sorted(records.values(), key=lambda r: (r["generator"], r["alpha"], r["seed"]))
     summary = {"grid": {"alphas": [float(a) for a in alphas], "generators": list(generators),
                         "seeds": [int(s) for s in seeds], "seed_key": seed_key},

@@ -6,73 +6,75 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from robustgen.config import is_baseline
 from robustgen.io import write_text
+from robustgen.results import ModelResult, RunResults
 
 
 def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def results_table(models: list[dict]) -> str:
+def results_table(models: Sequence[ModelResult]) -> str:
     rows = ["| model | alpha | generated samples | clean accuracy | robust accuracy | attack | n | wall time |",
             "| --- | ---: | ---: | ---: | ---: | --- | ---: | ---: |"]
     for m in models:
-        rows.append(f"| {m['name']} | {m['alpha']:g} | {m['generated_samples']:,} | {_pct(m['clean_accuracy'])} | "
-                    f"{_pct(m['robust_accuracy'])} | {m['attack']} ({m['norm']}, eps {m['eps']:.4g}) | "
-                    f"{m['n_eval']} | {m['wall_time_s']:.0f} s |")
+        rows.append(f"| {m.name} | {m.alpha:g} | {m.generated_samples:,} | {_pct(m.clean_accuracy)} | "
+                    f"{_pct(m.robust_accuracy)} | {m.attack} ({m.norm}, eps {m.eps:.4g}) | "
+                    f"{m.n_eval} | {m.wall_time_s:.0f} s |")
     return "\n".join(rows)
 
 
-def verdict(models: list[dict]) -> str:
+def verdict(models: Sequence[ModelResult]) -> str:
     """How each model compares with the alpha = 1 baseline: the robust-accuracy difference on the
     same test points and its standard error (paired over the points when both models kept their
     per-point results, else two independent binomial errors)."""
     from robustgen.metrics.paired import paired_point_difference
 
-    base = next((m for m in models if m["alpha"] == 1.0), None)
+    base = next((m for m in models if is_baseline(m.alpha)), None)
     others = [m for m in models if m is not base]
     if base is None or not others:
         return ""
     lines = []
     for m in others:
-        d_clean = 100 * (m["clean_accuracy"] - base["clean_accuracy"])
-        if m.get("robust_points") and base.get("robust_points") and len(m["robust_points"]) == len(base["robust_points"]):
-            d, se = paired_point_difference(m["robust_points"], base["robust_points"])
+        d_clean = 100 * (m.clean_accuracy - base.clean_accuracy)
+        if m.robust_points and base.robust_points and len(m.robust_points) == len(base.robust_points):
+            d, se = paired_point_difference(m.robust_points, base.robust_points)
             d_rob, se, kind = 100 * d, 100 * se, "paired over the test points (McNemar-style)"
         else:
-            d_rob = 100 * (m["robust_accuracy"] - base["robust_accuracy"])
-            se = 100 * math.sqrt(sum(x["robust_accuracy"] * (1 - x["robust_accuracy"]) / max(x["n_eval"], 1)
+            d_rob = 100 * (m.robust_accuracy - base.robust_accuracy)
+            se = 100 * math.sqrt(sum(x.robust_accuracy * (1 - x.robust_accuracy) / max(x.n_eval, 1)
                                      for x in (m, base)))
             kind = "two independent binomial errors"
         if abs(d_rob) <= 2 * se:
             word = "is within two standard errors of"
         else:
             word = "beats" if d_rob > 0 else "is worse than"
-        source = "held-out real images (the perfect-generator reference)" if m.get("generator") == "heldout" else \
-            (f"`{m['generator']}` samples" if m.get("generator") else "its data")
+        source = "held-out real images (the perfect-generator reference)" if m.generator == "heldout" else \
+            (f"`{m.generator}` samples" if m.generator else "its data")
         helps = "helps" if d_rob > 2 * se else "does not help here"
-        lines.append(f"- `{m['name']}` ({source}) {word} the baseline: robust accuracy {d_rob:+.2f} ± {se:.2f} points "
-                     f"({m['attack']}, n = {m['n_eval']}; standard error {kind}), clean {d_clean:+.2f} points, same "
+        lines.append(f"- `{m.name}` ({source}) {word} the baseline: robust accuracy {d_rob:+.2f} ± {se:.2f} points "
+                     f"({m.attack}, n = {m.n_eval}; standard error {kind}), clean {d_clean:+.2f} points, same "
                      f"number of steps, one seed: the extra data {helps}.")
     return "\n".join(lines)
 
 
-def write_report(out: Path, results: dict, *, samples_path: Path | None,
+def write_report(out: Path, results: RunResults, *, samples_path: Path | None,
                  figures: Sequence[tuple[str, str]] = ()) -> None:
     """report.md: results table, verdict, labelling summary, the grid of ``samples_path`` (a store
     or .npz) and ``figures``
     ((caption, PNG path relative to ``out``) pairs)."""
     from robustgen.report.grid import save_store_grid
 
-    lines = [f"# robustgen run: {results['dataset']}", "",
-             f"Threat model: {results['threat']['norm']}, eps = {results['threat']['eps']:.6g}. "
-             f"Device: {results['device']}. Total wall time {results['wall_time_s']:.0f} s.", "",
-             results_table(results["models"]), "", verdict(results["models"]), ""]
-    if results["models"] and results["models"][0].get("attack") != "pgd40":
+    lines = [f"# robustgen run: {results.dataset}", "",
+             f"Threat model: {results.threat['norm']}, eps = {results.threat['eps']:.6g}. "
+             f"Device: {results.device}. Total wall time {results.wall_time_s:.0f} s.", "",
+             results_table(results.models), "", verdict(results.models), ""]
+    if results.models and results.models[0].attack != "pgd40":
         lines += [f"Model selection: PGD-40 on the validation split; reported robust accuracy: "
-                  f"{results['models'][0]['attack']} on the test split.", ""]
-    labelings = results.get("labeling_by_generator") or (
-        {results["config"]["generator"]["name"]: results["labeling"]} if results.get("labeling") else {})
+                  f"{results.models[0].attack} on the test split.", ""]
+    labelings = results.labeling_by_generator or (
+        {results.config["generator"]["name"]: results.labeling} if results.labeling else {})
     for name, lab in labelings.items():
         if lab is None:
             continue  # labels are the conditioning classes: no f_NR summary
@@ -89,7 +91,7 @@ def write_report(out: Path, results: dict, *, samples_path: Path | None,
     if samples_path is not None and samples_path.exists():
         save_store_grid(out / "samples.png", samples_path, per_class=10, seed=0,
                         title="generated samples with their training labels (one row per class)")
-        source = "from f_NR" if results.get("labeling") else "the generator's conditioning classes"
+        source = "from f_NR" if results.labeling else "the generator's conditioning classes"
         lines += [f"Generated samples as training sees them (labels {source}), one row per class:", "",
                   "![samples](samples.png)", ""]
     for caption, path in figures:

@@ -48,7 +48,7 @@ class TrainingBatches:
         self.device, self.ctx, self.s = device, ctx, s
         self.generated = list(generated)
         check_sources_agree([real, *self.generated])
-        weights = s.source_weights or ((s.alpha, 1.0 - s.alpha) if self.generated else (1.0,))
+        weights = s.source_weights
         if len(weights) != 1 + len(self.generated):
             raise RobustgenError(f"{len(weights)} source weights for the real split and {len(self.generated)} "
                                  "generated sources")

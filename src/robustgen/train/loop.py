@@ -55,8 +55,7 @@ class LoopSettings:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    alpha: float = 1.0  # fraction of real images per batch (with one generated source)
-    source_weights: tuple | None = None  # share of the real split, then of each generated source (overrides alpha)
+    source_weights: tuple = (1.0,)  # share of each batch: the real split's, then each generated source's (normalised)
     label_smoothing_real: float = 0.0
     label_smoothing_generated: float = 0.1
     generated_sampling: str = "with_replacement"
@@ -194,7 +193,7 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     ``state.pt`` (resumable), ``last.safetensors`` (EMA weights when averaging, else raw),
     ``best.safetensors`` (the best of raw / EMA under ``evaluate``'s score) and ``history.json``.
     ``generated``: sources of generated images (``robustgen.data.sources``: arrays or stores),
-    mixed with the real split as ``settings.source_weights`` (or alpha) say.
+    mixed with the real split as ``settings.source_weights`` say.
     Under torchrun (``ctx.enabled``) the model is wrapped in DistributedDataParallel."""
     s = settings
     main = ctx.is_main

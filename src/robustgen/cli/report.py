@@ -1,0 +1,95 @@
+"""``robustgen report {samples, curves}`` (figures) and ``robustgen measure`` (complementarity,
+coverage, FID / IS / KID of generated sets, paper Alg. 1 and Table 1)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from robustgen.cli.app import cli, config_options, echo_json, load_cli_config
+from robustgen.errors import RobustgenError
+
+
+@cli.group()
+def report():
+    """Figures of generated data and of training."""
+
+
+@report.command("samples")
+@click.argument("source", metavar="STORE", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file")
+@click.option("--per-class", type=int, default=10, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--title", default=None)
+def report_samples(source, out, per_class, seed, title):
+    """A grid of random images of a store (or released-layout .npz), one row per class (paper Fig. 12)."""
+    from robustgen.report.grid import save_store_grid
+
+    echo_json(save_store_grid(out, source, per_class=per_class, seed=seed, title=title))
+
+
+@report.command("curves")
+@click.argument("history", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="PNG file")
+def report_curves(history, out):
+    """Training curves of a training stage (its folder or history.json): loss, lr, validation accuracy."""
+    from robustgen.report.plots import plot_training_curves, read_history
+
+    click.echo(plot_training_curves(read_history(history), out, title=str(history)))
+
+
+@cli.command()
+@config_options
+@click.option("--generated", "generated", multiple=True, required=True, metavar="[NAME=]PATH",
+              help="a store folder or released-layout .npz to measure (repeatable)")
+@click.option("--features", "features", default="inception", show_default=True,
+              help="inception, or classifier:CHECKPOINT (penultimate layer)")
+@click.option("--arch", default=None, help="architecture of a plain state dict for classifier:PATH")
+@click.option("--inception-weights", type=click.Path(path_type=Path), default=None,
+              help="local copy of torch-fidelity's Inception weights (offline use)")
+@click.option("--no-download", is_flag=True, help="never download the Inception weights")
+@click.option("--metrics", default="complementarity,fid,is,kid", show_default=True,
+              help="comma-separated: complementarity, fid, is, kid")
+@click.option("--reference", type=click.Choice(["train", "test"]), default="train", show_default=True,
+              help="the real split FID / KID compare against")
+@click.option("--n", "n", type=int, default=10_000, show_default=True, help="samples per set (paper: 10K)")
+@click.option("--pca", "pca", type=int, default=100, show_default=True, help="PCA components (paper: 100)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON file (markdown next to it)")
+@click.option("--quiet", is_flag=True)
+def measure(config, overrides, generated, features, arch, inception_weights, no_download, metrics, reference, n,
+            pca, seed, batch_size, device, out, quiet):
+    """Complementarity and coverage (paper Alg. 1), FID, IS and KID of generated sets against the
+    config's real train / test splits, in the layout of paper Table 1."""
+    from robustgen.data import load_split
+    from robustgen.io import write_json, write_text
+    from robustgen.metrics.features import get_extractor
+    from robustgen.metrics.measure import ImageSet, measure as measure_sets, open_image_set
+    from robustgen.stages import resolve_device
+
+    cfg = load_cli_config(config, overrides)
+    if n < 2:
+        raise RobustgenError(f"--n must be >= 2, got {n}")
+    train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
+    sources = {}
+    for item in generated:
+        name, sep, path = item.partition("=")
+        path, name = (Path(path), name) if sep and path else (Path(item), None)
+        s = open_image_set(path, name)
+        if s.name in sources:
+            raise RobustgenError(f"--generated: two sets are named {s.name!r}; name them NAME=PATH")
+        sources[s.name] = s
+    options = {"weights_path": inception_weights, "download": not no_download} if features == "inception" else \
+        {"arch": arch, "num_classes": train.num_classes, "in_channels": train.image_shape[2]}
+    extractor = get_extractor(features, device=resolve_device(device), **options)
+    result = measure_sets(ImageSet("train", train.images, train.labels), ImageSet("test", test.images, test.labels),
+                          sources, extractor=extractor, n=n, reference=reference, seed=seed, batch_size=batch_size,
+                          pca_components=pca, metrics=[m.strip() for m in metrics.split(",") if m.strip()],
+                          progress=not quiet)
+    if out is not None:
+        write_json(out, {k: v for k, v in result.items() if k != "markdown"})
+        write_text(out.with_suffix(".md"), result["markdown"])
+    click.echo(result["markdown"].rstrip())

@@ -1,0 +1,153 @@
+"""Typed results, from the stages to ``results.json``, the report and the sweep.
+
+A stage's result keeps the stage's own words (``TrainingResult.wall_time_s`` is the training's
+time, ``EvalResult.n`` the number of test images). ``ModelResult``, one trained and evaluated
+model and one row of ``results.json``, is composed from them in one place
+(``ModelResult.from_stages``); from there on every reader (the report, the CLI, the sweep's
+``SweepRecord``) uses its names. Each type writes itself as JSON with ``to_dict`` (fields in
+declaration order) and reads a stage's cached JSON back with ``from_dict`` (``None`` when the
+JSON is of another shape, so a stage cached by an older version is recomputed, never misread).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+__all__ = ["ClassifierResult", "EvalResult", "ModelResult", "RunResults", "SweepRecord", "TrainingResult"]
+
+T = TypeVar("T")
+
+
+class _JSON:
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[T], d: Any) -> T | None:
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(d, dict) or sorted(d) != sorted(names):
+            return None
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class ClassifierResult(_JSON):
+    """f_NR's training (``metrics.json`` of the classifier stage)."""
+
+    test_accuracy: float  # clean accuracy on the test split
+    steps: int
+    wall_time_s: float  # training time
+    checkpoint: str  # best.safetensors
+
+
+@dataclass(frozen=True)
+class TrainingResult(_JSON):
+    """Adversarial training (``summary.json`` of a training stage)."""
+
+    name: str
+    alpha: float  # share of real images per batch
+    steps: int
+    batch_size: int
+    generated_samples: int  # images in the generated sources
+    sources: list  # [{"name", "images", "weight"}], the real split first
+    step_options: dict  # precision / channels-last / compile chosen by train.speed
+    selection: dict | None  # the selected checkpoint: step, raw or EMA weights, validation accuracies
+    wall_time_s: float  # training time
+    resumed_from_step: int
+    checkpoint: str  # best.safetensors
+
+
+@dataclass(frozen=True)
+class EvalResult(_JSON):
+    """Clean and robust accuracy of one checkpoint (``eval.json``)."""
+
+    checkpoint: str
+    dataset: str
+    attack: str
+    norm: str
+    eps: float
+    seed: int
+    n: int  # test images evaluated
+    clean_accuracy: float
+    robust_accuracy: float  # per-point worst case over the attack's stages
+    stages: list  # per attack stage: accuracy and cost (paper Table 3 layout)
+    max_perturbation: float
+    time_s: float  # evaluation time
+    robust_points: str  # one character per test image: "1" robust, "0" not
+    robust_accuracy_after: dict  # accuracy after each inner cascade's last stage
+    sanity: dict  # warnings, and the test vs training-log clean accuracy check
+
+
+@dataclass(frozen=True)
+class ModelResult(_JSON):
+    """One trained and evaluated robust model: a row of ``results.json``."""
+
+    name: str
+    alpha: float
+    generator: str | None  # whose generated data it trained on (None: real data only)
+    generated_samples: int
+    clean_accuracy: float
+    robust_accuracy: float
+    attack: str
+    norm: str
+    eps: float
+    n_eval: int
+    max_perturbation: float
+    steps: int
+    batch_size: int
+    selected: dict | None
+    train_time_s: float
+    eval_time_s: float
+    wall_time_s: float  # training + evaluation
+    checkpoint: str
+    robust_points: str | None
+
+    @classmethod
+    def from_stages(cls, train: TrainingResult, ev: EvalResult, *, generator: str | None) -> "ModelResult":
+        return cls(name=train.name, alpha=train.alpha, generator=generator, generated_samples=train.generated_samples,
+                   clean_accuracy=ev.clean_accuracy, robust_accuracy=ev.robust_accuracy, attack=ev.attack,
+                   norm=ev.norm, eps=ev.eps, n_eval=ev.n, max_perturbation=ev.max_perturbation, steps=train.steps,
+                   batch_size=train.batch_size, selected=train.selection, train_time_s=train.wall_time_s,
+                   eval_time_s=ev.time_s, wall_time_s=round(train.wall_time_s + ev.time_s, 2),
+                   checkpoint=train.checkpoint, robust_points=ev.robust_points)
+
+
+@dataclass(frozen=True)
+class RunResults(_JSON):
+    """``results.json`` of ``robustgen run``."""
+
+    version: str
+    dataset: str
+    device: str
+    threat: dict  # {"norm", "eps"}
+    models: list[ModelResult]
+    labeling: dict | None  # the configured generator's label summary (None: no f_NR labelling)
+    labeling_by_generator: dict  # generator -> its label summary (None: labels are the conditioning classes)
+    wall_time_s: float
+    config: dict  # the resolved config
+
+
+@dataclass(frozen=True)
+class SweepRecord(_JSON):
+    """One model of a sweep: a ``ModelResult``'s numbers under the same names, with its grid point."""
+
+    generator: str  # "none" for alpha = 1 (no generated data)
+    alpha: float
+    seed: int
+    clean_accuracy: float
+    robust_accuracy: float
+    generated_samples: int
+    attack: str
+    n_eval: int
+    steps: int
+    wall_time_s: float
+    checkpoint: str
+
+    @classmethod
+    def of(cls, model: ModelResult, *, generator: str, seed: int) -> "SweepRecord":
+        return cls(generator=generator, alpha=float(model.alpha), seed=seed, clean_accuracy=model.clean_accuracy,
+                   robust_accuracy=model.robust_accuracy, generated_samples=model.generated_samples,
+                   attack=model.attack, n_eval=model.n_eval, steps=model.steps, wall_time_s=model.wall_time_s,
+                   checkpoint=model.checkpoint)

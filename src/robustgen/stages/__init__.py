@@ -1,0 +1,27 @@
+"""The five stages of the method (paper Sec. 3.3, Fig. 2) as library functions over files.
+
+    classifier:  train f_NR on the real train split           -> best.safetensors, metrics.json
+    generate:    fit the generator on the train split, sample -> a store (images, conditioning classes)
+    label:       pseudo-label the samples with f_NR, select   -> a store sharing those images
+    adversarial: TRADES on alpha-mixed batches                -> best/last.safetensors, history.json, summary.json
+    evaluate:    clean + robust accuracy on the test split    -> eval.json
+
+Each stage module owns its settings (built once from ``RunConfig``), its ``fingerprint`` and its
+``run``; the CLI verbs and ``pipeline`` both call them, so the two cannot drift apart.
+``common`` holds what they share (splits, device, fresh models, model selection). No math here.
+"""
+
+from robustgen.stages import adversarial, classifier, evaluate, generate, label
+from robustgen.stages.common import (
+    Splits,
+    build_model,
+    clean_accuracy,
+    data_fingerprint,
+    hash_parts,
+    load_splits,
+    resolve_device,
+    robust_seed,
+)
+
+__all__ = ["Splits", "adversarial", "build_model", "classifier", "clean_accuracy", "data_fingerprint", "evaluate",
+           "generate", "hash_parts", "label", "load_splits", "resolve_device", "robust_seed"]

@@ -1,0 +1,136 @@
+"""What every stage shares: the device, the real splits, fresh models, fingerprints, model selection.
+
+A stage's fingerprint (``hash_parts``) hashes what determines its result: its settings, its
+inputs' fingerprints and the code version. The pipeline names a stage's folder after it and
+training checkpoints record it, so a changed setting never resumes or reuses an older result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from robustgen import __version__
+from robustgen.checkpoint import model_spec
+from robustgen.config import DataConfig, RunConfig
+from robustgen.data import ImageDataset, holdout_split, load_split, train_val_split
+from robustgen.errors import RobustgenError
+from robustgen.evaluate import evaluate_robustness
+from robustgen.generate.runner import array_fingerprint
+from robustgen.label import predict_probabilities
+from robustgen.models import create_model
+from robustgen.train.loop import LoopSettings
+from robustgen.train.schedule import scaled_lr
+
+__all__ = ["Splits", "build_model", "clean_accuracy", "data_fingerprint", "hash_parts", "load_splits",
+           "loop_settings", "resolve_device", "robust_seed", "selection_evaluator"]
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ImageDataset  # real training images, validation (and withheld) images removed
+    val: ImageDataset  # held-out training images for model selection
+    test: ImageDataset
+    heldout: ImageDataset | None = None  # withheld by data.train_size; only the heldout generator reads them
+
+
+def hash_parts(*parts) -> str:
+    """12 hex digits of sha256 over the code version and ``parts`` (JSON, keys sorted)."""
+    blob = json.dumps([__version__, *parts], sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def data_fingerprint(cfg: RunConfig, splits: Splits) -> str:
+    """Content hash of the real splits, so a changed npz file or split invalidates every stage."""
+    parts = [splits.train, splits.val, splits.test] + ([splits.heldout] if splits.heldout is not None else [])
+    content = array_fingerprint(*(a for ds in parts for a in (ds.images, ds.labels)))
+    return hash_parts(cfg.data.dataset, cfg.data.val_size, cfg.data.split_seed, content)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RobustgenError(f"device {name!r} requested but CUDA is not available")
+    return device
+
+
+def load_splits(cfg: RunConfig) -> Splits:
+    d = cfg.data
+    full = load_split(d, "train")
+    test = load_split(d, "test")
+    if test.image_shape != full.image_shape:
+        raise RobustgenError(f"{d.dataset}: train images are {full.image_shape} but test images are {test.image_shape}")
+    if test.num_classes > full.num_classes:
+        raise RobustgenError(f"{d.dataset}: the test split has labels beyond the train split's {full.num_classes} classes")
+    train, val = train_val_split(full, d.val_size, d.split_seed)
+    heldout = None
+    if d.train_size is not None:
+        train, heldout = holdout_split(train, d.train_size, d.split_seed)
+    # model selection attacks the validation split every few epochs: keep it decoded
+    return Splits(train=train, val=val.in_memory(), test=test, heldout=heldout)
+
+
+def build_model(arch: str, activation: str, data: ImageDataset, *, seed: int) -> tuple[nn.Module, dict]:
+    """A freshly initialised model whose weights depend on ``seed`` alone (not on which stages
+    happened to run before in this process)."""
+    mean, std = data.mean_std()
+    h, _, c = data.image_shape
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = create_model(arch, num_classes=data.num_classes, in_channels=c, mean=mean, std=std,
+                             activation=activation)
+    return model, model_spec(arch=arch, num_classes=data.num_classes, in_channels=c,
+                             activation=activation, image_size=h)
+
+
+def loop_settings(section, data: DataConfig, *, total_steps: int, warmup_steps: int, seed: int,
+                  **specific) -> LoopSettings:
+    """The training loop's settings from a config section with ``batch_size``, ``lr_per_256``,
+    ``momentum`` and ``weight_decay`` (``classifier`` or ``train``), the data's augmentation and
+    what is specific to the stage (``specific``: the other ``LoopSettings`` fields)."""
+    return LoopSettings(batch_size=section.batch_size, total_steps=total_steps, warmup_steps=warmup_steps,
+                        peak_lr=scaled_lr(section.batch_size, lr_per_256=section.lr_per_256),
+                        momentum=section.momentum, weight_decay=section.weight_decay,
+                        crop_padding=data.crop_padding, flip=data.flip, seed=seed, **specific)
+
+
+def robust_seed(cfg: RunConfig) -> int:
+    """The seed of adversarial training: ``train.seed``, else the run's seed."""
+    return cfg.train.seed if cfg.train.seed is not None else cfg.seed
+
+
+@torch.no_grad()
+def clean_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, batch_size: int,
+                   device: torch.device) -> float:
+    probs = predict_probabilities(model, np.asarray(images), batch_size=batch_size, device=device)
+    return float((probs.argmax(1) == labels).mean())
+
+
+def selection_evaluator(cfg: RunConfig, val: ImageDataset, device: torch.device, *, robust: bool):
+    """Model selection on the held-out split: PGD-40 robust accuracy (or clean accuracy)."""
+    seed = robust_seed(cfg) if robust else cfg.seed
+
+    def evaluate(variants: dict[str, nn.Module], step: int) -> dict[str, dict]:
+        out = {}
+        for name, model in variants.items():
+            if len(val) == 0:
+                continue
+            if robust:
+                m = evaluate_robustness(model, val.images, val.labels, attack="pgd40", norm=cfg.threat.norm,
+                                        eps=cfg.threat.eps, batch_size=cfg.eval.batch_size, device=device,
+                                        seed=seed + step)
+                out[name] = {"score": m["robust_accuracy"], "val_clean_accuracy": m["clean_accuracy"],
+                             "val_robust_accuracy": m["robust_accuracy"]}
+            else:
+                acc = clean_accuracy(model, val.images, val.labels, batch_size=cfg.eval.batch_size, device=device)
+                out[name] = {"score": acc, "val_clean_accuracy": acc}
+        return out
+
+    return evaluate

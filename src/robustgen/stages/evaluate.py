@@ -1,0 +1,86 @@
+"""Stage 5: clean and robust accuracy of a checkpoint on the test split (paper Sec. 4: AutoAttack,
+AA+MT), with a sanity report.
+
+``eval`` and ``threat`` of the config say what is measured; ``robustgen eval`` and the pipeline
+both call ``run``. A long evaluation keeps its progress next to its output and resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from robustgen.checkpoint import load_external_model, load_model, model_info
+from robustgen.config import RunConfig
+from robustgen.data import ImageDataset
+from robustgen.data.store_format import file_sha256
+from robustgen.errors import RobustgenError
+from robustgen.evaluate import evaluate_robustness
+from robustgen.generate.runner import array_fingerprint
+from robustgen.io import write_json
+from robustgen.results import EvalResult
+from robustgen.stages.common import hash_parts
+from robustgen.train.distributed import DistContext
+
+__all__ = ["fingerprint", "run", "training_log_check"]
+
+
+def fingerprint(cfg: RunConfig, train_fp: str) -> str:
+    return hash_parts("eval", train_fp, asdict(cfg.eval), asdict(cfg.threat))
+
+
+def training_log_check(info: dict, clean_accuracy: float, n: int) -> dict | None:
+    """Does the test clean accuracy agree with the validation clean accuracy logged at model
+    selection? A gap beyond sampling noise points at a data, preprocessing or loading bug."""
+    selection = info.get("selection") or {}
+    logged = selection.get("val_clean_accuracy")
+    if logged is None:
+        return None
+    val_n = int((info.get("config") or {}).get("data", {}).get("val_size", 1024)) or 1
+    se = (logged * (1 - logged) / val_n + clean_accuracy * (1 - clean_accuracy) / max(n, 1)) ** 0.5
+    tolerance = max(0.02, 4 * se)
+    return {"val_clean_accuracy": logged, "test_clean_accuracy": clean_accuracy,
+            "tolerance": round(tolerance, 4), "agrees": abs(logged - clean_accuracy) <= tolerance}
+
+
+def run(cfg: RunConfig, checkpoint: Path, test: ImageDataset, *, device: torch.device, progress: bool = True,
+        arch: str | None = None, out: Path | None = None, ctx: DistContext = DistContext()) -> EvalResult:
+    """Clean and robust accuracy of ``checkpoint`` on the first ``eval.n`` test images under
+    ``eval.attack`` at ``threat.eps``. ``arch`` loads a plain state dict of a registered
+    architecture instead of a robustgen checkpoint. ``out``: write the result there; progress
+    is kept in ``OUT.partial.pt`` meanwhile, so a killed evaluation resumes. Under torchrun
+    (``ctx``) the ranks share the batches; rank 0 writes ``out``."""
+    e, threat = cfg.eval, cfg.threat
+    if arch is None:
+        model, info = load_model(checkpoint, device=device), model_info(checkpoint)
+    else:
+        model = load_external_model(checkpoint, arch=arch, num_classes=test.num_classes,
+                                    in_channels=test.image_shape[2], device=device)
+        info = {}
+    with torch.no_grad():
+        classes = int(model(torch.zeros(1, test.image_shape[2], *test.image_shape[:2], device=device)).shape[1])
+    if test.num_classes > classes:
+        raise RobustgenError(f"{checkpoint}: model has {classes} classes but the test data has {test.num_classes}")
+    count = len(test) if e.n is None else min(e.n, len(test))
+    images, labels = test.images[:count], test.labels[:count]
+    key = f"{file_sha256(checkpoint)}|{test.name}|{count}|{array_fingerprint(images, labels)}"
+    partial = None if out is None else out.with_name(out.name + ".partial.pt")
+    result = evaluate_robustness(model, images, labels, attack=e.attack, norm=threat.norm, eps=threat.eps,
+                                 batch_size=e.batch_size, device=device, seed=e.seed, progress=progress,
+                                 desc=f"eval[{e.attack}]", state_path=partial, state_key=key, ctx=ctx)
+    # the cascade has checked every point against the eps-ball, [0, 1] and finite logits (an error otherwise)
+    sanity = {"warnings": result.pop("warnings")}
+    check = training_log_check(info, result["clean_accuracy"], count)
+    if check is not None:
+        sanity["clean_vs_training_log"] = check
+        if not check["agrees"]:
+            sanity["warnings"].append(
+                f"test clean accuracy {check['test_clean_accuracy']:.4f} is far from the training log's validation "
+                f"clean accuracy {check['val_clean_accuracy']:.4f}: check the data and preprocessing")
+    result = EvalResult(checkpoint=str(checkpoint), dataset=test.name, sanity=sanity, **result)
+    if out is not None and ctx.is_main:
+        write_json(out, result.to_dict())
+        partial.unlink(missing_ok=True)
+    return result

@@ -1,0 +1,62 @@
+"""Stage 2: fit the generator on the real train split and sample into a store (paper Sec. 3.3, Sec. 4).
+
+Sharded and resumable (``generate.runner.generate_store``): a killed job resumes at its first
+incomplete shard. The generator's training state (a DDPM's checkpoints) lives in
+``STORE/generator-work``. A store is the one on-disk form of generated data; ``robustgen store
+import`` / ``export`` convert from / to the released .npz layout.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from robustgen.config import RunConfig
+from robustgen.data import ImageDataset
+from robustgen.data.store_format import DEFAULT_SHARD_SIZE
+from robustgen.errors import RobustgenError
+from robustgen.generate import generator_fit_kwargs, get_generator
+from robustgen.generate.runner import generate_store
+from robustgen.stages.common import Splits, hash_parts
+from robustgen.train.distributed import DistContext
+
+__all__ = ["fingerprint", "fit_data", "run"]
+
+
+def fingerprint(cfg: RunConfig, data_fp: str) -> str:
+    """Only what this generator reads, so another generator's settings change nothing."""
+    g = cfg.generator
+    return hash_parts("generate-store", data_fp, g.name, g.num_samples, g.seed, generator_fit_kwargs(g))
+
+
+def _fits_on_heldout(cfg: RunConfig) -> bool:
+    return getattr(get_generator(cfg.generator.name), "fits_on", "train") == "heldout"
+
+
+def fit_data(cfg: RunConfig, splits: Splits) -> ImageDataset:
+    """The images the configured generator is fitted on: the real split, or for a generator that
+    fits on withheld images (``heldout``) the images ``data.train_size`` withheld."""
+    if not _fits_on_heldout(cfg):
+        return splits.train
+    if splits.heldout is None or len(splits.heldout) == 0:
+        raise RobustgenError(f"generator {cfg.generator.name!r} serves withheld real images: set data.train_size "
+                             f"below the {len(splits.train)} real training images")
+    return splits.heldout
+
+
+def run(cfg: RunConfig, train: ImageDataset, store_dir: Path, *, device: torch.device, progress: bool = True,
+        shard_size: int = DEFAULT_SHARD_SIZE, verify_existing: bool = True, ctx: DistContext = DistContext()) -> dict:
+    """Fit ``generator.name`` once on ``train`` (``fit_data``), then write ``generator.num_samples``
+    images with per-sample seeds into ``store_dir``, shard by shard. Under torchrun (``ctx``) the
+    ranks share the shards."""
+    g = cfg.generator
+    # a generator of withheld real images serves each of them at most once
+    num_samples = min(g.num_samples, len(train)) if _fits_on_heldout(cfg) else g.num_samples
+    return generate_store(store_dir, generator=g.name, train_images=train.images, train_labels=train.labels,
+                          num_classes=train.num_classes, num_samples=num_samples, seed=g.seed,
+                          fit_config=generator_fit_kwargs(g), class_names=train.class_names,
+                          data_name=cfg.data.dataset, shard_size=shard_size, progress=progress,
+                          verify_existing=verify_existing,
+                          fit_options={"device": str(device), "work_dir": Path(store_dir) / "generator-work",
+                                       "progress": progress, "class_names": train.class_names}, ctx=ctx)
