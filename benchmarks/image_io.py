@@ -31,7 +31,8 @@ import numpy as np
 from PIL import Image
 
 from robustgen.data.folder import FolderImages
-from robustgen.data.store import Store, StoreWriter
+from robustgen.data.store import Store
+from robustgen.data.store_writer import StoreWriter
 
 
 def peak_rss_mib() -> float:

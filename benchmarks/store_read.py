@@ -37,7 +37,8 @@ import torch
 from robustgen.data import ImageDataset
 from robustgen.data.indices import WeightedIndices
 from robustgen.data.sources import ArraySource, gather_rows
-from robustgen.data.store import Store, StoreWriter
+from robustgen.data.store import Store
+from robustgen.data.store_writer import StoreWriter
 from robustgen.train.distributed import DistContext
 from robustgen.train.batches import TrainingBatches
 from robustgen.train.loop import LoopSettings

@@ -343,7 +343,8 @@ def _flip_byte(path, offset=-1):
 
 
 def test_corrupt_image_shard_is_never_read(tmp_path):
-    from robustgen.data.store import Store, StoreWriter
+    from robustgen.data.store import Store
+    from robustgen.data.store_writer import StoreWriter
 
     data = _dataset(40)
     with StoreWriter.create(tmp_path / "s", image_shape=(8, 8, 1), num_classes=4, shard_size=16) as w:
@@ -420,7 +421,7 @@ def test_corrupt_generated_shard_in_a_run_folder_is_regenerated(tmp_path, capfd)
     again = json.loads((out / "results.json").read_text())
     strip = lambda r: [{k: v for k, v in m.items() if not k.endswith("time_s")} for m in r["models"]]  # noqa: E731
     assert strip(again) == strip(first)
-    from robustgen.data.store import verify_store
+    from robustgen.data.store_inspect import verify_store
 
     for store in out.glob("stages/*/store"):
         assert verify_store(store) == []
@@ -461,7 +462,7 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_state_and_resumes_identica
 
 def test_full_disk_while_writing_a_shard_resumes_to_identical_bytes(tmp_path, monkeypatch):
     from robustgen.io import DiskFullError
-    from robustgen.data.store import verify_store
+    from robustgen.data.store_inspect import verify_store
     from robustgen.generate.runner import generate_store
 
     data = _dataset()

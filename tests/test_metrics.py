@@ -342,7 +342,7 @@ def test_gpu_gives_the_cpu_results(tiny_images):
 
 def test_measure_reads_a_store_and_an_npz_alike(tmp_path):
     from robustgen.data.npz import write_npz
-    from robustgen.data.store import StoreWriter
+    from robustgen.data.store_writer import StoreWriter
     from robustgen.metrics.measure import ImageSet, measure, open_image_set
 
     rng = np.random.default_rng(0)

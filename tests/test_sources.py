@@ -6,7 +6,8 @@ import torch
 
 from robustgen.data.indices import WeightedIndices, source_counts
 from robustgen.data.sources import ArraySource, Prefetcher, gather_rows, host_buffer, open_source
-from robustgen.data.store import Store, StoreWriter
+from robustgen.data.store import Store
+from robustgen.data.store_writer import StoreWriter
 from robustgen.errors import RobustgenError
 
 

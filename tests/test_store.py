@@ -7,7 +7,9 @@ import pytest
 
 from robustgen.cli import main
 from robustgen.data.sources import ArraySource, check_sources_agree
-from robustgen.data.store import MANIFEST, Store, StoreWriter, file_sha256, verify_store
+from robustgen.data.store import MANIFEST, Store, file_sha256
+from robustgen.data.store_inspect import verify_store
+from robustgen.data.store_writer import StoreWriter
 from robustgen.data.store_npz import export_npz, import_npz
 from robustgen.errors import RobustgenError
 

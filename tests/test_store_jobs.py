@@ -16,7 +16,8 @@ import torch
 from robustgen.checkpoint import model_spec, save_model
 from robustgen.cli import main
 from robustgen.data import load_dataset
-from robustgen.data.store import MANIFEST, Store, file_sha256, verify_store
+from robustgen.data.store import MANIFEST, Store, file_sha256
+from robustgen.data.store_inspect import verify_store
 from robustgen.errors import RobustgenError
 from robustgen.generate.gaussian import (
     NOISE_CHUNK,

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from robustgen.cli import main
-from robustgen.data.store import MANIFEST, Store, StoreWriter, verify_store
+from robustgen.data.store import MANIFEST, Store
+from robustgen.data.store_inspect import verify_store
+from robustgen.data.store_writer import StoreWriter
 from robustgen.data.store_merge import merge_stores
 from robustgen.errors import RobustgenError
 

@@ -271,7 +271,8 @@ def test_micro_batches_train_and_weight_the_global_mean(tmp_path):
 
 # --------------------------------------------------------------------------- training from stores
 def _store_of(tmp_path, ds, shard_size=16):
-    from robustgen.data.store import Store, StoreWriter
+    from robustgen.data.store import Store
+    from robustgen.data.store_writer import StoreWriter
 
     path = tmp_path / "store"
     with StoreWriter.create(path, image_shape=ds.image_shape, num_classes=4, shard_size=shard_size) as w:

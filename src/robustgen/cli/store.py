@@ -128,7 +128,7 @@ def store_info(store_dir):
 @click.argument("store_dir", metavar="STORE", type=click.Path(path_type=Path))
 def store_verify(store_dir):
     """Check every shard (layout, sha256, label range, counts); lists each problem, exit 1 if any."""
-    from robustgen.data.store import verify_store
+    from robustgen.data.store_inspect import verify_store
 
     problems = verify_store(store_dir)
     for line in problems:

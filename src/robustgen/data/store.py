@@ -1,4 +1,4 @@
-"""The generated-data store: memory-mappable uint8 ``.npy`` shards plus a JSON manifest (REFERENCE.md §4).
+"""The generated-data store: memory-mappable uint8 ``.npy`` shards plus a JSON manifest (the released sets, paper Sec. 7).
 
 Released generated sets are one ``.npz`` (``image`` uint8 [N, H, W, C], ``label`` [N]) that
 cannot be memory-mapped: 50M CIFAR images are 154 GB of RAM. A store keeps the same data as a
@@ -30,9 +30,9 @@ Linux kernels, whose page cache uses large folios, so one fault maps up to a few
 process's RSS climbs towards the size of the store.
 
 Bad input raises a one-line ``RobustgenError`` naming the file and the problem;
-``verify_store`` checks every byte and lists every problem. This module holds the writer, the
-reader and the verifier; the file-level format (names, checked .npy I/O, the manifest's
-structure) is in ``store_format``.
+``data.store_inspect.verify_store`` checks every byte and lists every problem. This module
+holds the reader; the writer is ``store_writer``, the file-level format (names, checked .npy
+I/O, the manifest's structure) ``store_format``.
 """
 
 from __future__ import annotations
@@ -46,271 +46,23 @@ from typing import Sequence
 import numpy as np
 
 from robustgen.data.store_format import (DEFAULT_SHARD_SIZE, FIELDS, MANIFEST, SELECTION, _check_layout,
-                                         _MappedShard, _new_manifest, _refresh_totals, _write_manifest,
-                                         cached_sha256, code_version, file_sha256, is_store, npy_layout,
-                                         read_manifest,
-                                         read_small_npy,
-                                         shard_file, write_npy)
+                                         _MappedShard, cached_sha256, file_sha256, fmt_shape, is_store, npy_layout,
+                                         read_manifest, read_small_npy, shard_file, write_npy)
 from robustgen.errors import RobustgenError
-from robustgen.locks import FolderLock
 
-# The writer and reader here, the format helpers re-exported from store_format.
+# The reader here, the format helpers re-exported from store_format.
 __all__ = [
     "DEFAULT_SHARD_SIZE",
     "FIELDS",
     "MANIFEST",
     "SELECTION",
-    "ShardFiles",
     "Store",
-    "StoreWriter",
     "file_sha256",
     "is_store",
     "read_manifest",
     "shard_file",
-    "verify_store",
     "write_npy",
 ]
-
-
-# --------------------------------------------------------------------------- writer
-class ShardFiles:
-    """Writes the files of one shard (checked, atomic) without touching the manifest or taking the
-    lock: each rank of a parallel job writes its own shards this way, and rank 0's ``StoreWriter``
-    records them (``record_shard``) in the manifest."""
-
-    def __init__(self, path, manifest: dict):
-        self.path = Path(path)
-        self.manifest = manifest
-
-    @property
-    def image_shape(self) -> tuple:
-        return tuple(self.manifest["image_shape"])
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.manifest["num_classes"])
-
-    def _check_rows(self, index: int, images, labels, conditions, confidences) -> int:
-        where = f"{self.path / shard_file('images', index)}"
-        if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4:
-            raise RobustgenError(f"{where}: images must be uint8 [N, H, W, C], got "
-                                 f"{getattr(images, 'dtype', type(images))} {getattr(images, 'shape', '')}")
-        if tuple(images.shape[1:]) != self.image_shape:
-            raise RobustgenError(f"{where}: images are {_fmt_shape(images.shape[1:])} but the store holds "
-                                 f"{_fmt_shape(self.image_shape)}")
-        n = len(images)
-        if n == 0:
-            raise RobustgenError(f"{where}: a shard needs at least one image")
-        self._check_per_row(index, n, labels, conditions, confidences)
-        return n
-
-    def _check_per_row(self, index: int, n: int, labels, conditions, confidences) -> None:
-        for name, arr in (("labels", labels), ("conditions", conditions)):
-            if arr is None:
-                continue
-            where = self.path / shard_file(name, index)
-            arr = np.asarray(arr)
-            if arr.shape != (n,) or arr.dtype.kind not in "iu":
-                raise RobustgenError(f"{where}: {name} must be integers [{n}], got {arr.dtype} {arr.shape}")
-            lo, hi = int(arr.min()), int(arr.max())
-            if lo < 0 or hi >= self.num_classes:
-                raise RobustgenError(f"{where}: label {hi if hi >= self.num_classes else lo} out of range "
-                                     f"for {self.num_classes} classes")
-        if confidences is not None:
-            c = np.asarray(confidences)
-            if c.shape != (n,) or c.dtype.kind != "f" or not np.all(np.isfinite(c)):
-                raise RobustgenError(f"{self.path / shard_file('confidences', index)}: confidences must be "
-                                     f"finite floats [{n}]")
-
-    def write_files(self, index: int, *, images: np.ndarray, labels, conditions=None, confidences=None,
-                    labeller: str | None = None) -> dict:
-        """Write shard ``index``'s files; returns its manifest entry (not yet recorded)."""
-        n = self._check_rows(index, images, labels, conditions, confidences)
-        arrays = {"images": images, "labels": labels, "conditions": conditions, "confidences": confidences}
-        files = {}
-        for field, arr in arrays.items():
-            if arr is None:
-                continue
-            name = shard_file(field, index)
-            files[field] = {"name": name, "sha256": write_npy(self.path / name,
-                                                             np.asarray(arr).astype(FIELDS[field], copy=False))}
-        return {"index": index, "count": n, "files": files, "labeller": labeller,
-                "counts_per_class": np.bincount(np.asarray(labels), minlength=self.num_classes).tolist()}
-
-
-class StoreWriter(ShardFiles):
-    """Create a store or open one to add / rewrite shards; one writer per store (file lock).
-
-    ``StoreWriter.create(path, image_shape=..., num_classes=...)`` makes a new store (the folder
-    may exist but must not hold a store); ``StoreWriter.open(path)`` opens an existing one.
-    ``write_shard(k, images=..., labels=...)`` writes shard k (k <= number of shards: rewrite
-    or append); ``append(images, labels)`` buffers rows into full shards (``close`` writes the
-    rest). Stale temporary files of a killed writer are removed on open.
-    """
-
-    def __init__(self, path, manifest: dict):
-        super().__init__(path, manifest)
-        self._lock = FolderLock(self.path, what="store").acquire()  # one writer, named in .lock
-        for stale in self.path.glob(".*.tmp"):
-            stale.unlink(missing_ok=True)
-        self._pending: list[tuple[np.ndarray, ...]] = []
-
-    @classmethod
-    def create(cls, path, *, image_shape: Sequence[int], num_classes: int, class_names=None,
-               shard_size: int = DEFAULT_SHARD_SIZE, info: dict | None = None) -> "StoreWriter":
-        path = Path(path)
-        if is_store(path):
-            raise RobustgenError(f"{path}: a store already exists here (use another folder or delete it)")
-        if path.exists() and not path.is_dir():
-            raise RobustgenError(f"{path}: exists and is not a folder")
-        if int(shard_size) < 1:
-            raise RobustgenError(f"shard size must be >= 1, got {shard_size}")
-        image_shape = tuple(int(v) for v in image_shape)
-        if len(image_shape) != 3 or image_shape[2] not in (1, 3):
-            raise RobustgenError(f"{path}: image shape must be (H, W, C) with C in (1, 3), got {image_shape}")
-        path.mkdir(parents=True, exist_ok=True)
-        writer = cls(path, _new_manifest(image_shape=image_shape, num_classes=num_classes,
-                                         class_names=class_names, shard_size=shard_size, info=info))
-        writer.save()
-        return writer
-
-    @classmethod
-    def open(cls, path) -> "StoreWriter":
-        return cls(path, read_manifest(path))
-
-    # -- manifest
-    @property
-    def shards(self) -> list[dict]:
-        return self.manifest["shards"]
-
-    def save(self) -> None:
-        _refresh_totals(self.manifest)
-        self.manifest["code_version"] = code_version()
-        _write_manifest(self.path / MANIFEST, self.manifest)
-
-    def update(self, **fields) -> None:
-        """Set top-level manifest fields (provenance: ``generator``, ``labeller``, ...) and save."""
-        self.manifest.update(fields)
-        self.save()
-
-    def shard_ok(self, index: int, *, count: int | None = None, fields: Sequence[str] = ("images", "labels"),
-                 check_sha: bool = True) -> bool:
-        """Is shard ``index`` listed with ``fields`` (and ``count`` rows), its files intact?"""
-        if index >= len(self.shards):
-            return False
-        e = self.shards[index]
-        if (count is not None and int(e["count"]) != count) or any(f not in e["files"] for f in fields):
-            return False
-        for field in fields:
-            f = e["files"][field]
-            p = self.path / f["name"]
-            try:
-                shape, dtype, offset, size = npy_layout(p)
-                want = (int(e["count"]), *self.image_shape) if field == "images" else (int(e["count"]),)
-                _check_layout(p, shape, dtype, want, FIELDS[field], offset, size)
-            except RobustgenError:
-                return False
-            if check_sha and file_sha256(p) != f["sha256"]:
-                return False
-        return True
-
-    # -- writing
-    def write_shard(self, index: int, *, images: np.ndarray, labels, conditions=None, confidences=None,
-                    labeller: str | None = None) -> dict:
-        """Write shard ``index`` (rewrite, or append when it is the next one) and record it."""
-        self._check_index(index)
-        return self.record_shard(self.write_files(index, images=images, labels=labels, conditions=conditions,
-                                                  confidences=confidences, labeller=labeller))
-
-    def _check_index(self, index: int) -> None:
-        if not 0 <= index <= len(self.shards):
-            raise RobustgenError(f"{self.path}: cannot write shard {index}: only {len(self.shards)} shards exist")
-
-    def record_shard(self, entry: dict) -> dict:
-        """List a shard whose files are written (``write_files``, by any process) in the manifest."""
-        index = int(entry["index"])
-        self._check_index(index)
-        if index == len(self.shards):
-            self.shards.append(entry)
-        else:
-            self.shards[index] = entry
-        self._clear_selection()
-        self.save()
-        return entry
-
-    def write_labels(self, index: int, *, labels, confidences=None, labeller: str | None = None,
-                     extra: dict | None = None) -> dict:
-        """Replace the labels (and confidences) of shard ``index``; images are untouched."""
-        e = self.shards[index]
-        self._check_per_row(index, int(e["count"]), labels, None, confidences)
-        for field, arr in (("labels", labels), ("confidences", confidences)):
-            if arr is None:
-                e["files"].pop(field, None)
-                continue
-            name = shard_file(field, index)
-            e["files"][field] = {"name": name, "sha256": write_npy(
-                self.path / name, np.asarray(arr).astype(FIELDS[field], copy=False))}
-        e["labeller"] = labeller
-        e["counts_per_class"] = np.bincount(np.asarray(labels), minlength=self.num_classes).tolist()
-        e.update(extra or {})
-        self._clear_selection()
-        self.save()
-        return e
-
-    def truncate(self, num_shards: int) -> None:
-        """Forget shards from ``num_shards`` on (their files are deleted)."""
-        for e in self.shards[num_shards:]:
-            for f in e["files"].values():
-                (self.path / f["name"]).unlink(missing_ok=True)
-        del self.shards[num_shards:]
-        self._clear_selection()
-        self.save()
-
-    def write_selection(self, indices: np.ndarray, info: dict) -> None:
-        """Keep only rows ``indices`` (sorted, unique, global) when the store is read."""
-        idx = np.asarray(indices, dtype=np.int64)
-        total = sum(int(e["count"]) for e in self.shards)
-        if idx.ndim != 1 or (idx.size and (idx[0] < 0 or idx[-1] >= total or np.any(np.diff(idx) <= 0))):
-            raise RobustgenError(f"{self.path / SELECTION}: selection must be sorted unique rows in [0, {total})")
-        sha = write_npy(self.path / SELECTION, idx)
-        self.manifest["selection"] = {**info, "file": SELECTION, "sha256": sha, "count": int(idx.size)}
-        self.save()
-
-    def _clear_selection(self) -> None:
-        if self.manifest.get("selection"):
-            self.manifest["selection"] = None
-            (self.path / SELECTION).unlink(missing_ok=True)
-
-    def append(self, images: np.ndarray, labels, *, conditions=None, confidences=None) -> None:
-        """Buffer rows; every full ``shard_size`` rows become the next shard."""
-        self._pending.append(tuple(None if a is None else np.asarray(a)
-                                   for a in (images, labels, conditions, confidences)))
-        size = int(self.manifest["shard_size"])
-        while sum(len(p[0]) for p in self._pending) >= size:
-            self._flush(size)
-
-    def _flush(self, count: int) -> None:
-        parts = self._pending
-        cat = [None if parts[0][i] is None else np.concatenate([p[i] for p in parts]) for i in range(4)]
-        head = [None if a is None else a[:count] for a in cat]
-        rest = [None if a is None else a[count:] for a in cat]
-        self._pending = [tuple(rest)] if len(rest[0]) else []
-        self.write_shard(len(self.shards), images=head[0], labels=head[1], conditions=head[2], confidences=head[3])
-
-    def close(self) -> None:
-        """Write any buffered rows as a last (short) shard and release the lock."""
-        if self._pending:
-            self._flush(sum(len(p[0]) for p in self._pending))
-        self._lock.release()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, *exc):
-        if exc_type is None:
-            self.close()
-        else:
-            self._lock.release()
 
 
 # --------------------------------------------------------------------------- reader
@@ -339,8 +91,8 @@ class Store:
             raise RobustgenError(f"{mpath}: the store has {self.num_classes} classes but {num_classes} are "
                                  f"expected (a store made for another dataset?)")
         if image_shape is not None and tuple(image_shape) != self.image_shape:
-            raise RobustgenError(f"{mpath}: the store holds {_fmt_shape(self.image_shape)} images but "
-                                 f"{_fmt_shape(image_shape)} are expected")
+            raise RobustgenError(f"{mpath}: the store holds {fmt_shape(self.image_shape)} images but "
+                                 f"{fmt_shape(image_shape)} are expected")
         shards = m["shards"]
         if not shards:
             raise RobustgenError(f"{self.path}: the store is empty (no shards)")
@@ -569,81 +321,9 @@ class Store:
         self.close()
 
 
-def _fmt_shape(shape) -> str:
-    h, w, c = (int(v) for v in shape)
-    return f"{h}x{w}x{c}"
-
-
 def _fd_budget() -> int:
     """How many shards may be mapped at once (each map holds a file descriptor)."""
     import resource
 
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
     return max(8, min(4096, soft // 2))
-
-
-# --------------------------------------------------------------------------- verify
-def verify_store(path) -> list[str]:
-    """Check every file of a store against its manifest: layout, sha256, label range, counts.
-
-    Returns one line per problem ("FILE: problem"), empty when the store is intact. Reads every
-    byte (about the speed of the disk).
-    """
-    path = Path(path)
-    try:
-        m = read_manifest(path)
-    except RobustgenError as e:
-        return [str(e)]
-    problems: list[str] = []
-    shape = tuple(m["image_shape"])
-    num_classes = int(m["num_classes"])
-    counts = np.zeros(num_classes, np.int64)
-    for e in m["shards"]:
-        n = int(e["count"])
-        for field, f in e["files"].items():
-            p = path / f["name"]
-            want = (n, *shape) if field == "images" else (n,)
-            try:
-                got_shape, dtype, offset, size = npy_layout(p)
-                _check_layout(p, got_shape, dtype, want, FIELDS[field], offset, size)
-            except RobustgenError as err:
-                problems.append(str(err))
-                continue
-            if file_sha256(p) != f["sha256"]:
-                problems.append(f"{p}: sha256 does not match the manifest (corrupt or modified file)")
-                continue
-            if field == "images":
-                continue
-            arr = np.load(p, allow_pickle=False)
-            if field in ("labels", "conditions") and arr.size and (arr.min() < 0 or arr.max() >= num_classes):
-                bad = int(arr.max()) if arr.max() >= num_classes else int(arr.min())
-                problems.append(f"{p}: label {bad} out of range for {num_classes} classes")
-            elif field == "labels":
-                got = np.bincount(arr, minlength=num_classes)
-                counts += got
-                if got.tolist() != list(e["counts_per_class"]):
-                    problems.append(f"{p}: per-class counts differ from the manifest's")
-            elif field == "confidences" and not np.all(np.isfinite(arr)):
-                problems.append(f"{p}: NaN or inf confidences")
-    total = sum(int(e["count"]) for e in m["shards"])
-    target = m.get("target_num_images")
-    if target is not None and total < int(target):
-        problems.append(f"{path}: incomplete: {total} of {target} images written")
-    if total != int(m.get("num_images", -1)):
-        problems.append(f"{path / MANIFEST}: num_images {m.get('num_images')} but the shards hold {total}")
-    labellers = {e.get("labeller") for e in m["shards"]}
-    if len(labellers) > 1:
-        problems.append(f"{path}: shards are labelled by different labellers (interrupted labelling?)")
-    sel = m.get("selection")
-    if sel:
-        try:
-            idx = read_small_npy(path / SELECTION, (int(sel["count"]),), FIELDS["labels"], sel["sha256"])
-            if idx.size and (idx[0] < 0 or idx[-1] >= total or np.any(np.diff(idx) <= 0)):
-                problems.append(f"{path / SELECTION}: rows must be sorted, unique and in [0, {total})")
-        except RobustgenError as err:
-            problems.append(str(err))
-    listed = {f["name"] for e in m["shards"] for f in e["files"].values()}
-    for p in sorted(path.glob("*-[0-9][0-9][0-9][0-9][0-9]*.npy")):
-        if p.name not in listed:
-            problems.append(f"{p}: not listed in the manifest (left by an interrupted write?)")
-    return problems

@@ -254,3 +254,8 @@ def _refresh_totals(m: dict) -> None:
     for e in m["shards"]:
         counts += np.asarray(e["counts_per_class"], np.int64)
     m["counts_per_class"] = counts.tolist()
+
+
+def fmt_shape(shape) -> str:
+    h, w, c = (int(v) for v in shape)
+    return f"{h}x{w}x{c}"

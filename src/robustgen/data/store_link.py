@@ -14,7 +14,8 @@ import os
 import shutil
 from pathlib import Path
 
-from robustgen.data.store import MANIFEST, SELECTION, StoreWriter, is_store, read_manifest
+from robustgen.data.store import MANIFEST, SELECTION, is_store, read_manifest
+from robustgen.data.store_writer import StoreWriter
 from robustgen.errors import RobustgenError
 
 __all__ = ["link_store"]

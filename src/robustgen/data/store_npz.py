@@ -19,8 +19,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from robustgen.data.npz import validate_labels
-from robustgen.data.store import DEFAULT_SHARD_SIZE, FIELDS, Store, StoreWriter, is_store
+from robustgen.data.store import DEFAULT_SHARD_SIZE, FIELDS, Store, is_store
 from robustgen.data.store_format import _npy_bytes_header, read_npy_header
+from robustgen.data.store_writer import StoreWriter
 from robustgen.errors import RobustgenError
 from robustgen.io import atomic_write
 

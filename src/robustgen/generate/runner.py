@@ -39,7 +39,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from robustgen import preempt
-from robustgen.data.store import DEFAULT_SHARD_SIZE, ShardFiles, StoreWriter, file_sha256, is_store, read_manifest
+from robustgen.data.store import DEFAULT_SHARD_SIZE, file_sha256, is_store, read_manifest
+from robustgen.data.store_writer import ShardFiles, StoreWriter
 from robustgen.errors import RobustgenError
 from robustgen.generate import get_generator, runtime_kwargs
 from robustgen.train.distributed import DistContext, all_gather, on_main, rounds, stop_if_requested

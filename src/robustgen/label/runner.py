@@ -35,7 +35,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from robustgen import preempt
-from robustgen.data.store import Store, StoreWriter, _MappedShard, read_manifest, shard_file
+from robustgen.data.store import Store, _MappedShard, read_manifest, shard_file
+from robustgen.data.store_writer import StoreWriter
 from robustgen.errors import RobustgenError
 from robustgen.label.pseudo import assign_labels, predict_probabilities
 from robustgen.label.select import keep_counts, select_per_class
