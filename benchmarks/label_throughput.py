@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from robustgen.cost import forward_gflops
-from robustgen.data.store import Store, StoreWriter
+from robustgen.data.store import Store
+from robustgen.data.store_writer import StoreWriter
 from robustgen.label.pseudo import predict_probabilities
 from robustgen.models import create_model
 from robustgen.models.inference import prepare_for_inference

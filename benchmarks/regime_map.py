@@ -157,8 +157,8 @@ def _pts(x: float) -> str:
 
 def write_regime_map(records: list[dict], prefix: Path, *, order: list[str], centre: dict, command: str,
                      missing: list[str] = ()) -> None:
-    from robustgen.io import write_json
-    from robustgen.report.plots import _figure, _save
+    from robustgen.io import save_figure, write_json
+    from robustgen.report.plots import _figure
 
     rows = summarize(records, order)
     attack = next((r["attack"] for r in rows), "?")
@@ -218,7 +218,7 @@ def write_regime_map(records: list[dict], prefix: Path, *, order: list[str], cen
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.suptitle(f"digits regime map ({attack}); mean over seeds")
-    _save(fig, f"{prefix}.png")
+    save_figure(fig, f"{prefix}.png", dpi=100, bbox_inches="tight")
 
 
 def job_name(point: str, arms, seed: int) -> str:
