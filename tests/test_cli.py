@@ -83,18 +83,19 @@ def test_classifier_verb_and_pipeline_compute_the_same_fingerprint(tiny_run, tmp
     from robustgen.config import load_config, replace
     from robustgen.stages import classifier, data_fingerprint, load_splits
 
-    main(["classifier", "--out", str(tmp_path / "c"), "--quiet", *_sets(TINY)])
+    main(["classifier", "digits_demo", "--out", str(tmp_path / "c"), "--quiet", *_sets(TINY)])
     verb_fp = torch.load(tmp_path / "c" / "state.pt", weights_only=True)["fingerprint"]
     stage = next((tiny_run / "stages").glob("classifier-*"))
     assert stage.name == f"classifier-{verb_fp}"
     assert torch.load(stage / "state.pt", weights_only=True)["fingerprint"] == verb_fp
     # augmentation is part of it: the verb refuses to resume a folder trained with other crops or flips
-    cfg = load_config(None, TINY)
+    cfg = load_config("digits_demo", TINY)
     data_fp = data_fingerprint(cfg, load_splits(cfg))
     for change in ({"data.crop_padding": cfg.data.crop_padding + 1}, {"data.flip": not cfg.data.flip}):
         assert classifier.fingerprint(replace(cfg, **change), data_fp) != verb_fp
     capsys.readouterr()
-    assert run_cli(["classifier", "--out", str(tmp_path / "c"), "--quiet", *_sets(TINY + ["data.crop_padding=0"])]) == 2
+    assert run_cli(["classifier", "digits_demo", "--out", str(tmp_path / "c"), "--quiet",
+                    *_sets(TINY + ["data.crop_padding=0"])]) == 2
     assert "different config" in capsys.readouterr().err
 
 
@@ -106,7 +107,7 @@ def _export(store, path):
 
 def test_store_generate_and_label_verbs(tiny_run, tmp_path):
     samples = tmp_path / "s"
-    main(["store", "generate", str(samples), "--num-samples", "50", "--quiet"])
+    main(["store", "generate", str(samples), "digits_demo", "--num-samples", "50", "--quiet"])
     arrays = _export(samples, tmp_path / "s.npz")
     assert arrays["image"].shape == (50, 8, 8, 1) and arrays["image"].dtype == np.uint8
     clf = next((tiny_run / "stages").glob("classifier-*")) / "best.safetensors"
