@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU measurements of the closing notes, as one script (one NVIDIA GPU, repository root),
-# at most 13.5 minutes (the sum of the steps' limits). Logs go to ${OUT:-/tmp/robustgen-gpu}. Needs torch with CUDA, and diffusers for
+# at most 20.5 minutes (the sum of the steps' limits). Logs go to ${OUT:-/tmp/robustgen-gpu}. Needs torch with CUDA, and diffusers for
 # the diffusion step. Each step has its own time limit, so one failure does not hide the rest.
 #   1. TRADES-10 step of WRN-28-10, batch 256: the ports' references vs robustgen fp32, bf16 +
 #      channels_last before (clean logits computed twice, "twopass") and after (shared), and with
@@ -17,8 +17,13 @@
 #   8. BatchNorm groups of 32 (train.bn_group_size, the paper presets) vs plain BatchNorm, WRN-28-10 (after step 4)
 #   9. labelling throughput of WRN-28-10 (f_NR) over a 32K-image store shard, batch 1024: fp32 /
 #      bf16 / bf16+channels_last / +compile vs the loop without read-ahead (benchmarks/label_throughput.py)
-# The limits sum to 13.5 minutes, more than one 10-minute device call: name the steps to run only
-# those (`gpu_checks.sh diffusion label`: 4.5 min; the first six: 7.5 min).
+#  10. the perfect-generator reference on CIFAR-10 (issue 12): preset cifar10_oracle_preact-resnet-18,
+#      PreAct ResNet-18 on 10,000 real images vs the same plus the other 38,976 with f_NR labels,
+#      782 TRADES steps each, AutoAttack on 1,000 test images (a class-shuffled copy of the test split).
+#      Needs the data: CIFAR=folder with train.npz and test.npz (default ../shared/data/cifar10-jpeg,
+#      which does not travel to the device machine by itself: 170 MB against its 64 MiB transfer limit)
+# The limits sum to 20.5 minutes, more than two 10-minute device calls: name the steps to run only
+# those (`gpu_checks.sh diffusion label`: 4.5 min; the first six: 7.5 min; cifar_oracle: 7 min).
 # `benchmarks/gpu_checks.sh --tiny` runs the same steps on the CPU with tiny models and sizes,
 # without torch.compile (minutes of compiling on a CPU) and the CUDA-only steps, and with 3x the
 # time limits, to check the script itself without a GPU.
@@ -102,3 +107,24 @@ fi
 step diffusion 180 python3 benchmarks/diffusion_sampling.py $SAMPLE --samplers dpm-solver++,edm-heun,wang2023 --profile \
   --json "$OUT/diffusion.json"
 step label 90 python3 benchmarks/label_throughput.py $LABEL
+
+# 10. CIFAR-10 oracle arm: the data's test split is sorted by class, and eval.n takes the first images
+CIFAR=${CIFAR:-../shared/data/cifar10-jpeg}
+if selected cifar_oracle; then
+  if [ -f "$CIFAR/train.npz" ] && [ -f "$CIFAR/test.npz" ]; then
+    mkdir -p "$OUT/cifar10" && ln -sf "$(cd "$CIFAR" && pwd)/train.npz" "$OUT/cifar10/train.npz"
+    python3 -c "
+import numpy as np; from robustgen.data import write_npz
+t = np.load('$CIFAR/test.npz'); order = np.random.default_rng(0).permutation(len(t['label']))
+write_npz('$OUT/cifar10/test.npz', image=t['image'][order], label=t['label'][order])"
+    ORACLE_SET="--set device=$DEV"
+    [ $TINY = 1 ] && ORACLE_SET="--set device=cpu --set data.train_size=500 --set generator.num_samples=1000 \
+      --set classifier.arch=wrn-10-1 --set classifier.epochs=1 --set train.arch=wrn-10-1 --set train.epochs=0.5 \
+      --set train.eval_every_epochs=0.25 --set data.val_size=100 --set eval.n=20 --set train.inner.steps=2"
+    step cifar_oracle 420 python3 -m robustgen.cli run cifar10_oracle_preact-resnet-18 --out "$OUT/oracle" --quiet \
+      --set "data.dataset=npz:$OUT/cifar10" $ORACLE_SET
+    [ -f "$OUT/oracle/report.md" ] && cp "$OUT/oracle/report.md" "$OUT/oracle_report.md" && cat "$OUT/oracle_report.md"
+  else
+    echo "=== cifar_oracle: skipped, no $CIFAR/train.npz and test.npz (set CIFAR=folder)"
+  fi
+fi

@@ -3,8 +3,8 @@
 A small grid on the digits demo, one factor at a time around a centre point (150 real training
 images, small CNN of width 32, 469 TRADES steps of batch 128, Linf eps 0.2, f_NR pseudo-labels);
 the other points change the labels of the oracle's images (true labels), the steps (938), the
-width with the steps (16 at 938) or the real-set size (75, 50). For every point and seed it
-trains, at the same number of steps:
+width (64; 16 with 938 steps), eps (0.1) or the real-set size (400, 75, 50). For every point and
+seed it trains, at the same number of steps (the arms each job lists):
 
     baseline            real images only (alpha = 1)
     heldout (oracle)    + the real training images withheld by data.train_size, pseudo-labelled by
@@ -12,6 +12,8 @@ trains, at the same number of steps:
     gaussian            + 5000 samples of the class-conditional Gaussian (App. D), alpha 0.8 (the
                         proportion the paper found best for it, Sec. 3.2)
     ddpm                + 5000 samples of a class-conditional DDPM fitted on the real images, alpha 0.3
+                        (generator.ddpm's defaults = the digits_ddpm preset: 0.9M-parameter UNet,
+                        3000 steps, DPM-Solver++ with 20 steps)
 
 and evaluates each on the 540 test images (and the baseline's robust gap on its own training
 images) with the attack of --attack. A seed is train.seed: f_NR, the samples and their labels
@@ -42,7 +44,6 @@ ALL3 = ("baseline", "heldout", "gaussian")
 POINTS = {"centre": {}, "true-labels": {"label.mode": "condition"}, "steps-938": {"train.epochs": 100},
           "width-16-steps-938": {"train.arch": "small-cnn-16", "train.epochs": 100},
           "real-75": {"data.train_size": 75}, "real-50": {"data.train_size": 50},
-          # defined, not run yet (see docs/regime_map.md)
           "real-400": {"data.train_size": 400}, "eps-0.1": {"threat.eps": 0.1},
           "width-64": {"train.arch": "small-cnn-64"}}
 
@@ -50,12 +51,17 @@ POINTS = {"centre": {}, "true-labels": {"label.mode": "condition"}, "steps-938":
 # most informative first (the oracle arm decides where extra data can help). A job's baseline is
 # cached by fingerprint in the run folder of its real-set size, so jobs of a point and seed share
 # it (and "true-labels" shares the centre's: the baseline reads no labels). Worker 0 owns the
-# points with 150 real images, worker 1 the smaller real sets: no two processes share a folder.
+# points with 150 and 400 real images, worker 1 the smaller real sets: no two processes share a folder.
 WORKER_JOBS = [
-    [("true-labels", ORACLE, 0), ("steps-938", ORACLE, 0), ("width-16-steps-938", ORACLE, 0), ("centre", ORACLE, 0)],
-    [("real-75", ALL3, 0), ("real-50", ALL3, 0), ("real-75", ALL3, 1), ("real-75", ALL3, 2)],
+    [("true-labels", ORACLE, 0), ("steps-938", ORACLE, 0), ("width-16-steps-938", ORACLE, 0), ("centre", ORACLE, 0),
+     ("true-labels", ORACLE, 1), ("centre", ORACLE, 1), ("true-labels", ORACLE, 2), ("centre", ORACLE, 2),
+     ("steps-938", ORACLE, 1), ("width-16-steps-938", ORACLE, 1), ("eps-0.1", ORACLE, 0), ("real-400", ORACLE, 0),
+     ("width-64", ORACLE, 0), ("eps-0.1", ORACLE, 1), ("real-400", ORACLE, 1), ("width-64", ORACLE, 1),
+     ("steps-938", ORACLE, 2), ("width-16-steps-938", ORACLE, 2), ("eps-0.1", ORACLE, 2), ("real-400", ORACLE, 2),
+     ("width-64", ORACLE, 2)],
+    [("real-75", ALL3, 0), ("real-50", ALL3, 0), ("real-75", ALL3, 1), ("real-75", ALL3, 2), ("real-75", DDPM, 0),
+     ("real-50", ALL3, 1), ("real-75", DDPM, 1), ("real-75", DDPM, 2), ("real-50", ALL3, 2)],
 ]
-
 
 def point_config(changes: dict, arms, seed: int, attack: str, extra=()):
     from robustgen.config import load_config
@@ -71,7 +77,8 @@ def point_config(changes: dict, arms, seed: int, attack: str, extra=()):
         f"generator.name={main}", f"train.alpha={alpha[main]}", f"arms={arm_list}", "generator.num_samples=5000",
         # seed 0 leaves train.seed null (the run's seed, 0): the centre's seed 0 is then exactly the
         # digits_oracle preset, whose run folder's stages a shared cache can reuse
-        *([f"train.seed={seed}"] if seed else []), f"eval.attack={attack}", "eval.batch_size=540", "train.eval_every_epochs=25", *extra]
+        *([f"train.seed={seed}"] if seed else []), f"eval.attack={attack}", "eval.batch_size=540", "train.eval_every_epochs=25",
+        *extra]
     return load_config("digits_demo", overrides), settings
 
 

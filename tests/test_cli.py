@@ -79,6 +79,23 @@ def test_load_model_and_eval_verb(tiny_run, tmp_path, capsys):
     assert data["n"] == 60 and data["robust_accuracy"] == pytest.approx(expected["robust_accuracy"])
 
 
+
+def test_eval_warns_when_its_first_n_images_miss_classes(tiny_run, tmp_path, capsys):
+    # released .npz files are often sorted by class: the first n test images are then a few classes
+    from robustgen.data import write_npz
+
+    ckpt = str(next((tiny_run / "stages").glob("train-gaussian-alpha0.8-*")) / "best.safetensors")
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        write_npz(tmp_path / f"{split}.npz", image=rng.integers(0, 256, (60, 8, 8, 1), dtype=np.uint8),
+                  label=np.repeat(np.arange(10), 6))
+    args = ["eval", "--checkpoint", ckpt, "--attack", "pgd40", "--eps", "0.2", "--quiet",
+            "--set", f"data.dataset=npz:{tmp_path}"]
+    main([*args, "--n", "12"])
+    assert "takes the first 12 test images, which hold 2 of the test split's 10 classes" in capsys.readouterr().err
+    main([*args, "--n", "60"])
+    assert "warning" not in capsys.readouterr().err
+
 def test_classifier_verb_and_pipeline_compute_the_same_fingerprint(tiny_run, tmp_path, capsys):
     from robustgen.config import load_config, replace
     from robustgen.stages import classifier, data_fingerprint, load_splits

@@ -161,3 +161,16 @@ def test_true_labels_only_when_asked(oracle_run, tmp_path):
     ids = np.array([_ids(images[k:k + 1]).pop() for k in range(len(images))])
     assert np.array_equal(store.labels, ids % 4)
     assert json.loads((out / "results.json").read_text())["models"][0]["name"] == "heldout-alpha0.5"
+
+
+def test_the_cost_estimate_trains_f_nr_on_the_kept_images_only():
+    from robustgen.cost import estimate_cost
+
+    def classifier_detail(train_size):
+        cfg = load_config("cifar10_oracle_preact-resnet-18", [f"data.train_size={train_size}"])
+        cost = estimate_cost(cfg, n_train=50000, n_test=10000, image_shape=(32, 32, 3), num_classes=10)
+        return next(s.detail for s in cost.stages if s.stage == "classifier")
+
+    # 30 passes of batch 256 over the 10,000 kept images, not over the 48,976 of the split
+    assert classifier_detail(10000).startswith("preact-resnet-18, 1,172 steps x 256")
+    assert classifier_detail(20000).startswith("preact-resnet-18, 2,344 steps x 256")

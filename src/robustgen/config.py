@@ -186,7 +186,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     attack: str = "pgd40"  # a registered evaluation attack
-    n: Optional[int] = None  # first n test images (null: all)
+    n: Optional[int] = None  # first n test images (null: all); warns when they miss classes of the split
     batch_size: int = 500
     seed: int = 0
 

@@ -142,6 +142,8 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
 
     image_shape = tuple(image_shape)
     n_real = max(n_train - cfg.data.val_size, 1)
+    if cfg.data.train_size is not None:  # the real images kept; the withheld ones reach no stage's steps
+        n_real = min(n_real, cfg.data.train_size)
     val = min(cfg.data.val_size, n_train)
     pixels = math.prod(image_shape)
     stages: list[StageCost] = []

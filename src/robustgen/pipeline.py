@@ -264,6 +264,8 @@ def _robust_model(name: str, variant: RunConfig, splits: Splits, out: Path, data
     if ctx.is_main:
         log(f"{name}: clean {metrics.clean_accuracy:.4f}, robust {metrics.robust_accuracy:.4f} "
             f"({metrics.attack}, n={metrics.n})")
+        for warning in metrics.sanity["warnings"]:
+            log(f"{name}: warning: {warning}")
     generator = variant.generator.name if adversarial.needs_generated(variant) else None
     return ModelResult.from_stages(trained, metrics, generator=generator)
 

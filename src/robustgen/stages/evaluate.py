@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from robustgen.checkpoint import load_external_model, load_model, model_info
@@ -72,6 +73,10 @@ def run(cfg: RunConfig, checkpoint: Path, test: ImageDataset, *, device: torch.d
                                  desc=f"eval[{e.attack}]", state_path=partial, state_key=key, ctx=ctx)
     # the cascade has checked every point against the eps-ball, [0, 1] and finite logits (an error otherwise)
     sanity = {"warnings": result.pop("warnings")}
+    covered, classes = np.unique(labels).size, np.unique(test.labels).size
+    if covered < classes:  # e.g. a test file sorted by class (released .npz files often are)
+        sanity["warnings"].append(f"eval.n = {count} takes the first {count} test images, which hold {covered} of "
+                                  f"the test split's {classes} classes: shuffle the test file or evaluate more images")
     check = training_log_check(info, result["clean_accuracy"], count)
     if check is not None:
         sanity["clean_vs_training_log"] = check
