@@ -51,17 +51,19 @@ POINTS = {"centre": {}, "true-labels": {"label.mode": "condition"}, "steps-938":
 # most informative first (the oracle arm decides where extra data can help). A job's baseline is
 # cached by fingerprint in the run folder of its real-set size, so jobs of a point and seed share
 # it (and "true-labels" shares the centre's: the baseline reads no labels). Worker 0 owns the
-# points with 150 and 400 real images, worker 1 the smaller real sets: no two processes share a folder.
+# points with 150 real images, worker 1 the other real-set sizes: no two processes share a folder.
 WORKER_JOBS = [
     [("true-labels", ORACLE, 0), ("steps-938", ORACLE, 0), ("width-16-steps-938", ORACLE, 0), ("centre", ORACLE, 0),
      ("true-labels", ORACLE, 1), ("centre", ORACLE, 1), ("true-labels", ORACLE, 2), ("centre", ORACLE, 2),
-     ("steps-938", ORACLE, 1), ("width-16-steps-938", ORACLE, 1), ("eps-0.1", ORACLE, 0), ("real-400", ORACLE, 0),
-     ("width-64", ORACLE, 0), ("eps-0.1", ORACLE, 1), ("real-400", ORACLE, 1), ("width-64", ORACLE, 1),
-     ("steps-938", ORACLE, 2), ("width-16-steps-938", ORACLE, 2), ("eps-0.1", ORACLE, 2), ("real-400", ORACLE, 2),
-     ("width-64", ORACLE, 2)],
+     ("steps-938", ORACLE, 1), ("width-16-steps-938", ORACLE, 1), ("eps-0.1", ORACLE, 0), ("width-64", ORACLE, 0),
+     ("eps-0.1", ORACLE, 1), ("width-64", ORACLE, 1), ("steps-938", ORACLE, 2), ("width-16-steps-938", ORACLE, 2),
+     ("eps-0.1", ORACLE, 2), ("width-64", ORACLE, 2)],
     [("real-75", ALL3, 0), ("real-50", ALL3, 0), ("real-75", ALL3, 1), ("real-75", ALL3, 2), ("real-75", DDPM, 0),
-     ("real-50", ALL3, 1), ("real-75", DDPM, 1), ("real-75", DDPM, 2), ("real-50", ALL3, 2)],
+     ("real-50", ALL3, 1), ("real-75", DDPM, 1), ("real-75", DDPM, 2), ("real-50", ALL3, 2), ("real-400", ORACLE, 0),
+     ("real-400", ORACLE, 1), ("real-400", ORACLE, 2), ("real-50", DDPM, 0), ("real-50", DDPM, 1),
+     ("real-50", DDPM, 2)],
 ]
+
 
 def point_config(changes: dict, arms, seed: int, attack: str, extra=()):
     from robustgen.config import load_config
