@@ -57,7 +57,10 @@ WORKER_JOBS = [
      ("true-labels", ORACLE, 1), ("centre", ORACLE, 1), ("true-labels", ORACLE, 2), ("centre", ORACLE, 2),
      ("steps-938", ORACLE, 1), ("width-16-steps-938", ORACLE, 1), ("eps-0.1", ORACLE, 0), ("width-64", ORACLE, 0),
      ("eps-0.1", ORACLE, 1), ("width-64", ORACLE, 1), ("steps-938", ORACLE, 2), ("width-16-steps-938", ORACLE, 2),
-     ("eps-0.1", ORACLE, 2), ("width-64", ORACLE, 2)],
+     ("eps-0.1", ORACLE, 2), ("width-64", ORACLE, 2),
+     # the generator at the point where the oracle helps with 150 real images (issue 23, phase C);
+     # seed 0 retrains its baseline: the check that the other seeds may pair with the recorded ones
+     ("eps-0.1", DDPM, 0), ("eps-0.1", ("ddpm",), 1), ("eps-0.1", ("ddpm",), 2)],
     [("real-75", ALL3, 0), ("real-50", ALL3, 0), ("real-75", ALL3, 1), ("real-75", ALL3, 2), ("real-75", DDPM, 0),
      ("real-50", ALL3, 1), ("real-75", DDPM, 1), ("real-75", DDPM, 2), ("real-50", ALL3, 2), ("real-400", ORACLE, 0),
      ("real-400", ORACLE, 1), ("real-400", ORACLE, 2), ("real-50", DDPM, 0), ("real-50", DDPM, 1),
@@ -65,22 +68,43 @@ WORKER_JOBS = [
 ]
 
 
+# Generator arms: name -> (generator, alpha, config changes). The variants change the DDPM's fit
+# (issue 23; docs/generator_study.md): a job trains at most one arm with changes (the run's
+# configured generator). "NAME@A" is arm NAME at alpha A.
+ARMS = {"heldout": ("heldout", 0.3, ()), "gaussian": ("gaussian", 0.8, ()), "ddpm": ("ddpm", 0.3, ()),
+        "ddpm-dropout0.1": ("ddpm", 0.3, ("generator.ddpm.dropout=0.1",)),
+        "ddpm-dropout0.3": ("ddpm", 0.3, ("generator.ddpm.dropout=0.3",)),
+        "ddpm-steps1000": ("ddpm", 0.3, ("generator.ddpm.train_steps=1000",)),
+        "ddpm-uncond": ("ddpm", 0.3, ("generator.ddpm.class_conditional=false",))}
+
+
+def arm_spec(arm: str) -> tuple[str, float, tuple]:
+    """(generator, alpha, config changes) of an arm name."""
+    name, _, alpha = arm.partition("@")
+    generator, default_alpha, changes = ARMS[name]
+    return generator, float(alpha) if alpha else default_alpha, changes
+
+
 def point_config(changes: dict, arms, seed: int, attack: str, extra=()):
     from robustgen.config import load_config
 
     settings = {**CENTRE, **changes}
     generated = [a for a in arms if a != "baseline"]
-    main, others = generated[0], generated[1:]
-    alpha = {"heldout": 0.3, "ddpm": 0.3, "gaussian": 0.8}
-    arm_list = "[" + ", ".join(f"{{generator: {a}, alpha: {alpha[a]}}}" for a in others) + "]"
+    # a job without "baseline" pairs with the baselines of the point's other jobs (same seed, same
+    # steps, the same code: a rerun reproduces them bit for bit, docs/figures/regime_map.md)
+    (main, alpha, main_changes), others = arm_spec(generated[0]), [arm_spec(a) for a in generated[1:]]
+    if any(c for _, _, c in others):
+        raise ValueError(f"only the first arm of a job may change the generator's settings: {arms}")
+    arm_list = "[" + ", ".join(f"{{generator: {g}, alpha: {a}}}" for g, a, _ in others) + "]"
     # f_NR: ~250 steps of batch 128 whatever the real-set size (30 passes over 150 images leave it at 25%)
     classifier_epochs = round(32000 / settings["data.train_size"])
     overrides = [f"{k}={v}" for k, v in settings.items()] + [f"classifier.epochs={classifier_epochs}",
-        f"generator.name={main}", f"train.alpha={alpha[main]}", f"arms={arm_list}", "generator.num_samples=5000",
+        f"generator.name={main}", f"train.alpha={alpha}", f"arms={arm_list}", "generator.num_samples=5000",
+        *main_changes,
         # seed 0 leaves train.seed null (the run's seed, 0): the centre's seed 0 is then exactly the
         # digits_oracle preset, whose run folder's stages a shared cache can reuse
         *([f"train.seed={seed}"] if seed else []), f"eval.attack={attack}", "eval.batch_size=540", "train.eval_every_epochs=25",
-        *extra]
+        f"baseline={'baseline' in arms}", *extra]
     return load_config("digits_demo", overrides), settings
 
 
@@ -91,6 +115,7 @@ def run_job(out: Path, name: str, arms, seed: int, attack: str, extra=()) -> dic
     from robustgen.stages import evaluate, load_splits
 
     cfg, settings = point_config(POINTS[name], arms, seed, attack, extra)
+    arm_of = {arm_spec(a)[0]: a for a in arms if a != "baseline"}  # generator -> arm name
     t0 = time.perf_counter()
     # one run folder per real-set size (owned by one worker): its stage cache shares f_NR, the
     # samples and their labels between seeds and points; results.json is rewritten per job
@@ -102,11 +127,14 @@ def run_job(out: Path, name: str, arms, seed: int, attack: str, extra=()) -> dic
         on_train = evaluate.run(replace(cfg, **{"eval.attack": attack, "eval.n": None, "eval.batch_size": 540,
                                                 "eval.seed": 0}),
                                 Path(m["checkpoint"]), splits.train, device=results["device"], progress=False)
-        models.append({"arm": m["generator"] or "baseline", "alpha": m["alpha"], "steps": m["steps"],
+        models.append({"arm": arm_of[m["generator"]] if m["generator"] else "baseline", "alpha": m["alpha"],
+                       "steps": m["steps"],
                        "clean_accuracy": m["clean_accuracy"], "robust_accuracy": m["robust_accuracy"],
                        "train_robust_accuracy": on_train.robust_accuracy,
                        "train_clean_accuracy": on_train.clean_accuracy,
-                       "robust_points": m["robust_points"], "attack": m["attack"], "n_eval": m["n_eval"]})
+                       "robust_points": m["robust_points"], "attack": m["attack"], "n_eval": m["n_eval"],
+                       **({"diagnostics": results["diagnostics_by_generator"][m["generator"]]}
+                          if m["generator"] in results.get("diagnostics_by_generator", {}) else {})})
     record = {"point": name, "settings": settings, "seed": seed, "attack": attack, "models": models,
               "wall_time_s": round(time.perf_counter() - t0, 1)}
     write_json(out / "jobs" / f"{job_name(name, arms, seed)}.json", record)
@@ -234,6 +262,19 @@ def job_name(point: str, arms, seed: int) -> str:
     return f"{point}-{'+'.join(arms)}-seed{seed}"
 
 
+def restore_jobs(map_json: Path, out: Path) -> list[Path]:
+    """Write each record of a finished map as OUT/jobs/<job>.json unless that job file exists."""
+    from robustgen.io import write_json
+
+    written = []
+    for record in json.loads(map_json.read_text())["records"]:
+        path = out / "jobs" / f"{job_name(record['point'], [m['arm'] for m in record['models']], record['seed'])}.json"
+        if not path.exists():
+            write_json(path, record)
+            written.append(path)
+    return written
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/regime-map"))
@@ -241,9 +282,14 @@ def main(argv=None) -> int:
     parser.add_argument("--attack", default="autoattack")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="KEY=VALUE applied to every point (smoke tests, e.g. train.epochs=1)")
+    parser.add_argument("--from-map", type=Path, default=None,
+                        help="a regime_map.json whose records become finished jobs of --out (extend a map "
+                             "without rerunning it)")
     parser.add_argument("--report", type=Path, default=None,
                         help="write PREFIX.md, PREFIX.png and PREFIX.json from the finished jobs instead")
     args = parser.parse_args(argv)
+    if args.from_map is not None:
+        restore_jobs(args.from_map, args.out)
     if args.report is not None:
         records = [json.loads(p.read_text()) for p in sorted((args.out / "jobs").glob("*.json"))]
         order = list(POINTS)

@@ -25,7 +25,7 @@ from robustgen.data.store_format import cached_sha256
 from robustgen.io import read_json, write_json
 from robustgen.locks import FolderLock
 from robustgen.results import ClassifierResult, EvalResult, ModelResult, RunResults, TrainingResult
-from robustgen.stages import (Splits, adversarial, classifier, data_fingerprint, evaluate, generate, label,
+from robustgen.stages import (Splits, adversarial, classifier, data_fingerprint, diagnose, evaluate, generate, label,
                               load_splits, resolve_device)
 from robustgen.train.distributed import DistContext, barrier, context_from_env, main_first
 
@@ -164,6 +164,19 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True, wait: bool = False)
         return _run(cfg, out, ctx, device, progress)
 
 
+def generated_data(cfg: RunConfig, out: Path, *, progress: bool = True, wait: bool = False) -> dict[str, dict]:
+    """The classifier, generate, label and diagnose stages of ``run`` alone (no adversarial
+    training), into the same run folder and stage cache: {generator: {"store", "labeling",
+    "diagnostics"}} for every generator the run's models train on."""
+    ctx, device = context_from_env(resolve_device(cfg.device))
+    with FolderLock(out, wait=wait, what="run folder", log=log) if ctx.is_main else contextlib.nullcontext():
+        splits = main_first(ctx, lambda: load_splits(cfg))
+        labelled, diagnostics = _generated_data(cfg, model_variants(cfg), splits, out, data_fingerprint(cfg, splits),
+                                                device, ctx, progress)
+    return {name: {"store": str(store), "labeling": summary, "diagnostics": diagnostics.get(name)}
+            for name, (_, store, summary) in labelled.items()}
+
+
 def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, progress: bool) -> RunResults:
     from robustgen.report import write_report
 
@@ -177,7 +190,7 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
             f"{splits.train.num_classes} classes, shape {splits.train.image_shape}")
     data_fp = data_fingerprint(cfg, splits)
     variants = model_variants(cfg)
-    labelled = _generated_data(cfg, variants, splits, out, data_fp, device, ctx, progress)
+    labelled, diagnostics = _generated_data(cfg, variants, splits, out, data_fp, device, ctx, progress)
     models = []
     for name, variant in variants:
         label_fp, generated, _ = labelled.get(variant.generator.name, (None, None, None))
@@ -187,6 +200,7 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
         threat={"norm": cfg.threat.norm, "eps": cfg.threat.eps}, models=models,
         labeling=labelled[cfg.generator.name][2] if cfg.generator.name in labelled else None,
         labeling_by_generator={name: entry[2] for name, entry in labelled.items()},
+        diagnostics_by_generator=diagnostics,
         wall_time_s=round(time.perf_counter() - started, 2), config=config_to_dict(cfg))
     if ctx.is_main:
         from robustgen.report.figures import model_figures
@@ -217,12 +231,14 @@ def _classifier(cfg: RunConfig, splits: Splits, out: Path, data_fp: str, device,
 
 
 def _generated_data(cfg: RunConfig, variants: list[tuple[str, RunConfig]], splits: Splits, out: Path, data_fp: str,
-                    device, ctx: DistContext, progress: bool) -> dict[str, tuple[str, Path, dict | None]]:
-    """The classifier, generate and label stages of every generator a variant trains on:
-    {generator: (the labelled data's fingerprint, the store training reads, the label summary)}."""
+                    device, ctx: DistContext, progress: bool):
+    """The classifier, generate, label and diagnose stages of every generator a variant trains on:
+    ({generator: (the labelled data's fingerprint, the store training reads, the label summary)},
+    {generator: its diagnostics against the kept and validation images})."""
     labelled: dict[str, tuple[str, Path, dict | None]] = {}
+    diagnostics: dict[str, dict] = {}
     if not any(adversarial.needs_generated(v) for _, v in variants):
-        return labelled
+        return labelled, diagnostics
     conditions = label.labels_are_conditions(cfg)  # no f_NR: the labels are the conditioning classes
     classifier_fp, classifier_path = (None, None) if conditions else \
         _classifier(cfg, splits, out, data_fp, device, ctx, progress)
@@ -236,15 +252,21 @@ def _generated_data(cfg: RunConfig, variants: list[tuple[str, RunConfig]], split
                                              progress=progress, ctx=ctx), {"data": data_fp}, ctx=ctx, all_ranks=True)
         if conditions:  # the generated store's labels are its conditioning classes
             labelled[name] = (label.conditions_fingerprint(generate_fp), gen_stage.dir / "store", None)
-            continue
-        label_fp = label.fingerprint(cfg, generate_fp, classifier_fp)
-        label_stage = Stage(out, "label", label_fp)
-        label_result = label_stage.run(
-            lambda d: label.run(classifier_path, gen_stage.dir / "store", d / "store", settings=cfg.label,
-                                device=device, progress=progress, ctx=ctx),
-            {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx, all_ranks=True)
-        labelled[name] = (label_fp, label_stage.dir / "store", label_result)  # the store training reads
-    return labelled
+        else:
+            label_fp = label.fingerprint(cfg, generate_fp, classifier_fp)
+            label_stage = Stage(out, "label", label_fp)
+            label_result = label_stage.run(
+                lambda d: label.run(classifier_path, gen_stage.dir / "store", d / "store", settings=cfg.label,
+                                    device=device, progress=progress, ctx=ctx),
+                {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx, all_ranks=True)
+            labelled[name] = (label_fp, label_stage.dir / "store", label_result)  # the store training reads
+        labelled_fp, store, _ = labelled[name]
+        if len(splits.val) >= 2:  # the diagnostics' scale comes from the validation images
+            diagnosis = Stage(out, "diagnose", diagnose.fingerprint(labelled_fp, data_fp, classifier_fp)).run(
+                lambda d: diagnose.run(store, splits, classifier_path, device=device),
+                {"labelled": labelled_fp, "data": data_fp}, ctx=ctx)
+            diagnostics[name] = diagnosis
+    return labelled, diagnostics
 
 
 def _robust_model(name: str, variant: RunConfig, splits: Splits, out: Path, data_fp: str, label_fp: str | None,

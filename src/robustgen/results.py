@@ -26,8 +26,11 @@ class _JSON:
 
     @classmethod
     def from_dict(cls: type[T], d: Any) -> T | None:
-        names = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(d, dict) or sorted(d) != sorted(names):
+        fields = dataclasses.fields(cls)
+        required = {f.name for f in fields if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING}
+        # a field added later with a default may be missing from files written before it
+        if not isinstance(d, dict) or not required <= set(d) <= {f.name for f in fields}:
             return None
         return cls(**d)
 
@@ -127,6 +130,8 @@ class RunResults(_JSON):
     labeling_by_generator: dict  # generator -> its label summary (None: labels are the conditioning classes)
     wall_time_s: float
     config: dict  # the resolved config
+    # generator -> near copies, label agreement, complementarity vs the kept / validation images
+    diagnostics_by_generator: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)

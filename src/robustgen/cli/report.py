@@ -1,5 +1,6 @@
-"""``robustgen report {samples, curves}`` (figures) and ``robustgen measure`` (complementarity,
-coverage, FID / IS / KID of generated sets, paper Alg. 1 and Table 1)."""
+"""``robustgen report {samples, curves}`` (figures), ``robustgen measure`` (complementarity,
+coverage, FID / IS / KID of generated sets, paper Alg. 1 and Table 1) and ``robustgen diagnose``
+(near copies, label agreement and complementarity against the kept and validation images)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,30 @@ def report_curves(history, out):
     click.echo(plot_training_curves(read_history(history), out, title=str(history)))
 
 
+def _open_sets(generated) -> dict:
+    """``[NAME=]PATH`` items -> {name: ImageSet}; a name given twice is an error."""
+    from robustgen.metrics.measure import open_image_set
+
+    sources = {}
+    for item in generated:
+        name, sep, path = item.partition("=")
+        path, name = (Path(path), name) if sep and path else (Path(item), None)
+        s = open_image_set(path, name)
+        if s.name in sources:
+            raise RobustgenError(f"--generated: two sets are named {s.name!r}; name them NAME=PATH")
+        sources[s.name] = s
+    return sources
+
+
+def _extractor(features: str, data, *, arch, inception_weights, download: bool, device: str):
+    from robustgen.metrics.features import get_extractor
+    from robustgen.stages import resolve_device
+
+    options = {"weights_path": inception_weights, "download": download} if features == "inception" else \
+        {"arch": arch, "num_classes": data.num_classes, "in_channels": data.image_shape[2]}
+    return get_extractor(features, device=resolve_device(device), **options)
+
+
 @cli.command()
 @config_options
 @click.option("--generated", "generated", multiple=True, required=True, metavar="[NAME=]PATH",
@@ -66,25 +91,15 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
     config's real train / test splits, in the layout of paper Table 1."""
     from robustgen.data import load_split
     from robustgen.io import write_json, write_text
-    from robustgen.metrics.features import get_extractor
-    from robustgen.metrics.measure import ImageSet, measure as measure_sets, open_image_set
-    from robustgen.stages import resolve_device
+    from robustgen.metrics.measure import ImageSet, measure as measure_sets
 
     cfg = load_cli_config(config, overrides)
     if n < 2:
         raise RobustgenError(f"--n must be >= 2, got {n}")
     train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
-    sources = {}
-    for item in generated:
-        name, sep, path = item.partition("=")
-        path, name = (Path(path), name) if sep and path else (Path(item), None)
-        s = open_image_set(path, name)
-        if s.name in sources:
-            raise RobustgenError(f"--generated: two sets are named {s.name!r}; name them NAME=PATH")
-        sources[s.name] = s
-    options = {"weights_path": inception_weights, "download": not no_download} if features == "inception" else \
-        {"arch": arch, "num_classes": train.num_classes, "in_channels": train.image_shape[2]}
-    extractor = get_extractor(features, device=resolve_device(device), **options)
+    sources = _open_sets(generated)
+    extractor = _extractor(features, train, arch=arch, inception_weights=inception_weights,
+                           download=not no_download, device=device)
     result = measure_sets(ImageSet("train", train.images, train.labels), ImageSet("test", test.images, test.labels),
                           sources, extractor=extractor, n=n, reference=reference, seed=seed, batch_size=batch_size,
                           pca_components=pca, metrics=[m.strip() for m in metrics.split(",") if m.strip()],
@@ -93,3 +108,50 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
         write_json(out, {k: v for k, v in result.items() if k != "markdown"})
         write_text(out.with_suffix(".md"), result["markdown"])
     click.echo(result["markdown"].rstrip())
+
+
+@cli.command()
+@config_options
+@click.option("--generated", "generated", multiple=True, required=True, metavar="[NAME=]PATH",
+              help="a store folder or released-layout .npz to diagnose (repeatable)")
+@click.option("--features", "features", default=None,
+              help="classifier:CHECKPOINT (e.g. f_NR) or inception, for complementarity / KID / FID; "
+                   "none given: pixel and label diagnostics only")
+@click.option("--arch", default=None, help="architecture of a plain state dict for classifier:PATH")
+@click.option("--inception-weights", type=click.Path(path_type=Path), default=None,
+              help="local copy of torch-fidelity's Inception weights (offline use)")
+@click.option("--no-download", is_flag=True, help="never download the Inception weights")
+@click.option("--n", "n", type=int, default=5000, show_default=True, help="samples per set (class-balanced)")
+@click.option("--copy-ratio", type=float, default=None,
+              help="near copy: closer to a kept image than this fraction of the validation images' "
+                   "median distance to them (default 1/3)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON file (markdown next to it)")
+def diagnose(config, overrides, generated, features, arch, inception_weights, no_download, n, copy_ratio, seed,
+             device, out):
+    """Near copies of the kept real images, novelty, f_NR's agreement with the conditioning class,
+    complementarity / coverage against the kept and validation images, KID / FID: does a
+    generator add anything to the real data it was fitted on? Never reads the test split."""
+    from robustgen.io import write_json, write_text
+    from robustgen.metrics.diagnostics import COPY_RATIO, diagnose as diagnose_set, format_diagnostics
+    from robustgen.stages import load_splits
+
+    cfg = load_cli_config(config, overrides)
+    if n < 2:
+        raise RobustgenError(f"--n must be >= 2, got {n}")
+    splits = load_splits(cfg)
+    if len(splits.val) < 2:
+        raise RobustgenError("diagnose needs a validation split: set data.val_size >= 2")
+    sources = _open_sets(generated)
+    extractor = None if features is None else _extractor(features, splits.train, arch=arch,
+                                                         inception_weights=inception_weights,
+                                                         download=not no_download, device=device)
+    reports = {name: diagnose_set(s, splits.train, splits.val, extractor=extractor, n=n, seed=seed,
+                                  copy_ratio=COPY_RATIO if copy_ratio is None else copy_ratio)
+               for name, s in sources.items()}
+    markdown = format_diagnostics(reports)
+    if out is not None:
+        write_json(out, reports)
+        write_text(out.with_suffix(".md"), markdown)
+    click.echo(markdown.rstrip())

@@ -32,10 +32,13 @@ METRICS = ("complementarity", "fid", "is", "kid")
 
 @dataclass
 class ImageSet:
-    """Rows of uint8 NHWC images: ``images`` is an array or has ``gather(indices)`` (a Store)."""
+    """Rows of uint8 NHWC images: ``images`` is an array or has ``gather(indices)`` (a Store);
+    a labelled store also gives the conditioning classes and f_NR's confidences."""
     name: str
     images: object
     labels: np.ndarray | None = None
+    conditions: np.ndarray | None = None
+    confidences: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -50,7 +53,7 @@ def open_image_set(path, name: str | None = None) -> ImageSet:
     name = name or path.stem
     if is_store(path):
         store = Store(path)
-        return ImageSet(name, store, store.labels)
+        return ImageSet(name, store, store.labels, store.conditions, store.confidences)
     if path.is_dir():
         raise RobustgenError(f"{path}: not a store (no manifest.json) and not an .npz file")
     arrays = read_npz(path, keys_required=("image",), keys=("label",))

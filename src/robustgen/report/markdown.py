@@ -88,6 +88,13 @@ def write_report(out: Path, results: RunResults, *, samples_path: Path | None,
                       "| --- |" + " --- |" * len(lab["counts_before"]),
                       "| labelled (f_NR) | " + " | ".join(f"{n:,}" for n in lab["counts_before"]) + " |",
                       "| kept for training | " + " | ".join(f"{n:,}" for n in lab["counts_per_class"]) + " |", ""]
+    if results.diagnostics_by_generator:
+        from robustgen.metrics.diagnostics import format_diagnostics
+
+        lines += ["Generated data against the kept real images and the validation split (never the test split): "
+                  "near copies of the kept images, f_NR's agreement with the conditioning class, "
+                  "complementarity (paper Alg. 1) in f_NR's features:", "",
+                  format_diagnostics(results.diagnostics_by_generator), ""]
     if samples_path is not None and samples_path.exists():
         save_store_grid(out / "samples.png", samples_path, per_class=10, seed=0,
                         title="generated samples with their training labels (one row per class)")

@@ -3,6 +3,7 @@
     classifier:  train f_NR on the real train split           -> best.safetensors, metrics.json
     generate:    fit the generator on the train split, sample -> a store (images, conditioning classes)
     label:       pseudo-label the samples with f_NR, select   -> a store sharing those images
+    diagnose:    near copies, label agreement, complementarity -> the stage manifest's result
     adversarial: TRADES on alpha-mixed batches                -> best/last.safetensors, history.json, summary.json
     evaluate:    clean + robust accuracy on the test split    -> eval.json
 
@@ -11,7 +12,7 @@ Each stage module owns its settings (built once from ``RunConfig``), its ``finge
 ``common`` holds what they share (splits, device, fresh models, model selection). No math here.
 """
 
-from robustgen.stages import adversarial, classifier, evaluate, generate, label
+from robustgen.stages import adversarial, classifier, diagnose, evaluate, generate, label
 from robustgen.stages.common import (
     Splits,
     build_model,
@@ -23,5 +24,5 @@ from robustgen.stages.common import (
     robust_seed,
 )
 
-__all__ = ["Splits", "adversarial", "build_model", "classifier", "clean_accuracy", "data_fingerprint", "evaluate",
+__all__ = ["Splits", "adversarial", "build_model", "classifier", "clean_accuracy", "data_fingerprint", "diagnose", "evaluate",
            "generate", "hash_parts", "label", "load_splits", "resolve_device", "robust_seed"]
