@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from regime_map import ARMS, POINTS, point_config  # noqa: E402
 
 REFERENCE = "ddpm"  # today's DDPM: the variant every other one is compared with
-CANDIDATES = ("ddpm", "ddpm-dropout0.1", "ddpm-dropout0.3", "ddpm-steps1000", "ddpm-uncond")
+CANDIDATES = ("ddpm", "ddpm-dropout0.1", "ddpm-dropout0.3", "ddpm-steps1000", "ddpm-uncond", "ddpm-augment")
 # The rule, fixed before any variant was scored (docs/generator_study.md):
 CONFIDENCE_MARGIN = 0.05  # eligible: mean f_NR confidence >= the reference's - 0.05 ...
 AGREEMENT_MARGIN = 0.05  # ... and (conditional) f_NR = conditioning class on >= the reference's - 5 points

@@ -75,7 +75,8 @@ ARMS = {"heldout": ("heldout", 0.3, ()), "gaussian": ("gaussian", 0.8, ()), "ddp
         "ddpm-dropout0.1": ("ddpm", 0.3, ("generator.ddpm.dropout=0.1",)),
         "ddpm-dropout0.3": ("ddpm", 0.3, ("generator.ddpm.dropout=0.3",)),
         "ddpm-steps1000": ("ddpm", 0.3, ("generator.ddpm.train_steps=1000",)),
-        "ddpm-uncond": ("ddpm", 0.3, ("generator.ddpm.class_conditional=false",))}
+        "ddpm-uncond": ("ddpm", 0.3, ("generator.ddpm.class_conditional=false",)),
+        "ddpm-augment": ("ddpm", 0.3, ("generator.ddpm.augment_shift=1", "generator.ddpm.augment_p=0.5"))}
 
 
 def arm_spec(arm: str) -> tuple[str, float, tuple]:
@@ -142,18 +143,51 @@ def run_job(out: Path, name: str, arms, seed: int, attack: str, extra=()) -> dic
 
 
 ARM_COLOR = {"baseline": "tab:gray", "heldout": "tab:blue", "ddpm": "tab:orange", "gaussian": "tab:green"}
-ARM_LABEL = {"baseline": "baseline (real only)", "heldout": "oracle: held-out real, alpha 0.3",
-             "ddpm": "DDPM, alpha 0.3", "gaussian": "Gaussian, alpha 0.8"}
+BASE_LABEL = {"baseline": "baseline (real only)", "heldout": "oracle: held-out real", "ddpm": "DDPM",
+              "gaussian": "Gaussian"}
 
 
-def summarize(records: list[dict], order: list[str]) -> list[dict]:
+def arm_label(arm: str) -> str:
+    if arm == "baseline":
+        return BASE_LABEL[arm]
+    name = arm.partition("@")[0]
+    generator, alpha, changes = arm_spec(arm)
+    label = BASE_LABEL.get(name) or f"{BASE_LABEL[generator]} {name.removeprefix(generator + '-')}"
+    return f"{label}, alpha {alpha:g}"
+
+
+def arm_color(arm: str) -> str:
+    name = arm.partition("@")[0]
+    return ARM_COLOR.get(name) or ("tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")[
+        sorted(a for a in ARMS if a not in ARM_COLOR).index(name) % 6]
+
+
+def arm_order(records: list[dict]) -> list[str]:
+    """baseline, the map's arms, then the others in the order they first appear."""
+    seen = list(dict.fromkeys(m["arm"] for r in records for m in r["models"]))
+    return [a for a in ALL_ARMS if a in seen] + [a for a in seen if a not in ALL_ARMS]
+
+
+def load_diagnostics(study_dir: Path) -> dict:
+    """{(real-set size, arm): diagnostics} from the generator study's records (benchmarks/generator_study.py):
+    a generator's data, and so its diagnostics, depend on the kept images, not on eps or the steps."""
+    out = {}
+    for path in sorted(study_dir.glob("*.json")) if study_dir.is_dir() else []:
+        r = json.loads(path.read_text())
+        out[(r["settings"]["data.train_size"], r["variant"])] = r["diagnostics"]
+    return out
+
+
+def summarize(records: list[dict], order: list[str], diagnostics: dict | None = None) -> list[dict]:
     """One row per (point, arm): accuracies (mean over seeds), the paired difference to the
-    baseline over seeds with its SE, and the per-test-point (McNemar-style) SE averaged over seeds."""
+    baseline over seeds with its SE, the per-test-point (McNemar-style) SE averaged over seeds,
+    and the arm's data diagnostics (from its records, else from ``diagnostics``)."""
     import numpy as np
 
     from robustgen.metrics.paired import paired_point_difference, paired_seed_difference
 
     rows = []
+    arms = arm_order(records)
     for point in order:
         recs = sorted((r for r in records if r["point"] == point), key=lambda r: r["seed"])
         if not recs:
@@ -163,7 +197,7 @@ def summarize(records: list[dict], order: list[str]) -> list[dict]:
             for m in r["models"]:
                 by_arm.setdefault(m["arm"], {})[r["seed"]] = m
         base = by_arm.get("baseline", {})
-        for arm in ALL_ARMS:
+        for arm in arms:
             if arm not in by_arm:
                 continue
             seeds = sorted(set(by_arm[arm]) & set(base))
@@ -184,6 +218,10 @@ def summarize(records: list[dict], order: list[str]) -> list[dict]:
                                                     [base[s]["clean_accuracy"] for s in seeds])
                 row.update(gain=d, gain_se_seeds=se, gain_se_points=float(np.mean(point_se)) / np.sqrt(len(seeds)),
                            clean_gain=dc, clean_gain_se=sec)
+                found = next((m["diagnostics"] for m in ms if "diagnostics" in m), None) or (diagnostics or {}).get(
+                    (row["settings"]["data.train_size"], arm.partition("@")[0]))
+                if found is not None:
+                    row["diagnostics"] = found
             rows.append(row)
     return rows
 
@@ -192,12 +230,21 @@ def _pts(x: float) -> str:
     return f"{100 * x:+.1f}"
 
 
+def _diag_cells(row: dict) -> list[str]:
+    d = row.get("diagnostics")
+    if d is None:
+        return [""] * 4
+    agree = d.get("label_agreement")
+    return [f"{100 * d['near_copy_share']:.0f}%", f"{d['novelty']:.2f}", "" if agree is None else f"{100 * agree:.0f}%",
+            f"{100 * d['complementarity']['kept']:.0f}%" if "complementarity" in d else ""]
+
+
 def write_regime_map(records: list[dict], prefix: Path, *, order: list[str], centre: dict, command: str,
-                     missing: list[str] = ()) -> None:
+                     missing: list[str] = (), diagnostics: dict | None = None) -> None:
     from robustgen.io import save_figure, write_json
     from robustgen.report.plots import _figure
 
-    rows = summarize(records, order)
+    rows = summarize(records, order, diagnostics)
     attack = next((r["attack"] for r in rows), "?")
     lines = [f"# Regime map: when does extra data improve robust accuracy? (digits, {attack} on the 540 test images)", "",
              "Centre point: " + ", ".join(f"`{k}={v}`" for k, v in centre.items()) + " (469 TRADES steps of batch 128, "
@@ -205,22 +252,27 @@ def write_regime_map(records: list[dict], prefix: Path, *, order: list[str], cen
              "trained with the same seed and steps: mean over seeds ± the standard error of the seed-paired "
              "differences (SE seeds); SE points is the per-test-point (McNemar-style) standard error of one "
              "seed's paired difference, divided by sqrt(seeds). Gap = robust accuracy on the model's own real "
-             "training images minus on the test images (same attack).", "",
-             "| point | steps | arm | seeds | clean | robust | gain vs baseline (± SE seeds) | SE points | robust on train | gap |",
-             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
+             "training images minus on the test images (same attack). Data diagnostics (docs/generator_study.md; "
+             "against the kept real images and the validation split, never the test split): near copies of the "
+             "kept images, novelty (1: as far from the kept images as fresh real digits), f_NR's agreement "
+             "with the conditioning class (for the oracle: f_NR's accuracy), and the share of samples whose "
+             "nearest neighbour is a kept image in Alg. 1 (an ideal generator: 33%).", "",
+             "| point | steps | arm | seeds | clean | robust | gain vs baseline (± SE seeds) | SE points | robust on train "
+             "| gap | near copies | novelty | f_NR = class | Alg. 1 kept |",
+             "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         gain = "" if r["arm"] == "baseline" else (f"{_pts(r['gain'])} ± {100 * r['gain_se_seeds']:.1f}"
                                                   if len(r["seeds"]) > 1 else f"{_pts(r['gain'])} (one seed)")
         se_pts = "" if r["arm"] == "baseline" else f"{100 * r['gain_se_points']:.1f}"
-        lines.append(f"| {r['point']} | {r['steps']} | {ARM_LABEL[r['arm']]} | {len(r['seeds'])} | {100 * r['clean']:.1f} | "
+        lines.append(f"| {r['point']} | {r['steps']} | {arm_label(r['arm'])} | {len(r['seeds'])} | {100 * r['clean']:.1f} | "
                      f"{100 * r['robust']:.1f} | {gain} | {se_pts} | {100 * r['train_robust']:.1f} | "
-                     f"{100 * r['gap']:.1f} |")
+                     f"{100 * r['gap']:.1f} | " + " | ".join(_diag_cells(r)) + " |")
     total = sum(r.get("wall_time_s", 0) for r in records)
     lines += ["", f"{len(records)} (point, seed) jobs, {total / 60:.0f} job-minutes in all (one thread each, on a shared "
               f"machine). Reproduce: `{command}`."]
     if missing:
         lines += ["", "Jobs of the grid not finished yet (not in the table): " + ", ".join(f"`{m}`" for m in missing) + "."]
-    lines += ["", f"![regime map]({prefix.name}.png)", ""]
+    lines += ["", f"![regime map]({prefix.name}.png)", "", f"![gain against the data diagnostics]({prefix.name}_diagnostics.png)", ""]
     prefix.parent.mkdir(parents=True, exist_ok=True)
     Path(f"{prefix}.md").write_text("\n".join(lines))
     write_json(Path(f"{prefix}.json"), {"rows": rows, "records": records, "centre": centre})
@@ -228,34 +280,62 @@ def write_regime_map(records: list[dict], prefix: Path, *, order: list[str], cen
     points = [p for p in order if any(r["point"] == p for r in rows)]
     fig = _figure(12, 4.2)
     ax = fig.add_subplot(1, 2, 1)
-    arms = [a for a in ALL_ARMS if a != "baseline"]
+    arms = [a for a in arm_order(records) if a != "baseline"]
     for k, arm in enumerate(arms):
         xs, ys, es = [], [], []
         for i, p in enumerate(points):
             r = next((r for r in rows if r["point"] == p and r["arm"] == arm), None)
             if r is not None:
-                xs.append(i + (k - 1) * 0.15)
+                xs.append(i + (k - (len(arms) - 1) / 2) * 0.8 / max(len(arms), 1))
                 ys.append(100 * r["gain"])
                 # one seed: the per-test-point standard error
                 es.append(200 * (r["gain_se_seeds"] if len(r["seeds"]) > 1 else r["gain_se_points"]))
         if xs:
-            ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=4, color=ARM_COLOR[arm], label=ARM_LABEL[arm])
+            ax.errorbar(xs, ys, yerr=es, fmt="o", capsize=4, color=arm_color(arm), label=arm_label(arm))
     ax.axhline(0, color="gray", lw=1)
     ax.set_xticks(range(len(points)), points, rotation=20)
     ax.set_ylabel("robust accuracy gain vs baseline (points, ± 2 SE;\n seeds' SE, or the test points' for one seed)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     ax = fig.add_subplot(1, 2, 2)
     for arm in ("baseline", *arms):
         vals = [(i, 100 * r["gap"]) for i, p in enumerate(points) for r in rows if r["point"] == p and r["arm"] == arm]
         if vals:
-            ax.plot(*zip(*vals), marker="o", color=ARM_COLOR[arm], label=ARM_LABEL[arm])
+            ax.plot(*zip(*vals), marker="o", color=arm_color(arm), label=arm_label(arm))
     ax.set_xticks(range(len(points)), points, rotation=20)
     ax.set_ylabel("robust generalisation gap (train - test, points)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     fig.suptitle(f"digits regime map ({attack}); mean over seeds")
     save_figure(fig, f"{prefix}.png", dpi=100, bbox_inches="tight")
+    plot_gain_vs_diagnostics(rows, Path(f"{prefix}_diagnostics.png"))
+
+
+def plot_gain_vs_diagnostics(rows: list[dict], path: Path) -> None:
+    """Does a data diagnostic predict the gain? Gain (± 2 SE) against near copies, Alg. 1's kept
+    share and novelty, one marker per (point, arm) with diagnostics."""
+    from robustgen.io import save_figure
+    from robustgen.report.plots import _figure
+
+    rows = [r for r in rows if "diagnostics" in r and "complementarity" in r["diagnostics"]]
+    fig = _figure(13, 4)
+    for k, (title, value) in enumerate((("near copies of the kept images (%)", lambda d: 100 * d["near_copy_share"]),
+                                        ("Alg. 1: nearest neighbour a kept image (%)",
+                                         lambda d: 100 * d["complementarity"]["kept"]),
+                                        ("novelty (1 = fresh real data)", lambda d: d["novelty"]))):
+        ax = fig.add_subplot(1, 3, k + 1)
+        for r in rows:
+            se = r["gain_se_seeds"] if len(r["seeds"]) > 1 else r["gain_se_points"]
+            ax.errorbar(value(r["diagnostics"]), 100 * r["gain"], yerr=200 * se, fmt="o", capsize=3,
+                        color=arm_color(r["arm"]))
+            ax.annotate(f"{r['point']}\n{r['arm']}", (value(r["diagnostics"]), 100 * r["gain"]), fontsize=6,
+                        xytext=(3, 3), textcoords="offset points")
+        ax.axhline(0, color="gray", lw=1)
+        ax.set_xlabel(title)
+        ax.set_ylabel("robust accuracy gain vs baseline (points, ± 2 SE)")
+        ax.grid(alpha=0.3)
+    fig.suptitle("digits: gain of each extra-data arm against its data diagnostics (kept / validation images only)")
+    save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 
 def job_name(point: str, arms, seed: int) -> str:
@@ -296,6 +376,7 @@ def main(argv=None) -> int:
         done = {p.stem for p in (args.out / "jobs").glob("*.json")}
         missing = [job_name(*job) for jobs in WORKER_JOBS for job in jobs if job_name(*job) not in done]
         write_regime_map(records, args.report, order=order, centre=CENTRE, missing=missing,
+                         diagnostics=load_diagnostics(args.out / "study"),
                          command="python benchmarks/regime_map.py --worker 0/2 & "
                                  "python benchmarks/regime_map.py --worker 1/2; "
                                  f"python benchmarks/regime_map.py --report {args.report}")

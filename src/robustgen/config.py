@@ -129,6 +129,12 @@ class LabelConfig:
     # App. D class balance: keep exactly this many of every class, the most confident (1M = 100K per
     # CIFAR-10 class); generator.num_samples must oversample so every class has that many. Excludes the three above.
     per_class: Optional[int] = None
+    # filters applied before the rules above (issue 23): keep only samples whose f_NR label is the class
+    # they were generated for (argmax mode, class-conditional generators) ...
+    agree_with_condition: bool = False
+    # ... and drop near copies of the kept real images (metrics.diagnostics: closer to one than a third
+    # of the validation images' median distance to them)
+    drop_near_copies: bool = False
     batch_size: int = 1024  # images per classifier call
     precision: str = "fp32"  # fp32 or bf16 (autocast of f_NR on CUDA; recorded in the labeller id)
     channels_last: bool = False  # NHWC layout of f_NR and its inputs
@@ -198,6 +204,7 @@ class ArmConfig:
 
     generator: str  # a registered generator; heldout: the real images withheld by data.train_size (the perfect-generator reference)
     alpha: Optional[float] = None  # its fraction of real images per batch (null: train.alpha)
+    label: Optional[LabelConfig] = None  # its own label settings (the defaults plus the keys given); null: label.*
 
 
 @dataclass(frozen=True)
@@ -442,16 +449,10 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _check(cfg.generator.num_samples >= 0, source, "generator.num_samples must be >= 0")
     _check(cfg.generator.pca_components > 0, source, "generator.pca_components must be > 0")
     _validate_ddpm(cfg.generator.ddpm, source)
-    _check(cfg.label.top_k_per_class is None or cfg.label.top_k_per_class > 0, source,
-           "label.top_k_per_class must be > 0 or null")
-    lab = cfg.label
-    _check(lab.per_class is None or lab.per_class > 0, source, "label.per_class must be > 0 or null")
-    _check(lab.per_class is None or (lab.top_k_per_class is None and lab.top_fraction_per_class is None
-                                     and not lab.balanced), source,
-           "label.per_class excludes label.top_k_per_class, label.top_fraction_per_class and label.balanced")
-    _check(cfg.label.mode in ("argmax", "condition"), source, f"label.mode must be argmax or condition, got {cfg.label.mode!r}")
-    f = cfg.label.top_fraction_per_class
-    _check(f is None or 0 < f <= 1, source, f"label.top_fraction_per_class must be in (0, 1] or null, got {f}")
+    _validate_label(cfg.label, "label", source)
+    for i, arm in enumerate(cfg.arms):
+        if arm.label is not None:
+            _validate_label(arm.label, f"arms[{i}].label", source)
     _check(cfg.eval.n is None or cfg.eval.n > 0, source, "eval.n must be > 0 or null")
     _check(cfg.data.dataset.startswith(("npz:", "folder:")) or cfg.data.dataset in _dataset_names(), source,
            f"data.dataset: unknown dataset {cfg.data.dataset!r} (known: {', '.join(_dataset_names())}, npz:PATH, folder:PATH)")
@@ -472,6 +473,19 @@ def validate(cfg: RunConfig, *, source: str) -> None:
         _check(0.0 <= arm_alpha < 1.0, source, f"arms[{i}]: its alpha (arms[{i}].alpha, else train.alpha) must be in "
                                                f"[0, 1), got {arm_alpha:g}")
     _check(not (cfg.arms and cfg.data.sources), source, "arms and data.sources cannot be combined")
+
+
+def _validate_label(lab: LabelConfig, key: str, source: str) -> None:
+    _check(lab.top_k_per_class is None or lab.top_k_per_class > 0, source, f"{key}.top_k_per_class must be > 0 or null")
+    _check(lab.per_class is None or lab.per_class > 0, source, f"{key}.per_class must be > 0 or null")
+    _check(lab.per_class is None or (lab.top_k_per_class is None and lab.top_fraction_per_class is None
+                                     and not lab.balanced), source,
+           f"{key}.per_class excludes {key}.top_k_per_class, {key}.top_fraction_per_class and {key}.balanced")
+    _check(lab.mode in ("argmax", "condition"), source, f"{key}.mode must be argmax or condition, got {lab.mode!r}")
+    f = lab.top_fraction_per_class
+    _check(f is None or 0 < f <= 1, source, f"{key}.top_fraction_per_class must be in (0, 1] or null, got {f}")
+    _check(not (lab.agree_with_condition and lab.mode != "argmax"), source,
+           f"{key}.agree_with_condition compares f_NR's argmax with the conditioning class: it needs {key}.mode argmax")
 
 
 def _validate_ddpm(d: DDPMConfig, source: str) -> None:

@@ -12,6 +12,7 @@ interrupted stage resumes from its own checkpoint. The stages' typed results
 from __future__ import annotations
 
 import contextlib
+from dataclasses import asdict
 import sys
 import time
 from pathlib import Path
@@ -121,29 +122,39 @@ def model_variants(cfg: RunConfig) -> list[tuple[str, RunConfig]]:
     else:
         main_name = "baseline" if is_baseline(cfg.train.alpha) else f"{cfg.generator.name}-alpha{cfg.train.alpha:g}"
     variants = [(main_name, replace(cfg, arms=[]))]
-    for arm in cfg.arms:  # the same run with another generator's data (and its own alpha)
+    for arm in cfg.arms:  # the same run with another generator's data (its own alpha and label settings)
         alpha = cfg.train.alpha if arm.alpha is None else arm.alpha
-        variants.append((f"{arm.generator}-alpha{alpha:g}",
-                         replace(cfg, **{"generator.name": arm.generator, "train.alpha": alpha, "arms": []})))
+        variant = replace(cfg, **{"generator.name": arm.generator, "train.alpha": alpha, "arms": [],
+                                  **({} if arm.label is None else {"label": asdict(arm.label)})})
+        variants.append((f"{data_name(variant, cfg)}-alpha{alpha:g}", variant))
     if cfg.baseline and main_name != "baseline":
         variants.insert(0, ("baseline", replace(cfg, **{"train.alpha": 1.0, "data.sources": [], "arms": []})))
     return variants
 
 
+def data_name(variant: RunConfig, cfg: RunConfig) -> str:
+    """The name of a variant's generated data: its generator, plus the label settings in which
+    the variant differs from the run's (an arm's own ``label``), e.g. ``ddpm[agree_with_condition=True]``."""
+    changed = [f"{k}={v}" for k, v in asdict(variant.label).items() if getattr(cfg.label, k) != v]
+    return variant.generator.name + (f"[{','.join(changed)}]" if changed else "")
+
+
 def plan(cfg: RunConfig) -> dict:
     """What ``run`` would do, without loading data or computing anything."""
     stages = []
-    generators = list(dict.fromkeys(v.generator.name for _, v in model_variants(cfg)
-                                       if adversarial.needs_generated(v)))
-    if generators and not label.labels_are_conditions(cfg):
+    data = {data_name(v, cfg): v for _, v in model_variants(cfg) if adversarial.needs_generated(v)}
+    if any(not label.labels_are_conditions(v) for v in data.values()):
         stages.append({"stage": "classifier", "arch": cfg.classifier.arch, "epochs": cfg.classifier.epochs,
                        "checkpoint": cfg.classifier.checkpoint})
-    for name in generators:
-        stages.append({"stage": "generate", "generator": name, "num_samples": cfg.generator.num_samples})
-        stages.append({"stage": "label", "mode": cfg.label.mode, "top_k_per_class": cfg.label.top_k_per_class,
-                       "top_fraction_per_class": cfg.label.top_fraction_per_class, "balanced": cfg.label.balanced,
-                       "per_class": cfg.label.per_class,
-                       **({"classifier": "none (labels = conditioning classes)"} if label.labels_are_conditions(cfg) else {})})
+    for v in dict((v.generator.name, v) for v in data.values()).values():
+        stages.append({"stage": "generate", "generator": v.generator.name, "num_samples": cfg.generator.num_samples})
+    for name, v in data.items():
+        lab = v.label
+        stages.append({"stage": f"label[{name}]", "mode": lab.mode, "top_k_per_class": lab.top_k_per_class,
+                       "top_fraction_per_class": lab.top_fraction_per_class, "balanced": lab.balanced,
+                       "per_class": lab.per_class, "agree_with_condition": lab.agree_with_condition,
+                       "drop_near_copies": lab.drop_near_copies,
+                       **({"classifier": "none (labels = conditioning classes)"} if label.labels_are_conditions(v) else {})})
     for name, v in model_variants(cfg):
         t = v.train
         epoch = t.epoch_size or "train split size"
@@ -193,7 +204,7 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
     labelled, diagnostics = _generated_data(cfg, variants, splits, out, data_fp, device, ctx, progress)
     models = []
     for name, variant in variants:
-        label_fp, generated, _ = labelled.get(variant.generator.name, (None, None, None))
+        label_fp, generated, _ = labelled.get(data_name(variant, cfg), (None, None, None))
         models.append(_robust_model(name, variant, splits, out, data_fp, label_fp, generated, device, ctx, progress))
     results = RunResults(
         version=__version__, dataset=cfg.data.dataset, device=str(device),
@@ -232,40 +243,42 @@ def _classifier(cfg: RunConfig, splits: Splits, out: Path, data_fp: str, device,
 
 def _generated_data(cfg: RunConfig, variants: list[tuple[str, RunConfig]], splits: Splits, out: Path, data_fp: str,
                     device, ctx: DistContext, progress: bool):
-    """The classifier, generate, label and diagnose stages of every generator a variant trains on:
-    ({generator: (the labelled data's fingerprint, the store training reads, the label summary)},
-    {generator: its diagnostics against the kept and validation images})."""
+    """The classifier, generate, label and diagnose stages of every generated data set a variant
+    trains on (``data_name``: a generator, with an arm's own label settings):
+    ({data name: (the labelled data's fingerprint, the store training reads, the label summary)},
+    {data name: its diagnostics against the kept and validation images})."""
     labelled: dict[str, tuple[str, Path, dict | None]] = {}
     diagnostics: dict[str, dict] = {}
     if not any(adversarial.needs_generated(v) for _, v in variants):
         return labelled, diagnostics
-    conditions = label.labels_are_conditions(cfg)  # no f_NR: the labels are the conditioning classes
-    classifier_fp, classifier_path = (None, None) if conditions else \
+    classifier_fp, classifier_path = (None, None) if all(
+        label.labels_are_conditions(v) for _, v in variants if adversarial.needs_generated(v)) else \
         _classifier(cfg, splits, out, data_fp, device, ctx, progress)
     for _, variant in variants:
-        if not adversarial.needs_generated(variant) or variant.generator.name in labelled:
+        name = data_name(variant, cfg)
+        if not adversarial.needs_generated(variant) or name in labelled:
             continue
-        name = variant.generator.name
         generate_fp = generate.fingerprint(variant, data_fp)
-        gen_stage = Stage(out, "generate", generate_fp)
+        gen_stage = Stage(out, "generate", generate_fp)  # shared by the data sets of one generator
         gen_stage.run(lambda d: generate.run(variant, generate.fit_data(variant, splits), d / "store", device=device,
                                              progress=progress, ctx=ctx), {"data": data_fp}, ctx=ctx, all_ranks=True)
-        if conditions:  # the generated store's labels are its conditioning classes
+        if label.labels_are_conditions(variant):  # the generated store's labels are its conditioning classes
             labelled[name] = (label.conditions_fingerprint(generate_fp), gen_stage.dir / "store", None)
+            fnr_fp, fnr_path = None, None
         else:
-            label_fp = label.fingerprint(cfg, generate_fp, classifier_fp)
+            fnr_fp, fnr_path = classifier_fp, classifier_path
+            label_fp = label.fingerprint(variant, generate_fp, classifier_fp)
             label_stage = Stage(out, "label", label_fp)
             label_result = label_stage.run(
-                lambda d: label.run(classifier_path, gen_stage.dir / "store", d / "store", settings=cfg.label,
-                                    device=device, progress=progress, ctx=ctx),
+                lambda d: label.run(classifier_path, gen_stage.dir / "store", d / "store", settings=variant.label,
+                                    device=device, progress=progress, ctx=ctx, real=splits),
                 {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx, all_ranks=True)
             labelled[name] = (label_fp, label_stage.dir / "store", label_result)  # the store training reads
         labelled_fp, store, _ = labelled[name]
         if len(splits.val) >= 2:  # the diagnostics' scale comes from the validation images
-            diagnosis = Stage(out, "diagnose", diagnose.fingerprint(labelled_fp, data_fp, classifier_fp)).run(
-                lambda d: diagnose.run(store, splits, classifier_path, device=device),
+            diagnostics[name] = Stage(out, "diagnose", diagnose.fingerprint(labelled_fp, data_fp, fnr_fp)).run(
+                lambda d: diagnose.run(store, splits, fnr_path, device=device),
                 {"labelled": labelled_fp, "data": data_fp}, ctx=ctx)
-            diagnostics[name] = diagnosis
     return labelled, diagnostics
 
 

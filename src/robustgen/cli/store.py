@@ -62,6 +62,8 @@ def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, 
               help="keep exactly N most confident images of every class (paper App. D); needs >= N of each")
 @click.option("--condition-top-fraction", type=float, default=None,
               help="label = the generator's class; keep this fraction per class by the classifier's confidence in it")
+@click.option("--agree-with-condition", is_flag=True,
+              help="keep only images whose label is the class they were generated for (then the rules above)")
 @click.option("--arch", default=None, help="architecture of a plain (non-robustgen) state dict, e.g. resnet-18-kuangliu")
 @click.option("--batch-size", type=int, default=LabelConfig.batch_size, show_default=True)
 @click.option("--device", default="auto", show_default=True)
@@ -69,8 +71,8 @@ def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, 
 @click.option("--channels-last", is_flag=True, help="NHWC layout of the classifier and its inputs")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the classifier")
 @click.option("--quiet", is_flag=True)
-def store_label(store_dir, checkpoint, out, top_k, balanced, per_class, condition_top_fraction, arch, batch_size,
-                device, bf16, channels_last, compile_model, quiet):
+def store_label(store_dir, checkpoint, out, top_k, balanced, per_class, condition_top_fraction, agree_with_condition,
+                arch, batch_size, device, bf16, channels_last, compile_model, quiet):
     """Pseudo-label a store shard by shard (resumes), then select rows per class. Under torchrun
     the processes share every shard's rows (the same labels as one process)."""
     from robustgen.stages import label as stage, resolve_device
@@ -78,9 +80,13 @@ def store_label(store_dir, checkpoint, out, top_k, balanced, per_class, conditio
 
     if top_k is not None and top_k <= 0:
         raise RobustgenError(f"--top-k must be > 0, got {top_k}")
+    if agree_with_condition and condition_top_fraction is not None:
+        raise RobustgenError("--agree-with-condition compares f_NR's label with the generator's class: it excludes "
+                             "--condition-top-fraction (label = the generator's class)")
     settings = LabelConfig(mode="condition" if condition_top_fraction is not None else "argmax",
                            top_k_per_class=top_k, top_fraction_per_class=condition_top_fraction, balanced=balanced,
-                           per_class=per_class, batch_size=batch_size, precision="bf16" if bf16 else "fp32",
+                           per_class=per_class, agree_with_condition=agree_with_condition, batch_size=batch_size,
+                           precision="bf16" if bf16 else "fp32",
                            channels_last=channels_last, compile=compile_model)
     ctx, dev = context_from_env(resolve_device(device))
     result = stage.run(checkpoint, store_dir, out or store_dir, settings=settings, device=dev, arch=arch,

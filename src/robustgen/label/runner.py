@@ -149,13 +149,17 @@ def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "arg
 
 
 def select_store(store_dir, *, top_k: int | None = None, top_fraction: float | None = None,
-                 balanced: bool = False, per_class: int | None = None) -> dict:
+                 balanced: bool = False, per_class: int | None = None, eligible: np.ndarray | None = None,
+                 filters: dict | None = None) -> dict:
     """Write the store's selection by class and confidence (or clear it when no rule is given).
-    The result has the counts per class before (``counts_before``) and after the selection."""
+    ``eligible``: a bool mask over the store's rows (the filters', ``filters`` naming them with the
+    rows each dropped); the rules then choose among those rows. The result has the counts per
+    class before the filters and rules (``counts_before``) and after them."""
     store = Store(store_dir, use_selection=False)
-    rule = {"top_k": top_k, "top_fraction": top_fraction, "balanced": bool(balanced), "per_class": per_class}
+    rule = {"top_k": top_k, "top_fraction": top_fraction, "balanced": bool(balanced), "per_class": per_class,
+            **({"filters": filters} if filters else {})}
     with StoreWriter.open(store_dir) as writer:
-        if top_k is None and top_fraction is None and not balanced and per_class is None:
+        if top_k is None and top_fraction is None and not balanced and per_class is None and eligible is None:
             writer._clear_selection()
             writer.save()
             return {"selected": store.total, "of": store.total, "rule": None,
@@ -163,12 +167,14 @@ def select_store(store_dir, *, top_k: int | None = None, top_fraction: float | N
         if store.confidences_all is None:
             raise RobustgenError(f"{store_dir}: selection needs confidences; label the store first")
         counts = np.bincount(store.labels_all, minlength=store.num_classes)
+        rows = np.arange(store.total) if eligible is None else np.flatnonzero(eligible)
+        labels, confidences = store.labels_all[rows], store.confidences_all[rows]
         try:
-            keep = keep_counts(counts, top_k=top_k, top_fraction=top_fraction, balanced=balanced,
-                               per_class=per_class)
+            keep = keep_counts(np.bincount(labels, minlength=store.num_classes), top_k=top_k,
+                               top_fraction=top_fraction, balanced=balanced, per_class=per_class)
         except RobustgenError as e:
             raise RobustgenError(f"{store_dir}: {e}") from None
-        idx = select_per_class(store.labels_all, store.confidences_all, keep)
+        idx = rows[select_per_class(labels, confidences, keep)]
         kept = np.bincount(store.labels_all[idx], minlength=store.num_classes).tolist()
         writer.write_selection(idx, {"rule": rule, "counts_per_class": kept,
                                      "mean_confidence": float(store.confidences_all[idx].mean()) if idx.size else 0.0})

@@ -35,7 +35,7 @@ from robustgen.metrics.complementarity import balanced_sample, complementarity_c
 from robustgen.metrics.features import FeatureExtractor, extract_features
 from robustgen.metrics.fid import fid_from_features, kernel_inception_distance
 
-__all__ = ["COPY_RATIO", "HISTOGRAM_EDGES", "nearest_distances", "copy_statistics", "label_statistics",
+__all__ = ["COPY_RATIO", "HISTOGRAM_EDGES", "nearest_distances", "near_copy_rows", "copy_statistics", "label_statistics",
            "diagnose", "format_diagnostics"]
 
 COPY_RATIO = 1 / 3  # a near copy: closer to a kept image than a third of a fresh real image's distance
@@ -56,6 +56,16 @@ def nearest_distances(queries: np.ndarray, refs: np.ndarray, *, exclude_self: bo
         raise RobustgenError(f"nearest distances: images of {q.shape[1]} and {r.shape[1]} values")
     d2, _ = nearest_neighbors(q, r, exclude_self=exclude_self)
     return (d2 / q.shape[1]).sqrt().numpy()
+
+
+def near_copy_rows(images, kept_images: np.ndarray, val_images: np.ndarray, *, copy_ratio: float = COPY_RATIO,
+                   chunk: int = 8192) -> np.ndarray:
+    """Bool mask: which rows of ``images`` (an array or a Store) are near copies of a kept image,
+    by the threshold ``copy_statistics`` reports; read ``chunk`` rows at a time."""
+    threshold = copy_ratio * float(np.median(nearest_distances(val_images, kept_images)))
+    n = len(images)
+    return np.concatenate([nearest_distances(_gather(images, np.arange(lo, min(lo + chunk, n))), kept_images) < threshold
+                           for lo in range(0, n, chunk)]) if n else np.zeros(0, bool)
 
 
 def copy_statistics(generated_d: np.ndarray, val_d: np.ndarray, *, copy_ratio: float = COPY_RATIO) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -24,12 +25,13 @@ from robustgen.data.store_format import file_sha256, read_manifest
 from robustgen.data.store_link import link_store
 from robustgen.errors import RobustgenError
 from robustgen.label.runner import label_store, select_store
+from robustgen.metrics.diagnostics import near_copy_rows
 from robustgen.models.inference import InferenceOptions, prepare_for_inference
 from robustgen.stages.common import hash_parts
 from robustgen.train.distributed import DistContext, on_main
 
-__all__ = ["conditions_fingerprint", "fingerprint", "inference_options", "labels_are_conditions", "load_labeller",
-           "run"]
+__all__ = ["conditions_fingerprint", "filter_rows", "fingerprint", "inference_options", "labels_are_conditions",
+           "load_labeller", "run"]
 
 
 def fingerprint(cfg: RunConfig, generate_fp: str, classifier_fp: str) -> str:
@@ -41,7 +43,7 @@ def labels_are_conditions(cfg: RunConfig) -> bool:
     footnote 12: the class-conditional TinyImageNet generator needs no pseudo-labelling)."""
     lab = cfg.label
     return lab.mode == "condition" and not (lab.top_k_per_class or lab.top_fraction_per_class or lab.balanced
-                                             or lab.per_class)
+                                             or lab.per_class or lab.drop_near_copies)
 
 
 def conditions_fingerprint(generate_fp: str) -> str:
@@ -73,11 +75,37 @@ def inference_options(settings: LabelConfig) -> InferenceOptions:
                             compile=settings.compile)
 
 
+def filter_rows(store_dir: Path, settings: LabelConfig, real=None) -> tuple[np.ndarray | None, dict]:
+    """The rows of a labelled store that ``label.agree_with_condition`` / ``label.drop_near_copies``
+    keep (None: no filter) and how many each filter drops. ``real``: the splits whose kept train
+    images and validation images define near copies (``metrics.diagnostics``)."""
+    if not (settings.agree_with_condition or settings.drop_near_copies):
+        return None, {}
+    store = Store(store_dir, use_selection=False)
+    keep, dropped = np.ones(store.total, bool), {}
+    if settings.agree_with_condition:
+        if store.conditions_all is None:
+            raise RobustgenError(f"{store_dir}: label.agree_with_condition needs conditioning classes "
+                                 "(a class-conditional generator)")
+        agree = store.labels_all == store.conditions_all
+        dropped["disagree_with_condition"] = int((~agree).sum())
+        keep &= agree
+    if settings.drop_near_copies:
+        if real is None or len(real.val) < 2:
+            raise RobustgenError(f"{store_dir}: label.drop_near_copies needs the kept real images and a validation "
+                                 "split (data.val_size >= 2)")
+        copy = near_copy_rows(store, real.train.images, real.val.images)
+        dropped["near_copies"] = int(copy.sum())
+        keep &= ~copy
+    return keep, dropped
+
+
 def run(classifier_path: Path, generated_store: Path, store_dir: Path, *, settings: LabelConfig,
         device: torch.device, arch: str | None = None, progress: bool = True,
-        ctx: DistContext = DistContext()) -> dict | None:
-    """Label ``generated_store`` into ``store_dir`` (the same folder: in place) and select per class.
-    Under torchrun (``ctx``) the ranks share every shard's rows; rank 0 returns the summary."""
+        ctx: DistContext = DistContext(), real=None) -> dict | None:
+    """Label ``generated_store`` into ``store_dir`` (the same folder: in place), filter and select
+    per class (``real``: the splits ``label.drop_near_copies`` compares with). Under torchrun
+    (``ctx``) the ranks share every shard's rows; rank 0 returns the summary."""
     on_main(ctx, lambda: link_store(generated_store, store_dir))
     options = inference_options(settings)
     model = prepare_for_inference(load_labeller(classifier_path, generated_store, device=device, arch=arch), options)
@@ -86,8 +114,10 @@ def run(classifier_path: Path, generated_store: Path, store_dir: Path, *, settin
                            options=options, ctx=ctx)
     if not ctx.is_main:
         return None
+    eligible, dropped = filter_rows(store_dir, settings, real)
     selected = select_store(store_dir, top_k=settings.top_k_per_class, top_fraction=settings.top_fraction_per_class,
-                            balanced=settings.balanced, per_class=settings.per_class)
+                            balanced=settings.balanced, per_class=settings.per_class, eligible=eligible,
+                            filters=dropped)
     store = Store(store_dir)
     summary = {"mode": settings.mode, "num_generated": int(selected["of"]), "num_labeled": len(store),
                "mean_confidence": float(store.confidences.mean()) if len(store) else 0.0,
@@ -96,4 +126,6 @@ def run(classifier_path: Path, generated_store: Path, store_dir: Path, *, settin
                "images_per_s": labelled["images_per_s"]}
     if "agreement_with_condition" in labelled:
         summary["agreement_with_condition"] = labelled["agreement_with_condition"]
+    if dropped:
+        summary["dropped"] = dropped
     return summary
