@@ -328,3 +328,47 @@ def test_named_sampler_settings_and_speed_options_travel_with_the_fit(tiny_fit, 
                     **{**TINY, "train_steps": 1, "sampler": "wang2023", "sample_batch_size": 0})
     assert (wang.sampler, wang.steps, wang.setting, wang.batch_size) == ("edm-heun", 20, "wang2023", 256)
     assert wang.info["batch_size_chosen_by_memory"] == 256
+
+
+# --------------------------------------------------------------------------- augmentation conditioning (issue 23)
+def test_shift_images_moves_pixels_and_index_0_is_the_identity():
+    from robustgen.generate.diffusion.train import num_shifts, shift_images
+
+    x = torch.arange(2 * 4 * 4, dtype=torch.float32).view(2, 1, 4, 4)
+    assert torch.equal(shift_images(x, torch.zeros(2, dtype=torch.long), 1), x)
+    # every index is a distinct (dy, dx) in [-1, 1]^2; index 3 = one pixel down, the top row replicated
+    down = shift_images(x, torch.tensor([3, 3]), 1)[0, 0]
+    assert torch.equal(down[1:], x[0, 0, :3]) and torch.equal(down[0], x[0, 0, 0])
+    outs = {tuple(shift_images(x[:1], torch.tensor([i]), 1).flatten().tolist()) for i in range(num_shifts(1))}
+    assert len(outs) == 9
+
+
+def test_augmented_training_is_deterministic_resumable_and_samples_unshifted(digits, tmp_path):
+    aug = {**TINY, "augment_shift": 1, "augment_p": 0.5}
+    full = fit_ddpm(*digits, num_classes=10, **aug)
+    # class x shift conditions in the embedding; sampling asks for the plain classes (shift index 0)
+    assert full.unet.config.num_class_embeds == 10 * 9 and full.num_classes == 10
+    fit_ddpm(*digits, num_classes=10, **aug, work_dir=tmp_path, stop_after=3)
+    resumed = fit_ddpm(*digits, num_classes=10, **aug, work_dir=tmp_path)
+    a, b = full.unet.state_dict(), resumed.unet.state_dict()
+    assert resumed.info["resumed_from"] == 2 and all(torch.equal(a[k], b[k]) for k in a)
+    images, cond = DDPMGenerator.sample(full, 12, seed=0)
+    assert images.shape == (12, 8, 8, 1) and cond.tolist() == [i % 10 for i in range(12)]
+    plain = fit_ddpm(*digits, num_classes=10, **TINY)
+    assert not all(torch.equal(plain.unet.state_dict()[k], a[k]) for k in a if k in plain.unet.state_dict()
+                   and plain.unet.state_dict()[k].shape == a[k].shape)
+    with pytest.raises(RobustgenError, match="class_conditional"):
+        fit_ddpm(*digits, num_classes=10, **{**aug, "class_conditional": False})
+
+
+def test_augmentation_options_enter_the_stage_key_only_when_set():
+    plain = load_config("digits_ddpm")
+    assert "augment_shift" not in generator_fit_kwargs(plain.generator)  # fits made before the option keep their key
+    assert "augment_p" not in generator_fit_kwargs(load_config("digits_ddpm", ["generator.ddpm.augment_p=0.9"]).generator)
+    kw = generator_fit_kwargs(load_config("digits_ddpm", ["generator.ddpm.augment_shift=1"]).generator)
+    assert kw["augment_shift"] == 1 and kw["augment_p"] == 0.5
+    for bad in ("generator.ddpm.augment_shift=-1", "generator.ddpm.augment_p=2"):
+        with pytest.raises(RobustgenError, match="augment"):
+            load_config("digits_ddpm", [bad])
+    with pytest.raises(RobustgenError, match="class_conditional: true"):
+        load_config("digits_ddpm", ["generator.ddpm.augment_shift=1", "generator.ddpm.class_conditional=false"])

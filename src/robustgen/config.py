@@ -96,6 +96,11 @@ class DDPMConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
     dropout: Optional[float] = None  # UNet dropout probability; null: the preset's (ho-cifar10 0.1, digits 0)
     flip: bool = False  # random horizontal flips of the training images (CIFAR: true; digits: false)
+    # non-leaking augmentation (Karras et al. 2022; class-conditional training): shift an image by up to
+    # this many pixels with probability augment_p, the shift given to the UNet as a condition; samples are
+    # drawn un-shifted. 0: none
+    augment_shift: int = 0
+    augment_p: float = 0.5
     train_seed: int = 0  # initial weights and every training draw
     checkpoint_every_steps: int = 500  # resumable training state, in steps
     sampler: str = "dpm-solver++"  # ddpm (ancestral), ddim, dpm-solver++, edm-heun, or a named setting:
@@ -507,6 +512,11 @@ def _validate_ddpm(d: DDPMConfig, source: str) -> None:
     _check(0.0 <= d.ema_decay < 1.0, source, f"generator.ddpm.ema_decay must be in [0, 1), got {d.ema_decay}")
     _check(d.dropout is None or 0.0 <= d.dropout < 1.0, source, "generator.ddpm.dropout must be in [0, 1) or null")
     _check(d.class_map in ("same", "by-name"), source, f"generator.ddpm.class_map must be same or by-name, got {d.class_map!r}")
+    _check(d.augment_shift >= 0 and 0.0 <= d.augment_p <= 1.0, source,
+           "generator.ddpm.augment_shift must be >= 0 and generator.ddpm.augment_p in [0, 1]")
+    _check(not d.augment_shift or (d.class_conditional and d.pretrained is None), source,
+           "generator.ddpm.augment_shift trains a class-conditional UNet here (class_conditional: true, no pretrained): "
+           "the shift reaches it through the class embedding")
 
 
 def is_baseline(alpha: float) -> bool:

@@ -78,8 +78,8 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
              grad_clip: float = 1.0, dropout: float | None = None, flip: bool = False, train_seed: int = 0,
              sampler: str = "dpm-solver++", sampling_steps: int = 20, sample_batch_size: int = 256,
              precision: str = "fp32", channels_last: bool = False, compile: bool = False,
-             checkpoint_every_steps: int = 500, class_map: str = "same",
-             class_names=None, device: str = "cpu", work_dir=None, progress: bool = False,
+             checkpoint_every_steps: int = 500, class_map: str = "same", augment_shift: int = 0,
+             augment_p: float = 0.5, class_names=None, device: str = "cpu", work_dir=None, progress: bool = False,
              stop_after: int | None = None) -> DDPMFit:
     """Train a DDPM on uint8 NHWC ``train_images`` (or load ``pretrained``); see the module doc."""
     from robustgen.generate.diffusion.train import DDPMTrainSettings, train_ddpm
@@ -124,16 +124,26 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
     labels = np.asarray(train_labels, dtype=np.int64) if class_conditional else None
     if labels is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise RobustgenError(f"labels must lie in [0, {num_classes})")
+    if augment_shift and not class_conditional:
+        raise RobustgenError("generator.ddpm.augment_shift needs class_conditional: true (the shift reaches the "
+                             "UNet through its class embedding)")
+    from robustgen.generate.diffusion.train import num_shifts
+
+    embeds = num_classes * (num_shifts(augment_shift) if augment_shift else 1)  # class x shift conditions
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(train_seed))
-        model = build_unet(unet, image_size=h, in_channels=c, num_classes=num_classes if class_conditional else None,
+        model = build_unet(unet, image_size=h, in_channels=c, num_classes=embeds if class_conditional else None,
                            dropout=dropout)
     sched = ho_scheduler_config()
+    augment = dict(augment_shift=int(augment_shift), augment_p=float(augment_p), num_classes=int(num_classes)) \
+        if augment_shift else {}
     settings = DDPMTrainSettings(steps=int(train_steps), batch_size=int(batch_size), lr=float(lr),
                                  warmup_steps=int(warmup_steps), ema_decay=float(ema_decay),
                                  grad_clip=float(grad_clip), flip=bool(flip), seed=int(train_seed),
-                                 bf16=precision == "bf16", checkpoint_every_steps=int(checkpoint_every_steps))
-    fp = _fingerprint(train_images, labels, {"unet": unet, "dropout": dropout, "settings": settings.__dict__,
+                                 bf16=precision == "bf16", checkpoint_every_steps=int(checkpoint_every_steps), **augment)
+    # the resume key of a fit without augmentation is the one it had before augmentation existed
+    keyed = {k: v for k, v in settings.__dict__.items() if augment or k not in ("augment_shift", "augment_p", "num_classes")}
+    fp = _fingerprint(train_images, labels, {"unet": unet, "dropout": dropout, "settings": keyed,
                                             "conditional": bool(class_conditional), "K": num_classes})
     summary = train_ddpm(model, train_images, labels, alphas_cumprod=alphas_cumprod(sched), settings=settings,
                          device=device, work_dir=work_dir, fingerprint=fp, progress=progress, stop_after=stop_after)
@@ -229,7 +239,10 @@ class DDPMGenerator:
     def fit_kwargs(generator_config) -> dict:
         from dataclasses import asdict
 
-        return asdict(generator_config.ddpm)
+        kwargs = asdict(generator_config.ddpm)
+        if not kwargs["augment_shift"]:  # the stage key of a fit without augmentation is the one it had before
+            del kwargs["augment_shift"], kwargs["augment_p"]
+        return kwargs
 
     @staticmethod
     def fit(train_images, train_labels, *, num_classes: int, **cfg) -> DDPMFit:

@@ -23,7 +23,7 @@ from robustgen import preempt
 from robustgen.checkpoint import resume_state, save_state
 from robustgen.errors import NonFiniteError, RobustgenError
 
-__all__ = ["DDPMTrainSettings", "ddpm_loss", "train_ddpm"]
+__all__ = ["DDPMTrainSettings", "ddpm_loss", "num_shifts", "shift_images", "train_ddpm"]
 
 STATE_FILE = "ddpm_train_state.pt"
 
@@ -40,6 +40,33 @@ class DDPMTrainSettings:
     seed: int
     bf16: bool = False  # autocast the UNet on CUDA
     checkpoint_every_steps: int = 500
+    # non-leaking augmentation (Karras et al. 2022): with probability augment_p an image is shifted by
+    # (dy, dx) in [-augment_shift, augment_shift]^2 (edges replicated) and the UNet is told the shift
+    # through its class embedding (class + num_classes * shift index; no shift = index 0), so that
+    # sampling with the plain class draws un-shifted images
+    augment_shift: int = 0
+    augment_p: float = 0.0
+    num_classes: int = 1  # classes of the labels (1: unconditional)
+
+
+def num_shifts(augment_shift: int) -> int:
+    """Conditions of the augmentation: every (dy, dx) in [-s, s]^2."""
+    return (2 * augment_shift + 1) ** 2
+
+
+def shift_images(x: torch.Tensor, shift_index: torch.Tensor, augment_shift: int) -> torch.Tensor:
+    """Shift each image of x [B, C, H, W] by the (dy, dx) of its ``shift_index`` (0: none; see
+    ``num_shifts``), replicating the edge pixels (pure)."""
+    s = augment_shift
+    side = 2 * s + 1
+    code = (shift_index + s * side + s) % num_shifts(s)  # index 0 is the centre code (dy, dx) = (0, 0)
+    dy, dx = code // side - s, code % side - s
+    padded = F.pad(x, (s, s, s, s), mode="replicate")
+    h, w = x.shape[-2:]
+    rows = (torch.arange(h, device=x.device)[None, :] + s - dy.to(x.device)[:, None])  # [B, H]
+    cols = (torch.arange(w, device=x.device)[None, :] + s - dx.to(x.device)[:, None])  # [B, W]
+    b = torch.arange(len(x), device=x.device)[:, None, None]
+    return padded.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
 
 
 def ddpm_loss(unet, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor,
@@ -63,7 +90,7 @@ def _lr(settings: DDPMTrainSettings, step: int) -> float:
 
 def _step_batch(settings: DDPMTrainSettings, step: int, data: torch.Tensor, num_timesteps: int):
     """Step ``step``'s batch, a pure function of (seed, step): (x0 on the device, timesteps, noise,
-    row indices). Also seeds torch's global generator for the step's dropout."""
+    row indices, shift indices or None). Also seeds torch's global generator for the step's dropout."""
     seed = _step_seed(settings.seed, step)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
@@ -74,7 +101,12 @@ def _step_batch(settings: DDPMTrainSettings, step: int, data: torch.Tensor, num_
     if settings.flip:
         flip = (torch.rand(settings.batch_size, generator=g) < 0.5).to(data.device)
         x0 = torch.where(flip.view(-1, 1, 1, 1), x0.flip(3), x0)
-    return x0, t, noise, idx
+    shift = None
+    if settings.augment_shift > 0:  # drawn after the others: runs without augmentation are unchanged
+        on = torch.rand(settings.batch_size, generator=g) < settings.augment_p
+        shift = torch.randint(num_shifts(settings.augment_shift), (settings.batch_size,), generator=g) * on
+        x0 = shift_images(x0, shift, settings.augment_shift)
+    return x0, t, noise, idx, shift
 
 
 def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cumprod: torch.Tensor,
@@ -134,12 +166,14 @@ def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cu
             tqdm(total=settings.steps, initial=start, desc="ddpm", disable=not progress, unit="step") as bar, \
             preempt.resumable():
         for step in range(start, end):
-            x0, t, noise, idx = _step_batch(settings, step, data, T)
+            x0, t, noise, idx, shift = _step_batch(settings, step, data, T)
             for group in opt.param_groups:
                 group["lr"] = _lr(settings, step)
+            condition = None if ys is None else ys[idx.to(device)]
+            if shift is not None:  # the augmentation's condition, through the class embedding
+                condition = condition + settings.num_classes * shift.to(device)
             with autocast:
-                loss = ddpm_loss(unet, x0, t.to(device), noise.to(device), abar,
-                                 None if ys is None else ys[idx.to(device)])
+                loss = ddpm_loss(unet, x0, t.to(device), noise.to(device), abar, condition)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip > 0:
