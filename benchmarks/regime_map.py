@@ -85,6 +85,17 @@ def arm_spec(arm: str) -> tuple[str, float, tuple]:
     generator, default_alpha, changes = ARMS[name]
     return generator, float(alpha) if alpha else default_alpha, changes
 
+# The generator study's adversarial jobs (docs/generator_study.md), as named lists run with
+# --jobs NAME; each list owns its run folders (--out), so two lists run side by side.
+CHOSEN = "ddpm-steps1000"  # phase A's choice by the pre-registered rule (docs/figures/generator_study.md)
+STUDY_JOBS = {
+    # phase B: the chosen variant at real-75 (eps 0.2), alpha 0.3 first, then 0.5 and 0.7
+    "b0": [("real-75", (CHOSEN,), 0), ("real-75", (CHOSEN,), 2), ("real-75", (f"{CHOSEN}@0.5",), 1),
+           ("real-75", (f"{CHOSEN}@0.7",), 0), ("real-75", (f"{CHOSEN}@0.7",), 2)],
+    "b1": [("real-75", (CHOSEN,), 1), ("real-75", (f"{CHOSEN}@0.5",), 0), ("real-75", (f"{CHOSEN}@0.5",), 2),
+           ("real-75", (f"{CHOSEN}@0.7",), 1)],
+}
+
 
 def point_config(changes: dict, arms, seed: int, attack: str, extra=()):
     from robustgen.config import load_config
@@ -359,6 +370,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/regime-map"))
     parser.add_argument("--worker", default="0/1", help="I/N: run the jobs of worker I of N")
+    parser.add_argument("--jobs", default=None, choices=sorted(STUDY_JOBS),
+                        help="run the generator study's job list NAME instead of a worker's")
     parser.add_argument("--attack", default="autoattack")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="KEY=VALUE applied to every point (smoke tests, e.g. train.epochs=1)")
@@ -374,7 +387,8 @@ def main(argv=None) -> int:
         records = [json.loads(p.read_text()) for p in sorted((args.out / "jobs").glob("*.json"))]
         order = list(POINTS)
         done = {p.stem for p in (args.out / "jobs").glob("*.json")}
-        missing = [job_name(*job) for jobs in WORKER_JOBS for job in jobs if job_name(*job) not in done]
+        missing = [job_name(*job) for jobs in (*WORKER_JOBS, *STUDY_JOBS.values()) for job in jobs
+                   if job_name(*job) not in done]
         write_regime_map(records, args.report, order=order, centre=CENTRE, missing=missing,
                          diagnostics=load_diagnostics(args.out / "study"),
                          command="python benchmarks/regime_map.py --worker 0/2 & "
@@ -386,9 +400,9 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     worker, workers = (int(v) for v in args.worker.split("/"))
-    if workers != len(WORKER_JOBS) or not 0 <= worker < workers:
+    if args.jobs is None and (workers != len(WORKER_JOBS) or not 0 <= worker < workers):
         raise SystemExit(f"--worker must be I/{len(WORKER_JOBS)} with I in 0..{len(WORKER_JOBS) - 1}")
-    for name, arms, seed in WORKER_JOBS[worker]:
+    for name, arms, seed in STUDY_JOBS[args.jobs] if args.jobs else WORKER_JOBS[worker]:
         if (args.out / "jobs" / f"{job_name(name, arms, seed)}.json").exists():
             continue
         t0 = time.perf_counter()
