@@ -25,6 +25,15 @@ are shared by the seeds of a point, so the standard errors measure training nois
 
 Jobs run in priority order and each writes OUT/jobs/<point>-seed<s>.json when done; a rerun
 skips finished jobs and resumes unfinished stages. --report tabulates whatever has finished.
+
+The generator study (docs/generator_study.md) adds DDPM variants as arms (ARMS, e.g.
+ddpm-steps1000; NAME@ALPHA for another alpha) in named job lists (--jobs b0 / b1: phase B;
+c0 / c1: phase C). A job without "baseline" pairs with the recorded baselines of its point and
+seed; --from-map docs/figures/regime_map.json makes a new --out start from the published jobs.
+One point, every arm and seed (e.g. the DDPM's gain at eps 0.1 with 150 real images):
+
+    python benchmarks/regime_map.py --out runs/regime-map --point eps-0.1
+    python benchmarks/regime_map.py --out runs/regime-map --report runs/eps-0.1-map
 """
 
 from __future__ import annotations
@@ -94,6 +103,9 @@ STUDY_JOBS = {
            ("real-75", (f"{CHOSEN}@0.7",), 0), ("real-75", (f"{CHOSEN}@0.7",), 2)],
     "b1": [("real-75", (CHOSEN,), 1), ("real-75", (f"{CHOSEN}@0.5",), 0), ("real-75", (f"{CHOSEN}@0.5",), 2),
            ("real-75", (f"{CHOSEN}@0.7",), 1)],
+    # phase C: the chosen variant at the other points where the oracle helps
+    "c0": [("eps-0.1", (CHOSEN,), 0), ("eps-0.1", (CHOSEN,), 1), ("eps-0.1", (CHOSEN,), 2)],
+    "c1": [("real-50", (CHOSEN,), 0), ("real-50", (CHOSEN,), 1), ("real-50", (CHOSEN,), 2)],
 }
 
 
@@ -229,8 +241,12 @@ def summarize(records: list[dict], order: list[str], diagnostics: dict | None = 
                                                     [base[s]["clean_accuracy"] for s in seeds])
                 row.update(gain=d, gain_se_seeds=se, gain_se_points=float(np.mean(point_se)) / np.sqrt(len(seeds)),
                            clean_gain=dc, clean_gain_se=sec)
-                found = next((m["diagnostics"] for m in ms if "diagnostics" in m), None) or (diagnostics or {}).get(
-                    (row["settings"]["data.train_size"], arm.partition("@")[0]))
+                # the study's records hold the data of a real-set size with the map's f_NR labels:
+                # not the diagnostics of a point that labels otherwise (true-labels)
+                relabelled = any(k.startswith("label.") for k in POINTS.get(point, {}))
+                found = next((m["diagnostics"] for m in ms if "diagnostics" in m), None) or (
+                    None if relabelled else (diagnostics or {}).get((row["settings"]["data.train_size"],
+                                                                    arm.partition("@")[0])))
                 if found is not None:
                     row["diagnostics"] = found
             rows.append(row)
@@ -372,6 +388,8 @@ def main(argv=None) -> int:
     parser.add_argument("--worker", default="0/1", help="I/N: run the jobs of worker I of N")
     parser.add_argument("--jobs", default=None, choices=sorted(STUDY_JOBS),
                         help="run the generator study's job list NAME instead of a worker's")
+    parser.add_argument("--point", default=None, choices=list(POINTS),
+                        help="run every job of the map and of the study at this point (all seeds and arms)")
     parser.add_argument("--attack", default="autoattack")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="KEY=VALUE applied to every point (smoke tests, e.g. train.epochs=1)")
@@ -400,9 +418,13 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     worker, workers = (int(v) for v in args.worker.split("/"))
-    if args.jobs is None and (workers != len(WORKER_JOBS) or not 0 <= worker < workers):
+    if args.jobs is None and args.point is None and (workers != len(WORKER_JOBS) or not 0 <= worker < workers):
         raise SystemExit(f"--worker must be I/{len(WORKER_JOBS)} with I in 0..{len(WORKER_JOBS) - 1}")
-    for name, arms, seed in STUDY_JOBS[args.jobs] if args.jobs else WORKER_JOBS[worker]:
+    if args.point is not None:
+        jobs = [j for js in (*WORKER_JOBS, *STUDY_JOBS.values()) for j in js if j[0] == args.point]
+    else:
+        jobs = STUDY_JOBS[args.jobs] if args.jobs else WORKER_JOBS[worker]
+    for name, arms, seed in jobs:
         if (args.out / "jobs" / f"{job_name(name, arms, seed)}.json").exists():
             continue
         t0 = time.perf_counter()

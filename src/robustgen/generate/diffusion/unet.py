@@ -8,6 +8,8 @@
   64 images: ~7 minutes on a shared 2-core CPU);
 * ``guided-diffusion-imagenet64`` / ``-imagenet256``: the architectures of guided-diffusion's
   class-conditional ImageNet checkpoints (``convert.py``), named by presets that load them;
+* ``cifar-small``: 6.5M parameters (64-128-128, attention at 16x16, dropout 0.1) for 32x32
+  generators fitted on a few thousand images in GPU minutes;
 * ``tiny``: 8-16 channels, for tests.
 
 Every UNet is a diffusers ``UNet2DModel`` predicting the noise eps; ``num_class_embeds`` adds a
@@ -47,6 +49,13 @@ UNET_PRESETS: dict[str, dict] = {
     **{f"guided-diffusion-{name}": {k: v for k, v in _guided_diffusion_unet(preset).items()
                                     if k not in ("sample_size", "in_channels", "out_channels", "num_class_embeds")}
        for name, preset in (("imagenet64", "imagenet64-cond"), ("imagenet256", "imagenet256-cond"))},
+    # a 6.5M-parameter CIFAR-size UNet (64-128-128, attention at 16x16) that trains in GPU minutes,
+    # for generators fitted on a few thousand kept images (cifar10_generator_preact-resnet-18)
+    "cifar-small": dict(
+        block_out_channels=(64, 128, 128), layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=32, attention_head_dim=None, dropout=0.1),
     # for tests and smoke runs: seconds, not minutes
     "tiny": dict(
         block_out_channels=(8, 16), layers_per_block=1,
