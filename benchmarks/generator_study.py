@@ -98,7 +98,9 @@ def write_report(records: list[dict], prefix: Path, point: str) -> dict:
     lines += ["", format_diagnostics(diagnostics), "", "Choice (the pre-registered rule):", ""]
     lines += [f"- {r}" for r in reasons] + ["", f"Chosen for phase B: **{chosen}**" if chosen else "No choice yet.", ""]
     write_text(Path(f"{prefix}.md"), "\n".join(lines))
-    summary = {"point": point, "chosen": chosen, "reasons": reasons, "records": records}
+    # without the machine's store paths: the report is shared
+    shared = [{**r, "labeling": {k: v for k, v in (r["labeling"] or {}).items() if k != "path"}} for r in records]
+    summary = {"point": point, "chosen": chosen, "reasons": reasons, "records": shared}
     write_json(Path(f"{prefix}.json"), summary)
     return summary
 

@@ -359,7 +359,8 @@ def plot_gain_vs_diagnostics(rows: list[dict], path: Path) -> None:
                         xytext=(3, 3), textcoords="offset points")
         ax.axhline(0, color="gray", lw=1)
         ax.set_xlabel(title)
-        ax.set_ylabel("robust accuracy gain vs baseline (points, ± 2 SE)")
+        if k == 0:
+            ax.set_ylabel("robust accuracy gain vs baseline (points, ± 2 SE)")
         ax.grid(alpha=0.3)
     fig.suptitle("digits: gain of each extra-data arm against its data diagnostics (kept / validation images only)")
     save_figure(fig, path, dpi=100, bbox_inches="tight")
@@ -411,7 +412,11 @@ def main(argv=None) -> int:
                          diagnostics=load_diagnostics(args.out / "study"),
                          command="python benchmarks/regime_map.py --worker 0/2 & "
                                  "python benchmarks/regime_map.py --worker 1/2; "
-                                 f"python benchmarks/regime_map.py --report {args.report}")
+                                 "python benchmarks/generator_study.py --point real-75 (and --point eps-0.1 / real-50 "
+                                 "--variants ddpm,heldout,gaussian,ddpm-steps1000: the diagnostics); "
+                                 "python benchmarks/regime_map.py --jobs b0 (b1, c0, c1: the study's jobs); "
+                                 f"python benchmarks/regime_map.py --report {args.report}; one point: "
+                                 "python benchmarks/regime_map.py --point eps-0.1")
         print(args.report.with_suffix(".md").read_text())
         return 0
     import torch
