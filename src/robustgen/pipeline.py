@@ -275,7 +275,9 @@ def _generated_data(cfg: RunConfig, variants: list[tuple[str, RunConfig]], split
                 {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx, all_ranks=True)
             labelled[name] = (label_fp, label_stage.dir / "store", label_result)  # the store training reads
         labelled_fp, store, _ = labelled[name]
-        if len(splits.val) >= 2:  # the diagnostics' scale comes from the validation images
+        # the diagnostics' scale comes from the validation images; a kept split decoded on demand
+        # (ImageNet-size folders) is too large to hold for the pixel distances
+        if len(splits.val) >= 2 and not splits.train.decoded_on_demand:
             diagnostics[name] = Stage(out, "diagnose", diagnose.fingerprint(labelled_fp, data_fp, fnr_fp)).run(
                 lambda d: diagnose.run(store, splits, fnr_path, device=device),
                 {"labelled": labelled_fp, "data": data_fp}, ctx=ctx)

@@ -32,10 +32,11 @@ import torch
 
 from robustgen.errors import RobustgenError
 from robustgen.metrics.complementarity import balanced_sample, complementarity_coverage, nearest_neighbors
-from robustgen.metrics.features import FeatureExtractor, extract_features
+from robustgen.metrics.features import FeatureExtractor, extract_features, gather_rows
 from robustgen.metrics.fid import fid_from_features, kernel_inception_distance
 
-__all__ = ["COPY_RATIO", "HISTOGRAM_EDGES", "nearest_distances", "near_copy_rows", "copy_statistics", "label_statistics",
+__all__ = ["COPY_RATIO", "HISTOGRAM_EDGES", "nearest_distances", "copy_threshold", "near_copy_rows", "copy_statistics",
+           "label_statistics",
            "diagnose", "format_diagnostics"]
 
 COPY_RATIO = 1 / 3  # a near copy: closer to a kept image than a third of a fresh real image's distance
@@ -43,40 +44,44 @@ COPY_RATIO = 1 / 3  # a near copy: closer to a kept image than a third of a fres
 HISTOGRAM_EDGES = (0.0, 0.1, 0.2, 0.333, 0.5, 0.75, 1.0, 1.5, np.inf)
 
 
-def _gather(images, rows: np.ndarray) -> np.ndarray:
-    return np.asarray(images.gather(rows) if hasattr(images, "gather") else images[rows])
-
-
 @torch.no_grad()
-def nearest_distances(queries: np.ndarray, refs: np.ndarray, *, exclude_self: bool = False) -> np.ndarray:
-    """RMS pixel distance (pixels in [0, 1]) of each uint8 query image to its nearest ``refs`` image."""
-    q = torch.from_numpy(np.asarray(queries).reshape(len(queries), -1)).double() / 255
-    r = torch.from_numpy(np.asarray(refs).reshape(len(refs), -1)).double() / 255
+def nearest_distances(queries: np.ndarray, refs: np.ndarray, *, device: str | torch.device = "cpu") -> np.ndarray:
+    """RMS pixel distance (pixels in [0, 1]) of each uint8 query image to its nearest ``refs`` image,
+    computed in float64 on ``device``."""
+    q = torch.from_numpy(np.asarray(queries).reshape(len(queries), -1)).to(device).double() / 255
+    r = torch.from_numpy(np.asarray(refs).reshape(len(refs), -1)).to(device).double() / 255
     if q.shape[1] != r.shape[1]:
         raise RobustgenError(f"nearest distances: images of {q.shape[1]} and {r.shape[1]} values")
-    d2, _ = nearest_neighbors(q, r, exclude_self=exclude_self)
-    return (d2 / q.shape[1]).sqrt().numpy()
+    d2, _ = nearest_neighbors(q, r)
+    return (d2 / q.shape[1]).sqrt().cpu().numpy()
+
+
+def copy_threshold(val_d: np.ndarray, copy_ratio: float = COPY_RATIO) -> tuple[float, float]:
+    """(scale, threshold): the validation images' median distance to the kept set, and the
+    distance under which a sample is a near copy (pure)."""
+    if not 0 < copy_ratio < 1:
+        raise RobustgenError(f"copy_ratio must be in (0, 1), got {copy_ratio}")
+    scale = float(np.median(val_d))
+    if scale <= 0:
+        raise RobustgenError("the validation images copy the kept ones (median distance 0): no scale for copies")
+    return scale, copy_ratio * scale
 
 
 def near_copy_rows(images, kept_images: np.ndarray, val_images: np.ndarray, *, copy_ratio: float = COPY_RATIO,
-                   chunk: int = 8192) -> np.ndarray:
+                   chunk: int = 8192, device: str | torch.device = "cpu") -> np.ndarray:
     """Bool mask: which rows of ``images`` (an array or a Store) are near copies of a kept image,
-    by the threshold ``copy_statistics`` reports; read ``chunk`` rows at a time."""
-    threshold = copy_ratio * float(np.median(nearest_distances(val_images, kept_images)))
+    by ``copy_threshold``; read ``chunk`` rows at a time."""
+    _, threshold = copy_threshold(nearest_distances(val_images, kept_images, device=device), copy_ratio)
     n = len(images)
-    return np.concatenate([nearest_distances(_gather(images, np.arange(lo, min(lo + chunk, n))), kept_images) < threshold
+    return np.concatenate([nearest_distances(gather_rows(images, np.arange(lo, min(lo + chunk, n))), kept_images,
+                                             device=device) < threshold
                            for lo in range(0, n, chunk)]) if n else np.zeros(0, bool)
 
 
 def copy_statistics(generated_d: np.ndarray, val_d: np.ndarray, *, copy_ratio: float = COPY_RATIO) -> dict:
     """Near-copy share, novelty and the distance histogram from nearest-kept distances of the
     generated samples and of the validation images (pure)."""
-    if not 0 < copy_ratio < 1:
-        raise RobustgenError(f"copy_ratio must be in (0, 1), got {copy_ratio}")
-    scale = float(np.median(val_d))
-    if scale <= 0:
-        raise RobustgenError("the validation images copy the kept ones (median distance 0): no scale for copies")
-    threshold = copy_ratio * scale
+    scale, threshold = copy_threshold(val_d, copy_ratio)
     counts, _ = np.histogram(np.asarray(generated_d) / scale, bins=np.asarray(HISTOGRAM_EDGES))
     return {"near_copy_share": float(np.mean(generated_d < threshold)),
             "exact_copy_share": float(np.mean(generated_d < 0.5 / 255)),  # every pixel within rounding
@@ -98,12 +103,14 @@ def label_statistics(labels: np.ndarray | None, conditions: np.ndarray | None,
 
 
 def diagnose(generated, kept, val, *, extractor: FeatureExtractor | None = None, n: int | None = 5000,
-             copy_ratio: float = COPY_RATIO, repeats: int = 20, seed: int = 0, batch_size: int = 1024) -> dict:
+             copy_ratio: float = COPY_RATIO, repeats: int = 20, seed: int = 0, batch_size: int = 1024,
+             device: str | torch.device | None = None) -> dict:
     """Diagnostics of one generated set (an ``ImageSet``: images, labels, conditions, confidences)
     against the kept real images and the validation images (``ImageDataset``s or ``ImageSet``s).
 
     ``n``: samples used (class-balanced, seeded; None or more than the set: all). ``extractor``:
-    the features of complementarity / KID / FID (None: pixel and label diagnostics only)."""
+    the features of complementarity / KID / FID (None: pixel and label diagnostics only).
+    ``device``: where the pixel distances run (default: the extractor's, else the CPU)."""
     t0 = time.perf_counter()
     total = len(generated)
     if total < 2 or len(kept) < 2 or len(val) < 2:
@@ -111,15 +118,16 @@ def diagnose(generated, kept, val, *, extractor: FeatureExtractor | None = None,
                              f"validation {len(val)})")
     labels = getattr(generated, "labels", None)
     rows = (np.arange(total) if n is None or n >= total else balanced_sample(labels, n, seed=seed, total=total))
-    images = _gather(generated.images, rows)
+    images = gather_rows(generated.images, rows)
     kept_images, val_images = np.asarray(kept.images), np.asarray(val.images)
+    device = device if device is not None else extractor.device if extractor is not None else "cpu"
     if images.shape[1:] != kept_images.shape[1:] or val_images.shape[1:] != kept_images.shape[1:]:
         raise RobustgenError(f"diagnostics: generated images {images.shape[1:]}, kept {kept_images.shape[1:]}, "
                              f"validation {val_images.shape[1:]} differ")
     pick = lambda a: None if a is None else np.asarray(a)[rows]  # noqa: E731
     out = {"n": int(rows.size), "n_kept": len(kept), "n_val": len(val),
-           **copy_statistics(nearest_distances(images, kept_images), nearest_distances(val_images, kept_images),
-                             copy_ratio=copy_ratio),
+           **copy_statistics(nearest_distances(images, kept_images, device=device),
+                             nearest_distances(val_images, kept_images, device=device), copy_ratio=copy_ratio),
            **label_statistics(pick(labels), pick(getattr(generated, "conditions", None)),
                               pick(getattr(generated, "confidences", None)))}
     if extractor is not None:

@@ -29,7 +29,7 @@ from robustgen.data.npz import validate_images
 from robustgen.errors import RobustgenError
 from robustgen.registry import Registry
 
-__all__ = ["FeatureExtractor", "register_extractor", "list_extractors", "get_extractor", "extract_features",
+__all__ = ["FeatureExtractor", "register_extractor", "list_extractors", "get_extractor", "extract_features", "gather_rows",
            "InceptionExtractor", "ClassifierExtractor", "inception_weights_file"]
 
 
@@ -58,6 +58,12 @@ def get_extractor(spec: str, *, device: str | torch.device = "cpu", **options) -
     return _EXTRACTORS[name](arg or None, device=torch.device(device), **options)
 
 
+def gather_rows(images, rows: np.ndarray) -> np.ndarray:
+    """Rows of uint8 images held in an array (memory-mapped is fine) or an object with
+    ``gather(indices)`` (a Store)."""
+    return np.asarray(images.gather(rows) if hasattr(images, "gather") else images[rows])
+
+
 @torch.no_grad()
 def extract_features(extractor: FeatureExtractor, images, *, batch_size: int = 256,
                      indices: np.ndarray | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -72,13 +78,12 @@ def extract_features(extractor: FeatureExtractor, images, *, batch_size: int = 2
     rows = np.arange(n_total) if indices is None else np.asarray(indices, dtype=np.int64)
     if rows.size == 0:
         raise RobustgenError("no images to extract features from")
-    gather = images.gather if hasattr(images, "gather") else (lambda idx: images[idx])
     feats, logits = [], []
     from tqdm.auto import tqdm
 
     for start in tqdm(range(0, rows.size, batch_size), desc=f"features ({extractor.name})", unit="batch",
                       disable=not progress, leave=False):
-        batch = np.asarray(gather(rows[start:start + batch_size]))
+        batch = gather_rows(images, rows[start:start + batch_size])
         validate_images(batch, source=f"images for {extractor.name} features", allow_empty=True)
         f, z = extractor(torch.from_numpy(batch).to(extractor.device))
         feats.append(f.float().cpu().numpy())

@@ -29,4 +29,5 @@ def run(store: Path, splits: Splits, classifier_path: Path | None, *, device: to
     extractor = None if classifier_path is None else get_extractor(
         f"classifier:{classifier_path}", device=device, num_classes=splits.train.num_classes,
         in_channels=splits.train.image_shape[2])
-    return diagnose(open_image_set(store, "generated"), splits.train, splits.val, extractor=extractor, n=SAMPLES)
+    return diagnose(open_image_set(store, "generated"), splits.train, splits.val, extractor=extractor, n=SAMPLES,
+                    device=device)

@@ -75,7 +75,8 @@ def inference_options(settings: LabelConfig) -> InferenceOptions:
                             compile=settings.compile)
 
 
-def filter_rows(store_dir: Path, settings: LabelConfig, real=None) -> tuple[np.ndarray | None, dict]:
+def filter_rows(store_dir: Path, settings: LabelConfig, real=None,
+                device: torch.device | str = "cpu") -> tuple[np.ndarray | None, dict]:
     """The rows of a labelled store that ``label.agree_with_condition`` / ``label.drop_near_copies``
     keep (None: no filter) and how many each filter drops. ``real``: the splits whose kept train
     images and validation images define near copies (``metrics.diagnostics``)."""
@@ -94,7 +95,7 @@ def filter_rows(store_dir: Path, settings: LabelConfig, real=None) -> tuple[np.n
         if real is None or len(real.val) < 2:
             raise RobustgenError(f"{store_dir}: label.drop_near_copies needs the kept real images and a validation "
                                  "split (data.val_size >= 2)")
-        copy = near_copy_rows(store, real.train.images, real.val.images)
+        copy = near_copy_rows(store, np.asarray(real.train.images), np.asarray(real.val.images), device=device)
         dropped["near_copies"] = int(copy.sum())
         keep &= ~copy
     return keep, dropped
@@ -114,7 +115,7 @@ def run(classifier_path: Path, generated_store: Path, store_dir: Path, *, settin
                            options=options, ctx=ctx)
     if not ctx.is_main:
         return None
-    eligible, dropped = filter_rows(store_dir, settings, real)
+    eligible, dropped = filter_rows(store_dir, settings, real, device)
     selected = select_store(store_dir, top_k=settings.top_k_per_class, top_fraction=settings.top_fraction_per_class,
                             balanced=settings.balanced, per_class=settings.per_class, eligible=eligible,
                             filters=dropped)
