@@ -187,8 +187,7 @@ def test_run_end_to_end_on_a_folder_of_jpegs_decoded_per_batch(tmp_path):
     for m in results["models"]:
         assert m["n_eval"] == 12 and 0 <= m["robust_accuracy"] <= m["clean_accuracy"] <= 1
     stages = sorted(p.name.split("-")[0] for p in (tmp_path / "run" / "stages").iterdir())
-    # no classifier and no label stage; the generated set is diagnosed against the kept / validation images
-    assert stages == ["diagnose", "eval", "generate", "train"] and results["labeling"] is None
+    assert stages == ["eval", "generate", "train"] and results["labeling"] is None
 
 
 @pytest.mark.parametrize("preset, unet", [("tinyimagenet_linf_wrn-28-10", "guided-diffusion-imagenet64"),
