@@ -27,6 +27,9 @@ from regime_map import ARMS, POINTS, point_config  # noqa: E402
 
 REFERENCE = "ddpm"  # today's DDPM: the variant every other one is compared with
 CANDIDATES = ("ddpm", "ddpm-dropout0.1", "ddpm-dropout0.3", "ddpm-steps1000", "ddpm-uncond", "ddpm-augment")
+# Variants built after the choice was made: scored with the same diagnostics and reported with what the
+# same rule picks among all variants, but phase B's choice stays the pre-registered one among CANDIDATES
+LATER = ("ddpm-edm", "ddpm-cfg")
 # The rule, fixed before any variant was scored (docs/generator_study.md):
 CONFIDENCE_MARGIN = 0.05  # eligible: mean f_NR confidence >= the reference's - 0.05 ...
 AGREEMENT_MARGIN = 0.05  # ... and (conditional) f_NR = conditioning class on >= the reference's - 5 points
@@ -60,7 +63,8 @@ def choose(diagnostics: dict[str, dict], reference: str = REFERENCE) -> tuple[st
         return None, reasons + ["no variant is eligible"]
     lowest = min(diagnostics[n]["near_copy_share"] for n in eligible)
     tied = [n for n in eligible if diagnostics[n]["near_copy_share"] <= lowest + COPY_TIE]
-    chosen = min(tied, key=lambda n: (diagnostics[n]["complementarity"]["kept"], CANDIDATES.index(n)))
+    order = CANDIDATES + LATER
+    chosen = min(tied, key=lambda n: (diagnostics[n]["complementarity"]["kept"], order.index(n)))
     reasons.append(f"lowest near-copy share {100 * lowest:.1f}%; tied within {100 * COPY_TIE:.0f} points: "
                    f"{', '.join(tied)}; chosen by the lowest 'kept' complementarity: {chosen}")
     return chosen, reasons
@@ -85,8 +89,11 @@ def write_report(records: list[dict], prefix: Path, point: str) -> dict:
     from robustgen.io import write_json, write_text
     from robustgen.metrics.diagnostics import format_diagnostics
 
-    diagnostics = {r["variant"]: r["diagnostics"] for r in records}
+    every = {r["variant"]: r["diagnostics"] for r in records}
+    diagnostics = {n: d for n, d in every.items() if n in CANDIDATES}
     chosen, reasons = choose(diagnostics) if REFERENCE in diagnostics and len(diagnostics) > 1 else (None, [])
+    later = [n for n in every if n in LATER]
+    extended, extended_reasons = choose(every) if later and chosen else (None, [])
     changes = {r["variant"]: ", ".join(r["changes"]) or "today's settings" for r in records}
     lines = [f"# Generator study, phase A: DDPM variants at the regime map's `{point}` point", "",
              "Each variant is fitted on the kept real images only, sampled (5000, DPM-Solver++ 20 steps) and "
@@ -95,12 +102,18 @@ def write_report(records: list[dict], prefix: Path, point: str) -> dict:
              "committed before these numbers existed (docs/generator_study.md).", "",
              "| variant | changes | fit + sample + label time |", "|---|---|---:|"]
     lines += [f"| {r['variant']} | {changes[r['variant']]} | {r['wall_time_s']:.0f} s |" for r in records]
-    lines += ["", format_diagnostics(diagnostics), "", "Choice (the pre-registered rule):", ""]
+    lines += ["", format_diagnostics(every), "", "Choice (the pre-registered rule, among the variants registered "
+              f"with it: {', '.join(n for n in every if n in CANDIDATES)}):", ""]
     lines += [f"- {r}" for r in reasons] + ["", f"Chosen for phase B: **{chosen}**" if chosen else "No choice yet.", ""]
+    if extended:
+        lines += [f"Variants added after the choice ({', '.join(later)}), scored the same way; the same rule "
+                  "among all variants:", ""] + [f"- {r}" for r in extended_reasons] + \
+                 ["", f"The rule's pick among all variants: **{extended}**", ""]
     write_text(Path(f"{prefix}.md"), "\n".join(lines))
     # without the machine's store paths: the report is shared
     shared = [{**r, "labeling": {k: v for k, v in (r["labeling"] or {}).items() if k != "path"}} for r in records]
-    summary = {"point": point, "chosen": chosen, "reasons": reasons, "records": shared}
+    summary = {"point": point, "chosen": chosen, "reasons": reasons, "chosen_among_all": extended,
+               "reasons_among_all": extended_reasons, "records": shared}
     write_json(Path(f"{prefix}.json"), summary)
     return summary
 
@@ -109,7 +122,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/regime-map"))
     parser.add_argument("--point", default="real-75", choices=list(POINTS))
-    parser.add_argument("--variants", default=",".join(CANDIDATES), help="comma-separated arm names")
+    parser.add_argument("--variants", default=",".join(CANDIDATES + LATER), help="comma-separated arm names")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="KEY=VALUE applied to every variant (smoke tests, e.g. generator.ddpm.train_steps=20)")
     parser.add_argument("--report", type=Path, default=None, help="write PREFIX.md and PREFIX.json")

@@ -54,6 +54,9 @@ POINTS = {"centre": {}, "true-labels": {"label.mode": "condition"}, "steps-938":
           "width-16-steps-938": {"train.arch": "small-cnn-16", "train.epochs": 100},
           "real-75": {"data.train_size": 75}, "real-50": {"data.train_size": 50},
           "real-400": {"data.train_size": 400}, "eps-0.1": {"threat.eps": 0.1},
+          # the study's check of model selection: PGD-40 on the validation split every 5 epochs (10
+          # checkpoints) instead of 25, every arm retrained (issue 23 item 4)
+          "eps-0.1-select5": {"threat.eps": 0.1, "train.eval_every_epochs": 5},
           "width-64": {"train.arch": "small-cnn-64"}}
 
 # Jobs (point, arms, seed) in the order each worker runs them: the jobs docs/regime_map.md reports,
@@ -85,7 +88,10 @@ ARMS = {"heldout": ("heldout", 0.3, ()), "gaussian": ("gaussian", 0.8, ()), "ddp
         "ddpm-dropout0.3": ("ddpm", 0.3, ("generator.ddpm.dropout=0.3",)),
         "ddpm-steps1000": ("ddpm", 0.3, ("generator.ddpm.train_steps=1000",)),
         "ddpm-uncond": ("ddpm", 0.3, ("generator.ddpm.class_conditional=false",)),
-        "ddpm-augment": ("ddpm", 0.3, ("generator.ddpm.augment_shift=1", "generator.ddpm.augment_p=0.5"))}
+        "ddpm-augment": ("ddpm", 0.3, ("generator.ddpm.augment_shift=1", "generator.ddpm.augment_p=0.5")),
+        # added after phase A's choice (issue 23 item 2): Karras et al.'s objective; classifier-free guidance
+        "ddpm-edm": ("ddpm", 0.3, ("generator.ddpm.objective=edm",)),
+        "ddpm-cfg": ("ddpm", 0.3, ("generator.ddpm.label_dropout=0.1", "generator.ddpm.guidance=0.5"))}
 
 
 def arm_spec(arm: str) -> tuple[str, float, tuple]:
@@ -106,6 +112,10 @@ STUDY_JOBS = {
     # phase C: the chosen variant at the other points where the oracle helps
     "c0": [("eps-0.1", (CHOSEN,), 0), ("eps-0.1", (CHOSEN,), 1), ("eps-0.1", (CHOSEN,), 2)],
     "c1": [("real-50", (CHOSEN,), 0), ("real-50", (CHOSEN,), 1), ("real-50", (CHOSEN,), 2)],
+    # model selection every 5 epochs at eps 0.1 (run with --attack apgd-ce+apgd-t: FAB-T and Square
+    # broke no point of this point's 7 models under full AutoAttack)
+    "s0": [("eps-0.1-select5", ("baseline", CHOSEN, "heldout"), 0), ("eps-0.1-select5", ("baseline", CHOSEN, "heldout"), 2)],
+    "s1": [("eps-0.1-select5", ("baseline", CHOSEN, "heldout"), 1)],
 }
 
 
@@ -122,12 +132,14 @@ def point_config(changes: dict, arms, seed: int, attack: str, extra=()):
     arm_list = "[" + ", ".join(f"{{generator: {g}, alpha: {a}}}" for g, a, _ in others) + "]"
     # f_NR: ~250 steps of batch 128 whatever the real-set size (30 passes over 150 images leave it at 25%)
     classifier_epochs = round(32000 / settings["data.train_size"])
-    overrides = [f"{k}={v}" for k, v in settings.items()] + [f"classifier.epochs={classifier_epochs}",
+    # model selection every 25 epochs (two checkpoints) unless the point says otherwise
+    overrides = ["train.eval_every_epochs=25"] + [f"{k}={v}" for k, v in settings.items()] + [
+        f"classifier.epochs={classifier_epochs}",
         f"generator.name={main}", f"train.alpha={alpha}", f"arms={arm_list}", "generator.num_samples=5000",
         *main_changes,
         # seed 0 leaves train.seed null (the run's seed, 0): the centre's seed 0 is then exactly the
         # digits_oracle preset, whose run folder's stages a shared cache can reuse
-        *([f"train.seed={seed}"] if seed else []), f"eval.attack={attack}", "eval.batch_size=540", "train.eval_every_epochs=25",
+        *([f"train.seed={seed}"] if seed else []), f"eval.attack={attack}", "eval.batch_size=540",
         f"baseline={'baseline' in arms}", *extra]
     return load_config("digits_demo", overrides), settings
 

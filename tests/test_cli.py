@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,3 +291,146 @@ def test_export_and_external_checkpoint_eval(tiny_run, tmp_path):
     ours = tmp_path / "ours.json"
     main(["eval", "--checkpoint", ckpt, "--attack", "pgd40", "--n", "30", "--out", str(ours), "--quiet"])
     assert json.loads(out.read_text())["robust_accuracy"] == json.loads(ours.read_text())["robust_accuracy"]
+
+
+def test_changed_stage_code_recomputes_that_stage_and_the_later_ones_with_a_notice(tiny_run, tmp_path, capsys,
+                                                                                    monkeypatch):
+    import shutil
+
+    import robustgen.pipeline as pipeline
+    from robustgen.stages import code
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_run, out)
+    # a comment-only edit leaves a module's digest, so nothing recomputes
+    source = tmp_path / "m.py"
+    source.write_text('"""doc"""\nX = 1  # why\n')
+    same = code._file_digest(source, 0)
+    source.write_text('"""other doc"""\n\nX = 1\n')
+    assert code._file_digest(source, 1) == same
+    source.write_text("X = 2\n")
+    assert code._file_digest(source, 2) != same
+
+    # simulate a pulled fix to PGD (the inner attack of training, and an evaluation attack)
+    real = code.module_digests
+
+    def patched(stage):
+        digests = real(stage)
+        return {**digests, "attacks/pgd.py": "0" * 12} if "attacks/pgd.py" in digests else digests
+
+    monkeypatch.setattr(code, "module_digests", patched)
+    monkeypatch.setattr(pipeline, "module_digests", patched)
+    before = {p.name.rsplit("-", 1)[1] for p in (out / "stages").iterdir()}
+    main(["run", "digits_demo", "--out", str(out), "--quiet", *_sets(TINY)])
+    err = capsys.readouterr().err
+    for stage in ("classifier", "generate", "label"):  # before training: untouched
+        assert f"{stage}: reusing" in err
+    for stage in ("train-baseline", "train-gaussian-alpha0.8", "eval-baseline", "eval-gaussian-alpha0.8"):
+        assert f"{stage}: running" in err
+    for stage in ("train-baseline", "train-gaussian-alpha0.8"):
+        assert f"{stage}: recomputing: " in err and "its code changed since (attacks/pgd.py)" in err
+    # the same settings and inputs (the code did not really change): the same weights
+    manifests = [json.loads(p.read_text()) for p in (out / "stages").glob("train-baseline-*/manifest.json")]
+    new = next(m for m in manifests if m["fingerprint"] not in before)
+    old = next(m for m in manifests if m["fingerprint"] in before and m.get("key") == new["key"])
+    assert new["outputs"]["best.safetensors"] == old["outputs"]["best.safetensors"]
+
+
+# --------------------------------------------------------------------------- run folder: provenance, live metrics, portability
+def test_run_folder_records_what_ran_and_can_move(tiny_run, tmp_path, capsys):
+    import shutil
+
+    import yaml
+
+    from robustgen.tracking import read_metrics
+
+    out = tmp_path / "copy"
+    shutil.copytree(tiny_run, out)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["data"]["dataset"] == "digits" and config["train"]["epochs"] == 1
+    command = json.loads((out / "command.json").read_text())
+    assert command["config"] == "digits_demo" and "train.epochs=1" in command["overrides"]
+    env = json.loads((out / "environment.json").read_text())
+    assert env["libraries"]["torch"] and env["libraries"]["diffusers"] and env["host"] and env["device"] == "cpu"
+    assert env["robustgen"] == robustgen.__version__ and env["python"]
+    log = (out / "log.txt").read_text()
+    assert "train-baseline: running in" in log and "baseline: clean" in log
+    for stage in (out / "stages").glob("train-*"):
+        records = read_metrics(stage / "metrics.jsonl")
+        assert records and {"step", "loss", "lr", "img_per_s"} <= set(records[0])
+        assert any("score" in r for r in records)  # model selection's validation metrics
+    # no JSON file of the folder names an absolute path into it
+    for path in out.rglob("*.json"):
+        text = path.read_text()
+        assert str(tiny_run.resolve()) not in text and str(tiny_run) not in text, path
+
+    # moved elsewhere: the report rebuilds, a checkpoint evaluates, a rerun reuses every stage
+    moved = tmp_path / "elsewhere" / "run"
+    moved.parent.mkdir()
+    shutil.move(str(out), moved)
+    (moved / "report.md").unlink()
+    main(["report", "run", str(moved)])
+    report = (moved / "report.md").read_text()
+    results = json.loads((moved / "results.json").read_text())
+    name = results["models"][0]["name"]
+    assert f"| {name} |" in report and f"figures/{name}-curves.png" in report
+    checkpoint = moved / results["models"][0]["checkpoint"]
+    assert checkpoint.exists() and not Path(results["models"][0]["checkpoint"]).is_absolute()
+    capsys.readouterr()
+    main(["eval", "digits_demo", "--checkpoint", str(checkpoint), "--set", "eval.n=20", "--set", "eval.attack=pgd40",
+          "--quiet"])
+    assert "robust_accuracy" in capsys.readouterr().out
+
+
+def test_tensorboard_mirrors_the_training_scalars(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    main(["run", "digits_demo", "--out", str(out), "--quiet", "--set", "logging.tensorboard=true",
+          "--set", "baseline=false", *_sets(TINY)])
+    folder = next((out / "stages").glob("train-gaussian-*")) / "tensorboard"
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    assert {"train/loss", "train/lr", "val/raw/score"} <= set(tags)
+    jsonl = [r for r in json.loads("[" + ",".join((folder.parent / "metrics.jsonl").read_text().split("\n")[:-1]) + "]")
+             if "loss" in r]
+    assert [e.step for e in events.Scalars("train/loss")] == [r["step"] for r in jsonl]
+    assert events.Scalars("train/loss")[0].value == pytest.approx(jsonl[0]["loss"], rel=1e-6)
+
+
+def test_presets_and_config_show(capsys):
+    from robustgen.config import list_presets
+
+    main(["presets"])
+    text = capsys.readouterr().out
+    assert all(f"{name}" in text for name in list_presets()) and "digits_generator (default)" in text
+    main(["presets", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    demo = next(r for r in rows if r["default"])
+    assert demo["dataset"] == "digits" and demo["gpu_hours"] > 0 and demo["description"].startswith("The default")
+    main(["config", "show", "digits_demo", "--set", "train.alpha=0.6"])
+    assert "alpha: 0.6" in capsys.readouterr().out
+    assert run_cli(["config", "show", "--set", "train.alpha=7"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("robustgen: error: --set train.alpha=7: train.alpha must be in [0, 1]") and ".yaml" not in err
+
+
+def test_progress_is_a_heartbeat_off_a_terminal(capsys):
+    from robustgen.progress import Heartbeat, progress_bar
+
+    bar = progress_bar(total=10, desc="train[x]", unit="step")
+    assert isinstance(bar, Heartbeat)  # pytest's stderr is not a terminal
+    beat = Heartbeat(total=10, desc="train[x]", unit="step", interval=0.0)
+    beat.set_postfix(loss="0.5")
+    for _ in range(10):
+        beat.update(1)
+    beat.close()
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 11 and lines[4].startswith("[robustgen] train[x]: 5/10 step (50%)")
+    assert "step/s" in lines[4] and "ETA" in lines[4] and "loss=0.5" in lines[4] and "peak" in lines[4]
+    quiet = Heartbeat(total=10, desc="q", interval=3600)
+    for _ in range(10):
+        quiet.update(1)
+    quiet.close()
+    assert capsys.readouterr().err == ""  # one line per interval: none in a short job

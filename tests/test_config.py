@@ -6,13 +6,14 @@ from robustgen.config import list_presets, load_config, parse_number
 from robustgen.errors import RobustgenError
 
 
-def test_default_is_the_oracle_demo_and_presets_validate():
-    # robustgen run: baseline, the Gaussian generator and the held-out oracle arm at equal steps,
-    # AutoAttack on the test split (the demo of docs/regime_map.md)
+def test_default_is_the_generator_demo_and_presets_validate():
+    # robustgen run: baseline, a DDPM fitted on the kept images only and the held-out oracle arm at
+    # equal steps, AutoAttack's APGD stages on the test split (docs/generator_study.md)
     cfg = load_config()
     assert cfg.data.dataset == "digits" and cfg.train.alpha < 1 and cfg.baseline
-    assert cfg.generator.name == "gaussian" and [a.generator for a in cfg.arms] == ["heldout"]
-    assert cfg.data.train_size is not None and cfg.eval.attack == "autoattack" and cfg.label.mode == "argmax"
+    assert cfg.generator.name == "ddpm" and cfg.generator.ddpm.pretrained is None
+    assert [a.generator for a in cfg.arms] == ["heldout"]
+    assert cfg.data.train_size is not None and cfg.eval.attack == "apgd-ce+apgd-t" and cfg.label.mode == "argmax"
     for name in list_presets():
         load_config(name)
 
@@ -54,6 +55,19 @@ def test_bad_values_name_the_key(override, message):
         load_config(None, [override])
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+    # the error names what the user typed, never the installed preset file they did not name
+    assert ".yaml" not in str(err.value) and ("--set" in str(err.value) or "expected key=value" in str(err.value))
+
+
+def test_errors_blame_the_command_line_option_or_the_preset_file(tmp_path):
+    with pytest.raises(RobustgenError, match=r"^--set train.alpha=2: train.alpha must be in \[0, 1\]"):
+        load_config("digits_demo", ["threat.eps=0.1", "train.alpha=2"])
+    with pytest.raises(RobustgenError, match=r"^eval.attack=fgsm \(command-line option\): eval.attack: unknown"):
+        load_config(None, changes={"eval.attack": "fgsm"})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {alpha: 3}\n")
+    with pytest.raises(RobustgenError, match=f"^{bad}: train.alpha must be"):  # the file's own error
+        load_config(str(bad), ["threat.eps=0.1"])
 
 
 def test_bad_files(tmp_path):

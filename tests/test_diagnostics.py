@@ -108,8 +108,8 @@ def test_diagnose_cli_on_a_store_and_an_npz(tmp_path, capsys):
         w.append(s.train.images, s.train.labels)
     write_npz(tmp_path / "real.npz", image=s.heldout.images, label=s.heldout.labels)
     out = tmp_path / "d.json"
-    main(["diagnose", "--generated", str(tmp_path / "copies"), "--generated", f"real={tmp_path / 'real.npz'}",
-          "--n", "300", "--out", str(out)])
+    main(["diagnose", "digits_oracle", "--generated", str(tmp_path / "copies"),
+          "--generated", f"real={tmp_path / 'real.npz'}", "--n", "300", "--out", str(out)])
     printed = capsys.readouterr().out
     assert "| copies | 75 | 100.0% |" in printed and "| real | 300 | 0.0% |" in printed
     result = json.loads(out.read_text())
@@ -255,3 +255,14 @@ def test_regime_map_pairs_generator_only_jobs_with_the_recorded_baselines(study)
     row = next(r for r in rows if r["arm"] == "ddpm-steps1000")
     assert row["seeds"] == [0, 1] and row["gain"] == pytest.approx(0.375) and row["diagnostics"] == diag[(75, "ddpm-steps1000")]
     assert rm.arm_label("ddpm-steps1000@0.5") == "DDPM steps1000, alpha 0.5"
+
+
+def test_the_default_demo_is_the_regime_map_job_where_the_generator_gains(study):
+    # the demo's numbers are the map's eps-0.1 seed-0 job (ddpm-steps1000 and the oracle), only the
+    # evaluation attack differs (its APGD stages; FAB-T and Square broke no point there)
+    import regime_map as rm
+    from robustgen.config import load_config, replace
+
+    demo = load_config()
+    job, _ = rm.point_config(rm.POINTS["eps-0.1"], ("baseline", "ddpm-steps1000", "heldout"), 0, "autoattack")
+    assert replace(demo, **{"eval.attack": "autoattack"}) == job

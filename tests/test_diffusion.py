@@ -372,3 +372,96 @@ def test_augmentation_options_enter_the_stage_key_only_when_set():
             load_config("digits_ddpm", [bad])
     with pytest.raises(RobustgenError, match="class_conditional: true"):
         load_config("digits_ddpm", ["generator.ddpm.augment_shift=1", "generator.ddpm.class_conditional=false"])
+
+
+# --------------------------------------------------------------------------- EDM objective, guidance (issue 23)
+def test_edm_preconditioning_is_the_identity_at_zero_noise_and_the_loss_is_edm_weighted():
+    from robustgen.generate.diffusion.edm import EDM_SIGMA_DATA, edm_coefficients, edm_loss
+
+    c_skip, c_out, c_in, _ = edm_coefficients(torch.tensor([1e-6, 0.5, 80.0], dtype=torch.float64))
+    assert abs(float(c_skip[0]) - 1) < 1e-9 and float(c_out[0]) < 1e-5  # D(x; 0) = x
+    assert abs(float(c_skip[1]) - 0.5) < 1e-12  # sigma = sigma_data: half skip
+    # unit-variance network input and training target (Karras et al. App. B.6) for data of std sigma_data
+    sigma = c_out.new_tensor([0.5, 80.0])
+    s_in = (c_in[1:] ** 2 * (EDM_SIGMA_DATA ** 2 + sigma ** 2)).sqrt()
+    assert torch.allclose(s_in, torch.ones(2, dtype=torch.float64))
+
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, class_labels=None):
+            from types import SimpleNamespace
+            return SimpleNamespace(sample=torch.zeros_like(x))
+
+    # F = 0 leaves the target: lambda * ||c_skip x - x0||^2 = E[(x0 - c_skip x)^2 / c_out^2]
+    torch.manual_seed(0)
+    x0, noise = torch.randn(4096, 1, 1, 1) * 0.5, torch.randn(4096, 1, 1, 1)
+    loss = edm_loss(Zero(), x0, torch.zeros(4096), noise, None)  # sigma = 1: target variance 1
+    assert abs(float(loss) - 1.0) < 0.08
+
+
+def test_edm_eps_model_inverts_the_vp_timestep_and_denoises_a_perfect_model():
+    from robustgen.generate.diffusion.edm import EDMEpsModel, edm_coefficients
+    from robustgen.generate.diffusion.unet import alphas_cumprod
+
+    abar = alphas_cumprod(ho_scheduler_config())
+    x0 = torch.full((3, 1, 2, 2), 0.3)
+
+    class Oracle(torch.nn.Module):  # F that makes D(x; sigma) = x0 exactly
+        def forward(self, x_in, c_noise, class_labels=None):
+            from types import SimpleNamespace
+            sigma = (c_noise / 250.0).exp().view(-1, 1, 1, 1)
+            c_skip, c_out, c_in, _ = edm_coefficients(sigma)
+            x = x_in / c_in
+            return SimpleNamespace(sample=(x0 - c_skip * x) / c_out)
+
+    model = EDMEpsModel(Oracle(), abar)
+    den = S.VPDenoiser(lambda x, t: model(x, t).sample, abar)
+    for sigma in (0.05, 1.0, 20.0):
+        t = den.timestep(sigma)
+        assert abs(float(model.sigma(torch.tensor([t]))[0]) - sigma) < 1e-6 * sigma
+        noise = torch.randn(3, 1, 2, 2)
+        # the VP solvers' eps of x_vp = (x0 + sigma n) / sqrt(1 + sigma^2) is n
+        x_vp = (x0 + sigma * noise) / (1 + sigma ** 2) ** 0.5
+        eps = model(x_vp, torch.full((3,), t)).sample
+        assert torch.allclose(eps, noise, atol=1e-4)
+
+
+def test_edm_and_guided_fits_train_deterministically_resume_and_sample(digits, tmp_path):
+    edm = {**TINY, "objective": "edm"}
+    full = fit_ddpm(*digits, num_classes=10, **edm)
+    fit_ddpm(*digits, num_classes=10, **edm, work_dir=tmp_path, stop_after=3)
+    resumed = fit_ddpm(*digits, num_classes=10, **edm, work_dir=tmp_path)
+    a, b = full.unet.state_dict(), resumed.unet.state_dict()
+    assert resumed.info["resumed_from"] == 2 and all(torch.equal(a[k], b[k]) for k in a)
+    eps_fit = fit_ddpm(*digits, num_classes=10, **TINY)
+    assert not all(torch.equal(a[k], eps_fit.unet.state_dict()[k]) for k in a)  # another objective
+    for sampler in ("dpm-solver++", "edm-heun"):
+        full.sampler = sampler
+        images, _ = DDPMGenerator.sample(full, 8, seed=0)
+        assert images.shape == (8, 8, 8, 1) and np.array_equal(images, DDPMGenerator.sample(full, 8, seed=0)[0])
+
+    guided = fit_ddpm(*digits, num_classes=10, **{**TINY, "label_dropout": 0.2, "guidance": 1.0})
+    assert guided.unet.config.num_class_embeds == 11 and guided.null_class == 10
+    path = tmp_path / "fit.safetensors"
+    DDPMGenerator.save_fit(guided, path)
+    loaded = DDPMGenerator.load_fit(path)
+    assert (loaded.guidance, loaded.null_class, loaded.objective) == (1.0, 10, "eps")
+    images, cond = DDPMGenerator.sample(loaded, 6, seed=1)
+    assert np.array_equal(images, DDPMGenerator.sample(guided, 6, seed=1)[0])
+    # guidance 0 is the plain conditional model of the same weights; w > 0 moves the samples
+    guided.guidance = 0.0
+    assert not np.array_equal(images, DDPMGenerator.sample(guided, 6, seed=1)[0])
+    with pytest.raises(RobustgenError, match="label_dropout"):
+        fit_ddpm(*digits, num_classes=10, **{**TINY, "guidance": 1.0})
+
+
+def test_edm_and_guidance_options_enter_the_stage_key_only_when_set():
+    plain = generator_fit_kwargs(load_config("digits_ddpm").generator)
+    assert not {"objective", "label_dropout", "guidance"} & set(plain)  # earlier fits keep their key
+    kw = generator_fit_kwargs(load_config("digits_ddpm", ["generator.ddpm.objective=edm",
+                                                          "generator.ddpm.label_dropout=0.1",
+                                                          "generator.ddpm.guidance=0.5"]).generator)
+    assert (kw["objective"], kw["label_dropout"], kw["guidance"]) == ("edm", 0.1, 0.5)
+    for bad, match in (("generator.ddpm.objective=v", "objective"), ("generator.ddpm.guidance=1", "label_dropout"),
+                       ("generator.ddpm.label_dropout=1", "label_dropout")):
+        with pytest.raises(RobustgenError, match=match):
+            load_config("digits_ddpm", [bad])

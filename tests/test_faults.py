@@ -173,6 +173,26 @@ def test_training_stops_at_the_next_step_on_a_signal_and_resumes_identically(tmp
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), resumed.state_dict().values()))
     assert result.history == full_result.history  # the loss log too (the log window in progress is saved)
 
+    # metrics.jsonl: a kill after the checkpoint leaves records the resumed run redoes; they are
+    # dropped, so the resumed file has each step once, the same records as the uninterrupted run
+    from robustgen.tracking import read_metrics
+
+    def rows(folder):
+        return [(r["step"], r.get("model"), r.get("loss"), r.get("lr"), r.get("score"))
+                for r in read_metrics(folder / "metrics.jsonl")]
+
+    cut, stale = tmp_path / "cut2", {"step": 8, "loss": 123.0, "lr": 0.0}
+    preempt.install()
+    with pytest.raises(preempt.Preempted):
+        _train(cut, hook=_signal_at(5, signum))
+    preempt.reset()
+    with open(cut / "metrics.jsonl", "a") as f:  # written after the checkpoint by a run then SIGKILLed
+        f.write(json.dumps(stale) + "\n" + '{"step": 9, "lo')  # the last line cut mid-write
+    _train(cut)
+    assert rows(cut) == rows(tmp_path / "full") and len(rows(cut)) == len(set(rows(cut)))
+    steps = [r[0] for r in rows(cut) if r[1] is None]
+    assert steps == [2, 4, 6, 8, 9]  # every log point once, in order
+
 
 def test_signal_outside_a_resumable_loop_stops_at_once():
     preempt.install()

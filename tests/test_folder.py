@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from robustgen.data import load_dataset
-from robustgen.data.folder import FolderImages, decode_image
+from robustgen.data.folder import decode_image
 from robustgen.data.sources import ArraySource
 from robustgen.errors import RobustgenError
 

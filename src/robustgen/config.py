@@ -24,7 +24,7 @@ import yaml
 from robustgen.errors import RobustgenError
 
 PRESET_DIR = Path(__file__).parent / "configs"
-DEFAULT_PRESET = "digits_oracle"
+DEFAULT_PRESET = "digits_generator"
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,13 @@ class DDPMConfig:
     # drawn un-shifted. 0: none
     augment_shift: int = 0
     augment_p: float = 0.5
+    # eps: Ho et al.'s eps-prediction loss; edm: Karras et al. 2022's preconditioning and loss (sigma_data 0.5,
+    # ln sigma ~ N(-1.2, 1.2^2)), sampled by every solver through the VP schedule
+    objective: str = "eps"
+    # classifier-free guidance (Ho & Salimans 2022): train on a null class with this probability, then
+    # sample eps_u + (1 + guidance)(eps_c - eps_u); 0 and 0: the plain conditional model
+    label_dropout: float = 0.0
+    guidance: float = 0.0
     train_seed: int = 0  # initial weights and every training draw
     checkpoint_every_steps: int = 500  # resumable training state, in steps
     sampler: str = "dpm-solver++"  # ddpm (ancestral), ddim, dpm-solver++, edm-heun, or a named setting:
@@ -203,6 +210,17 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """Where training metrics go besides each training stage's ``metrics.jsonl`` (robustgen.tracking);
+    none of it changes results or stage fingerprints."""
+
+    tensorboard: bool = False  # event files in each training stage's tensorboard/ (pip install robustgen[tensorboard])
+    wandb: bool = False  # a Weights & Biases run per training stage (robustgen[wandb])
+    mlflow: bool = False  # an MLflow run per training stage (robustgen[mlflow])
+    project: str = "robustgen"  # W&B project / MLflow experiment
+
+
+@dataclass(frozen=True)
 class ArmConfig:
     """One more robust model that ``robustgen run`` trains next to the configured one, with the
     same steps, threat and labelling but another generator's data."""
@@ -225,6 +243,7 @@ class RunConfig:
     label: LabelConfig = field(default_factory=LabelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -346,6 +365,25 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+_ABBREVIATIONS = ("al.", "e.g.", "i.e.", "Sec.", "App.", "Fig.", "Tab.", "vs.", "cf.")
+
+
+def preset_description(name: str, limit: int = 160) -> str:
+    """The first sentence of a preset's header comment, on one line."""
+    words = []
+    for line in resolve_preset(name).read_text().splitlines():
+        if not line.startswith("#") or not line.strip("# "):
+            break
+        words += line.lstrip("# ").split()
+    sentence = []
+    for word in words:
+        sentence.append(word)
+        if word[-1] in ".?" and not word.endswith(_ABBREVIATIONS):
+            break
+    text = " ".join(sentence)
+    return text if len(text) <= limit else text[:limit - 3].rstrip() + "..."
+
+
 def read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
@@ -370,15 +408,27 @@ def load_config(config: str | None = None, overrides: list[str] | tuple[str, ...
     then validation."""
     path = resolve_preset(config or DEFAULT_PRESET)
     tree = read_yaml(path)
-    source = str(path)
+    source = str(path) if config else f"the default preset {DEFAULT_PRESET}"
+    given = {}  # what the command line set: dotted key -> how the user wrote it
     for key, value in (changes or {}).items():
-        _set_in(tree, key, value, source=source)
+        _set_in(tree, key, value, source="command line")
+        given[key] = f"{key}={value} (command-line option)"
     for item in overrides:
         key, value = parse_override(item)
         _set_in(tree, key, value, source=f"--set {key}")
-    cfg = _build(RunConfig, tree, prefix="", source=source)
-    validate(cfg, source=source)
-    return cfg
+        given[key] = f"--set {item}"
+    try:
+        return config_from_dict(tree, source=source)
+    except RobustgenError as e:
+        if not given:
+            raise
+        try:  # the preset alone is valid: the error is in what the command line set, so name that
+            config_from_dict(read_yaml(path), source=source)
+        except RobustgenError:
+            raise e from None
+        message = str(e).removeprefix(f"{source}: ")
+        named = [text for key, text in given.items() if key in message] or list(given.values())
+        raise RobustgenError(f"{'; '.join(named)}: {message}") from None
 
 
 def config_from_dict(tree: dict, *, source: str = "config") -> RunConfig:
@@ -517,6 +567,16 @@ def _validate_ddpm(d: DDPMConfig, source: str) -> None:
     _check(not d.augment_shift or (d.class_conditional and d.pretrained is None), source,
            "generator.ddpm.augment_shift trains a class-conditional UNet here (class_conditional: true, no pretrained): "
            "the shift reaches it through the class embedding")
+    _check(d.objective in ("eps", "edm"), source, f"generator.ddpm.objective must be eps or edm, got {d.objective!r}")
+    _check(0.0 <= d.label_dropout < 1.0 and d.guidance >= 0, source,
+           "generator.ddpm.label_dropout must be in [0, 1) and generator.ddpm.guidance >= 0")
+    _check(not d.label_dropout or (d.class_conditional and d.pretrained is None), source,
+           "generator.ddpm.label_dropout trains a null class of a class-conditional UNet here "
+           "(class_conditional: true, no pretrained)")
+    _check(not d.guidance or d.label_dropout, source,
+           "generator.ddpm.guidance needs generator.ddpm.label_dropout > 0 (the null class it guides against)")
+    _check(d.objective == "eps" or d.pretrained is None, source,
+           "generator.ddpm.objective: edm trains a UNet here; a pretrained DDPM predicts eps")
 
 
 def is_baseline(alpha: float) -> bool:

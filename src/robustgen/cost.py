@@ -166,10 +166,11 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
                 stages.append(StageCost("generator training", 3.0 * d.train_steps * d.batch_size, ug, rate,
                                         f"UNet {d.unet}, {d.train_steps:,} steps x {d.batch_size} images x 3", proxy=True))
             solver, solver_steps = resolve_sampler(d.sampler, d.sampling_steps)  # a named setting fixes both
-            calls = _unet_calls(solver, solver_steps)
+            calls = _unet_calls(solver, solver_steps) * (2 if d.guidance else 1)  # guidance: conditional + null
             stages.append(StageCost("sampling", float(g.num_samples) * calls, ug, rate,
                                     f"{g.num_samples:,} images x {calls} UNet calls ({d.sampler}, "
-                                    f"{solver_steps} steps, UNet {d.unet})", proxy=True))
+                                    f"{solver_steps} steps{', guided' if d.guidance else ''}, UNet {d.unet})",
+                                    proxy=True))
         else:
             stages.append(StageCost("sampling", 0.0, 0.0, None,
                                     f"{g.name}: {g.num_samples:,} images on the CPU (no GPU estimate)"))
@@ -200,3 +201,24 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
     disk += params_total * 4 * 5
     detail = f"{cfg.generator.num_samples:,} generated images + checkpoints" if disk > params_total * 20 else "checkpoints"
     return CostEstimate(stages, int(disk), detail)
+
+
+def preset_summaries() -> list[dict]:
+    """Name, dataset, model, description and estimated GPU-hours (``estimate_cost``; None where the
+    dataset's size cannot be read here) of every preset."""
+    from robustgen.config import DEFAULT_PRESET, list_presets, load_config, preset_description
+    from robustgen.errors import RobustgenError
+    from robustgen.preflight import data_shape
+
+    rows = []
+    for name in list_presets():
+        cfg = load_config(name)
+        try:
+            shape = data_shape(cfg)
+            hours = estimate_cost(cfg, n_train=shape.n_train, n_test=shape.n_test, image_shape=shape.image_shape,
+                                  num_classes=shape.num_classes).gpu_hours
+        except RobustgenError:
+            hours = None
+        rows.append({"name": name, "default": name == DEFAULT_PRESET, "dataset": cfg.data.dataset,
+                     "model": cfg.train.arch, "gpu_hours": hours, "description": preset_description(name)})
+    return rows

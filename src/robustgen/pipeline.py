@@ -2,11 +2,16 @@
 
 Every stage writes into ``OUT/stages/<stage>-<fingerprint>/`` and finishes by writing
 ``manifest.json`` atomically. The fingerprint (each stage module's ``fingerprint``, in
-``robustgen.stages``) hashes the stage's own config, its inputs' fingerprints and the code
-version, so a finished stage is reused by any later run that needs the same thing (another alpha
-reuses the classifier and the samples), a changed config never overwrites older results, and an
+``robustgen.stages``) hashes the stage's own config, its inputs' fingerprints and its code
+(``stages.code``: a changed algorithm recomputes the stage and those after it, with a notice),
+so a finished stage is reused by any later run that needs the same thing (another alpha reuses
+the classifier and the samples), a changed config never overwrites older results, and an
 interrupted stage resumes from its own checkpoint. The stages' typed results
 (``robustgen.results``) make ``results.json``.
+
+A run starts by writing ``config.yaml``, ``command.json`` and ``environment.json``
+(``robustgen.provenance``) and appends every line it logs to ``log.txt``. Paths in the JSON it
+writes (manifests, ``results.json``) are relative to the run folder, so the folder can move.
 """
 
 from __future__ import annotations
@@ -23,16 +28,38 @@ import torch
 from robustgen import __version__
 from robustgen.config import RunConfig, config_to_dict, is_baseline, replace
 from robustgen.data.store_format import cached_sha256
+from robustgen.errors import RobustgenError
 from robustgen.io import read_json, write_json
+from robustgen.provenance import environment, localize, portable, write_run_records
 from robustgen.locks import FolderLock
 from robustgen.results import ClassifierResult, EvalResult, ModelResult, RunResults, TrainingResult
+from robustgen.stages.code import changed_modules, module_digests
+from robustgen.stages.common import fingerprint_key
 from robustgen.stages import (Splits, adversarial, classifier, data_fingerprint, diagnose, evaluate, generate, label,
                               load_splits, resolve_device)
 from robustgen.train.distributed import DistContext, barrier, context_from_env, main_first
 
 
+_LOG_FILES: list[Path] = []  # the log.txt of the run in progress (innermost last)
+
+
 def log(message: str) -> None:
+    """A line on stderr and in the run's ``log.txt``."""
     print(f"[robustgen] {message}", file=sys.stderr, flush=True)
+    if _LOG_FILES:
+        with open(_LOG_FILES[-1], "a", encoding="utf-8") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {message}\n")
+
+
+@contextlib.contextmanager
+def run_log(out: Path):
+    """Append ``log``'s lines to ``OUT/log.txt`` while the block runs."""
+    out.mkdir(parents=True, exist_ok=True)
+    _LOG_FILES.append(out / "log.txt")
+    try:
+        yield
+    finally:
+        _LOG_FILES.pop()
 
 
 class Stage:
@@ -43,6 +70,7 @@ class Stage:
     def __init__(self, out: Path, name: str, fp: str, result_type=None):
         self.name, self.fp, self.result_type = name, fp, result_type
         self.dir = out / "stages" / f"{name}-{fp}"
+        self.run_folder = out
 
     @property
     def manifest_path(self) -> Path:
@@ -57,9 +85,25 @@ class Stage:
                 bad = [rel for rel, sha in (manifest.get("outputs") or {}).items()
                        if not _intact(self.dir / rel, sha)]
                 if not bad:
-                    result = manifest["result"]
+                    result = localize(manifest["result"], self.run_folder)
                     return result if self.result_type is None else self.result_type.from_dict(result)
                 self._discard_corrupt(bad)
+        return None
+
+    def made_by_other_code(self) -> tuple[Path, list[str]] | None:
+        """A finished folder of this stage with the same settings and inputs (``fingerprint_key``)
+        but other code, and the modules that differ; None if there is none."""
+        known = fingerprint_key(self.fp)
+        if known is None:
+            return None
+        key, code = known
+        for manifest_path in sorted(self.dir.parent.glob(f"{self.name}-*/manifest.json")):
+            try:
+                manifest = read_json(manifest_path)
+            except RobustgenError:  # a half-written or damaged folder is not evidence of anything
+                continue
+            if manifest.get("key") == key and manifest.get("fingerprint") != self.fp:
+                return manifest_path.parent, changed_modules(manifest.get("code") or {}, module_digests(code))
         return None
 
     def _discard_corrupt(self, bad: list[str]) -> None:
@@ -85,6 +129,12 @@ class Stage:
                 log(f"{self.name}: reusing {self.dir}")
             return result
         if ctx.is_main:
+            stale = self.made_by_other_code()
+            if stale:
+                folder, modules = stale
+                shown = ", ".join(modules[:4]) + (f" and {len(modules) - 4} more" if len(modules) > 4 else "")
+                log(f"{self.name}: recomputing: {folder} has the same settings and inputs, but its code changed "
+                    f"since ({shown})")
             log(f"{self.name}: running in {self.dir}")
             self.dir.mkdir(parents=True, exist_ok=True)
         barrier(ctx)
@@ -92,12 +142,27 @@ class Stage:
             t0 = time.perf_counter()
             result = compute(self.dir)
             if ctx.is_main:
+                _make_portable(self.dir, self.run_folder)
+                known = fingerprint_key(self.fp)
+                code = {"key": known[0], "code": module_digests(known[1])} if known else {}
+                as_dict = result if self.result_type is None else result.to_dict()
                 write_json(self.manifest_path, {"stage": self.name, "fingerprint": self.fp, "version": __version__,
-                                                "inputs": inputs, "wall_time_s": round(time.perf_counter() - t0, 2),
-                                                "result": result if self.result_type is None
-                                                else result.to_dict(), "outputs": _outputs(self.dir)})
+                                                **code, "environment": environment(device=None), "inputs": inputs,
+                                                "wall_time_s": round(time.perf_counter() - t0, 2),
+                                                "result": portable(as_dict, self.run_folder),
+                                                "outputs": _outputs(self.dir)})
         barrier(ctx)
         return result if result is not None else self.cached()
+
+
+def _make_portable(folder: Path, run: Path) -> None:
+    """Rewrite the stage's JSON files (summary, eval, metrics, store manifests) with run-relative paths."""
+    for path in sorted(folder.rglob("*.json")):
+        if path != folder / "manifest.json" and not any(p.startswith(".") for p in path.relative_to(folder).parts):
+            data = read_json(path)
+            relative = portable(data, run)
+            if relative != data:
+                write_json(path, relative)
 
 
 def _outputs(folder: Path) -> dict[str, str]:
@@ -165,13 +230,19 @@ def plan(cfg: RunConfig) -> dict:
     return {"device": cfg.device, "dataset": cfg.data.dataset, "stages": stages}
 
 
-def run(cfg: RunConfig, out: Path, *, progress: bool = True, wait: bool = False) -> RunResults:
+def run(cfg: RunConfig, out: Path, *, progress: bool = True, wait: bool = False,
+        command: dict | None = None) -> RunResults:
     """classifier -> generate -> label -> train (each variant) -> eval, then results + report.
 
     The run folder is owned by one process at a time (``robustgen.locks``): another owner is an
-    error, or with ``wait`` waited for. Under torchrun rank 0 holds the lock."""
+    error, or with ``wait`` waited for. Under torchrun rank 0 holds the lock. ``command``: what
+    the CLI parsed (preset, overrides), recorded in ``command.json``."""
+    out = Path(out)
     ctx, device = context_from_env(resolve_device(cfg.device))
-    with FolderLock(out, wait=wait, what="run folder", log=log) if ctx.is_main else contextlib.nullcontext():
+    with FolderLock(out, wait=wait, what="run folder", log=log) if ctx.is_main else contextlib.nullcontext(), \
+            run_log(out) if ctx.is_main else contextlib.nullcontext():
+        if ctx.is_main:
+            write_run_records(out, config_to_dict(cfg), command=command, device=device)
         return _run(cfg, out, ctx, device, progress)
 
 
@@ -179,6 +250,7 @@ def generated_data(cfg: RunConfig, out: Path, *, progress: bool = True, wait: bo
     """The classifier, generate, label and diagnose stages of ``run`` alone (no adversarial
     training), into the same run folder and stage cache: {generator: {"store", "labeling",
     "diagnostics"}} for every generator the run's models train on."""
+    out = Path(out)
     ctx, device = context_from_env(resolve_device(cfg.device))
     with FolderLock(out, wait=wait, what="run folder", log=log) if ctx.is_main else contextlib.nullcontext():
         splits = main_first(ctx, lambda: load_splits(cfg))
@@ -222,7 +294,7 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
                    for fig in model_figures(out, m.name, Path(m.checkpoint), splits.test,
                                             norm=cfg.threat.norm, eps=cfg.threat.eps, device=device)]
         write_report(out, results, samples_path=samples, figures=figures)
-        write_json(out / "results.json", results.to_dict())
+        write_json(out / "results.json", portable(results.to_dict(), out))
     return results
 
 

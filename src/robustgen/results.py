@@ -133,6 +133,14 @@ class RunResults(_JSON):
     # generator -> near copies, label agreement, complementarity vs the kept / validation images
     diagnostics_by_generator: dict = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def from_dict(cls, d: Any) -> "RunResults | None":
+        run = super().from_dict(d)
+        if run is None:
+            return None
+        models = [m if isinstance(m, ModelResult) else ModelResult.from_dict(m) for m in run.models]
+        return None if None in models else dataclasses.replace(run, models=models)
+
 
 @dataclass(frozen=True)
 class SweepRecord(_JSON):

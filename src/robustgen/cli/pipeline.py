@@ -41,7 +41,8 @@ def run(config, overrides, out, dry_run, wait, quiet):
         if problems:
             raise SystemExit(2)
         return
-    results = run_pipeline(cfg, out, progress=not quiet, wait=wait)
+    results = run_pipeline(cfg, out, progress=not quiet, wait=wait,
+                           command={"config": config, "overrides": list(overrides)})
     if int(os.environ.get("RANK", "0")) != 0:
         return  # under torchrun, rank 0 reports
     click.echo(f"wrote {out / 'results.json'} and {out / 'report.md'} in {results.wall_time_s:.0f} s")

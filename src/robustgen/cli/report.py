@@ -1,4 +1,4 @@
-"""``robustgen report {samples, curves}`` (figures), ``robustgen measure`` (complementarity,
+"""``robustgen report {run, samples, curves}`` (a run's report.md, figures), ``robustgen measure`` (complementarity,
 coverage, FID / IS / KID of generated sets, paper Alg. 1 and Table 1) and ``robustgen diagnose``
 (near copies, label agreement and complementarity against the kept and validation images)."""
 
@@ -14,7 +14,25 @@ from robustgen.errors import RobustgenError
 
 @cli.group()
 def report():
-    """Figures of generated data and of training."""
+    """A run's report, figures of generated data and of training."""
+
+
+@report.command("run")
+@click.argument("out", metavar="RUN_FOLDER", type=click.Path(path_type=Path, file_okay=False))
+def report_run(out):
+    """Rebuild RUN_FOLDER/report.md from its results.json and figures (a moved or shared folder too)."""
+    from robustgen.io import read_json
+    from robustgen.provenance import localize
+    from robustgen.report import write_report
+    from robustgen.report.figures import existing_figures
+    from robustgen.results import RunResults
+
+    path = out / "results.json"
+    results = RunResults.from_dict(localize(read_json(path), out))
+    if results is None:
+        raise RobustgenError(f"{path}: not the results.json of robustgen run")
+    write_report(out, results, samples_path=None, figures=existing_figures(out, [m.name for m in results.models]))
+    click.echo(f"wrote {out / 'report.md'}")
 
 
 @report.command("samples")

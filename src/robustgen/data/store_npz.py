@@ -16,8 +16,8 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from robustgen.progress import progress_bar
 from robustgen.data.npz import validate_labels
 from robustgen.data.store import DEFAULT_SHARD_SIZE, FIELDS, Store, is_store
 from robustgen.data.store_format import _npy_bytes_header, read_npy_header
@@ -118,7 +118,7 @@ def import_npz(npz_path, store_dir, *, shard_size: int = DEFAULT_SHARD_SIZE, num
                       "keys": keys}
             writer = _writer_for_import(store_dir, path, source, image_shape=shape[1:], num_classes=num_classes,
                                         class_names=class_names, shard_size=shard_size, n=n)
-            with writer, tqdm(total=n, unit="img", unit_scale=True, desc="import", disable=not progress) as bar:
+            with writer, progress_bar(total=n, unit="img", unit_scale=True, desc="import", disable=not progress) as bar:
                 row_bytes = int(np.prod(shape[1:]))
                 size = int(writer.manifest["shard_size"])
                 for k, start in enumerate(range(0, n, size)):
@@ -185,7 +185,7 @@ def export_npz(store, out_path, *, use_selection: bool = True, progress: bool = 
     def write(tmp):
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             with zf.open("image.npy", "w", force_zip64=True) as f, \
-                    tqdm(total=n, unit="img", unit_scale=True, desc="export", disable=not progress) as bar:
+                    progress_bar(total=n, unit="img", unit_scale=True, desc="export", disable=not progress) as bar:
                 f.write(_npy_bytes_header((n, *store.image_shape), FIELDS["images"]))
                 for start in range(0, n, chunk_rows):
                     rows = store.gather(np.arange(start, min(n, start + chunk_rows)))

@@ -25,8 +25,8 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
+from robustgen.progress import progress_bar
 from robustgen import preempt
 from robustgen.attacks.pgd import frozen_parameters, perturbation_norm, within_ball
 from robustgen.checkpoint import load_state, save_state
@@ -102,7 +102,7 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
                 stage = stages[s]
                 todo = state["stage_start"].nonzero(as_tuple=True)[0].numpy()
                 batches = [todo[lo:lo + batch_size] for lo in range(0, len(todo), batch_size)]
-                bar = tqdm(total=len(todo), initial=sum(len(b) for b in batches[:state["batch"]]),
+                bar = progress_bar(total=len(todo), initial=sum(len(b) for b in batches[:state["batch"]]),
                            desc=f"{desc}[{stage.name}]", unit="img", disable=not (progress and ctx.is_main),
                            leave=False)
                 for first in range(state["batch"], len(batches), w):

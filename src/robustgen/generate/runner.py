@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from tqdm.auto import tqdm
 
+from robustgen.progress import progress_bar
 from robustgen import preempt
 from robustgen.data.store import DEFAULT_SHARD_SIZE, file_sha256, is_store, read_manifest
 from robustgen.data.store_writer import ShardFiles, StoreWriter
@@ -134,7 +134,7 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
         sampler = adapter.range_sampler(fitted, seed=int(seed))
         t1 = time.perf_counter()
         written = 0
-        with tqdm(total=num_samples, initial=plan["skipped"], unit="img", unit_scale=True, desc="generate",
+        with progress_bar(total=num_samples, initial=plan["skipped"], unit="img", unit_scale=True, desc="generate",
                   disable=not (progress and ctx.is_main), smoothing=0.1) as bar, preempt.resumable():
             todo = rounds(ctx, plan["todo"])
             for r, mine in enumerate(todo):

@@ -12,8 +12,8 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from robustgen.progress import progress_bar
 from robustgen.data.npz import validate_images
 from robustgen.errors import RobustgenError
 from robustgen.models.inference import InferenceOptions, autocast, to_memory_format
@@ -61,7 +61,7 @@ def predict_probabilities(
     model.eval()
     out: list[np.ndarray] = []
     try:
-        with tqdm(total=sum(hi - lo for lo, hi in batches), unit="img", desc="pseudo-label",
+        with progress_bar(total=sum(hi - lo for lo, hi in batches), unit="img", desc="pseudo-label",
                   disable=not progress) as bar, ThreadPoolExecutor(1) as reader:
             ahead = reader.submit(read, batches[0]) if batches else None
             for b in range(len(batches)):

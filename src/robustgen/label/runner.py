@@ -32,8 +32,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from robustgen.progress import progress_bar
 from robustgen import preempt
 from robustgen.data.store import Store, _MappedShard, read_manifest, shard_file
 from robustgen.data.store_writer import StoreWriter
@@ -90,7 +90,7 @@ def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "arg
         t0 = time.perf_counter()
         done = 0
         todo = set(plan["todo"])
-        with tqdm(total=plan["total"], unit="img", unit_scale=True, desc="label",
+        with progress_bar(total=plan["total"], unit="img", unit_scale=True, desc="label",
                   disable=not (progress and ctx.is_main)) as bar, preempt.resumable():
             for e in manifest["shards"]:
                 k, n = int(e["index"]), int(e["count"])

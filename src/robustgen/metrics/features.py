@@ -79,9 +79,9 @@ def extract_features(extractor: FeatureExtractor, images, *, batch_size: int = 2
     if rows.size == 0:
         raise RobustgenError("no images to extract features from")
     feats, logits = [], []
-    from tqdm.auto import tqdm
+    from robustgen.progress import progress_bar
 
-    for start in tqdm(range(0, rows.size, batch_size), desc=f"features ({extractor.name})", unit="batch",
+    for start in progress_bar(range(0, rows.size, batch_size), desc=f"features ({extractor.name})", unit="batch",
                       disable=not progress, leave=False):
         batch = gather_rows(images, rows[start:start + batch_size])
         validate_images(batch, source=f"images for {extractor.name} features", allow_empty=True)

@@ -11,7 +11,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["model_figures"]
+__all__ = ["existing_figures", "figure_caption", "model_figures"]
+
+
+def figure_caption(name: str, kind: str, points: int = 4) -> str:
+    """The report's caption of ``figures/<name>-<kind>.png``."""
+    if kind == "curves":
+        return f"`{name}`: training loss, learning rate and validation accuracy"
+    return f"`{name}`: loss landscape around the first {points} test images (paper Fig. 11)"
+
+
+def existing_figures(out: Path, names) -> list[tuple[str, str]]:
+    """(caption, path relative to ``out``) of the figures a run already wrote for models ``names``."""
+    return [(figure_caption(name, kind), f"figures/{name}-{kind}.png") for name in names
+            for kind in ("curves", "landscape") if (out / "figures" / f"{name}-{kind}.png").exists()]
 
 
 def model_figures(out: Path, name: str, checkpoint: Path, test, *, norm: str, eps: float,
@@ -32,7 +45,7 @@ def model_figures(out: Path, name: str, checkpoint: Path, test, *, norm: str, ep
     if history.exists():
         path = folder / f"{name}-curves.png"
         plot_training_curves(read_history(history), path, title=f"{name}: training")
-        made.append((f"`{name}`: training loss, learning rate and validation accuracy", str(path.relative_to(out))))
+        made.append((figure_caption(name, "curves"), str(path.relative_to(out))))
     count = min(points, len(test))
     if count:
         model = load_model(checkpoint, device=device)
@@ -44,6 +57,5 @@ def model_figures(out: Path, name: str, checkpoint: Path, test, *, norm: str, ep
         plot_loss_landscapes(landscape, path, max_points=count,
                              title=f"{name}: margin around test points (u: PGD-40 direction, v: Rademacher; "
                                    f"{norm} eps={eps:.4g})")
-        made.append((f"`{name}`: loss landscape around the first {count} test images (paper Fig. 11)",
-                     str(path.relative_to(out))))
+        made.append((figure_caption(name, "landscape", count), str(path.relative_to(out))))
     return made

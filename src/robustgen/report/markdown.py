@@ -62,7 +62,7 @@ def verdict(models: Sequence[ModelResult]) -> str:
 def write_report(out: Path, results: RunResults, *, samples_path: Path | None,
                  figures: Sequence[tuple[str, str]] = ()) -> None:
     """report.md: results table, verdict, labelling summary, the grid of ``samples_path`` (a store
-    or .npz) and ``figures``
+    or .npz; None: the folder's samples.png if any) and ``figures``
     ((caption, PNG path relative to ``out``) pairs)."""
     from robustgen.report.grid import save_store_grid
 
@@ -98,6 +98,7 @@ def write_report(out: Path, results: RunResults, *, samples_path: Path | None,
     if samples_path is not None and samples_path.exists():
         save_store_grid(out / "samples.png", samples_path, per_class=10, seed=0,
                         title="generated samples with their training labels (one row per class)")
+    if (out / "samples.png").exists():  # made now, or by the run whose report is rebuilt
         source = "from f_NR" if results.labeling else "the generator's conditioning classes"
         lines += [f"Generated samples as training sees them (labels {source}), one row per class:", "",
                   "![samples](samples.png)", ""]

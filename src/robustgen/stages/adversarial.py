@@ -23,7 +23,7 @@ from robustgen.errors import RobustgenError
 from robustgen.io import write_json
 from robustgen.models.ghost_batchnorm import use_bn_groups
 from robustgen.results import TrainingResult
-from robustgen.stages.common import Splits, build_model, hash_parts, robust_seed, selection_evaluator
+from robustgen.stages.common import Splits, build_model, robust_seed, selection_evaluator, stage_fingerprint
 from robustgen.stages.common import loop_settings as common_loop_settings
 from robustgen.train.distributed import DistContext
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
@@ -59,7 +59,7 @@ def source_fingerprints(cfg: RunConfig) -> list:
 def fingerprint(cfg: RunConfig, data_fp: str, generated_fp: str | None) -> str:
     """``generated_fp`` identifies the labelled generated data (the label stage's fingerprint, or
     the ``--generated`` path); it counts only when this config reads generated data."""
-    return hash_parts("train", data_fp, generated_fp if needs_generated(cfg) else None,
+    return stage_fingerprint("train", "train", data_fp, generated_fp if needs_generated(cfg) else None,
                       asdict(cfg.train), asdict(cfg.threat), cfg.data.crop_padding,
                       cfg.data.flip, cfg.seed, cfg.eval.batch_size,
                       *([source_fingerprints(cfg)] if cfg.data.sources else []))
@@ -169,7 +169,7 @@ def run(cfg: RunConfig, splits: Splits, generated: Path | None, out_dir: Path, *
                         out_dir=out_dir, device=device, spec=spec,
                         extra_meta={"role": "robust", "name": name, "config": config_to_dict(cfg)},
                         fingerprint=fp, desc=f"train[{name}]", compile_model=options.compile, ctx=ctx,
-                        progress=progress)
+                        progress=progress, logging=cfg.logging)
     summary = TrainingResult(
         name=name, alpha=t.alpha, steps=settings.total_steps, batch_size=t.batch_size,
         generated_samples=int(sum(len(src) for src in sources)),

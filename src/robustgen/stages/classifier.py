@@ -16,7 +16,8 @@ from robustgen.checkpoint import load_model
 from robustgen.config import RunConfig, config_to_dict
 from robustgen.io import write_json
 from robustgen.results import ClassifierResult
-from robustgen.stages.common import Splits, build_model, clean_accuracy, hash_parts, selection_evaluator
+from robustgen.stages.common import (Splits, build_model, clean_accuracy, hash_parts, selection_evaluator,
+                                     stage_fingerprint)
 from robustgen.stages.common import loop_settings as common_loop_settings
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
 from robustgen.train.steps import standard_step_loss
@@ -26,7 +27,8 @@ __all__ = ["external_fingerprint", "fingerprint", "loop_settings", "run"]
 
 def fingerprint(cfg: RunConfig, data_fp: str) -> str:
     """Everything the classifier depends on: the data, ``classifier.*``, augmentation and the seed."""
-    return hash_parts("classifier", data_fp, asdict(cfg.classifier), cfg.data.crop_padding, cfg.data.flip, cfg.seed)
+    return stage_fingerprint("classifier", "classifier", data_fp, asdict(cfg.classifier), cfg.data.crop_padding,
+                             cfg.data.flip, cfg.seed)
 
 
 def external_fingerprint(path: Path) -> str:
@@ -55,7 +57,8 @@ def run(cfg: RunConfig, splits: Splits, out_dir: Path, *, device: torch.device, 
                         evaluate=selection_evaluator(cfg, splits.val, device, robust=False),
                         out_dir=out_dir, device=device, spec=spec,
                         extra_meta={"role": "classifier", "config": config_to_dict(cfg)},
-                        fingerprint=fingerprint(cfg, data_fp), desc="classifier", progress=progress)
+                        fingerprint=fingerprint(cfg, data_fp), desc="classifier", progress=progress,
+                        logging=cfg.logging)
     best = load_model(out_dir / "best.safetensors", device=device)
     test_acc = clean_accuracy(best, splits.test.images, splits.test.labels, batch_size=cfg.eval.batch_size,
                               device=device)

@@ -1,7 +1,7 @@
 """What every stage shares: the device, the real splits, fresh models, fingerprints, model selection.
 
-A stage's fingerprint (``hash_parts``) hashes what determines its result: its settings, its
-inputs' fingerprints and the code version. The pipeline names a stage's folder after it and
+A stage's fingerprint (``stage_fingerprint``) hashes what determines its result: its settings,
+its inputs' fingerprints and its code (``stages.code``). The pipeline names a stage's folder after it and
 training checkpoints record it, so a changed setting never resumes or reuses an older result.
 """
 
@@ -27,8 +27,8 @@ from robustgen.models import create_model
 from robustgen.train.loop import LoopSettings
 from robustgen.train.schedule import scaled_lr
 
-__all__ = ["Splits", "build_model", "clean_accuracy", "data_fingerprint", "hash_parts", "load_splits",
-           "loop_settings", "resolve_device", "robust_seed", "selection_evaluator"]
+__all__ = ["Splits", "build_model", "clean_accuracy", "data_fingerprint", "fingerprint_key", "hash_parts",
+           "load_splits", "loop_settings", "resolve_device", "robust_seed", "selection_evaluator", "stage_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -40,9 +40,28 @@ class Splits:
 
 
 def hash_parts(*parts) -> str:
-    """12 hex digits of sha256 over the code version and ``parts`` (JSON, keys sorted)."""
+    """12 hex digits of sha256 over the package version and ``parts`` (JSON, keys sorted)."""
     blob = json.dumps([__version__, *parts], sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# fingerprint -> (hash of the settings and inputs alone, the stage whose code it includes), for the
+# notice that a stage recomputes because its code changed (``pipeline.Stage``)
+_KEYS: dict[str, tuple[str, str]] = {}
+
+
+def stage_fingerprint(code: str, *parts) -> str:
+    """``hash_parts(*parts)`` plus the digest of the code of stage ``code`` (``stages.code.STAGE_CODE``)."""
+    from robustgen.stages.code import code_digest
+
+    fp = hash_parts(*parts, {"code": code_digest(code)})
+    _KEYS[fp] = (hash_parts(*parts), code)
+    return fp
+
+
+def fingerprint_key(fp: str) -> tuple[str, str] | None:
+    """(settings-and-inputs key, code stage) of a fingerprint made by ``stage_fingerprint`` here."""
+    return _KEYS.get(fp)
 
 
 def data_fingerprint(cfg: RunConfig, splits: Splits) -> str:

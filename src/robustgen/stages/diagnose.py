@@ -10,7 +10,7 @@ import torch
 
 from robustgen.metrics.diagnostics import diagnose
 from robustgen.metrics.measure import open_image_set
-from robustgen.stages.common import Splits, hash_parts
+from robustgen.stages.common import Splits, stage_fingerprint
 
 __all__ = ["SAMPLES", "fingerprint", "run"]
 
@@ -18,7 +18,7 @@ SAMPLES = 5000  # class-balanced samples diagnosed per generator
 
 
 def fingerprint(labelled_fp: str, data_fp: str, classifier_fp: str | None) -> str:
-    return hash_parts("diagnose", labelled_fp, data_fp, classifier_fp, SAMPLES)
+    return stage_fingerprint("diagnose", "diagnose", labelled_fp, data_fp, classifier_fp, SAMPLES)
 
 
 def run(store: Path, splits: Splits, classifier_path: Path | None, *, device: torch.device) -> dict:

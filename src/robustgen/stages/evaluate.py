@@ -22,14 +22,14 @@ from robustgen.evaluate import evaluate_robustness
 from robustgen.generate.runner import array_fingerprint
 from robustgen.io import write_json
 from robustgen.results import EvalResult
-from robustgen.stages.common import hash_parts
+from robustgen.stages.common import stage_fingerprint
 from robustgen.train.distributed import DistContext
 
 __all__ = ["fingerprint", "run", "training_log_check"]
 
 
 def fingerprint(cfg: RunConfig, train_fp: str) -> str:
-    return hash_parts("eval", train_fp, asdict(cfg.eval), asdict(cfg.threat))
+    return stage_fingerprint("eval", "eval", train_fp, asdict(cfg.eval), asdict(cfg.threat))
 
 
 def training_log_check(info: dict, clean_accuracy: float, n: int) -> dict | None:

@@ -18,7 +18,7 @@ from robustgen.data.store_format import DEFAULT_SHARD_SIZE
 from robustgen.errors import RobustgenError
 from robustgen.generate import generator_fit_kwargs, get_generator
 from robustgen.generate.runner import generate_store
-from robustgen.stages.common import Splits, hash_parts
+from robustgen.stages.common import Splits, stage_fingerprint
 from robustgen.train.distributed import DistContext
 
 __all__ = ["fingerprint", "fit_data", "run"]
@@ -27,7 +27,8 @@ __all__ = ["fingerprint", "fit_data", "run"]
 def fingerprint(cfg: RunConfig, data_fp: str) -> str:
     """Only what this generator reads, so another generator's settings change nothing."""
     g = cfg.generator
-    return hash_parts("generate-store", data_fp, g.name, g.num_samples, g.seed, generator_fit_kwargs(g))
+    return stage_fingerprint("generate", "generate-store", data_fp, g.name, g.num_samples, g.seed,
+                             generator_fit_kwargs(g))
 
 
 def _fits_on_heldout(cfg: RunConfig) -> bool:

@@ -27,7 +27,7 @@ from robustgen.errors import RobustgenError
 from robustgen.label.runner import label_store, select_store
 from robustgen.metrics.diagnostics import near_copy_rows
 from robustgen.models.inference import InferenceOptions, prepare_for_inference
-from robustgen.stages.common import hash_parts
+from robustgen.stages.common import hash_parts, stage_fingerprint
 from robustgen.train.distributed import DistContext, on_main
 
 __all__ = ["conditions_fingerprint", "filter_rows", "fingerprint", "inference_options", "labels_are_conditions",
@@ -35,7 +35,7 @@ __all__ = ["conditions_fingerprint", "filter_rows", "fingerprint", "inference_op
 
 
 def fingerprint(cfg: RunConfig, generate_fp: str, classifier_fp: str) -> str:
-    return hash_parts("label-store", generate_fp, classifier_fp, asdict(cfg.label))
+    return stage_fingerprint("label", "label-store", generate_fp, classifier_fp, asdict(cfg.label))
 
 
 def labels_are_conditions(cfg: RunConfig) -> bool:

@@ -20,8 +20,9 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
+from robustgen.progress import peak_memory, progress_bar, progress_write
+from robustgen.tracking import MetricsLog, open_trackers
 from robustgen import preempt
 from robustgen.checkpoint import resume_state, save_model, save_state
 from robustgen.data import ImageDataset, crop_flip
@@ -188,10 +189,11 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
                generated: Sequence[BatchSource], step_loss: StepLoss,
                evaluate: Evaluator | None, out_dir: Path, device: torch.device, spec: dict,
                extra_meta: dict, fingerprint: str, desc: str = "train", compile_model: bool = False,
-               ctx: DistContext = DistContext(), progress: bool = True) -> LoopResult:
+               ctx: DistContext = DistContext(), progress: bool = True, logging=None) -> LoopResult:
     """Train ``model`` for ``settings.total_steps`` steps, writing into ``out_dir`` (rank 0 only):
     ``state.pt`` (resumable), ``last.safetensors`` (EMA weights when averaging, else raw),
-    ``best.safetensors`` (the best of raw / EMA under ``evaluate``'s score) and ``history.json``.
+    ``best.safetensors`` (the best of raw / EMA under ``evaluate``'s score), ``history.json`` and
+    ``metrics.jsonl`` (``robustgen.tracking``; mirrored to the trackers ``logging`` turns on).
     ``generated``: sources of generated images (``robustgen.data.sources``: arrays or stores),
     mixed with the real split as ``settings.source_weights`` say.
     Under torchrun (``ctx.enabled``) the model is wrapped in DistributedDataParallel."""
@@ -205,8 +207,12 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     state_path = out_dir / "state.pt"
     history, best, start_step, resumed_running = _resume(state_path, fingerprint, model, optimizer, ema, ctx)
     if state_path.exists() and progress and main:
-        tqdm.write(f"{desc}: resuming from step {start_step}/{s.total_steps} ({state_path})")
+        progress_write(f"{desc}: resuming from step {start_step}/{s.total_steps} ({state_path})")
     attack_model, train_model = _attack_and_training_models(model, ctx, device, compile_model)
+    live = None  # metrics.jsonl (rank 0)
+    if main:
+        live = MetricsLog(out_dir / "metrics.jsonl", resume_step=start_step, trackers=open_trackers(
+            logging, out_dir, name=out_dir.name, resume_step=start_step, config=extra_meta.get("config")))
     saved_step = start_step if state_path.exists() else None
 
     def save_checkpoint(step: int) -> None:
@@ -236,17 +242,18 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
         results = evaluate(variants, step)
         for name, metrics in results.items():
             history.append({"step": step, "samples": step * s.batch_size, "model": name, **metrics})
+            live.log({"step": step, "model": name, **metrics}, prefix=f"val/{name}/")
             if best is None or metrics["score"] > best["score"]:
                 best = {"step": step, "model": name, **metrics}
                 save_model(out_dir / "best.safetensors", variants[name], spec=spec,
                            extra={**extra_meta, "selection": best})
         write_json(out_dir / "history.json", history)
 
-    t0 = time.perf_counter()
+    t0 = last_log = time.perf_counter()
     model.train()
     running = torch.zeros((), device=device) if resumed_running is None else resumed_running.to(device)
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss, 0: none
-    bar = tqdm(total=s.total_steps, initial=start_step, desc=desc, unit="step", disable=not (progress and main),
+    bar = progress_bar(total=s.total_steps, initial=start_step, desc=desc, unit="step", disable=not (progress and main),
                dynamic_ncols=True)
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
     batches = TrainingBatches(real, generated, s, spec["num_classes"], device, ctx, start_step=start_step)
@@ -277,9 +284,17 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
                     running.zero_()
                     history.append({"step": done, "samples": done * s.batch_size, "loss": mean_loss, "lr": lr})
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
+                    if main:
+                        now = time.perf_counter()
+                        peak = peak_memory()
+                        live.log({"step": done, "samples": done * s.batch_size, "loss": mean_loss, "lr": lr,
+                                  "img_per_s": count * s.batch_size / max(now - last_log, 1e-9),
+                                  **({f"{peak[0]}_peak_gib": peak[1]} if peak else {})}, prefix="train/")
+                        last_log = now
                 if main and eval_now:
                     run_evaluation(done)
                     model.train()
+                    last_log = time.perf_counter()  # img/s counts training, not model selection
                 if main and (save_now or stop):
                     save_checkpoint(done)
                 if stop:
@@ -287,6 +302,8 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
                     preempt.stop_if_requested(f"in {desc} at step {done}/{s.total_steps} (state in {state_path})")
     finally:
         batches.close()
+        if live is not None:
+            live.close()
     bar.close()
     if main:
         _save_final(out_dir, ema.model if ema is not None else model, s, spec=spec, extra_meta=extra_meta,

@@ -28,6 +28,7 @@ import torch
 from robustgen import preempt
 from robustgen.errors import RobustgenError
 from robustgen.generate import register_generator
+from robustgen.generate.diffusion.edm import EDMEpsModel, GuidedModel
 from robustgen.generate.diffusion.samplers import (auto_batch_size, resolve_sampler, sample_diffusion,
                                                    sample_generators, to_uint8_nhwc)
 from robustgen.models.inference import InferenceOptions, prepare_for_inference
@@ -56,6 +57,9 @@ class DDPMFit:
     setting: str | None = None  # the named sampler setting (wang2023, ...) that chose sampler and steps
     info: dict = field(default_factory=dict)  # training summary / source
     condition_classes: list | None = None  # model class of each data class (class_map by-name); None: the same
+    objective: str = "eps"  # what the UNet predicts: eps (Ho et al.) or the EDM-preconditioned output
+    guidance: float = 0.0  # classifier-free guidance weight w (needs null_class)
+    null_class: int | None = None  # embedding index of the null class (trained with label_dropout)
 
     def to(self, device) -> "DDPMFit":
         self.unet.to(torch.device(device))
@@ -79,7 +83,8 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
              sampler: str = "dpm-solver++", sampling_steps: int = 20, sample_batch_size: int = 256,
              precision: str = "fp32", channels_last: bool = False, compile: bool = False,
              checkpoint_every_steps: int = 500, class_map: str = "same", augment_shift: int = 0,
-             augment_p: float = 0.5, class_names=None, device: str = "cpu", work_dir=None, progress: bool = False,
+             augment_p: float = 0.5, objective: str = "eps", label_dropout: float = 0.0, guidance: float = 0.0,
+             class_names=None, device: str = "cpu", work_dir=None, progress: bool = False,
              stop_after: int | None = None) -> DDPMFit:
     """Train a DDPM on uint8 NHWC ``train_images`` (or load ``pretrained``); see the module doc."""
     from robustgen.generate.diffusion.train import DDPMTrainSettings, train_ddpm
@@ -100,6 +105,13 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
     sample_settings = dict(sampler=solver, steps=solver_steps, batch_size=int(sample_batch_size),
                            precision=precision, channels_last=bool(channels_last), compile=bool(compile),
                            setting=sampler if solver != sampler else None)
+    if objective not in ("eps", "edm"):
+        raise RobustgenError(f"objective must be eps or edm, got {objective!r}")
+    if guidance and not label_dropout:
+        raise RobustgenError("guidance needs a UNet trained with label_dropout > 0 (its null class)")
+    if pretrained and (objective != "eps" or label_dropout):
+        raise RobustgenError("a pretrained DDPM is an eps-prediction model without a null class "
+                             "(objective: eps, label_dropout: 0)")
     if pretrained:
         model, sched = load_pretrained(pretrained)
         k = unet_num_classes(model)
@@ -127,9 +139,13 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
     if augment_shift and not class_conditional:
         raise RobustgenError("generator.ddpm.augment_shift needs class_conditional: true (the shift reaches the "
                              "UNet through its class embedding)")
+    if label_dropout and not class_conditional:
+        raise RobustgenError("generator.ddpm.label_dropout needs class_conditional: true (it trains a null class)")
     from robustgen.generate.diffusion.train import num_shifts
 
     embeds = num_classes * (num_shifts(augment_shift) if augment_shift else 1)  # class x shift conditions
+    null_class = embeds if label_dropout else None  # one more embedding: the null class
+    embeds += 1 if label_dropout else 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(train_seed))
         model = build_unet(unet, image_size=h, in_channels=c, num_classes=embeds if class_conditional else None,
@@ -140,9 +156,13 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
     settings = DDPMTrainSettings(steps=int(train_steps), batch_size=int(batch_size), lr=float(lr),
                                  warmup_steps=int(warmup_steps), ema_decay=float(ema_decay),
                                  grad_clip=float(grad_clip), flip=bool(flip), seed=int(train_seed),
-                                 bf16=precision == "bf16", checkpoint_every_steps=int(checkpoint_every_steps), **augment)
-    # the resume key of a fit without augmentation is the one it had before augmentation existed
-    keyed = {k: v for k, v in settings.__dict__.items() if augment or k not in ("augment_shift", "augment_p", "num_classes")}
+                                 bf16=precision == "bf16", checkpoint_every_steps=int(checkpoint_every_steps),
+                                 objective=objective, label_dropout=float(label_dropout),
+                                 null_class=-1 if null_class is None else null_class, **augment)
+    # the resume key of a fit without an option is the one it had before the option existed
+    unset = (() if augment else ("augment_shift", "augment_p", "num_classes")) + \
+        (("objective",) if objective == "eps" else ()) + (() if label_dropout else ("label_dropout", "null_class"))
+    keyed = {k: v for k, v in settings.__dict__.items() if k not in unset}
     fp = _fingerprint(train_images, labels, {"unet": unet, "dropout": dropout, "settings": keyed,
                                             "conditional": bool(class_conditional), "K": num_classes})
     summary = train_ddpm(model, train_images, labels, alphas_cumprod=alphas_cumprod(sched), settings=settings,
@@ -150,7 +170,8 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
     model.load_state_dict(summary.pop("ema_state"), strict=False)
     model.eval().requires_grad_(False)
     return _with_batch_size(DDPMFit(model, sched, num_classes, bool(class_conditional), (h, w, c),
-                                    info={"unet": unet, **summary}, **sample_settings))
+                                    info={"unet": unet, **summary}, objective=objective, guidance=float(guidance),
+                                    null_class=null_class, **sample_settings))
 
 
 def _with_batch_size(fit: DDPMFit) -> DDPMFit:
@@ -192,6 +213,12 @@ class DDPMRangeSampler:
         cuda = next(fit.unet.parameters()).device.type == "cuda"
         self.model = prepare_for_inference(fit.unet, InferenceOptions(
             channels_last=fit.channels_last, compile=fit.compile, cuda_graphs=fit.compile and cuda))
+        if fit.objective == "edm":  # every solver steps on the VP schedule's eps (edm.py)
+            from robustgen.generate.diffusion.unet import alphas_cumprod
+
+            self.model = EDMEpsModel(self.model, alphas_cumprod(fit.scheduler_config))
+        if fit.guidance:
+            self.model = GuidedModel(self.model, null_class=fit.null_class, guidance=fit.guidance)
 
     def _block(self, b: int) -> np.ndarray:
         if self._edge is not None and self._edge[0] == b:
@@ -240,8 +267,12 @@ class DDPMGenerator:
         from dataclasses import asdict
 
         kwargs = asdict(generator_config.ddpm)
-        if not kwargs["augment_shift"]:  # the stage key of a fit without augmentation is the one it had before
+        # the stage key of a fit without an option is the one it had before the option existed
+        if not kwargs["augment_shift"]:
             del kwargs["augment_shift"], kwargs["augment_p"]
+        for key, absent in (("objective", "eps"), ("label_dropout", 0.0), ("guidance", 0.0)):
+            if kwargs[key] == absent:
+                del kwargs[key]
         return kwargs
 
     @staticmethod
@@ -268,7 +299,8 @@ class DDPMGenerator:
                 "class_conditional": fitted.class_conditional, "image_shape": list(fitted.image_shape),
                 "sampler": fitted.sampler, "steps": fitted.steps, "batch_size": fitted.batch_size,
                 "precision": fitted.precision, "channels_last": fitted.channels_last, "compile": fitted.compile,
-                "setting": fitted.setting, "info": fitted.info, "condition_classes": fitted.condition_classes}
+                "setting": fitted.setting, "info": fitted.info, "condition_classes": fitted.condition_classes,
+                "objective": fitted.objective, "guidance": fitted.guidance, "null_class": fitted.null_class}
         atomic_write(path, lambda tmp: save_file(state, tmp, metadata={_META_KEY: json.dumps(meta, default=str)}))
 
     @staticmethod
@@ -291,4 +323,5 @@ class DDPMGenerator:
                        batch_size=int(meta["batch_size"]), precision=meta["precision"],
                        channels_last=bool(meta.get("channels_last", False)), compile=bool(meta.get("compile", False)),
                        setting=meta.get("setting"), info=meta.get("info", {}),
-                       condition_classes=meta.get("condition_classes"))
+                       condition_classes=meta.get("condition_classes"), objective=meta.get("objective", "eps"),
+                       guidance=float(meta.get("guidance", 0.0)), null_class=meta.get("null_class"))

@@ -1,7 +1,10 @@
-"""DDPM training (Ho et al. 2020, Alg. 1): eps-prediction MSE at uniform timesteps, Adam with a
+"""DDPM training (Ho et al. 2020, Alg. 1): eps-prediction MSE at uniform timesteps, or the EDM
+objective and preconditioning (``objective="edm"``, Karras et al. 2022; ``edm.py``), Adam with a
 linear warm-up, gradient clipping and an EMA of the weights, with resumable checkpoints.
+``label_dropout`` replaces the class with a null class (classifier-free guidance, ``edm.py``).
 
-Every random draw of step s (batch indices, flips, timesteps, noise, dropout) comes from
+Every random draw of step s (batch indices, flips, timesteps, noise, shifts, null
+labels, EDM noise levels, dropout) comes from
 generators seeded by (seed, s), and the learning rate and EMA decay are pure functions of s, so
 a run resumed from its checkpoint (model, EMA, Adam state, step) equals an uninterrupted one.
 The loop does I/O and scheduling only; ``ddpm_loss`` is the math.
@@ -13,17 +16,20 @@ import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
+from robustgen.progress import progress_bar
 from robustgen import preempt
 from robustgen.checkpoint import resume_state, save_state
 from robustgen.errors import NonFiniteError, RobustgenError
+from robustgen.generate.diffusion.edm import EDM_P_MEAN, EDM_P_STD, edm_loss
+from robustgen.tracking import MetricsLog
 
-__all__ = ["DDPMTrainSettings", "ddpm_loss", "num_shifts", "shift_images", "train_ddpm"]
+__all__ = ["DDPMTrainSettings", "StepBatch", "ddpm_loss", "num_shifts", "shift_images", "train_ddpm"]
 
 STATE_FILE = "ddpm_train_state.pt"
 
@@ -47,6 +53,9 @@ class DDPMTrainSettings:
     augment_shift: int = 0
     augment_p: float = 0.0
     num_classes: int = 1  # classes of the labels (1: unconditional)
+    objective: str = "eps"  # eps: Ho et al.'s eps-prediction; edm: Karras et al.'s preconditioned denoiser
+    label_dropout: float = 0.0  # probability of training on the null class (classifier-free guidance)
+    null_class: int = -1  # the null class's embedding index (label_dropout > 0)
 
 
 def num_shifts(augment_shift: int) -> int:
@@ -88,9 +97,19 @@ def _lr(settings: DDPMTrainSettings, step: int) -> float:
     return settings.lr
 
 
-def _step_batch(settings: DDPMTrainSettings, step: int, data: torch.Tensor, num_timesteps: int):
-    """Step ``step``'s batch, a pure function of (seed, step): (x0 on the device, timesteps, noise,
-    row indices, shift indices or None). Also seeds torch's global generator for the step's dropout."""
+class StepBatch(NamedTuple):
+    x0: torch.Tensor  # images on the device, [-1, 1]
+    t: torch.Tensor  # timesteps (eps objective)
+    noise: torch.Tensor
+    idx: torch.Tensor  # rows of the data
+    shift: torch.Tensor | None  # augmentation condition of each image (0: none)
+    drop: torch.Tensor | None  # True: the null class (classifier-free guidance)
+    log_sigma: torch.Tensor | None  # noise levels (edm objective)
+
+
+def _step_batch(settings: DDPMTrainSettings, step: int, data: torch.Tensor, num_timesteps: int) -> StepBatch:
+    """Step ``step``'s batch, a pure function of (seed, step). Also seeds torch's global generator for
+    the step's dropout. Options draw after the others, so runs without them keep their batches."""
     seed = _step_seed(settings.seed, step)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
@@ -106,7 +125,11 @@ def _step_batch(settings: DDPMTrainSettings, step: int, data: torch.Tensor, num_
         on = torch.rand(settings.batch_size, generator=g) < settings.augment_p
         shift = torch.randint(num_shifts(settings.augment_shift), (settings.batch_size,), generator=g) * on
         x0 = shift_images(x0, shift, settings.augment_shift)
-    return x0, t, noise, idx, shift
+    drop = torch.rand(settings.batch_size, generator=g) < settings.label_dropout if settings.label_dropout > 0 else None
+    log_sigma = None
+    if settings.objective == "edm":
+        log_sigma = EDM_P_MEAN + EDM_P_STD * torch.randn(settings.batch_size, generator=g)
+    return StepBatch(x0, t, noise, idx, shift, drop, log_sigma)
 
 
 def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cumprod: torch.Tensor,
@@ -160,20 +183,27 @@ def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cu
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if settings.bf16 and device.type == "cuda"
                 else contextlib.nullcontext())
     end = settings.steps if stop_after is None else min(settings.steps, stop_after)
-    t0 = time.perf_counter()
+    t0 = last_log = time.perf_counter()
     losses = []
+    # live metrics next to the training state (robustgen.tracking): loss, lr and img/s every 50 steps
+    live = None if work_dir is None else MetricsLog(Path(work_dir) / "metrics.jsonl", resume_step=start)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            tqdm(total=settings.steps, initial=start, desc="ddpm", disable=not progress, unit="step") as bar, \
+            progress_bar(total=settings.steps, initial=start, desc="ddpm", disable=not progress, unit="step") as bar, \
             preempt.resumable():
         for step in range(start, end):
-            x0, t, noise, idx, shift = _step_batch(settings, step, data, T)
+            b = _step_batch(settings, step, data, T)
             for group in opt.param_groups:
                 group["lr"] = _lr(settings, step)
-            condition = None if ys is None else ys[idx.to(device)]
-            if shift is not None:  # the augmentation's condition, through the class embedding
-                condition = condition + settings.num_classes * shift.to(device)
+            condition = None if ys is None else ys[b.idx.to(device)]
+            if b.shift is not None:  # the augmentation's condition, through the class embedding
+                condition = condition + settings.num_classes * b.shift.to(device)
+            if b.drop is not None:
+                condition = torch.where(b.drop.to(device), settings.null_class, condition)
             with autocast:
-                loss = ddpm_loss(unet, x0, t.to(device), noise.to(device), abar, condition)
+                if settings.objective == "edm":
+                    loss = edm_loss(unet, b.x0, b.log_sigma, b.noise.to(device), condition)
+                else:
+                    loss = ddpm_loss(unet, b.x0, b.t.to(device), b.noise.to(device), abar, condition)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if settings.grad_clip > 0:
@@ -191,12 +221,19 @@ def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cu
             bar.update(1)
             if len(losses) % 50 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+                if live is not None:
+                    now = time.perf_counter()
+                    live.log({"step": step + 1, "loss": float(np.mean(losses[-50:])), "lr": _lr(settings, step),
+                              "img_per_s": 50 * settings.batch_size / max(now - last_log, 1e-9)}, prefix="ddpm/")
+                    last_log = now
             if (step + 1) % settings.checkpoint_every_steps == 0 and step + 1 < settings.steps:
                 save(step + 1)
             if step + 1 < end:
                 preempt.stop_if_requested(f"in ddpm training at step {step + 1}/{settings.steps}"
                                           + (f" (state in {state_path})" if state_path is not None else
                                              " (no work folder: restarts)"), lambda: save(step + 1))
+    if live is not None:
+        live.close()
     if end == settings.steps:
         save(end)
     unet.eval()
