@@ -28,7 +28,7 @@ skips finished jobs and resumes unfinished stages. --report tabulates whatever h
 
 The generator study (docs/generator_study.md) adds DDPM variants as arms (ARMS, e.g.
 ddpm-steps1000; NAME@ALPHA for another alpha) in named job lists (--jobs b0 / b1: phase B;
-c0 / c1: phase C). A job without "baseline" pairs with the recorded baselines of its point and
+c0 / c1: phase C; s0 / s1: model selection every 5 epochs at eps 0.1, with --attack apgd-ce+apgd-t). A job without "baseline" pairs with the recorded baselines of its point and
 seed; --from-map docs/figures/regime_map.json makes a new --out start from the published jobs.
 One point, every arm and seed (e.g. the DDPM's gain at eps 0.1 with 150 real images):
 
@@ -284,7 +284,12 @@ def write_regime_map(records: list[dict], prefix: Path, *, order: list[str], cen
     from robustgen.report.plots import _figure
 
     rows = summarize(records, order, diagnostics)
-    attack = next((r["attack"] for r in rows), "?")
+    # the main attack, and the points evaluated with another (named in the title)
+    attacks = [r["attack"] for r in rows]
+    attack = max(set(attacks), key=attacks.count) if attacks else "?"
+    others = sorted({(r["point"], r["attack"]) for r in rows if r["attack"] != attack})
+    if others:
+        attack += " (" + "; ".join(f"{p}: {a}" for p, a in others) + ")"
     lines = [f"# Regime map: when does extra data improve robust accuracy? (digits, {attack} on the 540 test images)", "",
              "Centre point: " + ", ".join(f"`{k}={v}`" for k, v in centre.items()) + " (469 TRADES steps of batch 128, "
              "Linf; the steps column gives each point's). Each other point changes one factor. Gains are robust-accuracy points against the baseline "

@@ -357,7 +357,10 @@ def test_run_folder_records_what_ran_and_can_move(tiny_run, tmp_path, capsys):
     assert "train-baseline: running in" in log and "baseline: clean" in log
     for stage in (out / "stages").glob("train-*"):
         records = read_metrics(stage / "metrics.jsonl")
-        assert records and {"step", "loss", "lr", "img_per_s"} <= set(records[0])
+        assert records and {"step", "loss", "loss_natural_ce", "loss_robust_kl", "lr", "img_per_s"} <= set(records[0])
+        # TRADES' terms: loss = CE + beta KL (beta 6)
+        assert records[0]["loss"] == pytest.approx(records[0]["loss_natural_ce"] + 6 * records[0]["loss_robust_kl"],
+                                                   rel=1e-4)
         assert any("score" in r for r in records)  # model selection's validation metrics
     # no JSON file of the folder names an absolute path into it
     for path in out.rglob("*.json"):

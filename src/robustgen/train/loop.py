@@ -101,8 +101,8 @@ class LoopResult:
 
 def _resume(state_path: Path, fingerprint: str, model: nn.Module, optimizer, ema, ctx: DistContext):
     """Load the training state at ``state_path`` into ``model`` / ``optimizer`` / ``ema``:
-    (history, best, start step, the loss of the log window in progress or None); a fresh start
-    when there is none."""
+    (history, best, start step, the log window in progress: (loss sum, {term: sum}) or None); a
+    fresh start when there is none."""
     state = resume_state(state_path, fingerprint,
                          refusal="belongs to a run with a different config; use another output folder or delete it")
     if state is None:
@@ -112,7 +112,8 @@ def _resume(state_path: Path, fingerprint: str, model: nn.Module, optimizer, ema
     if ema is not None:
         ema.load_state_dict(state["ema"])
     # the log window in progress, for an exact history (one process only)
-    running = state["running_loss"] if not ctx.enabled and "running_loss" in state else None
+    running = (state["running_loss"], state.get("running_terms") or {}) \
+        if not ctx.enabled and "running_loss" in state else None
     return state["history"], state["best"], int(state["step"]), running
 
 
@@ -137,10 +138,11 @@ def _attack_and_training_models(model: nn.Module, ctx: DistContext, device: torc
 
 def _accumulate_gradients(chunks: list[Chunk], step: int, s: LoopSettings, step_loss: StepLoss, attack_model,
                           train_model, device: torch.device, ctx: DistContext, memory_format,
-                          running: torch.Tensor) -> None:
+                          running: torch.Tensor, running_terms: dict) -> None:
     """Backward of step ``step``'s loss over this rank's chunks (each weighted by its share of the
-    global batch); the loss is added to ``running``, the log window's sum (on the device: no host
-    sync)."""
+    global batch); the loss is added to ``running``, the log window's sum, and the loss's terms
+    (``last_terms`` of the step loss, e.g. TRADES' CE and KL) to ``running_terms`` (on the device:
+    no host sync)."""
     for k, chunk in enumerate(chunks):
         x = crop_flip(chunk.images, padding=s.crop_padding, flip=s.flip, memory_format=memory_format,
                       generator=_step_generator(device, s.seed, step, chunk.index, 0))
@@ -151,6 +153,9 @@ def _accumulate_gradients(chunks: list[Chunk], step: int, s: LoopSettings, step_
                              _step_generator(device, s.seed, step, chunk.index, 1))
             (loss * chunk.weight).backward()
         running += loss.detach() * (chunk.weight / ctx.world_size)
+        for name, value in (getattr(step_loss, "last_terms", None) or {}).items():
+            total = running_terms.setdefault(name, torch.zeros((), device=device))
+            total += value.float() * (chunk.weight / ctx.world_size)
 
 
 def _boundaries(done: int, s: LoopSettings) -> tuple[bool, bool, bool]:
@@ -220,7 +225,8 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
         save_state(state_path, {
             "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema is not None else {},
-            "history": history, "best": best, "running_loss": running.detach().cpu()})
+            "history": history, "best": best, "running_loss": running.detach().cpu(),
+            "running_terms": {k: v.detach().cpu() for k, v in running_terms.items()}})
         saved_step = step
 
     def check_health(done: int, stop: bool) -> bool:
@@ -251,7 +257,9 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
 
     t0 = last_log = time.perf_counter()
     model.train()
-    running = torch.zeros((), device=device) if resumed_running is None else resumed_running.to(device)
+    running = torch.zeros((), device=device) if resumed_running is None else resumed_running[0].to(device)
+    # the loss terms' log window (TRADES: natural CE, robust KL)
+    running_terms = {} if resumed_running is None else {k: v.to(device) for k, v in resumed_running[1].items()}
     first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss, 0: none
     bar = progress_bar(total=s.total_steps, initial=start_step, desc=desc, unit="step", disable=not (progress and main),
                dynamic_ncols=True)
@@ -265,7 +273,7 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 _accumulate_gradients(batches(step), step, s, step_loss, attack_model, train_model, device, ctx,
-                                      memory_format, running)
+                                      memory_format, running, running_terms)
                 optimizer.step()
                 if ema is not None:
                     ema.update(model, step)
@@ -282,13 +290,20 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
                     count = done % s.log_every_steps or s.log_every_steps
                     mean_loss = float(sum_across(ctx, running)) / count  # host sync only at log points
                     running.zero_()
+                    terms = {}
+                    if running_terms:
+                        names = sorted(running_terms)
+                        sums = sum_across(ctx, torch.stack([running_terms[k] for k in names])).tolist()
+                        terms = {f"loss_{k}": v / count for k, v in zip(names, sums)}
+                        for v in running_terms.values():
+                            v.zero_()
                     history.append({"step": done, "samples": done * s.batch_size, "loss": mean_loss, "lr": lr})
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
                     if main:
                         now = time.perf_counter()
                         peak = peak_memory()
-                        live.log({"step": done, "samples": done * s.batch_size, "loss": mean_loss, "lr": lr,
-                                  "img_per_s": count * s.batch_size / max(now - last_log, 1e-9),
+                        live.log({"step": done, "samples": done * s.batch_size, "loss": mean_loss, **terms,
+                                  "lr": lr, "img_per_s": count * s.batch_size / max(now - last_log, 1e-9),
                                   **({f"{peak[0]}_peak_gib": peak[1]} if peak else {})}, prefix="train/")
                         last_log = now
                 if main and eval_now:

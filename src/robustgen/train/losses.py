@@ -29,10 +29,17 @@ def kl_clean_adv(clean_logits: torch.Tensor, adv_logits: torch.Tensor) -> torch.
     return (log_p.exp() * (log_p - log_q)).sum(dim=1).mean()
 
 
+def trades_terms(clean_logits: torch.Tensor, adv_logits: torch.Tensor,
+                 targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """TRADES' two terms: (CE(clean logits, targets), KL(p_clean || p_adv))."""
+    return soft_cross_entropy_mean(clean_logits, targets), kl_clean_adv(clean_logits, adv_logits)
+
+
 def trades_loss(clean_logits: torch.Tensor, adv_logits: torch.Tensor, targets: torch.Tensor,
                 *, beta: float) -> torch.Tensor:
     """CE(clean logits, targets) + beta * KL(p_clean || p_adv); gradients flow through both sides."""
-    return soft_cross_entropy_mean(clean_logits, targets) + beta * kl_clean_adv(clean_logits, adv_logits)
+    natural, robust = trades_terms(clean_logits, adv_logits, targets)
+    return natural + beta * robust
 
 
 def pgd_at_loss(adv_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -18,11 +18,12 @@ import torch.nn.functional as F
 
 from robustgen.attacks.pgd import (batch_stats_without_update, frozen_parameters, piecewise_constant,
                                    projected_gradient_attack, soft_cross_entropy)
-from robustgen.train.losses import pgd_at_loss, soft_cross_entropy_mean, trades_loss
+from robustgen.train.losses import pgd_at_loss, soft_cross_entropy_mean, trades_terms
 
 # (attack_model, train_model, x, targets, generator) -> scalar loss. ``attack_model`` runs the
 # attack (input gradients only); ``train_model`` (the same network, possibly wrapped in DDP)
 # runs the forward passes whose loss is back-propagated.
+# A step loss may leave its terms (detached device tensors) in ``last_terms``; the loop logs their means.
 StepLoss = Callable[[nn.Module, nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
 
@@ -95,7 +96,9 @@ def trades_step_loss(attack: TrainingAttack, *, beta: float, bf16: bool = False,
                 clean_logits = model(x)
         with _autocast(x, bf16):
             adv_logits = model(x_adv)  # the only pass that updates BN running statistics
-        return trades_loss(clean_logits, adv_logits, targets, beta=beta)
+        natural, robust = trades_terms(clean_logits, adv_logits, targets)
+        loss.last_terms = {"natural_ce": natural.detach(), "robust_kl": robust.detach()}  # for metrics.jsonl
+        return natural + beta * robust  # = trades_loss
 
     return loss
 
