@@ -96,6 +96,22 @@ def test_eval_warns_when_its_first_n_images_miss_classes(tiny_run, tmp_path, cap
     assert "takes the first 12 test images, which hold 2 of the test split's 10 classes" in capsys.readouterr().err
     main([*args, "--n", "60"])
     assert "warning" not in capsys.readouterr().err
+    # a stratified subset of the class-sorted file: 12 images, every class (1 or 2 each), no warning
+    main([*args, "--n", "12", "--set", "eval.selection=stratified", "--out", str(tmp_path / "s.json")])
+    assert "warning" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "s.json").read_text())["n"] == 12
+
+
+def test_stratified_rows_cover_every_class_and_are_seeded():
+    from robustgen.data.indices import stratified_rows
+
+    labels = np.repeat(np.arange(1000), 50)  # ImageNet val as a class-sorted folder
+    rows = stratified_rows(labels, 5000, seed=0)
+    assert len(rows) == 5000 and np.all(np.bincount(labels[rows], minlength=1000) == 5)
+    assert np.array_equal(rows, np.sort(rows)) and np.array_equal(rows, stratified_rows(labels, 5000, seed=0))
+    assert not np.array_equal(rows, stratified_rows(labels, 5000, seed=1))
+    odd = stratified_rows(np.repeat(np.arange(3), [10, 2, 10]), 9, seed=0)  # a small class gives what it has
+    assert len(odd) <= 9 and set(np.repeat(np.arange(3), [10, 2, 10])[odd]) == {0, 1, 2}
 
 def test_classifier_verb_and_pipeline_compute_the_same_fingerprint(tiny_run, tmp_path, capsys):
     from robustgen.config import load_config, replace
@@ -361,7 +377,9 @@ def test_run_folder_records_what_ran_and_can_move(tiny_run, tmp_path, capsys):
         # TRADES' terms: loss = CE + beta KL (beta 6)
         assert records[0]["loss"] == pytest.approx(records[0]["loss_natural_ce"] + 6 * records[0]["loss_robust_kl"],
                                                    rel=1e-4)
-        assert any("score" in r for r in records)  # model selection's validation metrics
+        # model selection's validation metrics, and the same on training images (the robust gap)
+        assert any({"score", "val_robust_accuracy", "train_robust_accuracy", "train_clean_accuracy"} <= set(r)
+                   for r in records)
     # no JSON file of the folder names an absolute path into it
     for path in out.rglob("*.json"):
         text = path.read_text()

@@ -201,6 +201,16 @@ def test_filters_drop_disagreeing_labels_and_near_copies_before_the_per_class_ru
     assert s.manifest["selection"]["rule"]["filters"] == dropped
     # filters alone (no rule) select every row they keep
     assert select_store(store, eligible=keep)["selected"] == int(keep.sum())
+    # App. D for DDPM / Gaussian: the first generated of each class, not the most confident
+    # (confidences rise with the row here, so the two orders keep disjoint rows)
+    first = select_store(store, top_k=2, order="first")
+    rows = Store(store).selection
+    for c in range(10):
+        members = np.flatnonzero(labels == c)
+        assert set(members[:2]) <= set(rows) and first["counts_per_class"][c] == min(2, members.size)
+    assert Store(store).manifest["selection"]["rule"]["order"] == "first"
+    select_store(store, top_k=2)  # the default: the most confident, here the last rows of each class
+    assert set(Store(store).selection) == {r for c in range(10) for r in np.flatnonzero(labels == c)[-2:]}
     with pytest.raises(RobustgenError, match="needs the kept real images"):
         filter_rows(store, LabelConfig(drop_near_copies=True), None)
     plain = _labelled_store(tmp_path / "p", images, labels, None, confidences)

@@ -214,3 +214,40 @@ def test_folder_dataset_sizes_for_the_cost_estimate(tmp_path):
     cfg = load_config("digits_demo", [f"data.dataset=folder:{root}", "data.image_size=8"])
     shape = data_shape(cfg)
     assert (shape.n_train, shape.n_test, shape.image_shape, shape.num_classes) == (15, 6, (8, 8, 3), 3)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_dlr_stages_fall_back_to_cross_entropy_below_their_class_counts(classes):
+    """The DLR losses need 3 (untargeted) and 4 (targeted) classes; with fewer, APGD-T and
+    APGD-DLR use the cross-entropy with a warning instead of pyautoattack's IndexError."""
+    import torch
+
+    from robustgen.evaluate import autoattack as aa
+    from robustgen.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("small-cnn", num_classes=classes, in_channels=1).eval()
+    x = torch.rand(4, 1, 8, 8)
+    y = model(x).argmax(1).detach()
+    aa.collected_warnings(reset=True)
+    for adv in (aa.apgd_targeted(model, x, y, norm="linf", eps=0.03, seed=0, steps=5),
+                aa.apgd(model, x, y, norm="linf", eps=0.03, seed=0, loss="dlr", restarts=1, steps=5)):
+        assert adv.shape == x.shape and float((adv - x).abs().max()) <= 0.03 + 1e-6
+    warnings = aa.collected_warnings(reset=True)
+    assert any("targeted DLR loss needs at least 4 classes" in w for w in warnings)
+    assert any("DLR loss needs at least 3 classes" in w for w in warnings) == (classes == 2)
+
+
+def test_a_three_class_folder_run_completes_with_autoattack(tmp_path):
+    from robustgen.cli import main
+
+    root = make_folder_tree(tmp_path / "imgs", per_class=(16, 4), size=(8, 8))
+    sets = ["data.dataset=folder:" + str(root), "data.val_size=6", "data.crop_padding=1", "baseline=false",
+            "label.mode=condition", "train.arch=small-cnn", "generator.num_samples=60", "train.epochs=1",
+            "train.batch_size=16", "train.inner.steps=2", "train.eval_every_epochs=1", "eval.attack=autoattack",
+            "eval.batch_size=12", "train.log_every_steps=2"]
+    main(["run", "digits_demo", "--out", str(tmp_path / "run"), "--quiet", *[a for s in sets for a in ("--set", s)]])
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    (model,) = results["models"]  # pyautoattack's APGD-T raised IndexError here before
+    assert model["attack"] == "autoattack" and model["n_eval"] == 12
+    assert 0 <= model["robust_accuracy"] <= model["clean_accuracy"] <= 1

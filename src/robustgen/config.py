@@ -141,6 +141,10 @@ class LabelConfig:
     # App. D class balance: keep exactly this many of every class, the most confident (1M = 100K per
     # CIFAR-10 class); generator.num_samples must oversample so every class has that many. Excludes the three above.
     per_class: Optional[int] = None
+    # which samples top_k / per_class keep: confidence, the most confident (App. D for BigGAN and VDVAE);
+    # first, the first generated of each class (App. D for DDPM and the Gaussian: "sample until each class
+    # has N", no further filtering)
+    per_class_order: str = "confidence"
     # filters applied before the rules above (issue 23): keep only samples whose f_NR label is the class
     # they were generated for (argmax mode, class-conditional generators) ...
     agree_with_condition: bool = False
@@ -189,6 +193,9 @@ class TrainConfig:
     ema_decay: float = 0.995
     inner: InnerAttackConfig = field(default_factory=InnerAttackConfig)
     eval_every_epochs: float = 10.0  # PGD-40 model selection on the validation split
+    # at each selection point also measure clean and PGD-40 accuracy on this many real training images
+    # (the robust generalisation gap, in metrics.jsonl and history.json); 0: off
+    monitor_train_images: int = 256
     checkpoint_every_epochs: float = 1.0  # resumable training state
     precision: str = "fp32"  # fp32 or bf16 (autocast for training; attacks for reported numbers stay fp32; on a CPU bf16 is measured at start-up and dropped, with a warning, where slower)
     channels_last: Optional[bool] = None  # NHWC layout for training; null: the faster layout, measured at start-up (train/speed.py)
@@ -204,7 +211,10 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvalConfig:
     attack: str = "pgd40"  # a registered evaluation attack
-    n: Optional[int] = None  # first n test images (null: all); warns when they miss classes of the split
+    n: Optional[int] = None  # n test images (null: all); warns when they miss classes of the split
+    # first: the first n (RobustBench's convention); stratified: n // K of every class, a seeded draw
+    # (class-sorted folders such as ImageNet val)
+    selection: str = "first"
     batch_size: int = 500
     seed: int = 0
 
@@ -461,6 +471,7 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _check(0.0 <= t.alpha <= 1.0, source, f"train.alpha must be in [0, 1], got {t.alpha}")
     _validate_sources(cfg, source)
     _check(t.seed is None or t.seed >= 0, source, f"train.seed must be >= 0 or null, got {t.seed}")
+    _check(t.monitor_train_images >= 0, source, f"train.monitor_train_images must be >= 0, got {t.monitor_train_images}")
     for key, arch in (("train.arch", t.arch), ("classifier.arch", c.arch)):
         _check(is_known_arch(arch), source, f"{key}: unknown architecture {arch!r} (known: {', '.join(list_models())})")
     for key, act in (("train.activation", t.activation), ("classifier.activation", c.activation)):
@@ -517,6 +528,10 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     from robustgen.evaluate import list_attacks
     from robustgen.generate import list_generators
 
+    _check(cfg.label.per_class_order in ("confidence", "first"), source,
+           f"label.per_class_order must be confidence or first, got {cfg.label.per_class_order!r}")
+    _check(cfg.eval.selection in ("first", "stratified"), source,
+           f"eval.selection must be first or stratified, got {cfg.eval.selection!r}")
     _check(cfg.eval.attack in list_attacks(), source,
            f"eval.attack: unknown attack {cfg.eval.attack!r} (known: {', '.join(list_attacks())})")
     _check(cfg.generator.name in list_generators(), source,

@@ -59,7 +59,9 @@ def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, 
 @click.option("--top-k", type=int, default=None, help="keep the k most confident images per class")
 @click.option("--balanced", is_flag=True, help="keep the same number per class (the smallest class's)")
 @click.option("--per-class", type=int, default=None,
-              help="keep exactly N most confident images of every class (paper App. D); needs >= N of each")
+              help="keep exactly N images of every class (paper App. D); needs >= N of each")
+@click.option("--per-class-order", type=click.Choice(["confidence", "first"]), default="confidence", show_default=True,
+              help="--top-k / --per-class keep the most confident (BigGAN, VDVAE) or the first generated (DDPM, Gaussian)")
 @click.option("--condition-top-fraction", type=float, default=None,
               help="label = the generator's class; keep this fraction per class by the classifier's confidence in it")
 @click.option("--agree-with-condition", is_flag=True,
@@ -71,8 +73,8 @@ def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, 
 @click.option("--channels-last", is_flag=True, help="NHWC layout of the classifier and its inputs")
 @click.option("--compile", "compile_model", is_flag=True, help="torch.compile the classifier")
 @click.option("--quiet", is_flag=True)
-def store_label(store_dir, checkpoint, out, top_k, balanced, per_class, condition_top_fraction, agree_with_condition,
-                arch, batch_size, device, bf16, channels_last, compile_model, quiet):
+def store_label(store_dir, checkpoint, out, top_k, balanced, per_class, per_class_order, condition_top_fraction,
+                agree_with_condition, arch, batch_size, device, bf16, channels_last, compile_model, quiet):
     """Pseudo-label a store shard by shard (resumes), then select rows per class. Under torchrun
     the processes share every shard's rows (the same labels as one process)."""
     from robustgen.stages import label as stage, resolve_device
@@ -85,7 +87,8 @@ def store_label(store_dir, checkpoint, out, top_k, balanced, per_class, conditio
                              "--condition-top-fraction (label = the generator's class)")
     settings = LabelConfig(mode="condition" if condition_top_fraction is not None else "argmax",
                            top_k_per_class=top_k, top_fraction_per_class=condition_top_fraction, balanced=balanced,
-                           per_class=per_class, agree_with_condition=agree_with_condition, batch_size=batch_size,
+                           per_class=per_class, per_class_order=per_class_order,
+                           agree_with_condition=agree_with_condition, batch_size=batch_size,
                            precision="bf16" if bf16 else "fp32",
                            channels_last=channels_last, compile=compile_model)
     ctx, dev = context_from_env(resolve_device(device))

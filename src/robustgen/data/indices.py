@@ -1,4 +1,5 @@
-"""Which rows of each source every training batch takes: pure index math (paper Sec. 3.3, Eq. 3).
+"""Which rows of each source every training batch takes: pure index math (paper Sec. 3.3, Eq. 3);
+and ``stratified_rows``, the rows of a class-balanced evaluation subset.
 
 A proportion alpha of every batch is real data and the rest generated; with ``data.sources``,
 any number of sources with exact per-batch shares. The indices of step t are a pure function
@@ -26,7 +27,7 @@ import numpy as np
 
 from robustgen.errors import RobustgenError
 
-__all__ = ["SAMPLING", "PermutationWalk", "WeightedIndices", "source_counts"]
+__all__ = ["SAMPLING", "PermutationWalk", "WeightedIndices", "source_counts", "stratified_rows"]
 
 SAMPLING = ("with_replacement", "permutation")
 
@@ -132,3 +133,19 @@ class WeightedIndices:
             else:
                 out.append(np.random.default_rng([self.seed, i, step]).integers(0, n, size=c, dtype=np.int64))
         return tuple(out)
+
+
+def stratified_rows(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Rows of an evaluation subset of ``n`` images spread over every class: n // K of each class
+    (the first n % K classes of a seeded order get one more), a seeded draw within each class, in
+    ascending row order (a class with fewer images gives all it has). A pure function of (labels, n,
+    seed), so a class-sorted folder (ImageNet val) is evaluated on every class, not on the first n / 50."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    quota = np.full(len(classes), n // len(classes))
+    quota[np.random.default_rng([seed, 1]).permutation(len(classes))[: n % len(classes)]] += 1
+    rows = []
+    for c, q in zip(classes, quota):
+        members = np.flatnonzero(labels == c)
+        rows.append(members[np.random.default_rng([seed, int(c)]).permutation(len(members))[:q]])
+    return np.sort(np.concatenate(rows))

@@ -60,11 +60,21 @@ def preserved_rng(device: torch.device) -> Iterator[None]:
         yield
 
 
+def _warn(message: str) -> None:
+    logging.getLogger(LOGGER_NAME).warning(message)  # surfaces in the evaluation's warnings
+
+
 def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: float, seed: int,
          loss: str, restarts: int, steps: int = 100) -> torch.Tensor:
-    """APGD on the cross-entropy ('ce') or DLR ('dlr') loss (Croce & Hein 2020)."""
+    """APGD on the cross-entropy ('ce') or DLR ('dlr') loss (Croce & Hein 2020). The DLR loss
+    needs the third largest logit: with 2 classes the cross-entropy is used instead (a warning)."""
     _package()
     from pyautoattack.autopgd_base import APGDAttack
+
+    if loss == "dlr" and _classes(model, x) < 3:
+        _warn(f"apgd-dlr: the DLR loss needs at least 3 classes, the model has {_classes(model, x)}: "
+              f"APGD on the cross-entropy instead")
+        loss = "ce"
 
     attack = APGDAttack(model, n_iter=steps, norm=_NORMS[norm], n_restarts=restarts, eps=eps, seed=seed, loss=loss,
                         eot_iter=1, rho=0.75, verbose=False, device=x.device, logger=logging.getLogger(LOGGER_NAME))
@@ -78,9 +88,17 @@ def apgd_targeted(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: s
     _package()
     from pyautoattack.autopgd_base import APGDAttack_targeted
 
+    classes = _classes(model, x)
     attack = APGDAttack_targeted(model, n_iter=steps, norm=_NORMS[norm], n_restarts=restarts, eps=eps, seed=seed,
-                                 eot_iter=1, rho=0.75, n_target_classes=min(target_classes, _classes(model, x) - 1),
+                                 eot_iter=1, rho=0.75, n_target_classes=min(target_classes, classes - 1),
                                  verbose=False, device=x.device, logger=logging.getLogger(LOGGER_NAME))
+    if classes < 4:
+        # the targeted DLR loss divides by the largest minus the 3rd and 4th largest logits, which 2 or 3
+        # classes do not have (pyautoattack fails with an IndexError); its targeted cross-entropy, defined
+        # but not enabled there, attacks each target class instead
+        _warn(f"apgd-t: the targeted DLR loss needs at least 4 classes, the model has {classes}: "
+              f"each target class is attacked with the targeted cross-entropy instead")
+        attack.dlr_loss_targeted = attack.ce_loss_targeted
     with preserved_rng(x.device):
         return attack.perturb(x.contiguous(), y)  # its L2 code calls .view on the input
 

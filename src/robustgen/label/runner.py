@@ -150,14 +150,15 @@ def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "arg
 
 def select_store(store_dir, *, top_k: int | None = None, top_fraction: float | None = None,
                  balanced: bool = False, per_class: int | None = None, eligible: np.ndarray | None = None,
-                 filters: dict | None = None) -> dict:
+                 filters: dict | None = None, order: str = "confidence") -> dict:
     """Write the store's selection by class and confidence (or clear it when no rule is given).
     ``eligible``: a bool mask over the store's rows (the filters', ``filters`` naming them with the
     rows each dropped); the rules then choose among those rows. The result has the counts per
-    class before the filters and rules (``counts_before``) and after them."""
+    class before the filters and rules (``counts_before``) and after them. ``order``: confidence
+    keeps the most confident of each class, first the first generated (lowest rows)."""
     store = Store(store_dir, use_selection=False)
     rule = {"top_k": top_k, "top_fraction": top_fraction, "balanced": bool(balanced), "per_class": per_class,
-            **({"filters": filters} if filters else {})}
+            **({"filters": filters} if filters else {}), **({"order": order} if order != "confidence" else {})}
     with StoreWriter.open(store_dir) as writer:
         if top_k is None and top_fraction is None and not balanced and per_class is None and eligible is None:
             writer._clear_selection()
@@ -174,7 +175,8 @@ def select_store(store_dir, *, top_k: int | None = None, top_fraction: float | N
                                top_fraction=top_fraction, balanced=balanced, per_class=per_class)
         except RobustgenError as e:
             raise RobustgenError(f"{store_dir}: {e}") from None
-        idx = rows[select_per_class(labels, confidences, keep)]
+        scores = confidences if order == "confidence" else np.zeros_like(confidences)  # ties: the lower row
+        idx = rows[select_per_class(labels, scores, keep)]
         kept = np.bincount(store.labels_all[idx], minlength=store.num_classes).tolist()
         writer.write_selection(idx, {"rule": rule, "counts_per_class": kept,
                                      "mean_confidence": float(store.confidences_all[idx].mean()) if idx.size else 0.0})

@@ -163,9 +163,11 @@ def run(cfg: RunConfig, splits: Splits, generated: Path | None, out_dir: Path, *
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
     settings = dataclasses.replace(loop_settings(cfg, len(splits.train), weights), channels_last=options.channels_last)
+    n_monitor = min(t.monitor_train_images, len(splits.train))
+    monitored = splits.train.subset(range(n_monitor)).in_memory() if n_monitor else None
     result = train_loop(model, settings=settings, real=splits.train, generated=sources,
                         step_loss=make_step_loss(options.bf16),
-                        evaluate=selection_evaluator(cfg, splits.val, device, robust=True),
+                        evaluate=selection_evaluator(cfg, splits.val, device, robust=True, train=monitored),
                         out_dir=out_dir, device=device, spec=spec,
                         extra_meta={"role": "robust", "name": name, "config": config_to_dict(cfg)},
                         fingerprint=fp, desc=f"train[{name}]", compile_model=options.compile, ctx=ctx,

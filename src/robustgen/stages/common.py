@@ -132,9 +132,16 @@ def clean_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, 
     return float((probs.argmax(1) == labels).mean())
 
 
-def selection_evaluator(cfg: RunConfig, val: ImageDataset, device: torch.device, *, robust: bool):
-    """Model selection on the held-out split: PGD-40 robust accuracy (or clean accuracy)."""
+def selection_evaluator(cfg: RunConfig, val: ImageDataset, device: torch.device, *, robust: bool,
+                        train: ImageDataset | None = None):
+    """Model selection on the held-out split: PGD-40 robust accuracy (or clean accuracy). ``train``
+    (robust only): real training images measured the same way, for the robust generalisation gap;
+    they do not enter the score."""
     seed = robust_seed(cfg) if robust else cfg.seed
+
+    def pgd40(model, data: ImageDataset, step: int) -> dict:
+        return evaluate_robustness(model, data.images, data.labels, attack="pgd40", norm=cfg.threat.norm,
+                                   eps=cfg.threat.eps, batch_size=cfg.eval.batch_size, device=device, seed=seed + step)
 
     def evaluate(variants: dict[str, nn.Module], step: int) -> dict[str, dict]:
         out = {}
@@ -142,11 +149,13 @@ def selection_evaluator(cfg: RunConfig, val: ImageDataset, device: torch.device,
             if len(val) == 0:
                 continue
             if robust:
-                m = evaluate_robustness(model, val.images, val.labels, attack="pgd40", norm=cfg.threat.norm,
-                                        eps=cfg.threat.eps, batch_size=cfg.eval.batch_size, device=device,
-                                        seed=seed + step)
+                m = pgd40(model, val, step)
                 out[name] = {"score": m["robust_accuracy"], "val_clean_accuracy": m["clean_accuracy"],
                              "val_robust_accuracy": m["robust_accuracy"]}
+                if train is not None and len(train):
+                    t = pgd40(model, train, step)
+                    out[name].update(train_clean_accuracy=t["clean_accuracy"],
+                                     train_robust_accuracy=t["robust_accuracy"])
             else:
                 acc = clean_accuracy(model, val.images, val.labels, batch_size=cfg.eval.batch_size, device=device)
                 out[name] = {"score": acc, "val_clean_accuracy": acc}

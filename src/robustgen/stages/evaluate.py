@@ -16,6 +16,7 @@ import torch
 from robustgen.checkpoint import load_external_model, load_model, model_info
 from robustgen.config import RunConfig
 from robustgen.data import ImageDataset
+from robustgen.data.indices import stratified_rows
 from robustgen.data.store_format import file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.evaluate import evaluate_robustness
@@ -48,7 +49,7 @@ def training_log_check(info: dict, clean_accuracy: float, n: int) -> dict | None
 
 def run(cfg: RunConfig, checkpoint: Path, test: ImageDataset, *, device: torch.device, progress: bool = True,
         arch: str | None = None, out: Path | None = None, ctx: DistContext = DistContext()) -> EvalResult:
-    """Clean and robust accuracy of ``checkpoint`` on the first ``eval.n`` test images under
+    """Clean and robust accuracy of ``checkpoint`` on ``eval.n`` test images (``eval.selection``) under
     ``eval.attack`` at ``threat.eps``. ``arch`` loads a plain state dict of a registered
     architecture instead of a robustgen checkpoint. ``out``: write the result there; progress
     is kept in ``OUT.partial.pt`` meanwhile, so a killed evaluation resumes. Under torchrun
@@ -65,7 +66,11 @@ def run(cfg: RunConfig, checkpoint: Path, test: ImageDataset, *, device: torch.d
     if test.num_classes > classes:
         raise RobustgenError(f"{checkpoint}: model has {classes} classes but the test data has {test.num_classes}")
     count = len(test) if e.n is None else min(e.n, len(test))
-    images, labels = test.images[:count], test.labels[:count]
+    if e.selection == "stratified" and count < len(test):
+        chosen = test.subset(stratified_rows(test.labels, count, e.seed)).in_memory()
+        images, labels, count = chosen.images, chosen.labels, len(chosen)
+    else:
+        images, labels = test.images[:count], test.labels[:count]
     key = f"{file_sha256(checkpoint)}|{test.name}|{count}|{array_fingerprint(images, labels)}"
     partial = None if out is None else out.with_name(out.name + ".partial.pt")
     result = evaluate_robustness(model, images, labels, attack=e.attack, norm=threat.norm, eps=threat.eps,
@@ -76,7 +81,8 @@ def run(cfg: RunConfig, checkpoint: Path, test: ImageDataset, *, device: torch.d
     covered, classes = np.unique(labels).size, np.unique(test.labels).size
     if covered < classes:  # e.g. a test file sorted by class (released .npz files often are)
         sanity["warnings"].append(f"eval.n = {count} takes the first {count} test images, which hold {covered} of "
-                                  f"the test split's {classes} classes: shuffle the test file or evaluate more images")
+                                  f"the test split's {classes} classes: set eval.selection=stratified, shuffle the "
+                                  f"test file or evaluate more images")
     check = training_log_check(info, result["clean_accuracy"], count)
     if check is not None:
         sanity["clean_vs_training_log"] = check

@@ -117,8 +117,8 @@ def run(classifier_path: Path, generated_store: Path, store_dir: Path, *, settin
         return None
     eligible, dropped = filter_rows(store_dir, settings, real, device)
     selected = select_store(store_dir, top_k=settings.top_k_per_class, top_fraction=settings.top_fraction_per_class,
-                            balanced=settings.balanced, per_class=settings.per_class, eligible=eligible,
-                            filters=dropped)
+                            balanced=settings.balanced, per_class=settings.per_class, order=settings.per_class_order,
+                            eligible=eligible, filters=dropped)
     store = Store(store_dir)
     summary = {"mode": settings.mode, "num_generated": int(selected["of"]), "num_labeled": len(store),
                "mean_confidence": float(store.confidences.mean()) if len(store) else 0.0,
