@@ -455,3 +455,23 @@ def test_progress_is_a_heartbeat_off_a_terminal(capsys):
         quiet.update(1)
     quiet.close()
     assert capsys.readouterr().err == ""  # one line per interval: none in a short job
+
+
+def test_runs_keep_the_best_of_several_trainings_on_validation(tiny_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "runs"
+    shutil.copytree(tiny_run, out)  # run 0 is the single run's stage: reused
+    main(["run", "digits_demo", "--out", str(out), "--quiet", *_sets(TINY + ["baseline=false", "train.runs=3"])])
+    err = capsys.readouterr().err
+    assert "train-gaussian-alpha0.8: reusing" in err
+    assert "train-gaussian-alpha0.8-run1: running" in err and "train-gaussian-alpha0.8-run2: running" in err
+    (model,) = json.loads((out / "results.json").read_text())["models"]
+    runs = model["runs"]
+    assert [r["seed"] for r in runs] == [0, 100_003, 200_006] and sum(r["kept"] for r in runs) == 1
+    kept = next(r for r in runs if r["kept"])
+    scores = [r["val_score"] for r in runs]
+    assert runs.index(kept) == scores.index(max(scores))  # the best; a tie goes to the earlier run
+    assert model["selected"]["score"] == kept["val_score"]  # the evaluated checkpoint is the kept run's
+    assert len(list((out / "stages").glob("eval-gaussian-alpha0.8-*"))) == 1 + (not runs[0]["kept"])
+    assert "best of its training runs" in (out / "report.md").read_text()

@@ -196,6 +196,9 @@ class TrainConfig:
     # at each selection point also measure clean and PGD-40 accuracy on this many real training images
     # (the robust generalisation gap, in metrics.jsonl and history.json); 0: off
     monitor_train_images: int = 256
+    # train this many models per setting (train.seed + RUN_SEED_STRIDE * k) and keep the best on the
+    # validation split (paper Sec. 4: the better of two runs); only the kept one is evaluated on the test split
+    runs: int = 1
     checkpoint_every_epochs: float = 1.0  # resumable training state
     precision: str = "fp32"  # fp32 or bf16 (autocast for training; attacks for reported numbers stay fp32; on a CPU bf16 is measured at start-up and dropped, with a warning, where slower)
     channels_last: Optional[bool] = None  # NHWC layout for training; null: the faster layout, measured at start-up (train/speed.py)
@@ -471,6 +474,7 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _check(0.0 <= t.alpha <= 1.0, source, f"train.alpha must be in [0, 1], got {t.alpha}")
     _validate_sources(cfg, source)
     _check(t.seed is None or t.seed >= 0, source, f"train.seed must be >= 0 or null, got {t.seed}")
+    _check(t.runs >= 1, source, f"train.runs must be >= 1, got {t.runs}")
     _check(t.monitor_train_images >= 0, source, f"train.monitor_train_images must be >= 0, got {t.monitor_train_images}")
     for key, arch in (("train.arch", t.arch), ("classifier.arch", c.arch)):
         _check(is_known_arch(arch), source, f"{key}: unknown architecture {arch!r} (known: {', '.join(list_models())})")

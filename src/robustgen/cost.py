@@ -186,13 +186,16 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
         s = loop_settings(v, n_real, source_weights=(1.0,))  # steps and batch size do not depend on the mix
         k = t.inner.steps
         per_image = step_forward_equivalents(t.loss, k)
-        stages.append(StageCost(f"train[{name}]", float(s.total_steps) * s.batch_size * per_image, gf,
+        runs = f" x {t.runs} runs" if t.runs > 1 else ""
+        stages.append(StageCost(f"train[{name}]", float(s.total_steps) * s.batch_size * per_image * t.runs, gf,
                                 _train_rate(t.precision, t.arch),
                                 f"{t.arch}, {s.total_steps:,} steps x {s.batch_size} images x {per_image} "
-                                f"({t.loss.upper()}-{k})"))
+                                f"({t.loss.upper()}-{k}){runs}"))
         evals = math.ceil(s.total_steps / s.eval_every_steps) + 1
-        stages.append(StageCost(f"model selection[{name}]", float(evals) * 2 * val * 82, gf, "fp32",
-                                f"{evals} evaluations x 2 (raw, EMA) x {val} images x 82 (PGD-40)", proxy=True))
+        watched = val + min(t.monitor_train_images, n_real)  # the validation and the monitored training images
+        stages.append(StageCost(f"model selection[{name}]", float(evals) * 2 * watched * 82 * t.runs, gf, "fp32",
+                                f"{evals} evaluations x 2 (raw, EMA) x {watched} images x 82 (PGD-40){runs}",
+                                proxy=True))
         n = min(v.eval.n or n_test, n_test)
         per_point = sum(st.forward_equivalents for st in get_attack(v.eval.attack, norm=v.threat.norm, eps=v.threat.eps))
         stages.append(StageCost(f"eval[{name}]", float(n) * per_point, gf, "fp32",

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import asdict
+from dataclasses import replace as replace_dataclass
 import sys
 import time
 from pathlib import Path
@@ -36,7 +37,7 @@ from robustgen.results import ClassifierResult, EvalResult, ModelResult, RunResu
 from robustgen.stages.code import changed_modules, module_digests
 from robustgen.stages.common import fingerprint_key
 from robustgen.stages import (Splits, adversarial, classifier, data_fingerprint, diagnose, evaluate, generate, label,
-                              load_splits, resolve_device)
+                              load_splits, resolve_device, robust_seed)
 from robustgen.train.distributed import DistContext, barrier, context_from_env, main_first
 
 
@@ -358,16 +359,27 @@ def _generated_data(cfg: RunConfig, variants: list[tuple[str, RunConfig]], split
 
 def _robust_model(name: str, variant: RunConfig, splits: Splits, out: Path, data_fp: str, label_fp: str | None,
                   generated: Path | None, device, ctx: DistContext, progress: bool) -> ModelResult:
-    """The adversarial training and evaluation stages of one model."""
-    train_fp = adversarial.fingerprint(variant, data_fp, label_fp)
-    stage = Stage(out, f"train-{name}", train_fp, TrainingResult)
-    trained = stage.run(lambda d: adversarial.run(variant, splits, generated, d, device=device, data_fp=data_fp,
-                                                  generated_fp=label_fp, name=name, progress=progress, ctx=ctx),
-                        {"data": data_fp, "label": label_fp if adversarial.needs_generated(variant) else None},
-                        ctx=ctx, all_ranks=True)
-    eval_stage = Stage(out, f"eval-{name}", evaluate.fingerprint(variant, train_fp), EvalResult)
+    """The adversarial training stage(s) of one model (``train.runs``: the best on validation is
+    kept, the paper's protocol) and the evaluation of the kept one."""
+    runs = []
+    for k, run_cfg in enumerate(adversarial.run_variants(variant)):
+        stage_name = f"train-{name}" + (f"-run{k}" if k else "")
+        fp = adversarial.fingerprint(run_cfg, data_fp, label_fp)
+        stage = Stage(out, stage_name, fp, TrainingResult)
+        trained = stage.run(lambda d: adversarial.run(run_cfg, splits, generated, d, device=device, data_fp=data_fp,
+                                                      generated_fp=label_fp, name=name, progress=progress, ctx=ctx),
+                            {"data": data_fp, "label": label_fp if adversarial.needs_generated(run_cfg) else None},
+                            ctx=ctx, all_ranks=True)
+        runs.append((run_cfg, fp, stage, trained))
+    score = [(t.selection or {}).get("score", float("-inf")) for _, _, _, t in runs]
+    best = max(range(len(runs)), key=lambda k: (score[k], -k))  # ties: the earlier run
+    run_cfg, train_fp, stage, trained = runs[best]
+    if ctx.is_main and len(runs) > 1:
+        log(f"{name}: run {best} of {len(runs)} kept (validation robust accuracy "
+            + ", ".join(f"{v:.4f}" for v in score) + ")")
+    eval_stage = Stage(out, f"eval-{name}", evaluate.fingerprint(run_cfg, train_fp), EvalResult)
     metrics = eval_stage.run(
-        lambda d: evaluate.run(variant, stage.dir / "best.safetensors", splits.test, device=device,
+        lambda d: evaluate.run(run_cfg, stage.dir / "best.safetensors", splits.test, device=device,
                                progress=progress, out=d / "eval.json", ctx=ctx),
         {"train": train_fp}, ctx=ctx, all_ranks=True)
     if ctx.is_main:
@@ -376,7 +388,11 @@ def _robust_model(name: str, variant: RunConfig, splits: Splits, out: Path, data
         for warning in metrics.sanity["warnings"]:
             log(f"{name}: warning: {warning}")
     generator = variant.generator.name if adversarial.needs_generated(variant) else None
-    return ModelResult.from_stages(trained, metrics, generator=generator)
+    result = ModelResult.from_stages(trained, metrics, generator=generator)
+    if len(runs) > 1:
+        result = replace_dataclass(result, runs=[{"seed": robust_seed(c), "val_score": v, "kept": k == best}
+                                                 for k, ((c, _, _, _), v) in enumerate(zip(runs, score))])
+    return result
 
 
 def describe_plan(cfg: RunConfig) -> str:

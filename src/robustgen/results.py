@@ -106,6 +106,8 @@ class ModelResult(_JSON):
     wall_time_s: float  # training + evaluation
     checkpoint: str
     robust_points: str | None
+    # train.runs > 1: every run's seed and validation score, and which was kept (the paper's protocol)
+    runs: list = dataclasses.field(default_factory=list)
 
     @classmethod
     def from_stages(cls, train: TrainingResult, ev: EvalResult, *, generator: str | None) -> "ModelResult":

@@ -70,6 +70,13 @@ def write_report(out: Path, results: RunResults, *, samples_path: Path | None,
              f"Threat model: {results.threat['norm']}, eps = {results.threat['eps']:.6g}. "
              f"Device: {results.device}. Total wall time {results.wall_time_s:.0f} s.", "",
              results_table(results.models), "", verdict(results.models), ""]
+    chosen = [(m.name, m.runs) for m in results.models if m.runs]
+    if chosen:  # train.runs > 1: the paper's best-of-runs protocol
+        lines += ["Each model is the best of its training runs on the validation split (PGD-40; train.runs), "
+                  "as the paper's protocol; only the kept run is evaluated on the test split:", ""]
+        lines += [f"- `{name}`: " + ", ".join(f"seed {r['seed']} {100 * r['val_score']:.2f}%"
+                                            + (" (kept)" if r["kept"] else "") for r in runs) for name, runs in chosen]
+        lines += [""]
     if results.models and results.models[0].attack != "pgd40":
         lines += [f"Model selection: PGD-40 on the validation split; reported robust accuracy: "
                   f"{results.models[0].attack} on the test split.", ""]

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 from robustgen.config import RunConfig, config_to_dict, is_baseline
+from robustgen.config import replace as replace_config
 from robustgen.data.store_format import file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.io import write_json
@@ -30,8 +31,8 @@ from robustgen.train.loop import LoopSettings, steps_for, train_loop
 from robustgen.train.speed import choose_step_options
 from robustgen.train.steps import TrainingAttack, pgd_at_step_loss, trades_step_loss
 
-__all__ = ["fingerprint", "loop_settings", "needs_generated", "read_generated", "run", "source_fingerprints",
-           "training_attack", "training_sources"]
+__all__ = ["RUN_SEED_STRIDE", "fingerprint", "loop_settings", "needs_generated", "read_generated", "run",
+           "run_variants", "source_fingerprints", "training_attack", "training_sources"]
 
 
 def needs_generated(cfg: RunConfig) -> bool:
@@ -59,10 +60,19 @@ def source_fingerprints(cfg: RunConfig) -> list:
 def fingerprint(cfg: RunConfig, data_fp: str, generated_fp: str | None) -> str:
     """``generated_fp`` identifies the labelled generated data (the label stage's fingerprint, or
     the ``--generated`` path); it counts only when this config reads generated data."""
+    train = {k: v for k, v in asdict(cfg.train).items() if k != "runs"}  # one run's result: not how many run
     return stage_fingerprint("train", "train", data_fp, generated_fp if needs_generated(cfg) else None,
-                      asdict(cfg.train), asdict(cfg.threat), cfg.data.crop_padding,
-                      cfg.data.flip, cfg.seed, cfg.eval.batch_size,
-                      *([source_fingerprints(cfg)] if cfg.data.sources else []))
+                             train, asdict(cfg.threat), cfg.data.crop_padding, cfg.data.flip, cfg.seed,
+                             cfg.eval.batch_size, *([source_fingerprints(cfg)] if cfg.data.sources else []))
+
+
+RUN_SEED_STRIDE = 100_003  # train.runs: run k trains with train.seed + k * stride (apart from swept seeds)
+
+
+def run_variants(cfg: RunConfig) -> list[RunConfig]:
+    """The configs of ``train.runs`` training runs of one model: run 0 is ``cfg`` itself."""
+    base = robust_seed(cfg)
+    return [cfg] + [replace_config(cfg, **{"train.seed": base + k * RUN_SEED_STRIDE}) for k in range(1, cfg.train.runs)]
 
 
 def training_attack(cfg: RunConfig) -> TrainingAttack:
