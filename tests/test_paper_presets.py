@@ -34,6 +34,9 @@ def test_every_paper_row_is_the_papers_recipe():
         per_class = cfg.label.per_class
         classes = 100 if "cifar100" in name else 10
         assert per_class * classes in (1_000_000, 100_000_000) and cfg.generator.num_samples > per_class * classes
+        # App. D for DDPM / Gaussian samples: the first N of each class, no confidence filter; the authors'
+        # input pipeline walks the generated set without replacement
+        assert cfg.label.per_class_order == "first" and cfg.train.generated_sampling == "permutation", name
     assert load_config("cifar10_linf_preact-resnet-18").train.epochs == 2000
     assert load_config("cifar100_linf_wrn-70-16").label.per_class == 10_000  # App. D footnote 13
 

@@ -19,6 +19,7 @@ stop every rank after the same round (``robustgen.preempt``).
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import os
 from dataclasses import dataclass
@@ -60,7 +61,15 @@ def context_from_env(device: torch.device) -> tuple[DistContext, torch.device]:
         # rank 0 alone may fit a generator for hours while the others wait in a collective
         # (``on_main``); a rank that dies is noticed by torchrun, which stops the others
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=PROCESS_GROUP_TIMEOUT)
+        # left to interpreter shutdown, the backend's threads can be destroyed still joinable, which aborts
+        # the process ("terminate called without an active exception", seen with gloo on a busy CPU)
+        atexit.register(_leave_process_group)
     return DistContext(rank=rank, world_size=world, local_rank=local), device
+
+
+def _leave_process_group() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def in_process_group() -> bool:
