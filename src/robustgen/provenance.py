@@ -4,9 +4,8 @@
 ``--set`` overrides, working folder, start time) and ``OUT/environment.json`` (robustgen version
 and git revision when the package is a checkout, Python, the libraries whose versions decide the
 numbers, devices, host). Stage manifests carry the environment too, and their code digests
-(``stages.code``). ``relative_to_run`` keeps results files free of absolute paths, so a run
-folder can be moved or shared; ``portable`` / ``localize`` turn a result's paths inside the run
-folder into relative ones (``stages/...``) and back.
+(``stages.code``). ``portable`` / ``localize`` turn a result's paths inside the run folder into
+relative ones (``stages/...``) and back, so a run folder can be moved or shared.
 """
 
 from __future__ import annotations
@@ -17,18 +16,20 @@ import socket
 import subprocess
 import sys
 import time
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LIBRARIES", "command_record", "environment", "localize", "portable", "relative_to_run",
-           "write_run_records"]
+__all__ = ["LIBRARIES", "command_record", "environment", "localize", "portable", "write_run_records"]
 
 LIBRARIES = ("torch", "torchvision", "numpy", "pyautoattack", "diffusers", "torch-fidelity", "safetensors")
 
 
+@lru_cache(maxsize=None)
 def _git_revision(folder: Path) -> dict | None:
-    """{"commit", "dirty"} of the git checkout holding ``folder``, or None (an installed wheel)."""
+    """{"commit", "dirty"} of the git checkout holding ``folder``, or None (an installed wheel).
+    Once per process: every stage manifest records it, and the code a process runs is what it loaded."""
     try:
         top = subprocess.run(["git", "-C", str(folder), "rev-parse", "--show-toplevel", "HEAD"],
                              capture_output=True, text=True, timeout=5)
@@ -83,16 +84,6 @@ def write_run_records(out: Path, config: dict, *, command: dict | None, device=N
     write_json(out / "command.json", command_record(command))
     write_json(out / "environment.json", env)
     return env
-
-
-def relative_to_run(path, run: Path) -> str:
-    """``path`` relative to the run folder when it lies inside it (a store or checkpoint of the
-    run), else unchanged (a file the user named, e.g. classifier.checkpoint)."""
-    p = Path(path)
-    try:
-        return p.resolve().relative_to(Path(run).resolve()).as_posix()
-    except ValueError:
-        return str(path)
 
 
 def portable(obj: Any, run: Path) -> Any:
