@@ -71,8 +71,8 @@ def apgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, norm: str, eps: 
     _package()
     from pyautoattack.autopgd_base import APGDAttack
 
-    if loss == "dlr" and _classes(model, x) < 3:
-        _warn(f"apgd-dlr: the DLR loss needs at least 3 classes, the model has {_classes(model, x)}: "
+    if loss == "dlr" and (classes := _classes(model, x)) < 3:
+        _warn(f"apgd-dlr: the DLR loss needs at least 3 classes, the model has {classes}: "
               f"APGD on the cross-entropy instead")
         loss = "ce"
 
