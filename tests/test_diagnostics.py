@@ -241,30 +241,18 @@ def test_an_arm_has_its_own_label_settings_and_shares_the_samples(tmp_path):
         load_config("digits_oracle", ["arms=[{generator: gaussian, label: {mode: condition, agree_with_condition: true}}]"])
 
 
-def test_regime_map_pairs_generator_only_jobs_with_the_recorded_baselines(study):
+def test_regime_map_points_are_sweep_points_with_their_arms(study):
     import regime_map as rm
 
     assert rm.arm_spec("ddpm-steps1000@0.5") == ("ddpm", 0.5, ("generator.ddpm.train_steps=1000",))
     assert rm.arm_spec("heldout") == ("heldout", 0.3, ())
-    with pytest.raises(ValueError, match="only the first arm"):
+    with pytest.raises(ValueError, match="one arm per run may change"):
         rm.point_config({}, ("ddpm", "ddpm-steps1000"), 0, "pgd40")
     cfg, _ = rm.point_config(rm.POINTS["real-75"], ("ddpm-steps1000@0.7",), 1, "pgd40")
     assert (cfg.generator.ddpm.train_steps, cfg.train.alpha, cfg.baseline, cfg.train.seed) == (1000, 0.7, False, 1)
-
-    def model(arm, robust, points):
-        return {"arm": arm, "alpha": 0.3, "steps": 469, "clean_accuracy": 0.9, "robust_accuracy": robust,
-                "train_robust_accuracy": 0.5, "robust_points": points, "attack": "pgd40", "n_eval": 4}
-
-    settings = {"data.train_size": 75}
-    records = [{"point": "real-75", "settings": settings, "seed": s, "models": [model("baseline", 0.25, "1000")]}
-               for s in (0, 1)]
-    records += [{"point": "real-75", "settings": settings, "seed": s, "models": [model("ddpm-steps1000", r, p)]}
-                for s, r, p in ((0, 0.5, "1100"), (1, 0.75, "1110"))]
-    diag = {(75, "ddpm-steps1000"): {"near_copy_share": 0.3}}
-    rows = rm.summarize(records, ["real-75"], diag)
-    row = next(r for r in rows if r["arm"] == "ddpm-steps1000")
-    assert row["seeds"] == [0, 1] and row["gain"] == pytest.approx(0.375) and row["diagnostics"] == diag[(75, "ddpm-steps1000")]
-    assert rm.arm_label("ddpm-steps1000@0.5") == "DDPM steps1000, alpha 0.5"
+    assert cfg.classifier.epochs == round(32000 / 75) and cfg.data.train_size == 75
+    both, _ = rm.point_config(rm.POINTS["centre"], ("baseline", "gaussian", "heldout"), 0, "pgd40")
+    assert [(a.generator, a.alpha) for a in both.arms] == [("heldout", 0.3)] and both.train.seed is None
 
 
 def test_the_default_demo_is_the_regime_map_job_where_the_generator_gains(study):

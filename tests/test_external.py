@@ -1,10 +1,8 @@
 """External weights: the kuangliu ResNet-18 layout, load_external_model (plain PyTorch state dicts,
-common containers, DataParallel prefixes, errors naming the file) and RobustBench-form export."""
+common containers, DataParallel prefixes, errors naming the file) (RobustBench-form export: test_zoo.py)."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from model_helpers import randomize
-from robustgen.checkpoint import export_robustbench, load_external_model, load_model, model_spec, save_model
+from robustgen.checkpoint import load_external_model, load_model
 from robustgen.errors import RobustgenError
 from robustgen.models import create_model
 
@@ -226,55 +224,3 @@ def test_pyautoattack_model_clean_accuracy_on_cifar10_jpeg():
     accuracy = (pred == y).float().mean().item()
     print(f"pyautoattack model_test.pt clean accuracy on 1000 cifar10-jpeg test images: {accuracy:.3f}")
     assert accuracy > 0.80
-
-
-# --- RobustBench-form export -----------------------------------------------------------------------
-
-
-def _tiny_checkpoint(path: Path, *, config: bool = True) -> nn.Module:
-    torch.manual_seed(0)
-    model = randomize(create_model("small-cnn", num_classes=10, in_channels=1, mean=[0.4], std=[0.3])).eval()
-    spec = model_spec(arch="small-cnn", num_classes=10, in_channels=1, activation="silu", image_size=8)
-    extra = {"config": {"threat": {"norm": "linf", "eps": 0.2}, "data": {"dataset": "digits"}}} if config else None
-    save_model(path, model, spec=spec, extra=extra)
-    return model
-
-
-def test_export_robustbench_round_trip(tmp_path):
-    ckpt = tmp_path / "best.safetensors"
-    _tiny_checkpoint(ckpt)
-    out = tmp_path / "export" / "model.pt"
-    info = export_robustbench(ckpt, out)
-
-    sidecar = json.loads(Path(f"{out}.json").read_text())
-    assert sidecar == info
-    assert {k: sidecar[k] for k in ("arch", "num_classes", "in_channels", "activation", "threat_model", "eps",
-                                    "dataset")} == {"arch": "small-cnn", "num_classes": 10, "in_channels": 1,
-                                                    "activation": "silu", "threat_model": "Linf", "eps": 0.2,
-                                                    "dataset": "digits"}
-    assert sidecar["robustgen_version"] and "create_model('small-cnn'" in sidecar["how_to_load"]
-    assert not [p for p in os.listdir(out.parent) if p.endswith(".tmp")]
-
-    state = torch.load(out, weights_only=True)
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
-    model = create_model(sidecar["arch"], num_classes=sidecar["num_classes"], in_channels=sidecar["in_channels"],
-                         activation=sidecar["activation"])
-    model.load_state_dict(state, strict=True)
-    model.eval()
-    reference = load_model(ckpt)
-    x = torch.rand(5, 1, 8, 8)  # [0, 1] input: the normalisation is inside the model
-    with torch.no_grad():
-        assert torch.equal(model(x), reference(x))
-    assert torch.allclose(model.mean, torch.full((1, 1, 1, 1), 0.4))
-
-
-def test_export_robustbench_without_config_and_errors(tmp_path):
-    ckpt = tmp_path / "plain.safetensors"
-    _tiny_checkpoint(ckpt, config=False)
-    info = export_robustbench(ckpt, tmp_path / "out.pt")
-    assert info["threat_model"] is None and info["eps"] is None and info["dataset"] is None
-
-    with pytest.raises(RobustgenError) as err:
-        export_robustbench(tmp_path / "missing.safetensors", tmp_path / "x.pt")
-    assert_one_line_naming(err, tmp_path / "missing.safetensors")
-    assert not (tmp_path / "x.pt").exists()

@@ -1,11 +1,11 @@
-"""PNG figures: alpha sweep, accuracy vs samples, training curves, loss landscapes."""
+"""PNG figures: sweeps, accuracy vs samples, training curves, loss landscapes."""
 
 import pytest
 import torch
 
 from robustgen.errors import RobustgenError
 from robustgen.metrics.landscape import landscape_grid, loss_landscape, rademacher_direction
-from robustgen.report.plots import (plot_accuracy_vs_samples, plot_alpha_sweep, plot_loss_landscapes,
+from robustgen.report.plots import (plot_accuracy_vs_samples, plot_loss_landscapes, plot_sweep,
                                     plot_training_curves, read_history)
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -21,18 +21,22 @@ def _valid_png(path):
     return data
 
 
-def test_alpha_sweep_and_samples_plots_write_pngs(tmp_path):
+def test_sweep_and_samples_plots_write_pngs(tmp_path):
     rows = [{"generator": g, "alpha": a, "seed": s, "clean_accuracy": 0.9 - 0.1 * a,
              "robust_accuracy": 0.5 + 0.1 * a + 0.01 * s, "generated_samples": n}
             for g in ("gaussian", "ddpm") for a, n in ((0.3, 1000), (0.5, 10_000)) for s in (0, 1)]
-    rows.append({"generator": "none", "alpha": 1.0, "seed": 0, "clean_accuracy": 0.8, "robust_accuracy": 0.55,
-                 "generated_samples": 0})
-    _valid_png(tmp_path / plot_alpha_sweep(rows, tmp_path / "a.png", title="t").split("/")[-1])
-    _valid_png(tmp_path / plot_accuracy_vs_samples(rows[:-1], tmp_path / "n.png").split("/")[-1])
+    _valid_png(tmp_path / plot_accuracy_vs_samples(rows, tmp_path / "n.png").split("/")[-1])
+    summary = [{"point": f"alpha{a}", "model": f"{g}-alpha{a}", "generator": g, "seeds": 2,
+                "robust_accuracy_mean": 0.5 + 0.1 * a, "robust_accuracy_se": 0.01, "clean_accuracy_mean": 0.9,
+                "clean_accuracy_se": float("nan")} for g in ("gaussian", "ddpm") for a in (0.3, 0.5)]
+    numeric = {"alpha0.3": {"train.alpha": "0.3"}, "alpha0.5": {"train.alpha": "0.5"}}
+    _valid_png(tmp_path / plot_sweep(summary, tmp_path / "a.png", points=numeric, title="t").split("/")[-1])
+    named = {"alpha0.3": {"train.alpha": "0.3", "arch": "a"}, "alpha0.5": {"train.alpha": "0.5", "arch": "b"}}
+    _valid_png(tmp_path / plot_sweep(summary, tmp_path / "b.png", points=named).split("/")[-1])
     with pytest.raises(RobustgenError, match="no records"):
-        plot_alpha_sweep([], tmp_path / "x.png")
-    with pytest.raises(RobustgenError, match="lack robust_accuracy"):
-        plot_alpha_sweep([{"generator": "g", "alpha": 0.5, "clean_accuracy": 1}], tmp_path / "x.png")
+        plot_sweep([], tmp_path / "x.png", points=numeric)
+    with pytest.raises(RobustgenError, match="lack robust_accuracy_mean"):
+        plot_sweep([{"point": "p", "model": "m", "clean_accuracy_mean": 1}], tmp_path / "x.png", points=numeric)
 
 
 def test_training_curves_from_a_history_file(tmp_path):

@@ -281,8 +281,9 @@ def test_select_store_and_cli(tmp_path, digits, classifier, capsys):
 
 
 def test_cli_store_generate_and_samples(tmp_path, capsys):
+    # the Gaussian generator (the default preset's is a DDPM trained for 1000 steps: 80 s on a CPU)
     args = ["store", "generate", str(tmp_path / "g"), "--num-samples", "120", "--shard-size", "50", "--quiet",
-            "--set", "generator.pca_components=10"]
+            "--set", "generator.name=gaussian", "--set", "generator.pca_components=10"]
     main(args)
     out = json.loads(capsys.readouterr().out)
     assert out["num_samples"] == 120 and out["shards"] == 3
@@ -292,7 +293,7 @@ def test_cli_store_generate_and_samples(tmp_path, capsys):
     assert (tmp_path / "grid.png").stat().st_size > 0
     with pytest.raises(SystemExit) as e:
         main(["store", "generate", str(tmp_path / "g"), "--num-samples", "120", "--shard-size", "60", "--quiet",
-              "--set", "generator.pca_components=10"])
+              "--set", "generator.name=gaussian", "--set", "generator.pca_components=10"])
     assert e.value.code == 2 and "shard size 50, not 60" in capsys.readouterr().err
 
 

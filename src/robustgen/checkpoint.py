@@ -7,8 +7,8 @@
 * External weights: ``load_external_model`` reads a plain PyTorch state dict (``.pt``/``.pth``,
   ``weights_only=True``, or a ``.safetensors`` file) into a registered architecture, e.g. a
   kuangliu-layout ResNet-18 (``resnet-18-kuangliu``).
-* RobustBench form: ``export_robustbench`` writes a robustgen model as a plain state dict
-  (``[0, 1]`` NCHW in, logits out, normalisation inside) plus a JSON sidecar saying how to load it.
+* RobustBench form (``robustgen.zoo.export_robustbench``): a plain state dict plus a JSON sidecar
+  (arch, mean / std) and a model card; ``load_exported`` reads it back.
 Every write goes through ``robustgen.io.atomic_write`` (fsynced, renamed into place; a full disk
 is a one-line ``DiskFullError`` and leaves the old file intact).
 """
@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from robustgen.errors import RobustgenError
-from robustgen.io import atomic_write, write_json
+from robustgen.io import atomic_write
 
 _META_KEY = "robustgen"
 
@@ -35,7 +35,6 @@ _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 # Buffers a robustgen model may keep its defaults for when an external file lacks them.
 _OPTIONAL_BUFFERS = ("mean", "std")
-_NORMS = {"linf": "Linf", "l2": "L2"}
 
 
 class _NotRobustgenCheckpoint(RobustgenError):
@@ -159,21 +158,25 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_external_model(path: str | Path, *, arch: str, num_classes: int = 10, in_channels: int = 3,
-                        device: str | torch.device = "cpu") -> nn.Module:
+                        device: str | torch.device = "cpu", mean=None, std=None,
+                        activation: str | None = None) -> nn.Module:
     """A plain PyTorch state dict (not a robustgen checkpoint) loaded into ``create_model(arch, ...)``,
     in eval mode. Every key must match (names and shapes) except the model's ``mean``/``std``
     buffers and BatchNorm's ``num_batches_tracked`` counters. Files without ``mean``/``std``
     normalise as ``models.external_normalization`` says: the authors' CIFAR-10 (CIFAR-100 for 100
     classes) constants for wrn-* and preact-resnet-18, which load the authors' released
     checkpoints and RobustBench's DM models key for key; the architecture's defaults otherwise
-    (identity for ``resnet-18-kuangliu``, whose original takes raw [0, 1] input)."""
+    (identity for ``resnet-18-kuangliu``, whose original takes raw [0, 1] input). ``mean`` / ``std``
+    given: the normalisation of a file without them (an export's sidecar)."""
     from robustgen.models import create_model, external_normalization
 
     path = Path(path)
     state = _read_state_dict(path)
     try:
-        mean, std = external_normalization(arch, num_classes, in_channels)
-        model = create_model(arch, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std)
+        if mean is None or std is None:
+            mean, std = external_normalization(arch, num_classes, in_channels)
+        model = create_model(arch, num_classes=num_classes, in_channels=in_channels, mean=mean, std=std,
+                             activation=activation)
     except RobustgenError as e:
         raise RobustgenError(f"{path}: {e}") from None
     expected = model.state_dict()
@@ -201,39 +204,18 @@ def load_external_model(path: str | Path, *, arch: str, num_classes: int = 10, i
     return model.to(device).eval()
 
 
-def export_robustbench(checkpoint_path: str | Path, out_path: str | Path) -> dict:
-    """Write a robustgen checkpoint in RobustBench form: ``out_path`` holds ``torch.save`` of the
-    model's state dict (tensors only, loadable with ``weights_only=True``; the model takes [0, 1]
-    NCHW input, normalises inside and returns logits) and ``<out_path>.json`` says what it is and
-    how to load it. Returns that JSON's contents."""
-    from robustgen import __version__
+def load_exported(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
+    """A model written by ``robustgen export`` (``PATH`` + its ``PATH.json`` sidecar), in eval mode."""
+    from robustgen.io import read_json
 
-    weights, info = read_model_file(checkpoint_path)
-    model = _build_model(checkpoint_path, weights, info)  # checks the weights fit the spec
-    spec, config = info["spec"], info.get("config") or {}
-    threat, data = config.get("threat") or {}, config.get("data") or {}
-    norm = threat.get("norm")
-    num_classes, in_channels = spec["num_classes"], spec["in_channels"]
-    activation = spec.get("activation", "silu")
-    sidecar = {
-        "arch": spec["arch"],
-        "num_classes": num_classes,
-        "in_channels": in_channels,
-        "activation": activation,
-        "image_size": spec.get("image_size"),
-        "threat_model": _NORMS.get(str(norm).lower(), norm) if norm is not None else None,
-        "eps": threat.get("eps"),
-        "dataset": data.get("dataset"),
-        "robustgen_version": __version__,
-        "how_to_load": (f"robustgen.models.create_model({spec['arch']!r}, num_classes={num_classes}, "
-                        f"in_channels={in_channels}, activation={activation!r})"
-                        f".load_state_dict(torch.load(path, weights_only=True))"),
-    }
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    out_path = Path(out_path)
-    atomic_write(out_path, lambda tmp: torch.save(state, tmp))
-    write_json(out_path.with_name(out_path.name + ".json"), sidecar)
-    return sidecar
+    path = Path(path)
+    sidecar = read_json(path.with_name(path.name + ".json"))
+    try:
+        return load_external_model(path, arch=sidecar["arch"], num_classes=int(sidecar["num_classes"]),
+                                   in_channels=int(sidecar["in_channels"]), device=device, mean=sidecar.get("mean"),
+                                   std=sidecar.get("std"), activation=sidecar.get("activation"))
+    except KeyError as e:
+        raise RobustgenError(f"{path}.json: not a robustgen export sidecar (no {e.args[0]!r})") from None
 
 
 def model_info(path: str | Path) -> dict:

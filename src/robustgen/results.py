@@ -4,7 +4,7 @@ A stage's result keeps the stage's own words (``TrainingResult.wall_time_s`` is 
 time, ``EvalResult.n`` the number of test images). ``ModelResult``, one trained and evaluated
 model and one row of ``results.json``, is composed from them in one place
 (``ModelResult.from_stages``); from there on every reader (the report, the CLI, the sweep's
-``SweepRecord``) uses its names. Each type writes itself as JSON with ``to_dict`` (fields in
+records) uses its names. Each type writes itself as JSON with ``to_dict`` (fields in
 declaration order) and reads a stage's cached JSON back with ``from_dict`` (``None`` when the
 JSON is of another shape, so a stage cached by an older version is recomputed, never misread).
 """
@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["ClassifierResult", "EvalResult", "ModelResult", "RunResults", "SweepRecord", "TrainingResult"]
+__all__ = ["ClassifierResult", "EvalResult", "ModelResult", "RunResults", "TrainingResult"]
 
 T = TypeVar("T")
 
@@ -142,27 +142,3 @@ class RunResults(_JSON):
             return None
         models = [m if isinstance(m, ModelResult) else ModelResult.from_dict(m) for m in run.models]
         return None if None in models else dataclasses.replace(run, models=models)
-
-
-@dataclass(frozen=True)
-class SweepRecord(_JSON):
-    """One model of a sweep: a ``ModelResult``'s numbers under the same names, with its grid point."""
-
-    generator: str  # "none" for alpha = 1 (no generated data)
-    alpha: float
-    seed: int
-    clean_accuracy: float
-    robust_accuracy: float
-    generated_samples: int
-    attack: str
-    n_eval: int
-    steps: int
-    wall_time_s: float
-    checkpoint: str
-
-    @classmethod
-    def of(cls, model: ModelResult, *, generator: str, seed: int) -> "SweepRecord":
-        return cls(generator=generator, alpha=float(model.alpha), seed=seed, clean_accuracy=model.clean_accuracy,
-                   robust_accuracy=model.robust_accuracy, generated_samples=model.generated_samples,
-                   attack=model.attack, n_eval=model.n_eval, steps=model.steps, wall_time_s=model.wall_time_s,
-                   checkpoint=model.checkpoint)

@@ -1,59 +1,122 @@
-"""``robustgen sweep``: a grid of alphas x generators x seeds through ``pipeline.run`` (paper
-Fig. 5 / 10: robust and clean accuracy against the proportion alpha of real data per generator).
+"""``robustgen sweep``: runs of one config over a grid of settings and seeds, aggregated.
 
-Every grid point runs in ``OUT/points/<generator>-alpha<a>-seed<s>/`` (its results.json, report.md
-and samples grid), whose ``stages`` is a link to the shared ``OUT/stages``: finished stages are
-cached by fingerprint, so the classifier, the samples and their labels are computed once per
-(seed, generator) and reused by every alpha, an alpha = 1 model (no generated data) once per seed
-whatever the generator, and a rerun of the sweep only computes what is missing.
+A grid is any config keys with lists of values (``--grid data.train_size=50,75 --grid
+train.alpha=0.3,1.0``: their product) or an explicit list of points (``points``: named sets of
+overrides, e.g. one factor at a time around a centre, as the regime map does); every point runs
+once per seed. Paper Fig. 5 / 10 is ``--grid train.alpha=0.1,...,1 --grid generator.name=...``.
+
+Every (point, seed) runs the whole pipeline in ``OUT/points/<point>-seed<s>/`` (its results.json
+and report.md), whose ``stages`` links to the shared ``OUT/stages``: stages are cached by
+fingerprint (settings, inputs, code), so what two points share is computed once (the classifier
+and the samples across alphas, an alpha = 1 model across generators) and a rerun computes only
+what is missing (killed runs resume).
 
 A seed is, by default, ``train.seed``: adversarial training's initialisation, batches and attack
-starts vary while the classifier, the samples and their labels are shared (computed once);
-``seed_key="seed"`` varies the run's seed instead, retraining the classifier per seed. The
-generated samples depend on ``generator.seed`` only. With ``baseline: true`` in the config,
-each point also trains (once per seed, cached) the alpha = 1 model; it joins every generator's curve.
+starts vary while the classifier, the samples and their labels are shared; ``seed_key="seed"``
+varies the whole run. The seed the config already resolves to is left unset, so that point's
+stages are those of a plain ``robustgen run`` of the same config.
 
-Writes ``OUT/sweep.json`` (one record per trained model), ``OUT/sweep.md`` (mean +- std over seeds)
-and ``OUT/alpha_sweep.png``.
+Writes ``OUT/sweep.json`` (one record per trained model, and the summary), ``OUT/sweep.md`` (per
+point and model: mean and standard error over seeds, and the seed-paired difference from the
+baseline arm of the same point and seed) and ``OUT/sweep.png``.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
+import math
 import os
+import re
 import time
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
-from robustgen.config import RunConfig, config_to_dict, is_baseline, replace
+from robustgen.config import RunConfig, config_to_dict, parse_override, replace
 from robustgen.errors import RobustgenError
 from robustgen.io import write_json, write_text
-from robustgen.results import SweepRecord
 
-__all__ = ["grid_points", "run_sweep", "summarize", "sweep_table"]
+__all__ = ["SEED_KEYS", "dry_run_sweep", "grid_points", "parse_grid", "point_configs", "run_sweep", "summarize",
+           "sweep_table"]
+
+SEED_KEYS = ("train.seed", "seed")
 
 
-def grid_points(alphas, generators, seeds) -> list[tuple[str, float, int]]:
-    """(generator, alpha, seed) for every point; alpha = 1 (no generated data) once per seed."""
-    alphas = [float(a) for a in alphas]
-    bad = [a for a in alphas if not 0 <= a <= 1]
-    if bad or not alphas:
-        raise RobustgenError(f"alphas must be in [0, 1], got {alphas}")
-    if not generators or not seeds:
-        raise RobustgenError("a sweep needs at least one generator and one seed")
-    points = []
-    for seed in seeds:
-        if any(is_baseline(a) for a in alphas):
-            points.append((generators[0], 1.0, int(seed)))
-        for g in generators:
-            points += [(g, a, int(seed)) for a in alphas if not is_baseline(a)]
+def _split_values(text: str) -> list[str]:
+    """Comma-separated values, commas inside [...] or {...} kept (a value may be a YAML list)."""
+    values, depth, current = [], 0, ""
+    for ch in text:
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        if ch == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += ch
+    values.append(current.strip())
+    return [v for v in values if v]
+
+
+def parse_grid(items) -> dict[str, list[str]]:
+    """``["KEY=V1,V2", ...]`` -> {KEY: [V1, V2]} (values parsed later, as ``--set`` values)."""
+    grid: dict[str, list[str]] = {}
+    for item in items:
+        if "=" not in item:
+            raise RobustgenError(f"--grid {item!r}: expected KEY=V1,V2,..., e.g. train.alpha=0.3,1.0")
+        key, values = (s.strip() for s in item.split("=", 1))
+        if key in grid:
+            raise RobustgenError(f"--grid {key}: given twice")
+        if not _split_values(values):
+            raise RobustgenError(f"--grid {item!r}: no values")
+        grid[key] = _split_values(values)
+    return grid
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")[:80] or "point"
+
+
+def grid_points(grid: dict[str, list[str]]) -> dict[str, dict[str, str]]:
+    """Point name -> {key: value} for every combination of the grid's values (one empty point
+    without a grid). Names are the last part of each key and its value, e.g. ``train_size50-alpha0.3``."""
+    keys = list(grid)
+    points = {}
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        name = "-".join(_slug(f"{k.rsplit('.', 1)[-1]}{v}") for k, v in zip(keys, combo)) or "config"
+        if name in points:
+            raise RobustgenError(f"--grid: two points would be named {name!r}; use distinct values")
+        points[name] = dict(zip(keys, combo))
     return points
 
 
-def _point_dir(out: Path, generator: str, alpha: float, seed: int) -> Path:
-    name = f"baseline-seed{seed}" if is_baseline(alpha) else f"{generator}-alpha{alpha:g}-seed{seed}"
-    d = out / "points" / name
+def point_configs(cfg: RunConfig, points: dict[str, dict], seeds, *, seed_key: str = "train.seed"
+                  ) -> list[tuple[str, int, RunConfig]]:
+    """(point name, seed, config) for every point and seed, in that order (points vary fastest)."""
+    if seed_key not in SEED_KEYS:
+        raise RobustgenError(f"a sweep varies one of {', '.join(SEED_KEYS)}, not {seed_key!r}")
+    if not seeds:
+        raise RobustgenError("a sweep needs at least one seed")
+    out = []
+    for seed in seeds:
+        for name, overrides in points.items():
+            changes = {}
+            for key, value in overrides.items():
+                changes[key] = parse_override(f"{key}={value}")[1] if isinstance(value, str) else value
+            try:
+                point_cfg = replace(cfg, **changes)
+            except RobustgenError as e:
+                raise RobustgenError(f"sweep point {name}: {e}") from None
+            default = point_cfg.seed if seed_key == "train.seed" and point_cfg.train.seed is None else None
+            if int(seed) != default:
+                point_cfg = replace(point_cfg, **{seed_key: int(seed)})
+            out.append((name, int(seed), point_cfg))
+    return out
+
+
+def _point_dir(out: Path, name: str, seed: int) -> Path:
+    d = out / "points" / f"{name}-seed{seed}"
     d.mkdir(parents=True, exist_ok=True)
     link = d / "stages"
     if not link.exists() and not link.is_symlink():
@@ -65,78 +128,164 @@ def _point_dir(out: Path, generator: str, alpha: float, seed: int) -> Path:
     return d
 
 
-SEED_KEYS = ("train.seed", "seed")
-
-
-def run_sweep(cfg: RunConfig, out: Path, *, alphas, generators, seeds, seed_key: str = "train.seed",
-              progress: bool = True, run_fn=None, log=print) -> dict:
-    """Run every grid point (``pipeline.run``, or ``run_fn(cfg, out)`` returning ``RunResults``),
-    then write sweep.json (one ``SweepRecord`` per trained model), sweep.md and alpha_sweep.png.
-    Returns the sweep summary."""
-    from robustgen.generate import list_generators
-    from robustgen.report.plots import plot_alpha_sweep
+def run_sweep(cfg: RunConfig, out: Path, *, points: dict[str, dict] | None = None, seeds=(0,),
+              seed_key: str = "train.seed", baseline_arm: str = "baseline", progress: bool = True, run_fn=None,
+              log=print) -> dict:
+    """Run every (point, seed) (``pipeline.run``, or ``run_fn(cfg, out)`` returning ``RunResults``),
+    then write sweep.json, sweep.md and sweep.png. ``points``: name -> overrides (default: the
+    config alone). Returns the summary."""
+    from robustgen.report.plots import plot_sweep
 
     if run_fn is None:
         from robustgen.pipeline import run as pipeline_run
 
         run_fn = lambda c, o: pipeline_run(c, o, progress=progress)  # noqa: E731
-    if seed_key not in SEED_KEYS:
-        raise RobustgenError(f"a sweep varies one of {', '.join(SEED_KEYS)}, not {seed_key!r}")
-    unknown = [g for g in generators if g not in list_generators()]
-    if unknown:
-        raise RobustgenError(f"unknown generator(s) {', '.join(unknown)}; choose from {', '.join(list_generators())}")
+    points = points or {"config": {}}
+    jobs = point_configs(cfg, points, seeds, seed_key=seed_key)  # every config is checked before anything runs
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    records: dict[tuple, dict] = {}
-    points = grid_points(alphas, generators, seeds)
-    for k, (g, a, s) in enumerate(points):
-        # a sweep point trains its own grid of models: the config's extra arms are not repeated at every point
-        point_cfg = replace(cfg, **{"generator.name": g, "train.alpha": a, seed_key: s, "arms": []})
-        log(f"sweep: point {k + 1}/{len(points)}: generator {g}, alpha {a:g}, seed {s}")
-        results = run_fn(point_cfg, _point_dir(out, g, a, s))
+    records = []
+    for k, (name, seed, point_cfg) in enumerate(jobs):
+        log(f"sweep: {k + 1}/{len(jobs)}: {name}, seed {seed}")
+        results = run_fn(point_cfg, _point_dir(out, name, seed))
         for m in results.models:
-            record = SweepRecord.of(m, generator="none" if is_baseline(m.alpha) else g, seed=s)
-            records[(record.generator, record.alpha, s)] = record.to_dict()
-    rows = sorted(records.values(), key=lambda r: (r["generator"], r["alpha"], r["seed"]))
-    summary = {"grid": {"alphas": [float(a) for a in alphas], "generators": list(generators),
-                        "seeds": [int(s) for s in seeds], "seed_key": seed_key},
+            records.append({"point": name, "settings": points[name], "seed": seed, "model": m.name,
+                            "alpha": float(m.alpha), "generator": m.generator or "none",
+                            "clean_accuracy": m.clean_accuracy, "robust_accuracy": m.robust_accuracy,
+                            "attack": m.attack, "n_eval": m.n_eval, "steps": m.steps,
+                            "wall_time_s": m.wall_time_s, "robust_points": m.robust_points})
+    summary = {"points": points, "seeds": [int(s) for s in seeds], "seed_key": seed_key, "baseline_arm": baseline_arm,
                "dataset": cfg.data.dataset, "threat": {"norm": cfg.threat.norm, "eps": cfg.threat.eps},
-               "records": rows, "summary": summarize(rows, generators),
+               "records": records, "summary": summarize(records, baseline_arm=baseline_arm),
                "wall_time_s": round(time.perf_counter() - started, 2), "config": config_to_dict(cfg)}
     write_json(out / "sweep.json", summary)
     write_text(out / "sweep.md", sweep_table(summary))
-    title = f"{cfg.data.dataset}, {cfg.threat.norm} eps={cfg.threat.eps:.4g}"
-    plot_alpha_sweep(rows, out / "alpha_sweep.png", title=title)
+    plot_sweep(summary["summary"], out / "sweep.png", points=points,
+               title=f"{cfg.data.dataset}, {cfg.threat.norm} eps={cfg.threat.eps:.4g}")
     return summary
 
 
-def summarize(rows: list[dict], generators) -> list[dict]:
-    """Mean and std (over seeds, ddof 0) of clean and robust accuracy per (generator, alpha); the
-    alpha = 1 models (no generated data) are listed under every generator."""
+def _mean_se(values) -> tuple[float, float]:
+    v = np.asarray(values, dtype=np.float64)
+    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return float(v.mean()), se
+
+
+def summarize(records: list[dict], *, baseline_arm: str = "baseline") -> list[dict]:
+    """Per (point, model): seeds, mean and standard error of clean and robust accuracy, and the
+    mean and standard error of the seed-paired differences from ``baseline_arm`` (same point, same
+    seed; None where the point has no such model)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
-    for r in rows:
-        for g in (generators if r["generator"] == "none" else [r["generator"]]):
-            groups[(g, r["alpha"])].append(r)
-    out = []
-    for (g, a), rs in sorted(groups.items()):
-        clean = np.array([r["clean_accuracy"] for r in rs])
-        robust = np.array([r["robust_accuracy"] for r in rs])
-        out.append({"generator": g, "alpha": a, "seeds": len(rs),
-                    "clean_mean": float(clean.mean()), "clean_std": float(clean.std()),
-                    "robust_mean": float(robust.mean()), "robust_std": float(robust.std())})
-    return out
+    for r in records:
+        groups[(r["point"], r["model"])].append(r)
+    base = {(r["point"], r["seed"]): r for r in records if r["model"] == baseline_arm}
+    rows = []
+    for (point, model), rs in groups.items():
+        row = {"point": point, "model": model, "alpha": rs[0]["alpha"], "generator": rs[0]["generator"],
+               "seeds": len(rs)}
+        for key in ("clean_accuracy", "robust_accuracy"):
+            row[f"{key}_mean"], row[f"{key}_se"] = _mean_se([r[key] for r in rs])
+            paired = [r[key] - base[(point, r["seed"])][key] for r in rs if (point, r["seed"]) in base]
+            diff = _mean_se(paired) if paired and model != baseline_arm else (None, None)
+            row[f"{key}_gain"], row[f"{key}_gain_se"] = diff
+            row["paired_seeds"] = len(paired) if model != baseline_arm else 0
+        rows.append(row)
+    return rows
+
+
+def _pct(mean, se) -> str:
+    if mean is None:
+        return "—"
+    return f"{100 * mean:.2f}" + ("" if se is None or math.isnan(se) else f" ± {100 * se:.2f}")
+
+
+def _signed(mean, se) -> str:
+    return "—" if mean is None else ("+" if mean >= 0 else "") + _pct(mean, se)
 
 
 def sweep_table(summary: dict) -> str:
     attack = next((r["attack"] for r in summary["records"] if r.get("attack")), "?")
-    lines = [f"# Alpha sweep on {summary['dataset']} ({summary['threat']['norm']} eps={summary['threat']['eps']:.4g}, "
+    lines = [f"# Sweep on {summary['dataset']} ({summary['threat']['norm']} eps={summary['threat']['eps']:.4g}, "
              f"robust accuracy under {attack})", "",
-             "| generator | alpha | seeds | clean (mean ± std) | robust (mean ± std) |", "|---|---|---|---|---|"]
+             "| point | settings | model | seeds | clean % | robust % | robust gain vs "
+             f"{summary['baseline_arm']} (paired) |", "|---|---|---|---|---|---|---|"]
+    points = summary["points"]
+    keys = list(dict.fromkeys(k for p in points.values() for k in p))
+    varying = [k for k in keys if len({str(p.get(k)) for p in points.values()}) > 1]
     for s in summary["summary"]:
-        lines.append(f"| {s['generator']} | {s['alpha']:g} | {s['seeds']} | "
-                     f"{100 * s['clean_mean']:.2f}% ± {100 * s['clean_std']:.2f} | "
-                     f"{100 * s['robust_mean']:.2f}% ± {100 * s['robust_std']:.2f} |")
-    lines += ["", f"alpha = proportion of real images per batch (1: no generated data). "
+        point = points[s["point"]]
+        settings = ", ".join(f"{k}={point[k]}" for k in varying if k in point) or "—"
+        lines.append(f"| {s['point']} | {settings} | {s['model']} | {s['seeds']} | "
+                     f"{_pct(s['clean_accuracy_mean'], s['clean_accuracy_se'])} | "
+                     f"{_pct(s['robust_accuracy_mean'], s['robust_accuracy_se'])} | "
+                     f"{_signed(s['robust_accuracy_gain'], s['robust_accuracy_gain_se'])} |")
+    shared = [f"{k}={v}" for k, v in next(iter(points.values()), {}).items() if k not in varying]
+    if shared:
+        lines += ["", f"Every point: {', '.join(shared)}."]
+    lines += ["", f"Mean ± standard error over seeds ({summary['seed_key']} = {', '.join(map(str, summary['seeds']))}); "
+                  f"gains are differences from the {summary['baseline_arm']} model of the same point and seed. "
                   f"Wall time {summary['wall_time_s']:.0f} s."]
     return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- dry run
+def _stage_key(stage: str, variants: dict, cfg: RunConfig) -> str:
+    """What a stage's cached result depends on (approximately its fingerprint's settings), so that
+    the grid's estimate counts a stage that several points share once."""
+    from dataclasses import asdict
+
+    name = stage.split("[", 1)[1].rstrip("]") if "[" in stage else None
+    v = variants.get(name, cfg)
+    parts = {"data": asdict(v.data), "seed": v.seed}
+    if stage == "classifier":
+        parts["classifier"] = asdict(v.classifier)
+    elif stage in ("generator training", "sampling"):
+        parts["generator"] = asdict(v.generator)
+    elif stage == "labelling":
+        parts.update(classifier=asdict(v.classifier), generator=asdict(v.generator), label=asdict(v.label))
+    else:  # train / model selection / eval of one model: everything of its variant
+        parts = {"stage": stage.split("[", 1)[0], "variant": config_to_dict(v)}
+        if v.train.alpha >= 1 and not v.data.sources:  # a real-data-only model reads no generated data
+            parts["variant"] = {k: val for k, val in parts["variant"].items() if k not in ("generator", "label", "arms")}
+    return f"{stage.split('[', 1)[0]}|{json.dumps(parts, sort_keys=True, default=str)}"
+
+
+def dry_run_sweep(cfg: RunConfig, out: Path, *, points: dict[str, dict] | None = None, seeds=(0,),
+                  seed_key: str = "train.seed") -> tuple[list[str], list[str]]:
+    """(lines, problems) of ``robustgen sweep --dry-run``: the grid, its cost (stages that points
+    share counted once) and the preflight of every point's inputs."""
+    from robustgen.cost import estimate_cost
+    from robustgen.pipeline import model_variants
+    from robustgen.preflight import Preflight, data_shape, preflight
+
+    points = points or {"config": {}}
+    jobs = point_configs(cfg, points, seeds, seed_key=seed_key)
+    lines = [f"grid: {len(points)} point(s) x {len(seeds)} seed(s) ({seed_key}) = {len(jobs)} runs"]
+    unique: dict[str, float] = {}
+    total_all, disk, problems = 0.0, 0, []
+    for name, seed, point_cfg in jobs:
+        shape = data_shape(point_cfg, Preflight())
+        if shape is None:
+            problems.append(f"sweep point {name}: the data cannot be read (see robustgen run --dry-run)")
+            continue
+        estimate = estimate_cost(point_cfg, n_train=shape.n_train, n_test=shape.n_test,
+                                 image_shape=shape.image_shape, num_classes=shape.num_classes)
+        variants = dict(model_variants(point_cfg))
+        hours = 0.0
+        for stage in estimate.stages:
+            h = stage.gpu_hours
+            hours += h
+            unique.setdefault(_stage_key(stage.stage, variants, point_cfg), h)
+        total_all += hours
+        disk += estimate.disk_bytes
+        settings = ", ".join(f"{k}={v}" for k, v in points[name].items()) or "the config as given"
+        lines.append(f"  {name} seed {seed}: {settings}; ~{hours:.3g} GPU-hours alone")
+    distinct = sum(unique.values())
+    lines.append(f"cost: ~{distinct:.3g} GPU-hours for the grid ({len(unique)} distinct stages; "
+                 f"{total_all:.3g} if no stage were shared); disk at most {disk / 1e9:.3g} GB")
+    for name, _, point_cfg in jobs[:len(points)]:  # inputs and output folder, once per point
+        report, _ = preflight(point_cfg, Path(out), disk_bytes=disk)
+        problems += [f"sweep point {name}: {p}" for p in report.problems]
+    lines.append("preflight: " + ("ok" if not problems else f"{len(problems)} problem(s)"))
+    return lines, problems

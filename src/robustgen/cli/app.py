@@ -15,10 +15,10 @@ from typing import Any
 import click
 
 from robustgen import __version__
-from robustgen.config import RunConfig, load_config, parse_number
+from robustgen.config import RunConfig, load_config
 from robustgen.errors import RobustgenError
 
-__all__ = ["cli", "config_options", "echo_json", "load_cli_config", "main", "number_list", "owned", "wait_option"]
+__all__ = ["cli", "config_options", "echo_json", "load_cli_config", "main", "owned", "wait_option"]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,16 +50,6 @@ def load_cli_config(config: str | None, overrides: tuple[str, ...], **options: A
     """The config with the verb's options (dotted config key -> value; None: not given) applied
     before the ``--set`` overrides."""
     return load_config(config, overrides, changes={k: v for k, v in options.items() if v is not None})
-
-
-def number_list(text: str, what: str) -> list[float]:
-    """Comma-separated numbers (fractions such as 8/255 allowed)."""
-    try:
-        return [parse_number(t.strip(), key=what, source="command line") for t in text.split(",") if t.strip()]
-    except RobustgenError:
-        raise
-    except ValueError:
-        raise RobustgenError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 
 def echo_json(obj: Any) -> None:

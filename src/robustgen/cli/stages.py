@@ -63,9 +63,14 @@ def train(config, overrides, generated, out, wait, quiet):
 
 @cli.command("eval")
 @config_options
-@click.option("--checkpoint", type=click.Path(path_type=Path), required=True,
-              help="robustgen checkpoint, or a plain state dict with --arch")
+@click.option("--checkpoint", required=True,
+              help="robustgen checkpoint, a plain state dict with --arch, or robustbench:<Name> "
+                   "(robustbench:<dataset>/<threat>/<Name>)")
 @click.option("--arch", default=None, help="architecture of a plain (non-robustgen) state dict, e.g. resnet-18-kuangliu")
+@click.option("--model-dir", type=click.Path(path_type=Path), default=None,
+              help="RobustBench's model folder for robustbench:<Name> (default $ROBUSTBENCH_MODEL_DIR, else ./models)")
+@click.option("--protocol", type=click.Choice(["robustgen", "robustbench"]), default="robustgen", show_default=True,
+              help="robustbench: the official pyautoattack standard evaluation on RobustBench's test points")
 @click.option("--attack", default=None, help="registered attack: pgd40, autoattack, aa+mt, ... (default: eval.attack)")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), default=None, help="default: the model's threat.norm")
 @click.option("--eps", default=None, help="radius, e.g. 8/255 (default: the model's threat.eps)")
@@ -75,7 +80,8 @@ def train(config, overrides, generated, out, wait, quiet):
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="write the JSON here; progress is kept in OUT.partial.pt so a killed run resumes")
 @click.option("--quiet", is_flag=True)
-def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_size, seed, out, quiet):
+def evaluate(config, overrides, checkpoint, arch, model_dir, protocol, attack, norm, eps, n, batch_size, seed, out,
+             quiet):
     """Clean and robust accuracy of a checkpoint on the test split, per attack stage (JSON)."""
     from robustgen.data import load_split
     from robustgen.stages import evaluate as stage, resolve_device
@@ -84,17 +90,51 @@ def evaluate(config, overrides, checkpoint, arch, attack, norm, eps, n, batch_si
     options = {"eval.attack": attack, "threat.norm": norm, "eval.n": n, "eval.batch_size": batch_size,
                "eval.seed": seed, "threat.eps": None if eps is None else parse_number(eps, key="--eps",
                                                                                     source="command line")}
-    trained_for = {} if config is not None or arch is not None else _trained_for(checkpoint)
+    if checkpoint.startswith("robustbench:"):
+        trained_for = _robustbench_setting(checkpoint, config, norm)
+    else:
+        checkpoint = Path(checkpoint)
+        trained_for = {} if config is not None or arch is not None else _trained_for(checkpoint)
     cfg = load_cli_config(config, overrides, **{**trained_for, **{k: v for k, v in options.items() if v is not None}})
+    if protocol == "robustbench":
+        from robustgen.zoo import robustbench_benchmark
+
+        device = resolve_device(cfg.device)
+        test = load_split(cfg.data, "test")
+        model = stage.load_for_eval(cfg, checkpoint, test, device=device, arch=arch, model_dir=model_dir)[0]
+        result = robustbench_benchmark(model, cfg, device=device, n=n, batch_size=cfg.eval.batch_size,
+                                       seed=cfg.eval.seed)
+        if out is not None:
+            from robustgen.io import write_json
+
+            write_json(out, {"checkpoint": str(checkpoint), **result})
+        echo_json({"checkpoint": str(checkpoint), **result})
+        return
     ctx, device = context_from_env(resolve_device(cfg.device))  # under torchrun the ranks share the batches
     test = main_first(ctx, lambda: load_split(cfg.data, "test"))
-    result = stage.run(cfg, checkpoint, test, device=device, progress=not quiet, arch=arch, out=out, ctx=ctx)
+    result = stage.run(cfg, checkpoint, test, device=device, progress=not quiet, arch=arch, out=out, ctx=ctx,
+                       model_dir=model_dir)
     if not ctx.is_main:
         return
     for warning in result.sanity["warnings"]:
         click.echo(f"robustgen: warning: {warning}", err=True)
     # the per-point flags stay in --out: one character per test image is no terminal output
     echo_json({k: v for k, v in result.to_dict().items() if k != "robust_points"})
+
+
+def _robustbench_setting(spec: str, config, norm) -> dict:
+    """The dataset, threat and leaderboard eps of "robustbench:..." as config changes (a config
+    given on the command line keeps its dataset)."""
+    from robustgen.zoo import RB_EPS, parse_robustbench_name
+
+    default_dataset = None if config is not None else "cifar10"
+    dataset, threat, _ = parse_robustbench_name(spec, dataset=default_dataset or "", norm=norm or "linf")
+    changes = {"threat.norm": threat.lower()}
+    if dataset:
+        changes["data.dataset"] = dataset
+    if (dataset, threat) in RB_EPS:
+        changes["threat.eps"] = RB_EPS[(dataset, threat)]
+    return changes
 
 
 def _trained_for(checkpoint: Path) -> dict:
@@ -115,12 +155,18 @@ def _trained_for(checkpoint: Path) -> dict:
 
 @cli.command()
 @click.option("--checkpoint", type=click.Path(path_type=Path), required=True, help="robustgen checkpoint")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="plain state dict .pt (+ OUT.json)")
-def export(checkpoint, out):
-    """Export a model in RobustBench form: a plain state dict ([0,1] NCHW in, logits out) and a JSON sidecar."""
-    from robustgen.checkpoint import export_robustbench
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="plain state dict .pt (+ OUT.json, OUT.md)")
+@click.option("--eval-json", "eval_json", type=click.Path(path_type=Path), multiple=True,
+              help="a `robustgen eval --out` result of this checkpoint, for the model card (repeatable: "
+                   "AutoAttack, AA+MT, ...)")
+def export(checkpoint, out, eval_json):
+    """Export a model in RobustBench form: a state dict that loads into RobustBench's own class
+    (DMWideResNet / DMPreActResNet for wrn-* / preact-resnet-18), a JSON sidecar and a model card."""
+    from robustgen.io import read_json
+    from robustgen.zoo import export_robustbench
 
-    echo_json(export_robustbench(checkpoint, out))
+    evaluations = [read_json(p) for p in eval_json]
+    echo_json(export_robustbench(checkpoint, out, evaluations=evaluations or None))
 
 
 @cli.command("convert-guided-diffusion")

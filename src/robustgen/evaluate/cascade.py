@@ -47,10 +47,16 @@ class AttackStage:
     forward_equivalents: int = 0
 
 
-def _to_device(images: np.ndarray, labels: np.ndarray, idx: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-    x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device).permute(0, 3, 1, 2).float().div_(255)
-    y = torch.from_numpy(np.asarray(labels[idx], dtype=np.int64)).to(device)
-    return x, y
+def _to_device(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, idx: np.ndarray,
+               device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch as float32 NCHW in [0, 1] on ``device``: from uint8 NHWC numpy (robustgen's datasets,
+    divided by 255 on the device) or from a float NCHW tensor (the Python API's input)."""
+    if isinstance(images, torch.Tensor):
+        x = images[torch.from_numpy(idx)].to(device=device, dtype=torch.float32)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device).permute(0, 3, 1, 2).float().div_(255)
+    y = torch.as_tensor(labels[idx] if isinstance(labels, torch.Tensor) else np.asarray(labels[idx]))
+    return x, y.to(device=device, dtype=torch.int64)
 
 
 def _fresh_state(n: int, key: str) -> dict:
@@ -62,10 +68,16 @@ def _fresh_state(n: int, key: str) -> dict:
 def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages: list[AttackStage], *,
                 norm: str, eps: float, batch_size: int, device, seed: int = 0, state_path: Path | None = None,
                 state_key: str = "", progress: bool = False, desc: str = "eval",
-                ctx: DistContext = DistContext()) -> dict:
+                ctx: DistContext = DistContext(), keep_adversarial: bool = False) -> dict:
     """Clean and robust accuracy after each stage; ``state_path`` makes the run resumable
-    (``state_key`` must identify model, data and attack settings; a mismatch is an error)."""
+    (``state_key`` must identify model, data and attack settings; a mismatch is an error).
+    ``images``: uint8 NHWC numpy or float NCHW tensor in [0, 1]. ``keep_adversarial``: the result's
+    ``adversarial`` holds, per point, the candidate that fooled the model (float NCHW, CPU; the
+    input itself where no stage succeeded); one process only, without a state path."""
     n = len(labels)
+    if keep_adversarial and (state_path is not None or ctx.enabled):
+        raise RobustgenError("keep_adversarial needs an in-memory evaluation in one process (no state path, no torchrun)")
+    adversarial = None
     was_training = model.training
     model.eval()
     state = _fresh_state(n, state_key)
@@ -89,6 +101,10 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
                     for lo in range(ctx.rank * batch_size, n, w * batch_size):
                         idx = np.arange(lo, min(lo + batch_size, n))
                         x, y = _to_device(images, labels, idx, device)
+                        if keep_adversarial:
+                            if adversarial is None:
+                                adversarial = torch.empty((n, *x.shape[1:]), dtype=torch.float32)
+                            adversarial[idx] = x.cpu()
                         logits = model(x)
                         if not bool(torch.isfinite(logits).all()):
                             raise RobustgenError("the model produced NaN/inf logits on clean test inputs")
@@ -121,7 +137,10 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
                             logits = model(candidates)
                         if not bool(torch.isfinite(logits).all()):
                             raise RobustgenError(f"attack stage {stage.name}: the model produced NaN/inf logits")
-                        fooled[idx] = (logits.argmax(1) != y).cpu().long()
+                        fooled_here = (logits.argmax(1) != y).cpu()
+                        fooled[idx] = fooled_here.long()
+                        if adversarial is not None:
+                            adversarial[idx[fooled_here.numpy()]] = candidates[fooled_here.to(candidates.device)].cpu()
                         farthest[0] = float(dist.max())
                     state["robust"] &= ~(_across(ctx, fooled, device) > 0)
                     state["max_perturbation"] = max(state["max_perturbation"],
@@ -152,6 +171,7 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
         "max_perturbation": state["max_perturbation"],
         "robust_mask": state["robust"].numpy(),
         "time_s": round(time.perf_counter() - start, 3),
+        **({"adversarial": adversarial} if keep_adversarial else {}),
     }
 
 

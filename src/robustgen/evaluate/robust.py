@@ -14,10 +14,12 @@ from robustgen.evaluate.cascade import masking_warnings, run_cascade
 from robustgen.train.distributed import DistContext
 
 
-def evaluate_robustness(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, attack: str,
+def evaluate_robustness(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,
+                        attack: str,
                         norm: str, eps: float, batch_size: int = 500, device: str | torch.device = "cpu",
                         seed: int = 0, progress: bool = False, desc: str = "eval",
-                        state_path: Path | None = None, state_key: str = "", ctx: DistContext = DistContext()) -> dict:
+                        state_path: Path | None = None, state_key: str = "", ctx: DistContext = DistContext(),
+                        keep_adversarial: bool = False) -> dict:
     """Robust accuracy = clean-correct and not fooled by any stage of ``attack``, per point.
 
     Runs in float32 in eval mode; the result has per-stage accuracies (paper Table 3 layout),
@@ -29,7 +31,7 @@ def evaluate_robustness(model: nn.Module, images: np.ndarray, labels: np.ndarray
     result = run_cascade(model, images, labels, stages, norm=norm, eps=eps, batch_size=batch_size,
                          device=torch.device(device), seed=seed, state_path=state_path,
                          state_key=f"{state_key}|{attack}|{norm}|{eps!r}|{seed}|{batch_size}",
-                         progress=progress, desc=desc, ctx=ctx)
+                         progress=progress, desc=desc, ctx=ctx, keep_adversarial=keep_adversarial)
     # per point, '1' = robust (clean-correct and never fooled): paired comparisons of two models
     result["robust_points"] = "".join("1" if r else "0" for r in result.pop("robust_mask"))
     warnings = masking_warnings(result["stages"]) + [f"autoattack: {m}" for m in collected_warnings(reset=True)]

@@ -325,6 +325,21 @@ class GaussianRangeSampler:
         return images.reshape(n, *self.image_shape), labels
 
 
+    def sample_indices(self, indices) -> tuple[np.ndarray, np.ndarray]:
+        """Samples at arbitrary global indices (e.g. only some classes' rows: class ``i % K``),
+        byte-identical to the same indices of ``sample(start, stop)``."""
+        idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if idx.size and idx.min() < 0:
+            raise RobustgenError("sample indices must be non-negative")
+        K = self.fit.num_classes
+        images = np.empty((idx.size, self._d), dtype=np.uint8)
+        classes, rows = idx % K, idx // K
+        for c, b in sorted(set(zip(classes.tolist(), (rows // RANGE_BLOCK).tolist()))):
+            where = np.nonzero((classes == c) & (rows // RANGE_BLOCK == b))[0]
+            images[where] = self._block(c, b)[rows[where] - b * RANGE_BLOCK]
+        return images.reshape(idx.size, *self.image_shape), classes
+
+
 def sample_gaussian_range(fit: GaussianFit, start: int, stop: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Samples ``start .. stop - 1`` of the global sequence (class ``i % K``) -> (uint8 NHWC, int64 classes)."""
     return GaussianRangeSampler(fit, seed=seed).sample(start, stop)

@@ -1,7 +1,7 @@
 """PNG figures of the paper's analyses, drawn with matplotlib's Agg canvas (no pyplot, no display):
 
-    plot_alpha_sweep          robust and clean accuracy vs alpha per generator, error bars over
-                              seeds (paper Fig. 5 / 10)
+    plot_sweep                robust and clean accuracy over a sweep's points per model, error
+                              bars over seeds (against alpha per generator: paper Fig. 5 / 10)
     plot_accuracy_vs_samples  accuracy vs number of generated samples (paper Fig. 6)
     plot_training_curves      loss / learning rate and validation accuracies of a training stage
                               (its history.json, written by robustgen.train.loop)
@@ -22,7 +22,7 @@ import numpy as np
 from robustgen.errors import RobustgenError
 from robustgen.io import save_figure
 
-__all__ = ["plot_alpha_sweep", "plot_accuracy_vs_samples", "plot_training_curves", "plot_loss_landscapes",
+__all__ = ["plot_sweep", "plot_accuracy_vs_samples", "plot_training_curves", "plot_loss_landscapes",
            "read_history"]
 
 
@@ -35,14 +35,11 @@ def _figure(width: float, height: float):
     return fig
 
 
-def _mean_std(rows: list[dict], x_key: str, y_key: str, group_key: str, expand_none: list[str] | None = None):
-    """{group: (x [M], mean [M], std [M], count [M])}; rows whose group is "none" join every group
-    in ``expand_none`` (the alpha = 1 models, trained without generated data)."""
+def _mean_std(rows: list[dict], x_key: str, y_key: str, group_key: str):
+    """{group: (x [M], mean [M], std [M], count [M])}."""
     cells: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        groups = expand_none if (expand_none and r.get(group_key) == "none") else [r.get(group_key)]
-        for g in groups:
-            cells[g][float(r[x_key])].append(float(r[y_key]))
+        cells[r.get(group_key)][float(r[x_key])].append(float(r[y_key]))
     out = {}
     for g, by_x in cells.items():
         xs = sorted(by_x)
@@ -60,27 +57,48 @@ def _check_rows(rows, keys, what):
         raise RobustgenError(f"{what}: records lack {', '.join(missing)}")
 
 
-def plot_alpha_sweep(records: list[dict], path, *, title: str | None = None) -> str:
-    """Two panels (robust, clean accuracy in %) vs alpha, one line per generator, mean +- std over
-    seeds. ``records``: {generator, alpha, seed, clean_accuracy, robust_accuracy}; generator "none"
-    (alpha = 1, no generated data) joins every generator's line."""
-    _check_rows(records, ("generator", "alpha", "clean_accuracy", "robust_accuracy"), "alpha sweep")
-    gens = sorted({r["generator"] for r in records if r["generator"] != "none"}) or ["none"]
-    fig = _figure(10, 4)
-    for k, (key, label) in enumerate((("robust_accuracy", "robust accuracy (%)"),
-                                      ("clean_accuracy", "clean accuracy (%)"))):
+def _as_number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def plot_sweep(rows: list[dict], path, *, points: dict[str, dict], title: str | None = None) -> str:
+    """Two panels (robust, clean accuracy in %), mean +- standard error over seeds, one line per
+    model (per generator when the x axis is train.alpha: paper Fig. 5 / 10). ``rows``: the
+    sweep's summary (point, model, generator, *_mean, *_se, seeds). The x axis is the grid's one
+    numeric key when there is one, else the points in order."""
+    _check_rows(rows, ("point", "model", "robust_accuracy_mean", "clean_accuracy_mean"), "sweep")
+    keys = sorted({k for p in points.values() for k in p})
+    varying = [k for k in keys if len({str(p.get(k)) for p in points.values()}) > 1]
+    numeric = [k for k in varying if all(_as_number(p.get(k)) is not None for p in points.values())]
+    x_key = numeric[0] if len(varying) == 1 and numeric else None
+    order = list(points)
+    x_of = (lambda point: _as_number(points[point][x_key])) if x_key else order.index
+    series_of = (lambda r: r["generator"]) if x_key == "train.alpha" else (lambda r: r["model"])
+    fig = _figure(11, 4.2)
+    for k, (key, label) in enumerate((("robust_accuracy", "robust accuracy (%)"), ("clean_accuracy", "clean accuracy (%)"))):
         ax = fig.add_subplot(1, 2, k + 1)
-        for g, (x, mean, std, count) in sorted(_mean_std(records, "alpha", key, "generator", gens).items()):
-            ax.errorbar(x, 100 * mean, yerr=100 * std, marker="o", capsize=4, label=f"{g}")
-            for xi, yi, c in zip(x, mean, count):
-                ax.annotate(f"n={c}", (xi, 100 * yi), textcoords="offset points", xytext=(4, -12), fontsize=7,
-                            color="gray")
-        ax.set_xlabel("alpha (proportion of real images per batch)")
+        series: dict[str, list] = defaultdict(list)
+        for r in rows:
+            series[series_of(r)].append((x_of(r["point"]), r[f"{key}_mean"], r[f"{key}_se"], r["seeds"]))
+        for j, (name, values) in enumerate(sorted(series.items())):
+            values.sort()
+            x = np.asarray([v[0] for v in values], dtype=float) + (0 if x_key else 0.06 * (j - len(series) / 2))
+            se = np.nan_to_num(np.asarray([v[2] for v in values], dtype=float))
+            ax.errorbar(x, [100 * v[1] for v in values], yerr=100 * se, marker="o", capsize=3, label=name,
+                        linestyle="-" if x_key else "none")
+        if x_key:
+            ax.set_xlabel(x_key)
+        else:
+            ax.set_xticks(range(len(order)))
+            ax.set_xticklabels(order, rotation=30, ha="right", fontsize=7)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(title="generator", fontsize=8)
-    seeds = sorted({r.get("seed") for r in records})
-    fig.suptitle((title + ": " if title else "") + f"mean ± std over {len(seeds)} seed(s)")
+        ax.legend(fontsize=7)
+    seeds = max(r["seeds"] for r in rows)
+    fig.suptitle((title + ": " if title else "") + f"mean ± standard error over up to {seeds} seed(s)")
     return save_figure(fig, path, dpi=100, bbox_inches="tight")
 
 

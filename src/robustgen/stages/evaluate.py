@@ -26,7 +26,7 @@ from robustgen.results import EvalResult
 from robustgen.stages.common import stage_fingerprint
 from robustgen.train.distributed import DistContext
 
-__all__ = ["fingerprint", "run", "training_log_check"]
+__all__ = ["fingerprint", "load_for_eval", "run", "training_log_check"]
 
 
 def fingerprint(cfg: RunConfig, train_fp: str) -> str:
@@ -47,20 +47,34 @@ def training_log_check(info: dict, clean_accuracy: float, n: int) -> dict | None
             "tolerance": round(tolerance, 4), "agrees": abs(logged - clean_accuracy) <= tolerance}
 
 
-def run(cfg: RunConfig, checkpoint: Path, test: ImageDataset, *, device: torch.device, progress: bool = True,
-        arch: str | None = None, out: Path | None = None, ctx: DistContext = DistContext()) -> EvalResult:
+def load_for_eval(cfg: RunConfig, checkpoint, test: ImageDataset, *, device, arch: str | None = None,
+                  model_dir: Path | None = None) -> tuple[torch.nn.Module, dict, Path]:
+    """(model in eval mode, its stored metadata, the weights file) of a robustgen checkpoint, a
+    plain state dict of ``arch``, or "robustbench:<Name>" (RobustBench's ``model_dir``)."""
+    if str(checkpoint).startswith("robustbench:"):
+        from robustgen.zoo import load_robustbench, robustbench_file
+
+        model = load_robustbench(str(checkpoint), dataset=cfg.data.dataset, norm=cfg.threat.norm,
+                                 model_dir=model_dir, device=device)
+        return model, {}, robustbench_file(str(checkpoint), dataset=cfg.data.dataset, norm=cfg.threat.norm,
+                                           model_dir=model_dir)
+    if arch is None:
+        return load_model(checkpoint, device=device), model_info(checkpoint), Path(checkpoint)
+    model = load_external_model(checkpoint, arch=arch, num_classes=test.num_classes,
+                                in_channels=test.image_shape[2], device=device)
+    return model, {}, Path(checkpoint)
+
+
+def run(cfg: RunConfig, checkpoint: Path | str, test: ImageDataset, *, device: torch.device, progress: bool = True,
+        arch: str | None = None, out: Path | None = None, ctx: DistContext = DistContext(),
+        model_dir: Path | None = None) -> EvalResult:
     """Clean and robust accuracy of ``checkpoint`` on ``eval.n`` test images (``eval.selection``) under
     ``eval.attack`` at ``threat.eps``. ``arch`` loads a plain state dict of a registered
     architecture instead of a robustgen checkpoint. ``out``: write the result there; progress
     is kept in ``OUT.partial.pt`` meanwhile, so a killed evaluation resumes. Under torchrun
     (``ctx``) the ranks share the batches; rank 0 writes ``out``."""
     e, threat = cfg.eval, cfg.threat
-    if arch is None:
-        model, info = load_model(checkpoint, device=device), model_info(checkpoint)
-    else:
-        model = load_external_model(checkpoint, arch=arch, num_classes=test.num_classes,
-                                    in_channels=test.image_shape[2], device=device)
-        info = {}
+    model, info, weights = load_for_eval(cfg, checkpoint, test, device=device, arch=arch, model_dir=model_dir)
     with torch.no_grad():
         classes = int(model(torch.zeros(1, test.image_shape[2], *test.image_shape[:2], device=device)).shape[1])
     if test.num_classes > classes:
@@ -71,7 +85,7 @@ def run(cfg: RunConfig, checkpoint: Path, test: ImageDataset, *, device: torch.d
         images, labels, count = chosen.images, chosen.labels, len(chosen)
     else:
         images, labels = test.images[:count], test.labels[:count]
-    key = f"{file_sha256(checkpoint)}|{test.name}|{count}|{array_fingerprint(images, labels)}"
+    key = f"{file_sha256(weights)}|{test.name}|{count}|{array_fingerprint(images, labels)}"
     partial = None if out is None else out.with_name(out.name + ".partial.pt")
     result = evaluate_robustness(model, images, labels, attack=e.attack, norm=threat.norm, eps=threat.eps,
                                  batch_size=e.batch_size, device=device, seed=e.seed, progress=progress,

@@ -223,8 +223,23 @@ class DDPMRangeSampler:
     def _block(self, b: int) -> np.ndarray:
         if self._edge is not None and self._edge[0] == b:
             return self._edge[1]
+        return self._at(range(b * self.fit.batch_size, (b + 1) * self.fit.batch_size))
+
+    def sample_indices(self, indices) -> tuple[np.ndarray, np.ndarray | None]:
+        """Samples at arbitrary global indices (e.g. only some classes' rows: class ``i % K``): each
+        from the noise of its own index, as in ``sample(start, stop)``."""
+        idx = [int(i) for i in np.asarray(indices, dtype=np.int64).reshape(-1)]
+        if any(i < 0 for i in idx):
+            raise RobustgenError("sample indices must be non-negative")
+        f, B = self.fit, self.fit.batch_size
+        out = np.empty((len(idx), *f.image_shape), dtype=np.uint8)
+        for lo in range(0, len(idx), B):
+            out[lo:lo + B] = self._at(idx[lo:lo + B])
+        conditions = np.asarray(idx, dtype=np.int64) % f.num_classes if f.class_conditional else None
+        return out, conditions
+
+    def _at(self, idx) -> np.ndarray:
         f = self.fit
-        idx = range(b * f.batch_size, (b + 1) * f.batch_size)
         device = next(f.unet.parameters()).device
         model_class = f.condition_classes or list(range(f.num_classes))  # of each data class
         labels = (torch.tensor([model_class[i % f.num_classes] for i in idx], dtype=torch.long, device=device)

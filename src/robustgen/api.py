@@ -1,0 +1,312 @@
+"""The Python API for notebooks: float NCHW tensors in [0, 1] in, plain results out.
+
+    run = robustgen.load_run("runs/demo")            # results, config, trained models by arm name
+    model = run.models["baseline"]                   # or robustgen.load_model(path | "robustbench:<Name>")
+    result = robustgen.evaluate(model, x, y, attack="autoattack", norm="linf", eps=8/255)
+    x_adv = robustgen.attacks.MultiTargeted(model, norm="linf", eps=8/255)(x, y)
+    gen = robustgen.load_generator("runs/demo/stages/generate-<fp>")
+    images, classes = gen.sample(16, seed=0, classes=[3] * 16)
+    loader = torch.utils.data.DataLoader(robustgen.open_store("store"), batch_size=128)
+
+Every function calls the code the CLI runs (``robustgen eval`` and ``evaluate`` give the same
+numbers on the same points: the same cascade, seed and batches). docs/api.md shows each in use.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from robustgen.errors import RobustgenError
+
+__all__ = ["Evaluation", "GeneratorHandle", "Run", "StoreDataset", "evaluate", "load_generator", "load_run",
+           "open_store", "run"]
+
+
+# --------------------------------------------------------------------------- finished runs
+class _LazyModels(Mapping):
+    """Arm name -> ``nn.Module``, each loaded from its checkpoint on first access (a WRN-70-16 is 1 GB)."""
+
+    def __init__(self, checkpoints: dict[str, str], device):
+        self._checkpoints, self._device, self._loaded = checkpoints, device, {}
+
+    def __getitem__(self, name: str) -> nn.Module:
+        if name not in self._checkpoints:
+            raise KeyError(f"no model {name!r} in this run (models: {', '.join(self._checkpoints)})")
+        if name not in self._loaded:
+            from robustgen.checkpoint import load_model
+
+            self._loaded[name] = load_model(self._checkpoints[name], device=self._device)
+        return self._loaded[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._checkpoints)
+
+    def __len__(self) -> int:
+        return len(self._checkpoints)
+
+    def __repr__(self) -> str:
+        return f"models({', '.join(self._checkpoints)})"
+
+
+@dataclass(frozen=True)
+class Run:
+    """A finished ``robustgen run``: ``results`` (``RunResults``: one ``ModelResult`` per model),
+    the resolved ``config`` (``RunConfig``), ``models`` (arm name -> ``nn.Module``, loaded on first
+    use) and ``checkpoints`` (arm name -> path)."""
+
+    path: Path
+    results: object
+    config: object
+    models: Mapping
+    checkpoints: dict
+
+    def test_data(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` (default all) images of the run's test split as float NCHW in [0, 1], and labels."""
+        from robustgen.data import load_split
+
+        test = load_split(self.config.data, "test")
+        n = len(test.labels) if n is None else min(int(n), len(test.labels))
+        x = torch.from_numpy(np.ascontiguousarray(test.images[:n])).permute(0, 3, 1, 2).float().div_(255)
+        return x, torch.from_numpy(np.asarray(test.labels[:n], dtype=np.int64))
+
+    def table(self) -> list[dict]:
+        """One row per model: name, alpha, generator, clean and robust accuracy, attack."""
+        return [{"name": m.name, "alpha": m.alpha, "generator": m.generator, "clean_accuracy": m.clean_accuracy,
+                 "robust_accuracy": m.robust_accuracy, "attack": m.attack} for m in self.results.models]
+
+
+def run(config: str | None = None, out: str | Path = "runs/default", *, overrides=(), progress: bool = True,
+        device: str | torch.device = "cpu") -> Run:
+    """``robustgen run`` from Python: every stage of ``config`` (a preset name or YAML file, with
+    ``key=value`` ``overrides``) into ``out``, cached and resumable as on the command line; returns
+    ``load_run(out)``."""
+    from robustgen.config import load_config
+    from robustgen.pipeline import run as pipeline_run
+
+    pipeline_run(load_config(config, list(overrides)), Path(out), progress=progress,
+                 command={"api": "robustgen.run", "config": config, "overrides": list(overrides)})
+    return load_run(out, device=device)
+
+
+def load_run(out: str | Path, *, device: str | torch.device = "cpu") -> Run:
+    """The results, config and trained models of the run folder ``out`` (``results.json``)."""
+    from robustgen.config import config_from_dict
+    from robustgen.io import read_json
+    from robustgen.provenance import localize
+    from robustgen.results import RunResults
+
+    out = Path(out)
+    path = out / "results.json"
+    if not path.is_file():
+        raise RobustgenError(f"{path}: not found (is {out} the --out of a finished robustgen run?)")
+    results = RunResults.from_dict(localize(read_json(path), out))
+    if results is None:
+        raise RobustgenError(f"{path}: not the results of a robustgen run (fields missing or of another version)")
+    checkpoints = {m.name: m.checkpoint for m in results.models}
+    return Run(path=out, results=results, config=config_from_dict(results.config, source=str(path)),
+               models=_LazyModels(checkpoints, device), checkpoints=checkpoints)
+
+
+# --------------------------------------------------------------------------- evaluation
+@dataclass(frozen=True)
+class Evaluation:
+    """Clean and robust accuracy of one model under one attack cascade.
+
+    ``stages``: per stage, the points attacked and broken and the robust accuracy after it (paper
+    Table 3 layout); ``robust_accuracy_after``: e.g. AutoAttack's own number inside
+    worst-of-aa-and-aa+mt; ``robust``: bool [N], per point; ``adversarial``: float [N, C, H, W]
+    (CPU) when asked for, the candidate that fooled the model, else the input itself."""
+
+    attack: str
+    norm: str
+    eps: float
+    n: int
+    clean_accuracy: float
+    robust_accuracy: float
+    stages: list
+    robust_accuracy_after: dict
+    robust: torch.Tensor
+    warnings: list
+    time_s: float
+    adversarial: torch.Tensor | None = field(default=None, repr=False)
+
+
+def _as_tensors(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """(float NCHW in [0, 1], int64 labels) from tensors, or from a DataLoader / iterable of
+    (x, y) batches; uint8 NHWC numpy arrays (robustgen's own datasets) are converted."""
+    if y is None:
+        if isinstance(x, (torch.Tensor, np.ndarray)):
+            raise RobustgenError("evaluate needs labels: evaluate(model, x, y, ...) or a DataLoader of (x, y)")
+        batches = list(x)
+        if not batches:
+            raise RobustgenError("evaluate: the DataLoader yielded no batches")
+        x = torch.cat([torch.as_tensor(b[0]) for b in batches])
+        y = torch.cat([torch.as_tensor(b[1]) for b in batches])
+    if isinstance(x, np.ndarray):
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise RobustgenError(f"numpy images must be uint8 [N, H, W, C], got {x.dtype} {x.shape}; "
+                                 f"pass float tensors [N, C, H, W] in [0, 1] otherwise")
+        x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255)
+    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
+        raise RobustgenError(f"x must be a float tensor [N, C, H, W] in [0, 1], got "
+                             f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).long().cpu()
+    if y.shape != (x.shape[0],):
+        raise RobustgenError(f"y must hold one label per image: {tuple(y.shape)} labels for {x.shape[0]} images")
+    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
+        raise RobustgenError("x must lie in [0, 1] (normalise inside the model, as RobustBench models do)")
+    return x.detach(), y
+
+
+def evaluate(model: nn.Module, x, y=None, *, attack: str = "autoattack", norm: str = "linf", eps: float = 8 / 255,
+             batch_size: int = 500, seed: int = 0, device: str | torch.device | None = None,
+             return_adversarial: bool = False, progress: bool = False) -> Evaluation:
+    """Clean and per-point worst-case robust accuracy of ``model`` (float NCHW in [0, 1] -> logits)
+    on ``x`` (float tensor [N, C, H, W] in [0, 1], with labels ``y``; or a DataLoader of (x, y)
+    batches) under the registered cascade ``attack`` ("pgd40", "autoattack", "aa+mt",
+    "worst-of-aa-and-aa+mt", ...; ``robustgen.evaluate.list_attacks()``). ``device``: default the
+    model's. The numbers equal ``robustgen eval`` on the same points with the same seed and batch size."""
+    from robustgen.evaluate import evaluate_robustness
+
+    x, y = _as_tensors(x, y)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    with torch.enable_grad():  # the attacks take input gradients, also when called under torch.no_grad()
+        r = evaluate_robustness(model, x, y, attack=attack, norm=norm, eps=float(eps), batch_size=batch_size,
+                                device=device, seed=seed, progress=progress, keep_adversarial=return_adversarial)
+    robust = torch.tensor([c == "1" for c in r["robust_points"]], dtype=torch.bool)
+    return Evaluation(attack=attack, norm=norm, eps=float(eps), n=r["n"], clean_accuracy=r["clean_accuracy"],
+                      robust_accuracy=r["robust_accuracy"], stages=r["stages"],
+                      robust_accuracy_after=r["robust_accuracy_after"], robust=robust, warnings=r["warnings"],
+                      time_s=r["time_s"], adversarial=r.get("adversarial"))
+
+
+# --------------------------------------------------------------------------- generators
+def _store_folder(path: Path) -> Path | None:
+    """The store folder at ``path``: the ``store`` of a generate stage folder (whose own
+    manifest.json is the stage's), or ``path`` itself."""
+    from robustgen.data.store_format import is_store
+
+    for candidate in (path / "store", path):
+        if candidate.is_dir() and is_store(candidate):
+            return candidate
+    return None
+
+
+class GeneratorHandle:
+    """A fitted generator: ``sample(n, seed=0, classes=None) -> (images, classes)`` with images
+    float [n, C, H, W] in [0, 1] (CPU) and the conditioning classes int64 [n] (None for an
+    unconditional one). Without ``classes`` the first ``n`` samples are those a store generated
+    with ``seed`` holds (class ``i % K``); ``classes`` (one class, or one per sample) draws the next
+    samples of each class from the same sequence."""
+
+    def __init__(self, name: str, adapter, fitted, num_classes: int, conditional: bool, source: Path):
+        self.name, self._adapter, self._fitted = name, adapter, fitted
+        self.num_classes, self.conditional, self.source = num_classes, conditional, source
+
+    def sample(self, n: int, seed: int = 0, classes=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if n < 0:
+            raise RobustgenError(f"n must be non-negative, got {n}")
+        sampler = self._adapter.range_sampler(self._fitted, seed=seed)
+        if classes is None:
+            images, conditions = sampler.sample(0, n)
+        else:
+            if not self.conditional:
+                raise RobustgenError(f"{self.source}: an unconditional generator cannot sample given classes")
+            wanted = np.broadcast_to(np.asarray(classes, dtype=np.int64), (n,))
+            if wanted.size and (wanted.min() < 0 or wanted.max() >= self.num_classes):
+                raise RobustgenError(f"classes must lie in 0..{self.num_classes - 1}")
+            # the j-th request of class c is global sample c + K j (the sequence cycles through the classes)
+            seen = np.zeros(self.num_classes, dtype=np.int64)
+            indices = np.empty(n, dtype=np.int64)
+            for k, c in enumerate(wanted):
+                indices[k] = c + self.num_classes * seen[c]
+                seen[c] += 1
+            images, conditions = sampler.sample_indices(indices)
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
+        return x, None if conditions is None else torch.from_numpy(np.asarray(conditions, dtype=np.int64))
+
+    def __repr__(self) -> str:
+        return f"GeneratorHandle({self.name!r}, classes={self.num_classes}, from {self.source})"
+
+
+def load_generator(path: str | Path, *, name: str | None = None, device: str | torch.device = "cpu") -> GeneratorHandle:
+    """A fitted generator from a store that ``robustgen store generate`` or a run's generate stage
+    wrote (the store folder, or the stage folder holding it), or from a fit file with ``name``
+    ("gaussian" or "ddpm")."""
+    from robustgen.data.store_format import read_manifest
+    from robustgen.generate import get_generator, runtime_kwargs
+
+    path = Path(path)
+    store = _store_folder(path)
+    if store is not None:
+        generator = (read_manifest(store).get("generator") or {})
+        name = name or generator.get("name")
+        adapter = get_generator(name) if name else None
+        fit_file = store / (generator.get("fit_file") or getattr(adapter, "fit_file", "generator_fit.npz"))
+        if adapter is None or not fit_file.is_file():
+            raise RobustgenError(f"{store}: the store holds no fitted generator (made by import or 'store generate "
+                                 f"--no-save-fit'?)")
+    elif path.is_file():
+        if name is None:
+            raise RobustgenError(f"{path}: a fit file needs the generator's name (load_generator(path, name='ddpm'))")
+        adapter, fit_file = get_generator(name), path
+    else:
+        raise RobustgenError(f"{path}: neither a store, a generate stage folder nor a fit file")
+    if not hasattr(adapter, "load_fit") or not hasattr(adapter, "range_sampler"):
+        raise RobustgenError(f"generator {name!r} cannot be loaded from a file (it has no saved fit)")
+    fitted = adapter.load_fit(fit_file, **runtime_kwargs(adapter, {"device": str(device)}))
+    num_classes = int(fitted.num_classes)
+    conditional = bool(getattr(fitted, "class_conditional", True))
+    return GeneratorHandle(name, adapter, fitted, num_classes, conditional, fit_file)
+
+
+# --------------------------------------------------------------------------- stores
+class StoreDataset(torch.utils.data.Dataset):
+    """A store as a map-style ``Dataset``: item i -> (float [C, H, W] in [0, 1], int label). Each
+    DataLoader worker opens its own reader (file handles are per process). ``labels``: int64 [N]."""
+
+    def __init__(self, path: str | Path, *, use_selection: bool = True):
+        from robustgen.data.store import Store
+
+        self.path, self._use_selection = Path(path), use_selection
+        self._store, self._pid = Store(self.path, use_selection=use_selection), os.getpid()
+        self.labels = self._store.labels
+        self.num_classes, self.image_shape = self._store.num_classes, self._store.image_shape
+
+    def _reader(self):
+        if self._pid != os.getpid():  # a forked DataLoader worker
+            from robustgen.data.store import Store
+
+            self._store, self._pid = Store(self.path, use_selection=self._use_selection), os.getpid()
+        return self._store
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} images")
+        image = self._reader().gather([i % len(self)])[0]
+        return torch.from_numpy(image).permute(2, 0, 1).float().div_(255), int(self.labels[i])
+
+    def __getstate__(self) -> dict:  # spawned workers reopen the store
+        return {"path": self.path, "_use_selection": self._use_selection, "labels": self.labels,
+                "num_classes": self.num_classes, "image_shape": self.image_shape, "_store": None, "_pid": None}
+
+    def __repr__(self) -> str:
+        return f"StoreDataset({str(self.path)!r}, n={len(self)}, classes={self.num_classes})"
+
+
+def open_store(path: str | Path, *, use_selection: bool = True) -> StoreDataset:
+    """A generated-data store (or a generate stage folder holding one) as a ``torch`` Dataset."""
+    path = Path(path)
+    return StoreDataset(_store_folder(path) or path, use_selection=use_selection)
