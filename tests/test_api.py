@@ -45,7 +45,7 @@ def test_load_run_gives_results_config_and_models_by_arm(run):
         robustgen.load_run(run.path / "stages")
 
 
-@pytest.mark.parametrize("attack", ["pgd40", "apgd-ce+apgd-t"])
+@pytest.mark.parametrize("attack", ["pgd40", "autoattack"])
 def test_evaluate_on_tensors_equals_the_eval_verb(run, points, tmp_path, attack):
     x, y = points
     out = tmp_path / "eval.json"

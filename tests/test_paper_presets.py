@@ -52,6 +52,43 @@ def test_dry_run_prints_the_recipe_and_the_cost(name, capsys, tmp_path, plenty_o
     assert not (tmp_path / "run").exists()
 
 
+WANG_PRESETS = ["cifar10_linf_wrn-28-10_wang2023", "cifar10_linf_wrn-70-16_wang2023"]
+
+
+def test_the_wang2023_presets_are_their_released_command():
+    # github.com/wzekai99/DM-Improves-AT README: train-wa.py --batch-size 512 --lr 0.2 --beta 5.0
+    # --unsup-fraction 0.7 --ls 0.1 --num-adv-epochs 400, linf-pgd inner attack (10 x 2/255), --tau 0.995
+    from robustgen.data.indices import source_counts
+
+    for name, arch in zip(WANG_PRESETS, ("wrn-28-10", "wrn-70-16")):
+        cfg = load_config(name)
+        t = cfg.train
+        assert (t.arch, t.loss, t.beta, t.batch_size, t.epochs, t.epoch_size) == (arch, "trades", 5, 512, 400, 50000)
+        assert t.lr_per_256 * t.batch_size / 256 == pytest.approx(0.2) and t.ema_decay == 0.995
+        assert t.label_smoothing_real == t.label_smoothing_generated == 0.1
+        assert (t.inner.step_rule, t.inner.steps, t.inner.init) == ("sign", 10, "uniform")
+        assert t.inner.sign_step_size == pytest.approx(2 / 255)
+        weights = [src.weight for src in cfg.data.sources]
+        assert source_counts(t.batch_size, weights) == (154, 358)  # their 512 - int(512 * 0.7) real images
+        assert cfg.eval.attack == "autoattack" and cfg.eval.n is None and not cfg.baseline
+
+
+@pytest.mark.parametrize("name", WANG_PRESETS)
+def test_wang2023_dry_run_prices_training_on_the_imported_set(name, capsys, tmp_path, plenty_of_disk, monkeypatch):
+    # their released 1m.npz layout (image uint8 NHWC, label = the conditioning class), imported as the README says
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "1m.npz", image=rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8),
+             label=np.arange(50) % 10)
+    monkeypatch.chdir(tmp_path)
+    main(["store", "import", "1m.npz", "edm_data/cifar10/1m"])
+    capsys.readouterr()
+    main(["run", name, "--dry-run", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    assert "data: data.sources, shares of every batch: train 0.3, edm_data/cifar10/1m 0.7" in out
+    assert "39,063 steps x 512 images x 26 (TRADES-10)" in out and "NVIDIA H200 GPU-hours" in out
+    assert "evaluation: autoattack on all test images" in out and "preflight: ok" in out
+
+
 def _npz_dataset(folder, n=20):
     folder.mkdir()
     rng = np.random.default_rng(0)

@@ -31,8 +31,13 @@ def test_verdict_pairs_the_test_points_when_it_has_them():
 
 
 def test_table_has_a_row_per_model():
-    table = results_table([_m("baseline", 1.0, 0.5), _m("gen", 0.8, 0.4)])
+    import dataclasses
+
+    worst = dataclasses.replace(_m("gen", 0.8, 0.4), attack="worst-of-aa-and-aa+mt",
+                                robust_accuracy_after={"autoattack": 0.42, "aa+mt": 0.41})
+    table = results_table([_m("baseline", 1.0, 0.5), worst])
     assert "| baseline | 1 | 0 | 90.00% | 50.00% |" in table and "| gen | 0.8 | 100 |" in table
+    assert "| 40.00%; autoattack alone 42.00%; aa+mt alone 41.00% | worst-of-aa-and-aa+mt" in table
 
 
 def test_paired_differences_and_their_standard_errors():
@@ -76,6 +81,7 @@ def test_model_result_is_composed_from_the_stage_results_once():
     m = ModelResult.from_stages(train, ev, generator="gaussian")
     assert (m.n_eval, m.train_time_s, m.eval_time_s, m.wall_time_s) == (60, 3.25, 1.5, 4.75)
     assert m.selected == {"step": 10} and m.robust_points == ev.robust_points and m.generator == "gaussian"
+    assert m.robust_accuracy_after == {}
     # a stage result read back from its JSON; one of another shape (an older version's) is None
     assert TrainingResult.from_dict(train.to_dict()) == train
     assert EvalResult.from_dict({**ev.to_dict(), "extra": 1}) is None

@@ -25,6 +25,20 @@ def test_source_counts_hand_cases():
         source_counts(0, [1])
 
 
+def test_source_counts_per_group_are_the_authors_per_core_mix():
+    # the authors count real rows per 32-image TPU core: 10 of 32 at alpha 0.3, 320 of 1024 (not 307)
+    assert source_counts(1024, [0.3, 0.7], group_size=32) == (320, 704)
+    assert source_counts(1024, [0.8, 0.2], group_size=32) == (832, 192)
+    assert source_counts(64, [0.3, 0.7], group_size=64) == source_counts(64, [0.3, 0.7])
+    with pytest.raises(RobustgenError, match="must divide the batch size 1000"):
+        source_counts(1000, [0.3, 0.7], group_size=32)
+    from robustgen.config import load_config
+
+    assert load_config("cifar10_linf_wrn-28-10").train.mix_group_size == 32
+    with pytest.raises(RobustgenError, match="train.mix_group_size must divide"):
+        load_config("digits_demo", ["train.mix_group_size=100"])
+
+
 def test_source_counts_sum_to_batch_and_match_alpha_mixing():
     rng = np.random.default_rng(0)
     for _ in range(500):

@@ -190,6 +190,9 @@ class TrainConfig:
     label_smoothing_generated: float = 0.1
     label_smoothing_real: float = 0.0
     generated_sampling: str = "with_replacement"  # or permutation
+    # real / generated rows counted per group of this many images, the whole batch made of groups
+    # (the authors: 10 real of every 32-image TPU core, 320 of 1024); null: round(alpha * batch)
+    mix_group_size: Optional[int] = None
     ema_decay: float = 0.995
     inner: InnerAttackConfig = field(default_factory=InnerAttackConfig)
     eval_every_epochs: float = 10.0  # PGD-40 model selection on the validation split
@@ -487,6 +490,8 @@ def validate(cfg: RunConfig, *, source: str) -> None:
            "train.inner.adam_lr needs exactly one more value than train.inner.adam_lr_boundaries")
     _check(t.generated_sampling in ("with_replacement", "permutation"), source,
            "train.generated_sampling must be with_replacement or permutation")
+    _check(t.mix_group_size is None or (t.mix_group_size >= 1 and t.batch_size % t.mix_group_size == 0), source,
+           f"train.mix_group_size must divide train.batch_size {t.batch_size}, got {t.mix_group_size}")
     _check(t.precision in ("fp32", "bf16"), source, f"train.precision must be fp32 or bf16, got {t.precision!r}")
     _check(cfg.label.precision in ("fp32", "bf16"), source,
            f"label.precision must be fp32 or bf16, got {cfg.label.precision!r}")

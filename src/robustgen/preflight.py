@@ -256,8 +256,14 @@ def recipe_summary(cfg: RunConfig) -> list[str]:
                    f"balanced {lab.balanced})")
     else:
         balance = "no per-class selection (not class-balanced)"
-    return [f"generated data: {data}; {g.num_samples:,} samples; alpha {t.alpha:g} real",
-            f"labels: {lab.mode}; {balance}",
+    if cfg.data.sources and not any(src.path == "generated" for src in cfg.data.sources):
+        mix = ", ".join(f"{src.path} {src.weight:g}" for src in cfg.data.sources)
+        head = [f"data: data.sources, shares of every batch: {mix} (no generation here)",
+                "labels: as stored in each source"]
+    else:
+        head = [f"generated data: {data}; {g.num_samples:,} samples; alpha {t.alpha:g} real",
+                f"labels: {lab.mode}; {balance}"]
+    return [*head,
             f"training: {t.arch}, {t.loss}, batch {t.batch_size}, {t.epochs:g} epochs, "
             f"bn_group_size {t.bn_group_size if t.bn_group_size is not None else 'none (whole device batch)'}",
             f"evaluation: {cfg.eval.attack} on {cfg.eval.n or 'all'} test images; model selection: pgd40"]

@@ -108,6 +108,8 @@ class ModelResult(_JSON):
     robust_points: str | None
     # train.runs > 1: every run's seed and validation score, and which was kept (the paper's protocol)
     runs: list = dataclasses.field(default_factory=list)
+    # a cascade of cascades (worst-of-aa-and-aa+mt): each inner cascade's own robust accuracy
+    robust_accuracy_after: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_stages(cls, train: TrainingResult, ev: EvalResult, *, generator: str | None) -> "ModelResult":
@@ -116,7 +118,8 @@ class ModelResult(_JSON):
                    norm=ev.norm, eps=ev.eps, n_eval=ev.n, max_perturbation=ev.max_perturbation, steps=train.steps,
                    batch_size=train.batch_size, selected=train.selection, train_time_s=train.wall_time_s,
                    eval_time_s=ev.time_s, wall_time_s=round(train.wall_time_s + ev.time_s, 2),
-                   checkpoint=train.checkpoint, robust_points=ev.robust_points)
+                   checkpoint=train.checkpoint, robust_points=ev.robust_points,
+                   robust_accuracy_after=dict(ev.robust_accuracy_after))
 
 
 @dataclass(frozen=True)

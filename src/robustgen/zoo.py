@@ -204,12 +204,10 @@ def model_card(sidecar: dict) -> str:
     if sidecar["evaluations"]:
         lines += ["| attack | test images | clean | robust |", "|---|---|---|---|"]
         for attack, e in sidecar["evaluations"].items():
-            # a cascade of cascades (worst-of-aa-and-aa+mt) runs its first inner cascade on every point:
-            # that one's number is its own (AutoAttack alone); the later ones' are cumulative
-            after = list((e.get("robust_accuracy_after") or {}).items())
-            for inner, robust in after[:1] if len(after) > 1 else []:
-                lines.append(f"| {inner} alone (first stages of {attack}) | {e['n']} | "
-                             f"{100 * e['clean_accuracy']:.2f}% | {100 * robust:.2f}% |")
+            # a cascade of cascades (worst-of-aa-and-aa+mt): each inner cascade's own number first
+            for inner, robust in (e.get("robust_accuracy_after") or {}).items():
+                lines.append(f"| {inner} (within {attack}) | {e['n']} | {100 * e['clean_accuracy']:.2f}% | "
+                             f"{100 * robust:.2f}% |")
             lines.append(f"| {attack} | {e['n']} | {100 * e['clean_accuracy']:.2f}% | {100 * e['robust_accuracy']:.2f}% |")
     else:
         lines.append("Not evaluated at export: `robustgen export --eval-json` adds `robustgen eval` results.")

@@ -65,15 +65,20 @@ class PermutationWalk:
         return out
 
 
-def source_counts(batch_size: int, weights: Sequence[float]) -> tuple[int, ...]:
+def source_counts(batch_size: int, weights: Sequence[float], group_size: int | None = None) -> tuple[int, ...]:
     """Rows per batch of each source: floor(w_i * B + 1/2), then +-1 by largest remainder to sum to B.
 
     Weights are normalised to sum to 1. When the rounded counts exceed B, the sources rounded
     up the most lose one row each (ties: the later source first); when they fall short, the
-    sources rounded down the most gain one (ties: the earlier source first).
+    sources rounded down the most gain one (ties: the earlier source first). ``group_size`` G:
+    the counts of a G-image group times B / G (the authors' per-core mix: 10 real of 32, 320 of 1024).
     """
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise RobustgenError(f"batch size must be a positive integer, got {batch_size!r}")
+    if group_size is not None:
+        if int(group_size) < 1 or batch_size % int(group_size):
+            raise RobustgenError(f"mix group size {group_size} must divide the batch size {batch_size}")
+        return tuple(c * (batch_size // int(group_size)) for c in source_counts(int(group_size), weights))
     try:
         w = np.asarray([float(x) for x in weights], dtype=np.float64)
     except (TypeError, ValueError):
@@ -99,8 +104,8 @@ class WeightedIndices:
     """Per-source indices of batch ``step``: a pure function of (seed, step); see the module doc."""
 
     def __init__(self, sizes: Sequence[int], weights: Sequence[float], *, batch_size: int, seed: int,
-                 sampling: str | Sequence[str] = "with_replacement"):
-        self.counts = source_counts(batch_size, weights)
+                 sampling: str | Sequence[str] = "with_replacement", group_size: int | None = None):
+        self.counts = source_counts(batch_size, weights, group_size)
         self.sizes = tuple(int(n) for n in sizes)
         if len(self.sizes) != len(self.counts):
             raise RobustgenError(f"{len(self.sizes)} sources but {len(self.counts)} weights")

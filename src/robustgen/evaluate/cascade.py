@@ -45,6 +45,9 @@ class AttackStage:
     # Upper bound of the model evaluations per attacked point, in forward-equivalents (an input
     # gradient counts as a forward and a backward, ~2); for cost estimates (robustgen.cost).
     forward_equivalents: int = 0
+    # True: this stage starts a new inner cascade that attacks every clean-correct point, not only
+    # the survivors, so that cascade's own robust accuracy is measured too (worst-of-aa-and-aa+mt)
+    restart: bool = False
 
 
 def _to_device(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, idx: np.ndarray,
@@ -62,6 +65,7 @@ def _to_device(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Ten
 def _fresh_state(n: int, key: str) -> dict:
     return {"key": key, "clean_done": False, "clean": torch.zeros(n, dtype=torch.bool),
             "robust": torch.zeros(n, dtype=torch.bool), "stage_start": torch.zeros(n, dtype=torch.bool),
+            "group_robust": torch.zeros(n, dtype=torch.bool),
             "stage": 0, "batch": 0, "stages": [], "stage_time": 0.0, "max_perturbation": 0.0}
 
 
@@ -111,11 +115,15 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
                         clean[idx] = (logits.argmax(1) == y).cpu().long()
                 state["clean"] = _across(ctx, clean, device) > 0
                 state["robust"] = state["clean"].clone()
+                state["group_robust"] = state["clean"].clone()
                 state["stage_start"] = state["clean"].clone()
                 state["clean_done"] = True
                 save()
             for s in range(state["stage"], len(stages)):
                 stage = stages[s]
+                if stage.restart and state["batch"] == 0 and s > 0:  # a new inner cascade: every clean-correct point
+                    state["group_robust"] = state["clean"].clone()
+                    state["stage_start"] = state["clean"].clone()
                 todo = state["stage_start"].nonzero(as_tuple=True)[0].numpy()
                 batches = [todo[lo:lo + batch_size] for lo in range(0, len(todo), batch_size)]
                 bar = progress_bar(total=len(todo), initial=sum(len(b) for b in batches[:state["batch"]]),
@@ -142,7 +150,9 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
                         if adversarial is not None:
                             adversarial[idx[fooled_here.numpy()]] = candidates[fooled_here.to(candidates.device)].cpu()
                         farthest[0] = float(dist.max())
-                    state["robust"] &= ~(_across(ctx, fooled, device) > 0)
+                    broken = _across(ctx, fooled, device) > 0
+                    state["robust"] &= ~broken
+                    state["group_robust"] &= ~broken
                     state["max_perturbation"] = max(state["max_perturbation"],
                                                     float(_across(ctx, farthest, device, op="max")[0]))
                     state["stage_time"] += time.perf_counter() - t0
@@ -153,13 +163,14 @@ def run_cascade(model: nn.Module, images: np.ndarray, labels: np.ndarray, stages
                         stop_if_requested(ctx, f"while evaluating ({stage.name}, batch {state['batch']} of "
                                                f"{len(batches)}; progress in {state_path})")
                 bar.close()
-                broken = int((state["stage_start"] & ~state["robust"]).sum())
+                broken = int((state["stage_start"] & ~state["group_robust"]).sum())
                 state["stages"].append({
                     "stage": stage.name, "white_box": stage.white_box, "attacked": int(len(todo)),
-                    "newly_broken": broken, "robust_accuracy": _fraction(state["robust"]),
+                    # within an inner cascade: that cascade's own robust accuracy so far
+                    "newly_broken": broken, "robust_accuracy": _fraction(state["group_robust"]),
                     "time_s": round(state["stage_time"], 3),
                     "s_per_100_images": round(100 * state["stage_time"] / len(todo), 3) if len(todo) else 0.0})
-                state.update(stage=s + 1, batch=0, stage_time=0.0, stage_start=state["robust"].clone())
+                state.update(stage=s + 1, batch=0, stage_time=0.0, stage_start=state["group_robust"].clone())
                 save()
     finally:
         model.train(was_training)

@@ -40,7 +40,7 @@ def evaluate_robustness(model: nn.Module, images: np.ndarray | torch.Tensor, lab
 
 
 def robust_accuracy_after(stages: list[dict]) -> dict[str, float]:
-    """For cascades of cascades (stage names "autoattack/apgd-ce", ...): the cumulative robust
-    accuracy after each inner cascade's last stage, e.g. {"autoattack": AutoAttack's own number,
-    "aa+mt": the worst case of AutoAttack and AA+MT}. Empty for plain cascades."""
+    """For cascades of cascades (stage names "autoattack/apgd-ce", ...): each inner cascade's own
+    robust accuracy (after its last stage), e.g. {"autoattack": AutoAttack's number, "aa+mt":
+    AA+MT's number}; the result's robust_accuracy is their per-point worst case. Empty for plain cascades."""
     return {s["stage"].split("/", 1)[0]: s["robust_accuracy"] for s in stages if "/" in s["stage"]}

@@ -91,6 +91,7 @@ def loop_settings(cfg: RunConfig, n_real: int, source_weights: tuple[float, ...]
         t, cfg.data, total_steps=total, warmup_steps=int(round(t.warmup_epochs * per_epoch)), seed=robust_seed(cfg),
         nesterov=t.nesterov, source_weights=source_weights, label_smoothing_real=t.label_smoothing_real,
         label_smoothing_generated=t.label_smoothing_generated, generated_sampling=t.generated_sampling,
+        mix_group_size=t.mix_group_size,
         ema_decay=t.ema_decay if t.ema_decay > 0 else None,
         eval_every_steps=max(1, int(round(t.eval_every_epochs * per_epoch))),
         checkpoint_every_steps=max(1, int(round(t.checkpoint_every_epochs * per_epoch))),

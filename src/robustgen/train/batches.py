@@ -54,7 +54,8 @@ class TrainingBatches:
                                  "generated sources")
         sampling = ("permutation",) + (s.generated_sampling,) * len(self.generated)
         self.indices = WeightedIndices([len(real), *(len(g) for g in self.generated)], weights,
-                                       batch_size=s.batch_size, seed=s.seed, sampling=sampling)
+                                       batch_size=s.batch_size, seed=s.seed, sampling=sampling,
+                                       group_size=s.mix_group_size)
         self.counts = self.indices.counts
         self.real_on_device = not real.decoded_on_demand
         if self.real_on_device:

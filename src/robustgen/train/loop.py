@@ -60,6 +60,7 @@ class LoopSettings:
     label_smoothing_real: float = 0.0
     label_smoothing_generated: float = 0.1
     generated_sampling: str = "with_replacement"
+    mix_group_size: int | None = None  # source rows counted per group of this many images (None: per batch)
     ema_decay: float | None = None  # None: no weight averaging
     eval_every_steps: int = 0  # 0: evaluate at the end only
     checkpoint_every_steps: int = 0  # 0: only at the end
