@@ -132,3 +132,26 @@ def test_a_real_sweep_shares_the_classifier_and_samples_and_reruns_for_free(tmp_
     second = run_sweep(cfg, tmp_path, points=points, seeds=[0, 1], progress=False, log=lambda m: None)
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "stages").glob("*/manifest.json")} == mtimes
     assert first["records"] == second["records"]
+
+
+def test_accuracy_vs_sample_count_on_a_generated_test_split_is_one_command(tmp_path, capsys):
+    """Paper Fig. 6 in one command: a grid over generator.num_samples, trained on generated data only
+    (alpha 0), evaluated on generated images (eval.split: generated:STORE) made with another seed."""
+    from robustgen.cli import main
+
+    held = tmp_path / "generated-test"
+    main(["store", "generate", str(held), "digits_demo", "--num-samples", "60", "--quiet", "--set",
+          "generator.seed=99", "--set", "generator.pca_components=10"])
+    capsys.readouterr()
+    tiny = ["classifier.epochs=1", "train.epochs=1", "train.warmup_epochs=0", "train.eval_every_epochs=1",
+            "data.val_size=50", "baseline=false", "train.alpha=0", "eval.attack=pgd40", f"eval.split=generated:{held}",
+            "generator.pca_components=10"]
+    main(["sweep", "digits_demo", *[a for t in tiny for a in ("--set", t)], "--grid",
+          "generator.num_samples=100,1000", "--seeds", "0", "--out", str(tmp_path / "s"), "--quiet"])
+    summary = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert [(r["point"], r["n_eval"]) for r in summary["records"]] == [("num_samples100", 60), ("num_samples1000", 60)]
+    ev = json.loads(next((tmp_path / "s" / "stages").glob("eval-*/eval.json")).read_text())
+    assert ev["dataset"] == f"generated:{held}"
+    assert (tmp_path / "s" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(RobustgenError, match="eval.split must be test or generated:PATH"):
+        load_config("digits_demo", ["eval.split=validation"])

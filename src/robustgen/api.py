@@ -69,10 +69,11 @@ class Run:
     checkpoints: dict
 
     def test_data(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` (default all) images of the run's test split as float NCHW in [0, 1], and labels."""
-        from robustgen.data import load_split
+        """The first ``n`` (default all) images of the run's test split (``eval.split``) as float NCHW
+        in [0, 1], and labels."""
+        from robustgen.stages import load_test_split
 
-        test = load_split(self.config.data, "test")
+        test = load_test_split(self.config)
         n = len(test.labels) if n is None else min(int(n), len(test.labels))
         x = torch.from_numpy(np.ascontiguousarray(test.images[:n])).permute(0, 3, 1, 2).float().div_(255)
         return x, torch.from_numpy(np.asarray(test.labels[:n], dtype=np.int64))

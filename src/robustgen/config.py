@@ -223,6 +223,9 @@ class EvalConfig:
     selection: str = "first"
     batch_size: int = 500
     seed: int = 0
+    # the points evaluated: "test" (the dataset's test split) or "generated:PATH", a store folder or
+    # .npz of generated images with their labels (paper Figs. 4 and 6: accuracy on generated data)
+    split: str = "test"
 
 
 @dataclass(frozen=True)
@@ -490,6 +493,8 @@ def validate(cfg: RunConfig, *, source: str) -> None:
            "train.inner.adam_lr needs exactly one more value than train.inner.adam_lr_boundaries")
     _check(t.generated_sampling in ("with_replacement", "permutation"), source,
            "train.generated_sampling must be with_replacement or permutation")
+    _check(cfg.eval.split == "test" or (cfg.eval.split.startswith("generated:") and len(cfg.eval.split) > 10),
+           source, f"eval.split must be test or generated:PATH (a store or .npz), got {cfg.eval.split!r}")
     _check(t.mix_group_size is None or (t.mix_group_size >= 1 and t.batch_size % t.mix_group_size == 0), source,
            f"train.mix_group_size must divide train.batch_size {t.batch_size}, got {t.mix_group_size}")
     _check(t.precision in ("fp32", "bf16"), source, f"train.precision must be fp32 or bf16, got {t.precision!r}")

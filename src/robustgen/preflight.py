@@ -221,6 +221,8 @@ def preflight(cfg: RunConfig, out: Path, *, disk_bytes: int | None = None) -> tu
     for src in cfg.data.sources:
         if src.path not in ("train", "generated"):
             _check_source(src.path, report)
+    if cfg.eval.split != "test":  # generated:PATH, the evaluated points
+        _check_source(cfg.eval.split.removeprefix("generated:"), report)
     if any(needs_generated(v) for _, v in model_variants(cfg)):
         if cfg.classifier.checkpoint is not None:
             _check_checkpoint(cfg.classifier.checkpoint, report)

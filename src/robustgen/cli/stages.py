@@ -83,8 +83,7 @@ def train(config, overrides, generated, out, wait, quiet):
 def evaluate(config, overrides, checkpoint, arch, model_dir, protocol, attack, norm, eps, n, batch_size, seed, out,
              quiet):
     """Clean and robust accuracy of a checkpoint on the test split, per attack stage (JSON)."""
-    from robustgen.data import load_split
-    from robustgen.stages import evaluate as stage, resolve_device
+    from robustgen.stages import evaluate as stage, load_test_split, resolve_device
     from robustgen.train.distributed import context_from_env, main_first
 
     options = {"eval.attack": attack, "threat.norm": norm, "eval.n": n, "eval.batch_size": batch_size,
@@ -100,7 +99,7 @@ def evaluate(config, overrides, checkpoint, arch, model_dir, protocol, attack, n
         from robustgen.zoo import robustbench_benchmark
 
         device = resolve_device(cfg.device)
-        test = load_split(cfg.data, "test")
+        test = load_test_split(cfg)
         model = stage.load_for_eval(cfg, checkpoint, test, device=device, arch=arch, model_dir=model_dir)[0]
         result = robustbench_benchmark(model, cfg, device=device, n=n, batch_size=cfg.eval.batch_size,
                                        seed=cfg.eval.seed)
@@ -111,7 +110,7 @@ def evaluate(config, overrides, checkpoint, arch, model_dir, protocol, attack, n
         echo_json({"checkpoint": str(checkpoint), **result})
         return
     ctx, device = context_from_env(resolve_device(cfg.device))  # under torchrun the ranks share the batches
-    test = main_first(ctx, lambda: load_split(cfg.data, "test"))
+    test = main_first(ctx, lambda: load_test_split(cfg))
     result = stage.run(cfg, checkpoint, test, device=device, progress=not quiet, arch=arch, out=out, ctx=ctx,
                        model_dir=model_dir)
     if not ctx.is_main:

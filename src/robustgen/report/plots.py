@@ -91,6 +91,9 @@ def plot_sweep(rows: list[dict], path, *, points: dict[str, dict], title: str | 
                         linestyle="-" if x_key else "none")
         if x_key:
             ax.set_xlabel(x_key)
+            xs = [_as_number(p[x_key]) for p in points.values()]
+            if min(xs) > 0 and max(xs) >= 10 * min(xs):  # e.g. generator.num_samples (paper Fig. 6)
+                ax.set_xscale("log")
         else:
             ax.set_xticks(range(len(order)))
             ax.set_xticklabels(order, rotation=30, ha="right", fontsize=7)

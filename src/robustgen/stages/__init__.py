@@ -20,9 +20,10 @@ from robustgen.stages.common import (
     data_fingerprint,
     hash_parts,
     load_splits,
+    load_test_split,
     resolve_device,
     robust_seed,
 )
 
 __all__ = ["Splits", "adversarial", "build_model", "classifier", "clean_accuracy", "data_fingerprint", "diagnose", "evaluate",
-           "generate", "hash_parts", "label", "load_splits", "resolve_device", "robust_seed"]
+           "generate", "hash_parts", "label", "load_splits", "load_test_split", "resolve_device", "robust_seed"]

@@ -80,10 +80,24 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def load_test_split(cfg: RunConfig) -> ImageDataset:
+    """The evaluated points: the dataset's test split, or with ``eval.split: generated:PATH`` the
+    images and labels of a store or .npz of generated data (held in RAM)."""
+    if cfg.eval.split == "test":
+        return load_split(cfg.data, "test")
+    from robustgen.data.sources import open_source
+
+    path = cfg.eval.split.removeprefix("generated:")
+    source = open_source(path)
+    names = getattr(source, "class_names", None) or tuple(str(c) for c in range(source.num_classes))
+    images = source.gather(np.arange(len(source), dtype=np.int64))
+    return ImageDataset(images, np.asarray(source.labels, dtype=np.int64), names, name=f"generated:{path}")
+
+
 def load_splits(cfg: RunConfig) -> Splits:
     d = cfg.data
     full = load_split(d, "train")
-    test = load_split(d, "test")
+    test = load_test_split(cfg)
     if test.image_shape != full.image_shape:
         raise RobustgenError(f"{d.dataset}: train images are {full.image_shape} but test images are {test.image_shape}")
     if test.num_classes > full.num_classes:
