@@ -248,8 +248,10 @@ def load_generator(path: str | Path, *, name: str | None = None, device: str | t
 
     path = Path(path)
     store = _store_folder(path)
+    num_classes = None
     if store is not None:
-        generator = (read_manifest(store).get("generator") or {})
+        manifest = read_manifest(store)
+        generator, num_classes = manifest.get("generator") or {}, int(manifest["num_classes"])
         name = name or generator.get("name")
         adapter = get_generator(name) if name else None
         fit_file = store / (generator.get("fit_file") or getattr(adapter, "fit_file", "generator_fit.npz"))
@@ -265,7 +267,8 @@ def load_generator(path: str | Path, *, name: str | None = None, device: str | t
     if not hasattr(adapter, "load_fit") or not hasattr(adapter, "range_sampler"):
         raise RobustgenError(f"generator {name!r} cannot be loaded from a file (it has no saved fit)")
     fitted = adapter.load_fit(fit_file, **runtime_kwargs(adapter, {"device": str(device)}))
-    num_classes = int(fitted.num_classes)
+    if num_classes is None:  # a bare fit file: its own count (a dict fit of real images: their labels')
+        num_classes = int(fitted["label"].max()) + 1 if isinstance(fitted, dict) else int(fitted.num_classes)
     conditional = bool(getattr(fitted, "class_conditional", True))
     return GeneratorHandle(name, adapter, fitted, num_classes, conditional, fit_file)
 

@@ -53,3 +53,4 @@ def runtime_kwargs(adapter, options: dict | None) -> dict:
 from robustgen.generate import gaussian as _gaussian  # noqa: E402,F401
 from robustgen.generate import diffusion as _diffusion  # noqa: E402,F401
 from robustgen.generate import heldout as _heldout  # noqa: E402,F401
+from robustgen.generate import augmentations as _augmentations  # noqa: E402,F401
