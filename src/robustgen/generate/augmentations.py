@@ -21,13 +21,12 @@ is its source image's label (for mixup and CutMix, the label of the image with t
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from robustgen.errors import RobustgenError
 from robustgen.generate import register_generator
+from robustgen.generate.heldout import load_images_fit, save_images_fit
 
 __all__ = ["AUGMENTATIONS"]
 
@@ -123,17 +122,8 @@ def _adapter(kind: str):
         def range_sampler(fitted: dict, *, seed: int) -> _AugmentedRows:
             return _AugmentedRows(fitted, seed, kind)
 
-        @staticmethod
-        def save_fit(fitted: dict, path) -> None:
-            from robustgen.data.npz import write_npz
-
-            write_npz(path, **fitted)
-
-        @staticmethod
-        def load_fit(path) -> dict:
-            from robustgen.data.npz import read_npz
-
-            return read_npz(Path(path), keys_required=("image", "label"))
+        save_fit = staticmethod(save_images_fit)
+        load_fit = staticmethod(load_images_fit)
 
     AugmentationGenerator.__name__ = f"{kind.capitalize()}Generator"
     return AugmentationGenerator

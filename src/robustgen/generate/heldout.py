@@ -21,7 +21,20 @@ import numpy as np
 from robustgen.errors import RobustgenError
 from robustgen.generate import register_generator
 
-__all__ = ["HeldoutGenerator"]
+__all__ = ["HeldoutGenerator", "load_images_fit", "save_images_fit"]
+
+
+def save_images_fit(fitted: dict, path) -> None:
+    """A fit that is real images ({"image", "label"}) as an .npz (held-out images, augmentations)."""
+    from robustgen.data.npz import write_npz
+
+    write_npz(path, **fitted)
+
+
+def load_images_fit(path) -> dict:
+    from robustgen.data.npz import read_npz
+
+    return read_npz(Path(path), keys_required=("image", "label"))
 
 
 class _PermutedRows:
@@ -60,14 +73,6 @@ class HeldoutGenerator:
     def range_sampler(fitted: dict, *, seed: int) -> _PermutedRows:
         return _PermutedRows(fitted, seed)
 
-    @staticmethod
-    def save_fit(fitted: dict, path) -> None:
-        from robustgen.data.npz import write_npz
+    save_fit = staticmethod(save_images_fit)
+    load_fit = staticmethod(load_images_fit)
 
-        write_npz(path, **fitted)
-
-    @staticmethod
-    def load_fit(path) -> dict:
-        from robustgen.data.npz import read_npz
-
-        return read_npz(Path(path), keys_required=("image", "label"))
