@@ -131,3 +131,10 @@ def test_preflight_checks_headers_types_and_disk(tmp_path, monkeypatch):
     np.savez(data / "test.npz", image=np.zeros((5, 32, 32, 3), np.uint8), label=np.zeros(5, np.int64))
     report, _ = preflight(cfg, tmp_path / "run", disk_bytes=5 * 10**9)
     assert report.problems == [f"{tmp_path}: 1.0 GB free, the run needs about 5.0 GB"]
+
+
+def test_an_l2_dry_run_with_the_adam_inner_attack_says_it_is_weak(capsys, tmp_path, plenty_of_disk):
+    main(["run", "cifar10_l2_wrn-70-16", "--dry-run", "--out", str(tmp_path / "a")])
+    assert "the Adam inner attack (the paper's) is weak under L2" in capsys.readouterr().out
+    main(["run", "cifar10_l2_wrn-70-16", "--dry-run", "--out", str(tmp_path / "b"), "--set", "train.inner.step_rule=sign"])
+    assert "inner attack" not in capsys.readouterr().out.split("preflight:")[1]
