@@ -86,6 +86,8 @@ def attack_strength(model, x, y, eps: float, variants: dict) -> list[dict]:
 
 
 def report(out: Path, prefix: Path) -> str:
+    from robustgen.metrics.paired import mean_and_se, paired_seed_difference
+
     sweep = json.loads((out / "sweep.json").read_text())
     strength = json.loads((out / "strength.json").read_text())
     by = {}
@@ -99,14 +101,10 @@ def report(out: Path, prefix: Path) -> str:
         seeds = sorted(runs)
         clean = [runs[s]["clean_accuracy"] for s in seeds]
         robust = [runs[s]["robust_accuracy"] for s in seeds]
-        diffs = [runs[s]["robust_accuracy"] - base[s]["robust_accuracy"] for s in seeds if s in base]
-
-        def ms(v):
-            m = sum(v) / len(v)
-            se = (sum((a - m) ** 2 for a in v) / (len(v) - 1)) ** 0.5 / len(v) ** 0.5 if len(v) > 1 else float("nan")
-            return m, se
-
-        c, r, d = ms(clean), ms(robust), ms(diffs)
+        paired = [s for s in seeds if s in base]
+        c, r = mean_and_se(clean), mean_and_se(robust)
+        d = paired_seed_difference([runs[s]["robust_accuracy"] for s in paired],
+                                   [base[s]["robust_accuracy"] for s in paired])
         lines.append(f"| {point} | {len(seeds)} | {100 * c[0]:.2f} ± {100 * c[1]:.2f} | {100 * r[0]:.2f} ± "
                      f"{100 * r[1]:.2f} | {'—' if point == 'adam' else f'{100 * d[0]:+.2f} ± {100 * d[1]:.2f}'} |")
     lines += ["", "## Attack strength on the adam-trained model (seed 0, 540 test images)", "",

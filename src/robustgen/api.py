@@ -75,8 +75,7 @@ class Run:
 
         test = load_test_split(self.config)
         n = len(test.labels) if n is None else min(int(n), len(test.labels))
-        x = torch.from_numpy(np.ascontiguousarray(test.images[:n])).permute(0, 3, 1, 2).float().div_(255)
-        return x, torch.from_numpy(np.asarray(test.labels[:n], dtype=np.int64))
+        return _uint8_to_float(test.images[:n]), torch.from_numpy(np.asarray(test.labels[:n], dtype=np.int64))
 
     def table(self) -> list[dict]:
         """One row per model: name, alpha, generator, clean and robust accuracy, attack."""
@@ -143,6 +142,8 @@ class Evaluation:
 def _as_tensors(x, y) -> tuple[torch.Tensor, torch.Tensor]:
     """(float NCHW in [0, 1], int64 labels) from tensors, or from a DataLoader / iterable of
     (x, y) batches; uint8 NHWC numpy arrays (robustgen's own datasets) are converted."""
+    from robustgen.attacks.objects import check_images_labels
+
     if y is None:
         if isinstance(x, (torch.Tensor, np.ndarray)):
             raise RobustgenError("evaluate needs labels: evaluate(model, x, y, ...) or a DataLoader of (x, y)")
@@ -155,16 +156,15 @@ def _as_tensors(x, y) -> tuple[torch.Tensor, torch.Tensor]:
         if x.dtype != np.uint8 or x.ndim != 4:
             raise RobustgenError(f"numpy images must be uint8 [N, H, W, C], got {x.dtype} {x.shape}; "
                                  f"pass float tensors [N, C, H, W] in [0, 1] otherwise")
-        x = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255)
-    if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise RobustgenError(f"x must be a float tensor [N, C, H, W] in [0, 1], got "
-                             f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
-    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).long().cpu()
-    if y.shape != (x.shape[0],):
-        raise RobustgenError(f"y must hold one label per image: {tuple(y.shape)} labels for {x.shape[0]} images")
-    if x.numel() and (float(x.min()) < 0 or float(x.max()) > 1):
-        raise RobustgenError("x must lie in [0, 1] (normalise inside the model, as RobustBench models do)")
-    return x.detach(), y
+        x = _uint8_to_float(x)
+    return check_images_labels(x, y)
+
+
+def _uint8_to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, H, W, C] numpy -> float32 [N, C, H, W] in [0, 1] (CPU)."""
+    from robustgen.data.augment import to_float_nchw
+
+    return to_float_nchw(torch.from_numpy(np.ascontiguousarray(images)))
 
 
 def evaluate(model: nn.Module, x, y=None, *, attack: str = "autoattack", norm: str = "linf", eps: float = 8 / 255,
@@ -232,8 +232,7 @@ class GeneratorHandle:
                 indices[k] = c + self.num_classes * seen[c]
                 seen[c] += 1
             images, conditions = sampler.sample_indices(indices)
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255)
-        return x, None if conditions is None else torch.from_numpy(np.asarray(conditions, dtype=np.int64))
+        return _uint8_to_float(images), None if conditions is None else torch.from_numpy(np.asarray(conditions, dtype=np.int64))
 
     def __repr__(self) -> str:
         return f"GeneratorHandle({self.name!r}, classes={self.num_classes}, from {self.source})"
@@ -245,6 +244,7 @@ def load_generator(path: str | Path, *, name: str | None = None, device: str | t
     ("gaussian" or "ddpm")."""
     from robustgen.data.store_format import read_manifest
     from robustgen.generate import get_generator, runtime_kwargs
+    from robustgen.generate.runner import FIT_FILE
 
     path = Path(path)
     store = _store_folder(path)
@@ -254,7 +254,7 @@ def load_generator(path: str | Path, *, name: str | None = None, device: str | t
         generator, num_classes = manifest.get("generator") or {}, int(manifest["num_classes"])
         name = name or generator.get("name")
         adapter = get_generator(name) if name else None
-        fit_file = store / (generator.get("fit_file") or getattr(adapter, "fit_file", "generator_fit.npz"))
+        fit_file = store / (generator.get("fit_file") or getattr(adapter, "fit_file", FIT_FILE))
         if adapter is None or not fit_file.is_file():
             raise RobustgenError(f"{store}: the store holds no fitted generator (made by import or 'store generate "
                                  f"--no-save-fit'?)")
@@ -300,7 +300,7 @@ class StoreDataset(torch.utils.data.Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} images")
         image = self._reader().gather([i % len(self)])[0]
-        return torch.from_numpy(image).permute(2, 0, 1).float().div_(255), int(self.labels[i])
+        return _uint8_to_float(image[None])[0], int(self.labels[i])
 
     def __getstate__(self) -> dict:  # spawned workers reopen the store
         return {"path": self.path, "_use_selection": self._use_selection, "labels": self.labels,

@@ -32,11 +32,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 
 from robustgen.config import RunConfig, config_to_dict, parse_override, replace
 from robustgen.errors import RobustgenError
 from robustgen.io import write_json, write_text
+from robustgen.metrics.paired import mean_and_se, paired_seed_difference
 
 __all__ = ["SEED_KEYS", "dry_run_sweep", "grid_points", "parse_grid", "point_configs", "run_sweep", "summarize",
            "sweep_table"]
@@ -98,16 +98,16 @@ def point_configs(cfg: RunConfig, points: dict[str, dict], seeds, *, seed_key: s
         raise RobustgenError(f"a sweep varies one of {', '.join(SEED_KEYS)}, not {seed_key!r}")
     if not seeds:
         raise RobustgenError("a sweep needs at least one seed")
+    configs = {}
+    for name, overrides in points.items():
+        changes = {k: parse_override(f"{k}={v}")[1] if isinstance(v, str) else v for k, v in overrides.items()}
+        try:
+            configs[name] = replace(cfg, **changes)
+        except RobustgenError as e:
+            raise RobustgenError(f"sweep point {name}: {e}") from None
     out = []
     for seed in seeds:
-        for name, overrides in points.items():
-            changes = {}
-            for key, value in overrides.items():
-                changes[key] = parse_override(f"{key}={value}")[1] if isinstance(value, str) else value
-            try:
-                point_cfg = replace(cfg, **changes)
-            except RobustgenError as e:
-                raise RobustgenError(f"sweep point {name}: {e}") from None
+        for name, point_cfg in configs.items():
             default = point_cfg.seed if seed_key == "train.seed" and point_cfg.train.seed is None else None
             if int(seed) != default:
                 point_cfg = replace(point_cfg, **{seed_key: int(seed)})
@@ -166,12 +166,6 @@ def run_sweep(cfg: RunConfig, out: Path, *, points: dict[str, dict] | None = Non
     return summary
 
 
-def _mean_se(values) -> tuple[float, float]:
-    v = np.asarray(values, dtype=np.float64)
-    se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
-    return float(v.mean()), se
-
-
 def summarize(records: list[dict], *, baseline_arm: str = "baseline") -> list[dict]:
     """Per (point, model): seeds, mean and standard error of clean and robust accuracy, and the
     mean and standard error of the seed-paired differences from ``baseline_arm`` (same point, same
@@ -184,12 +178,13 @@ def summarize(records: list[dict], *, baseline_arm: str = "baseline") -> list[di
     for (point, model), rs in groups.items():
         row = {"point": point, "model": model, "alpha": rs[0]["alpha"], "generator": rs[0]["generator"],
                "seeds": len(rs)}
+        pairs = [(r, base[(point, r["seed"])]) for r in rs if (point, r["seed"]) in base and model != baseline_arm]
+        row["paired_seeds"] = len(pairs)
         for key in ("clean_accuracy", "robust_accuracy"):
-            row[f"{key}_mean"], row[f"{key}_se"] = _mean_se([r[key] for r in rs])
-            paired = [r[key] - base[(point, r["seed"])][key] for r in rs if (point, r["seed"]) in base]
-            diff = _mean_se(paired) if paired and model != baseline_arm else (None, None)
-            row[f"{key}_gain"], row[f"{key}_gain_se"] = diff
-            row["paired_seeds"] = len(paired) if model != baseline_arm else 0
+            row[f"{key}_mean"], row[f"{key}_se"] = mean_and_se([r[key] for r in rs])
+            gain = (paired_seed_difference([r[key] for r, _ in pairs], [b[key] for _, b in pairs])[:2] if pairs
+                    else (None, None))
+            row[f"{key}_gain"], row[f"{key}_gain_se"] = gain
         rows.append(row)
     return rows
 

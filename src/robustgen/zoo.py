@@ -82,25 +82,29 @@ def parse_robustbench_name(spec: str, *, dataset: str = "cifar10", norm: str = "
     return dataset, threat, name
 
 
-def robustbench_file(spec: str, *, dataset: str = "cifar10", norm: str = "linf",
-                     model_dir: str | Path | None = None) -> Path:
-    """Where RobustBench keeps the weights of ``spec``: ``<model_dir>/<dataset>/<threat>/<Name>.pt``
-    (``model_dir``: default ``$ROBUSTBENCH_MODEL_DIR``, else ``./models``, RobustBench's default)."""
+def _model_dir(model_dir: str | Path | None) -> Path:
+    """RobustBench's ``model_dir``: the argument, else ``$ROBUSTBENCH_MODEL_DIR``, else ``./models``."""
     import os
 
+    return Path(model_dir or os.environ.get("ROBUSTBENCH_MODEL_DIR") or "models")
+
+
+def robustbench_file(spec: str, *, dataset: str = "cifar10", norm: str = "linf",
+                     model_dir: str | Path | None = None) -> Path:
+    """Where RobustBench keeps the weights of ``spec``: ``<model_dir>/<dataset>/<threat>/<Name>.pt``."""
     dataset, threat, name = parse_robustbench_name(spec, dataset=dataset, norm=norm)
-    return Path(model_dir or os.environ.get("ROBUSTBENCH_MODEL_DIR") or "models") / dataset / threat / f"{name}.pt"
+    return _model_dir(model_dir) / dataset / threat / f"{name}.pt"
 
 
 def load_robustbench(spec: str, *, dataset: str = "cifar10", norm: str = "linf",
                      model_dir: str | Path | None = None, device: str | torch.device = "cpu") -> nn.Module:
     """A RobustBench zoo model by name, in eval mode (see the module doc); ``model_dir`` as
-    ``robustbench_file``."""
+    ``_model_dir``."""
     from robustgen.checkpoint import load_external_model
 
-    path = robustbench_file(spec, dataset=dataset, norm=norm, model_dir=model_dir)
     dataset, threat, name = parse_robustbench_name(spec, dataset=dataset, norm=norm)
-    model_dir = path.parents[2]
+    model_dir = _model_dir(model_dir)
+    path = model_dir / dataset / threat / f"{name}.pt"
     arch = DM_MODELS.get(dataset, {}).get(threat, {}).get(name)
     if arch is not None and path.is_file():
         return load_external_model(path, arch=arch, num_classes=_CLASSES[dataset], device=device)
@@ -216,9 +220,11 @@ def model_card(sidecar: dict) -> str:
 
 
 # --------------------------------------------------------------------------- evaluation protocol
-def robustbench_test_set(cfg, *, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """RobustBench's evaluation points for ``cfg.data`` -> (float NCHW in [0, 1], labels, description)."""
+def robustbench_test_set(cfg, *, n: int | None = None, test=None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """RobustBench's evaluation points for ``cfg.data`` -> (float NCHW in [0, 1], labels, description).
+    ``test``: the CIFAR test split when the caller has loaded it already."""
     from robustgen.data import load_split
+    from robustgen.data.augment import to_float_nchw
 
     dataset = cfg.data.dataset
     if dataset not in RB_EXAMPLES:
@@ -226,10 +232,10 @@ def robustbench_test_set(cfg, *, n: int | None = None) -> tuple[torch.Tensor, to
     n = RB_EXAMPLES[dataset] if n is None else int(n)
     if dataset == "imagenet":
         return (*_imagenet_subset(Path(cfg.data.data_root or "data"), n), "RobustBench's 5,000 ImageNet images")
-    test = load_split(cfg.data, "test")
+    test = load_split(cfg.data, "test") if test is None else test
     if len(test.labels) < n:
         raise RobustgenError(f"{test.name}: {len(test.labels)} test images, RobustBench evaluates the first {n}")
-    x = torch.from_numpy(np.ascontiguousarray(test.images[:n])).permute(0, 3, 1, 2).float().div_(255)
+    x = to_float_nchw(torch.from_numpy(np.ascontiguousarray(test.images[:n])))
     return x, torch.from_numpy(np.asarray(test.labels[:n], dtype=np.int64)), f"the first {n} {dataset} test images"
 
 
@@ -265,15 +271,16 @@ def _imagenet_subset(data_root: Path, n: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 def robustbench_benchmark(model: nn.Module, cfg, *, device, n: int | None = None, batch_size: int = 500,
-                          seed: int = 0) -> dict:
+                          seed: int = 0, test=None) -> dict:
     """RobustBench's evaluation (``robustbench.eval.benchmark``'s AutoAttack part): clean accuracy and
     the official pyautoattack ``version="standard"`` runner on ``robustbench_test_set``, at
-    ``threat.eps`` (``RB_EPS`` is the leaderboard's). ``n``: fewer points than the leaderboard's."""
+    ``threat.eps`` (``RB_EPS`` is the leaderboard's). ``n``: fewer points than the leaderboard's;
+    ``test``: as ``robustbench_test_set``."""
     from importlib.metadata import version
 
     from robustgen.evaluate.autoattack import run_reference_autoattack
 
-    x, y, points = robustbench_test_set(cfg, n=n)
+    x, y, points = robustbench_test_set(cfg, n=n, test=test)
     x, y = x.to(device), y.to(device)
     model.eval()
     with torch.no_grad():

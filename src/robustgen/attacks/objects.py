@@ -19,7 +19,7 @@ from robustgen.attacks.pgd import (NORMS, frozen_parameters, margin, misclassifi
                                    projected_gradient_attack, scaled_piecewise_constant, within_ball)
 from robustgen.errors import RobustgenError
 
-__all__ = ["APGD", "APGDT", "Attack", "AutoAttack", "MultiTargeted", "PGD"]
+__all__ = ["APGD", "APGDT", "Attack", "AutoAttack", "MultiTargeted", "PGD", "check_images_labels"]
 
 
 class Attack:
@@ -33,7 +33,7 @@ class Attack:
         self.model, self.norm, self.eps, self.seed = model, norm, float(eps), int(seed)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        x, y = _check_inputs(x, y)
+        x, y = check_images_labels(x, y)
         was_training = self.model.training
         self.model.eval()
         try:  # input gradients even when called under torch.no_grad()
@@ -56,9 +56,11 @@ class Attack:
         return f"{type(self).__name__}(norm={self.norm!r}, eps={self.eps:.6g}, seed={self.seed})"
 
 
-def _check_inputs(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+def check_images_labels(x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x as float32, y as int64 on x's device) after checking x is float [N, C, H, W] in [0, 1]
+    with one label per image (one-line errors)."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4 or not x.is_floating_point():
-        raise RobustgenError(f"x must be a float tensor [B, C, H, W] in [0, 1], got "
+        raise RobustgenError(f"x must be a float tensor [N, C, H, W] in [0, 1], got "
                              f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}")
     y = torch.as_tensor(y, device=x.device).long()
     if y.shape != (x.shape[0],):

@@ -83,6 +83,7 @@ def train(config, overrides, generated, out, wait, quiet):
 def evaluate(config, overrides, checkpoint, arch, model_dir, protocol, attack, norm, eps, n, batch_size, seed, out,
              quiet):
     """Clean and robust accuracy of a checkpoint on the test split, per attack stage (JSON)."""
+    from robustgen.data import load_split
     from robustgen.stages import evaluate as stage, load_test_split, resolve_device
     from robustgen.train.distributed import context_from_env, main_first
 
@@ -99,10 +100,10 @@ def evaluate(config, overrides, checkpoint, arch, model_dir, protocol, attack, n
         from robustgen.zoo import robustbench_benchmark
 
         device = resolve_device(cfg.device)
-        test = load_test_split(cfg)
+        test = load_split(cfg.data, "test")  # RobustBench's points come from the test split, whatever eval.split
         model = stage.load_for_eval(cfg, checkpoint, test, device=device, arch=arch, model_dir=model_dir)[0]
         result = robustbench_benchmark(model, cfg, device=device, n=n, batch_size=cfg.eval.batch_size,
-                                       seed=cfg.eval.seed)
+                                       seed=cfg.eval.seed, test=test)
         if out is not None:
             from robustgen.io import write_json
 
@@ -126,8 +127,9 @@ def _robustbench_setting(spec: str, config, norm) -> dict:
     given on the command line keeps its dataset)."""
     from robustgen.zoo import RB_EPS, parse_robustbench_name
 
-    default_dataset = None if config is not None else "cifar10"
-    dataset, threat, _ = parse_robustbench_name(spec, dataset=default_dataset or "", norm=norm or "linf")
+    # the short form names no dataset: cifar10, RobustBench's default, unless a config says which
+    dataset, threat, _ = parse_robustbench_name(spec, dataset="" if config is not None else "cifar10",
+                                                norm=norm or "linf")
     changes = {"threat.norm": threat.lower()}
     if dataset:
         changes["data.dataset"] = dataset

@@ -30,6 +30,7 @@ from robustgen.progress import progress_bar
 from robustgen import preempt
 from robustgen.attacks.pgd import frozen_parameters, perturbation_norm, within_ball
 from robustgen.checkpoint import load_state, save_state
+from robustgen.data.augment import to_float_nchw
 from robustgen.errors import RobustgenError
 from robustgen.train.distributed import DistContext, stop_if_requested, sum_across
 
@@ -57,7 +58,7 @@ def _to_device(images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Ten
     if isinstance(images, torch.Tensor):
         x = images[torch.from_numpy(idx)].to(device=device, dtype=torch.float32)
     else:
-        x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device).permute(0, 3, 1, 2).float().div_(255)
+        x = to_float_nchw(torch.from_numpy(np.ascontiguousarray(images[idx])).to(device))
     y = torch.as_tensor(labels[idx] if isinstance(labels, torch.Tensor) else np.asarray(labels[idx]))
     return x, y.to(device=device, dtype=torch.int64)
 

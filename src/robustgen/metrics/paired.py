@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["paired_point_difference", "paired_seed_difference"]
+__all__ = ["mean_and_se", "paired_point_difference", "paired_seed_difference"]
 
 
 def paired_point_difference(points_a: str, points_b: str) -> tuple[float, float]:
@@ -32,6 +32,13 @@ def paired_seed_difference(values_a, values_b) -> tuple[float, float, int]:
     a, b = np.asarray(values_a, np.float64), np.asarray(values_b, np.float64)
     if a.shape != b.shape or a.size == 0:
         raise ValueError(f"seed-paired values must have the same non-zero length, got {a.size} and {b.size}")
-    d = a - b
-    se = float(d.std(ddof=1) / math.sqrt(d.size)) if d.size > 1 else float("nan")
-    return float(d.mean()), se, int(d.size)
+    return (*mean_and_se(a - b), int(a.size))
+
+
+def mean_and_se(values) -> tuple[float, float]:
+    """Mean and standard error (std ddof 1 over sqrt(k); nan for one value) of k values, e.g. one
+    accuracy per seed."""
+    v = np.asarray(values, np.float64)
+    if v.size == 0:
+        raise ValueError("mean_and_se needs at least one value")
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
