@@ -38,14 +38,17 @@ import time
 
 import torch
 
-from robustgen.cost import unet_gflops
+from robustgen.cost import measured_row, record_rates, unet_gflops
 from robustgen.generate.diffusion.samplers import (SAMPLER_SETTINGS, auto_batch_size, sample_diffusion,
                                                    sample_generators)
 from robustgen.generate.diffusion.unet import build_unet, ho_scheduler_config
 from robustgen.models.inference import InferenceOptions, prepare_for_inference
 from trades_step import device_peak_tflops  # the same bf16 peak table (this folder is on the path)
 
-SHAPES = {"digits-small": (8, 1, 10), "ho-cifar10": (32, 3, None), "tiny": (8, 1, 10)}
+# preset -> (image size, channels, classes or None); the guided-diffusion UNets output 3 channels here, not
+# their 6 (learned variances): the last convolution's extra channels are < 0.1% of a call's FLOPs
+SHAPES = {"digits-small": (8, 1, 10), "ho-cifar10": (32, 3, None), "tiny": (8, 1, 10), "cifar-small": (32, 3, 10),
+          "guided-diffusion-imagenet64": (64, 3, 1000), "guided-diffusion-imagenet256": (256, 3, 1000)}
 
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":
@@ -117,6 +120,8 @@ def main() -> None:
     p.add_argument("--profile", action="store_true",
                    help="print the top operators of one batch of the first sampler, per variant (what limits it)")
     p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--record", default=None, metavar="TABLE",
+                   help="add one row per solver and variant to this measured-rates table (robustgen.cost)")
     a = p.parse_args()
     device = torch.device(a.device)
     if device.type == "cpu":
@@ -187,6 +192,15 @@ def main() -> None:
         print(f"| {r['sampler']} | {r['nfe']} | {r['variant']} | {r['n']} | {r['images_per_s']:.1f} | "
               f"{r['min']:.1f}-{r['max']:.1f} | {r['vs_reference']:.2f} ({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | "
               f"{vs_ddpm} | {r['model_tflops']:.4g} | {pct} |")
+    if a.record:
+        recorded = [measured_row(
+            "sampling", a.preset, (size, size, channels), solver=r["solver"], precision="bf16" if opt.bf16 else "fp32",
+            channels_last=opt.channels_last, compile=opt.compile, batch=batch,
+            detail=f"{r['sampler']}, {r['steps']} steps = {r['nfe']} UNet calls per image, median of {r['n']}",
+            gflop=flops / 1e9, images_per_s=r["images_per_s"], tflops=r["model_tflops"], device=device,
+            source="benchmarks/diffusion_sampling.py") for r in rows for opt in [dict(variants)[r["variant"]]]]
+        record_rates(a.record, recorded)  # a solver's later row (wang2023 after edm-heun) replaces its earlier one
+        print(f"recorded {len(recorded)} row(s) in {a.record}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"hardware": _hardware(device), "preset": a.preset, "batch": batch, "gflop_per_call": flops / 1e9,

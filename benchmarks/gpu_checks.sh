@@ -27,7 +27,12 @@
 #      trained on them (8,000 steps, the digits study's early stopping), 20,000 samples with f_NR
 #      labels, and the held-out oracle; baseline / ddpm / heldout arms at 782 TRADES steps each,
 #      AutoAttack on 1,000 shuffled test images, the diagnostics table in report.md. Same data as 10.
-# The limits sum to 30 minutes, more than two 10-minute device calls: name the steps to run only
+#  12. rates: the measured-rates table the cost model reads (src/robustgen/measured_rates.json): TRADES
+#      steps of WRN-28-10 (fp32, bf16 + channels_last) and WRN-70-16 (batch 1024 in 4 micro-batches),
+#      sampling of the presets' UNets (Ho et al.'s CIFAR-10 UNet: ddpm / DPM-Solver++ / wang2023 in fp32,
+#      bf16, bf16 + channels_last; guided-diffusion ImageNet 64 and 256: ddpm in fp32 and bf16) and
+#      labelling (WRN-28-10, PreAct ResNet-18) into $OUT/measured_rates.json; 5.5 minutes at most.
+# The limits sum to 35.5 minutes, more than two 10-minute device calls: name the steps to run only
 # those (`gpu_checks.sh diffusion label`: 4.5 min; the first six: 7.5 min; cifar_oracle: 7 min;
 # cifar_generator: 9.5 min).
 # `benchmarks/gpu_checks.sh --tiny` runs the same steps on the CPU with tiny models and sizes,
@@ -113,6 +118,34 @@ fi
 step diffusion 180 python3 benchmarks/diffusion_sampling.py $SAMPLE --samplers dpm-solver++,edm-heun,wang2023 --profile \
   --json "$OUT/diffusion.json"
 step label 90 python3 benchmarks/label_throughput.py $LABEL
+
+# 12. the rates table the cost model reads (issue 26): the presets' workloads, each row recorded into
+#     $OUT/measured_rates.json (a copy of src/robustgen/measured_rates.json; copy it back to land it).
+#     Per-call sampling rates come from short runs of each solver (DDPM 100 / 10 / 5 steps: the rate
+#     per UNet call of the same sampler, which the cost model applies to the presets' 1000 / 250 steps)
+TABLE="$OUT/measured_rates.json"
+selected rates && [ ! -f "$TABLE" ] && cp src/robustgen/measured_rates.json "$TABLE"
+if [ $TINY = 1 ]; then
+  R_TRADES="--arch wrn-10-1 --batch 8"; R_TRADES70="--arch wrn-10-2 --batch 16 --micro-batches 2"
+  R_CIFAR="--device cpu --preset tiny --batch 8 --ddpm-steps 4 --variants fp32,cl"
+  R_IN64="--device cpu --preset tiny --batch 4 --ddpm-steps 2 --variants fp32"
+  R_IN256="--device cpu --preset tiny --batch 4 --ddpm-steps 2 --variants fp32"
+  R_LABEL="--device cpu --n 256 --batch 64 --variants fp32,cl"; R_ARCHS="wrn-10-1"
+else
+  R_TRADES="--arch wrn-28-10 --batch 256"; R_TRADES70="--arch wrn-70-16 --batch 1024 --micro-batches 4"
+  R_CIFAR="--device cuda --preset ho-cifar10 --batch 256 --ddpm-steps 100 --variants fp32,bf16,bf16+cl"
+  R_IN64="--device cuda --preset guided-diffusion-imagenet64 --batch 256 --ddpm-steps 10 --variants fp32,bf16"
+  R_IN256="--device cuda --preset guided-diffusion-imagenet256 --batch 64 --ddpm-steps 5 --variants fp32,bf16"
+  R_LABEL="--device cuda --n 32768 --batch 1024 --variants fp32,bf16,bf16+cl"; R_ARCHS="wrn-28-10 preact-resnet-18"
+fi
+step rates 330 bash -c "set -e
+  $TRADES $R_TRADES --repeats 3 --warmup 2 --references '' --variants adam,adam+bf16+cl --record $TABLE
+  $TRADES $R_TRADES70 --repeats 2 --warmup 1 --references '' --variants adam+bf16+cl --record $TABLE
+  python3 benchmarks/diffusion_sampling.py $R_CIFAR --repeats 2 --samplers ddpm,dpm-solver++,wang2023 --record $TABLE
+  python3 benchmarks/diffusion_sampling.py $R_IN64 --repeats 1 --samplers ddpm --record $TABLE
+  python3 benchmarks/diffusion_sampling.py $R_IN256 --repeats 1 --samplers ddpm --record $TABLE
+  for arch in $R_ARCHS; do python3 benchmarks/label_throughput.py $R_LABEL --arch \$arch --repeats 2 --record $TABLE; done"
+selected rates && grep -c '"workload"' "$TABLE" | sed 's/^/rows in the rates table: /'
 
 # 10. CIFAR-10 oracle arm: the data's test split is sorted by class, and eval.n takes the first images
 CIFAR=${CIFAR:-../shared/data/cifar10-jpeg}

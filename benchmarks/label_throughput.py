@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from robustgen.cost import forward_gflops
+from robustgen.cost import forward_gflops, measured_row, record_rates
 from robustgen.data.store import Store
 from robustgen.data.store_writer import StoreWriter
 from robustgen.label.pseudo import predict_probabilities
@@ -56,6 +56,8 @@ def main() -> None:
     p.add_argument("--variants", default="fp32,cl")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--peak-tflops", type=float, default=None)
+    p.add_argument("--record", default=None, metavar="TABLE",
+                   help="add one row per variant to this measured-rates table (robustgen.cost)")
     a = p.parse_args()
     device = torch.device(a.device)
     if device.type == "cpu":
@@ -93,6 +95,7 @@ def main() -> None:
           f"{f' ({torch.cuda.get_device_name(device)})' if device.type == 'cuda' else f', {torch.get_num_threads()} thread(s)'}")
     print("| path | n | images/s (median) | spread | x before (median, min-max, interleaved) | model TFLOP/s | % of bf16 peak |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
+    recorded = []
     for k, s in secs.items():
         rates = [a.n / t for t in s]
         ratios = [t0 / t for t0, t in zip(secs["before"], s)]
@@ -101,6 +104,17 @@ def main() -> None:
         pct = f"{100 * tflops / peak:.1f}" if peak else "n/a"
         print(f"| {k} | {a.repeats} | {rate:.0f} | {min(rates):.0f}-{max(rates):.0f} | {statistics.median(ratios):.2f} "
               f"({min(ratios):.2f}-{max(ratios):.2f}) | {tflops:.4g} | {pct} |")
+        if k != "before":
+            opt = parse_variant(k, device)
+            recorded.append(measured_row(
+                "labelling", a.arch, (32, 32, 3), precision="bf16" if opt.bf16 else "fp32",
+                channels_last=opt.channels_last, compile=opt.compile, batch=a.batch,
+                detail=f"f_NR over a {a.n}-image store shard with read-ahead, median of {a.repeats}",
+                gflop=flops / 1e9, images_per_s=rate, tflops=tflops, device=device,
+                source="benchmarks/label_throughput.py"))
+    if a.record:
+        record_rates(a.record, recorded)
+        print(f"recorded {len(recorded)} row(s) in {a.record}")
 
 
 if __name__ == "__main__":

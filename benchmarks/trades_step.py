@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from robustgen.cost import measured_row, record_rates
 from robustgen.models import create_model
 from robustgen.train.speed import hardware_name, choose_step_options
 from robustgen.models.ghost_batchnorm import use_bn_groups
@@ -153,6 +154,9 @@ def main() -> None:
                    help="robustgen variants accumulate gradients over this many chunks of the batch")
     p.add_argument("--profile", action="store_true", help="print each entry's top operators over one step")
     p.add_argument("--bn-group-size", type=int, default=32, help="images per BatchNorm group for the 'groups' option")
+    p.add_argument("--record", default=None, metavar="TABLE",
+                   help="add the robustgen [adam...] rows to this measured-rates table (robustgen.cost; "
+                        "twopass / groups / default variants are not recorded)")
     a = p.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -168,7 +172,7 @@ def main() -> None:
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         base.eval()(x)
     base.train()
-    forward_flops = counter.get_total_flops() if device.type == "cuda" else None
+    forward_flops = counter.get_total_flops() if device.type == "cuda" or a.record else None
 
     entries = []  # (name, step function, FLOPs per step or None)
     for flavour in [f for f in a.references.split(",") if f]:
@@ -248,6 +252,22 @@ def main() -> None:
             tflops = flops / med / 1e12
             line += f"  {tflops:6.1f} TFLOP/s" + (f" ({100 * tflops / peak:.1f}% of bf16 peak {peak:g})" if peak else "")
         print(line)
+    if a.record:
+        rows = []
+        for (name, _, flops), times in zip(entries, timings):
+            variant = name.removeprefix("robustgen [").removesuffix("]")
+            rule, *options = variant.split("+")
+            if not name.startswith("robustgen [") or rule != "adam" or {"twopass", "groups"} & set(options):
+                continue
+            med = statistics.median(times)
+            micro = f" in {a.micro_batches} micro-batches" if a.micro_batches > 1 else ""
+            rows.append(measured_row(
+                "trades-step", a.arch, (a.image, a.image, a.channels), precision="bf16" if "bf16" in options else "fp32",
+                channels_last="cl" in options, compile="compile" in options, batch=a.batch,
+                detail=f"TRADES-{a.steps} step{micro}, median of {a.repeats}", gflop=forward_flops / a.batch / 1e9,
+                images_per_s=a.batch / med, tflops=flops / med / 1e12, device=device, source="benchmarks/trades_step.py"))
+        record_rates(a.record, rows)
+        print(f"recorded {len(rows)} row(s) in {a.record}")
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -202,6 +202,7 @@ def test_presets_dry_run_print_the_cost_and_name_what_is_missing(preset, unet, t
         main(["run", preset, "--dry-run", "--out", str(tmp_path / "run"), "--set", f"data.data_root={tmp_path}"])
     out, err = capsys.readouterr()
     assert e.value.code == 2 and "cost estimate" in out and f"UNet {unet}" in out
+    assert f"(measured: sampling {unet}" in out  # the sampling line uses that UNet's measured H200 rate
     assert "  classifier:" not in out and "  labelling:" not in out
     assert f"{tmp_path}: no " in err and "guided-diffusion-" in err
 

@@ -302,6 +302,33 @@ def test_measure_cli_writes_a_table_1_for_several_sources(tmp_path, capsys):
     assert out.with_suffix(".md").read_text().startswith("| setup |")
 
 
+def test_measure_fid_at_more_images_than_the_test_split(tmp_path, capsys):
+    """FID at the paper's size (50K against CIFAR-10's 50K train images) needs more images than the
+    10K test split has: FID / IS against train work at any N up to the train size; complementarity,
+    which compares N test images, says what to change in one line."""
+    from robustgen.cli import main
+    from robustgen.data import load_dataset
+    from robustgen.data.npz import write_npz
+
+    n_train, n_test = len(load_dataset("digits", "train")), len(load_dataset("digits", "test"))
+    gen = tmp_path / "gen.npz"
+    write_npz(gen, image=np.random.default_rng(0).integers(0, 256, (n_train, 8, 8, 1), dtype=np.uint8),
+              label=np.arange(n_train) % 10)
+    out = tmp_path / "m.json"
+    classifier = f"classifier:{_digits_classifier(tmp_path)}"
+    main(["measure", "--generated", str(gen), "--features", classifier, "--n", str(n_train), "--quiet",
+          "--metrics", "fid,is", "--out", str(out)])
+    row = json.loads(out.read_text())["rows"]["gen"]
+    assert row["n"] == n_train > n_test and row["fid"] > 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["measure", "--generated", str(gen), "--features", classifier, "--n", str(n_train), "--quiet",
+              "--metrics", "complementarity,fid"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{n_test} images, fewer than the {n_train} requested" in err
+    assert "--metrics fid,is,kid" in err and "\n" not in err.strip()
+
+
 def test_measure_cli_bad_input_is_one_line_naming_the_file(tmp_path, capsys):
     from robustgen.cli import main
 

@@ -49,6 +49,8 @@ def test_dry_run_prints_the_recipe_and_the_cost(name, capsys, tmp_path, plenty_o
     assert f"generated data: {generator}" in out and "class-balanced: the" in out
     assert "evaluation: worst-of-aa-and-aa+mt" in out and "bn_group_size 32" in out
     assert "GPU-hours at" in out and "NVIDIA H200 GPU-hours" in out and "preflight: ok" in out
+    if not name.endswith("_gaussian"):  # DDPM sampling and f_NR labelling priced by their own H200 rows
+        assert "(measured: sampling ho-cifar10" in out and "(measured: labelling wrn-28-10" in out
     assert not (tmp_path / "run").exists()
 
 

@@ -6,34 +6,112 @@ image (one clean pass that is both the attack's target and the loss's clean logi
 steps with input gradients, the adversarial pass, and the backward of both), PGD-AT 2k + 3, labelling 1, a sampler's UNet calls 1 each, evaluation the
 attack's stages at most (``AttackStage.forward_equivalents``, every point surviving every
 stage: an upper bound). Forward FLOPs per image come from ``torch.utils.flop_counter`` on the
-meta device (no memory, no weights). GPU-hours divide the FLOPs by model-FLOP rates measured
-with ``benchmarks/trades_step.py`` on one NVIDIA H200 (README, Speed); stages without a
-measurement of their own (sampling, labelling, attacks) use the rate of the TRADES step at the
-same precision, and say so. Paper context: Gowal et al. 2021, Sec. 3.3 and App. D (1M-100M
-generated images, 400 CIFAR-10-equivalent epochs).
+meta device (no memory, no weights).
+
+GPU-hours divide the FLOPs by a model-FLOP rate from the table of measured rates
+(``measured_rates.json``, one row per workload, network, sampler and speed options, written by the
+benchmarks' ``--record``: ``trades_step.py``, ``diffusion_sampling.py``, ``label_throughput.py``).
+``find_rate`` says which row priced a stage and how well it fits: *measured* (same workload,
+network, image size, sampler and options), *extrapolated* (the nearest row of the same workload:
+same precision first, then the network of the nearest FLOPs, the sampler, the layout options; the
+line names what differs), or *proxy* (no row of the workload at all, for instance the
+classifier's standard training or the evaluation's attacks: the TRADES step's rate, as the nearest
+measured workload). Paper context: Gowal et al. 2021, Sec. 3.3 and App. D (1M-100M generated
+images, 400 CIFAR-10-equivalent epochs).
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
 from robustgen.config import RunConfig
 
-__all__ = ["GPU", "MEASURED_TFLOPS", "StageCost", "CostEstimate", "estimate_cost", "forward_gflops",
-           "step_forward_equivalents"]
+__all__ = ["GPU", "RATE_TABLE", "CostEstimate", "Rate", "StageCost", "estimate_cost", "find_rate", "forward_gflops",
+           "measured_row", "rate_table", "record_rates", "step_forward_equivalents"]
 
-GPU = "NVIDIA H200"
-# Model-FLOP rates of one TRADES-10 training step measured on one H200 (torch 2.11;
-# benchmarks/trades_step.py; README "Speed"), TFLOP/s.
-MEASURED_TFLOPS = {
-    "fp32": (136.0, "TRADES-10 step, WRN-28-10, batch 256, float32"),
-    "bf16": (294.0, "TRADES-10 step, WRN-28-10, batch 256, bf16 + channels_last"),
-    "bf16 wrn-70-16": (457.0, "TRADES-10 step, WRN-70-16, batch 1024 in 4 micro-batches, bf16 + channels_last"),
-}
+GPU = "NVIDIA H200"  # the GPU the table's rows were measured on
+RATE_TABLE = Path(__file__).with_name("measured_rates.json")
+# what makes two rows the same measurement (a newer --record replaces the older row)
+RATE_KEY = ("workload", "network", "image_shape", "solver", "precision", "channels_last", "compile", "gpu")
+
+
+@dataclass(frozen=True)
+class Rate:
+    tflops: float  # model TFLOP/s
+    kind: str  # measured, extrapolated or proxy (see the module doc)
+    source: str  # the row it comes from, and what differs
+
+    def describe(self) -> str:
+        return f"{self.tflops:.3g} TFLOP/s ({self.kind}: {self.source})"
+
+
+@lru_cache(maxsize=4)
+def rate_table(path: str | None = None) -> tuple[dict, ...]:
+    """The rows of a measured-rates table (default: the package's)."""
+    return tuple(json.loads(Path(path or RATE_TABLE).read_text())["rows"])
+
+
+def record_rates(path: str | Path, rows: list[dict]) -> None:
+    """Add ``rows`` to the table at ``path`` (a new table when missing), replacing
+    rows of the same measurement (``RATE_KEY``); one row per line, atomically."""
+    from robustgen.io import write_text
+
+    path = Path(path)
+    table = json.loads(path.read_text()) if path.exists() else {**json.loads(RATE_TABLE.read_text()), "rows": []}
+    key = lambda r: tuple(json.dumps(r.get(k)) for k in RATE_KEY)  # noqa: E731
+    new = {key(r) for r in rows}
+    table["rows"] = [r for r in table["rows"] if key(r) not in new] + list(rows)
+    body = ",\n".join("  " + json.dumps(r) for r in table["rows"])
+    write_text(path, f'{{\n "about": {json.dumps(table["about"])},\n "rows": [\n{body}\n ]\n}}\n')
+    rate_table.cache_clear()
+
+
+def measured_row(workload: str, network: str, image_shape, *, precision: str, channels_last: bool, compile: bool,
+                 batch: int, detail: str, gflop: float, images_per_s: float, tflops: float, device: torch.device,
+                 source: str, solver: str | None = None) -> dict:
+    """One row of the rates table, as the benchmarks record it (the device's name and torch's version added)."""
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return {"workload": workload, "network": network, "image_shape": [int(d) for d in image_shape], "solver": solver,
+            "precision": precision, "channels_last": bool(channels_last), "compile": bool(compile), "batch": int(batch),
+            "detail": detail, "gflop": float(f"{gflop:.4g}"), "images_per_s": float(f"{images_per_s:.4g}"),
+            "tflops": float(f"{tflops:.4g}"), "gpu": gpu, "torch": torch.__version__.split("+")[0], "source": source}
+
+
+def _row_text(r: dict) -> str:
+    shape = "x".join(str(d) for d in r["image_shape"])
+    options = "+".join(["bf16" if r["precision"] == "bf16" else "fp32"] + ["channels_last"] * r["channels_last"]
+                       + ["compile"] * r["compile"])
+    return f"{r['workload']} {r['network']} {shape} {options} batch {r['batch']} ({r['detail']}), torch {r['torch']}"
+
+
+def find_rate(workload: str, network: str, image_shape: tuple[int, int, int], gflop: float, *, precision: str,
+              channels_last: bool = False, compile: bool = False, solver: str | None = None,
+              table: str | None = None) -> Rate:
+    """The rate that prices ``workload`` on ``network`` (see the module doc for the choice)."""
+    on_gpu = [r for r in rate_table(table) if GPU in r["gpu"]]
+    rows, kind = [r for r in on_gpu if r["workload"] == workload], "measured"
+    if not rows:  # no measurement of this workload: the TRADES step's, named a proxy
+        rows, kind = [r for r in on_gpu if r["workload"] == "trades-step"], "proxy"
+    shape = list(image_shape)
+
+    def distance(r: dict) -> tuple:
+        same_net = r["network"] == network and r["image_shape"] == shape
+        return (r["precision"] != precision, 0.0 if same_net else 1.0 + abs(math.log(r["gflop"] / gflop)),
+                r.get("solver") != solver, r["channels_last"] != channels_last, r["compile"] != compile)
+
+    best = min(rows, key=distance)
+    d = distance(best)
+    differs = [what for what, off in zip(("precision", "network", "sampler", "channels_last", "compile"), d) if off]
+    if kind == "measured" and differs:
+        kind = "extrapolated"
+    note = f" (other {', '.join(differs)})" if differs and kind == "extrapolated" else ""
+    return Rate(float(best["tflops"]), kind, _row_text(best) + note)
 
 
 @dataclass(frozen=True)
@@ -41,9 +119,8 @@ class StageCost:
     stage: str
     forward_equivalents: float  # image forward passes of the stage's network
     gflops_per_forward: float  # of that network, per image
-    rate_key: str | None  # MEASURED_TFLOPS key; None: no GPU work (CPU stage)
+    rate: Rate | None  # None: no GPU work (CPU stage)
     detail: str  # how the forward-equivalents were counted
-    proxy: bool = False  # the rate is another workload's measurement at this precision
 
     @property
     def pflop(self) -> float:
@@ -51,17 +128,14 @@ class StageCost:
 
     @property
     def gpu_hours(self) -> float:
-        if self.rate_key is None:
-            return 0.0
-        return self.pflop * 1e3 / MEASURED_TFLOPS[self.rate_key][0] / 3600
+        return 0.0 if self.rate is None else self.pflop * 1e3 / self.rate.tflops / 3600
 
     def line(self) -> str:
-        if self.rate_key is None:
+        if self.rate is None:
             return f"{self.stage}: {self.detail}"
-        tflops, what = MEASURED_TFLOPS[self.rate_key]
-        rate = f"{tflops:g} TFLOP/s ({'proxy: ' if self.proxy else ''}{what})"
         return (f"{self.stage}: {self.detail} = {self.forward_equivalents:.3g} forward-equivalents x "
-                f"{self.gflops_per_forward:.3g} GFLOP = {self.pflop:.3g} PFLOP -> {self.gpu_hours:.3g} GPU-hours at {rate}")
+                f"{self.gflops_per_forward:.3g} GFLOP = {self.pflop:.3g} PFLOP -> {self.gpu_hours:.3g} GPU-hours "
+                f"at {self.rate.describe()}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +149,7 @@ class CostEstimate:
         return sum(s.gpu_hours for s in self.stages)
 
     def lines(self) -> list[str]:
-        out = [f"cost estimate ({GPU} rates measured by benchmarks/trades_step.py; evaluation is an upper bound):"]
+        out = [f"cost estimate ({GPU} rates from robustgen/measured_rates.json; evaluation is an upper bound):"]
         out += [f"  {s.line()}" for s in self.stages]
         out.append(f"  total: {self.gpu_hours:.3g} {GPU} GPU-hours; disk {self.disk_bytes / 1e9:.3g} GB "
                    f"({self.disk_detail})")
@@ -124,12 +198,6 @@ def _unet_calls(sampler: str, steps: int) -> int:
     return 2 * steps - 1 if sampler == "edm-heun" else steps
 
 
-def _train_rate(precision: str, arch: str) -> str:
-    if precision == "bf16":
-        return "bf16 wrn-70-16" if arch == "wrn-70-16" else "bf16"
-    return "fp32"
-
-
 def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tuple[int, int, int],
                   num_classes: int) -> CostEstimate:
     """The cost of ``robustgen run cfg`` on a dataset of these sizes (see the module docstring)."""
@@ -155,30 +223,39 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
         pseudo_labels = not labels_are_conditions(cfg)  # else no f_NR: labels are the conditioning classes
         if c.checkpoint is None and pseudo_labels:
             steps = steps_for(epochs=c.epochs, epoch_size=n_real, batch_size=c.batch_size)
-            stages.append(StageCost("classifier", 3.0 * steps * c.batch_size, gf, "fp32",
-                                    f"{c.arch}, {steps:,} steps x {c.batch_size} images x 3", proxy=True))
+            stages.append(StageCost("classifier", 3.0 * steps * c.batch_size, gf,
+                                    find_rate("standard-step", c.arch, image_shape, gf, precision="fp32"),
+                                    f"{c.arch}, {steps:,} steps x {c.batch_size} images x 3"))
             params_total += params
         if g.name == "ddpm":
             d = g.ddpm
             ug = unet_gflops(d.unet, image_shape, num_classes if d.class_conditional else None)
-            rate = "bf16" if d.precision == "bf16" else "fp32"
             if d.pretrained is None:
-                stages.append(StageCost("generator training", 3.0 * d.train_steps * d.batch_size, ug, rate,
-                                        f"UNet {d.unet}, {d.train_steps:,} steps x {d.batch_size} images x 3", proxy=True))
+                stages.append(StageCost("generator training", 3.0 * d.train_steps * d.batch_size, ug,
+                                        find_rate("unet-train-step", d.unet, image_shape, ug, precision=d.precision),
+                                        f"UNet {d.unet}, {d.train_steps:,} steps x {d.batch_size} images x 3"))
             solver, solver_steps = resolve_sampler(d.sampler, d.sampling_steps)  # a named setting fixes both
             calls = _unet_calls(solver, solver_steps) * (2 if d.guidance else 1)  # guidance: conditional + null
+            rate = find_rate("sampling", d.unet, image_shape, ug, precision=d.precision,
+                             channels_last=d.channels_last, compile=d.compile, solver=solver)
             stages.append(StageCost("sampling", float(g.num_samples) * calls, ug, rate,
                                     f"{g.num_samples:,} images x {calls} UNet calls ({d.sampler}, "
-                                    f"{solver_steps} steps{', guided' if d.guidance else ''}, UNet {d.unet})",
-                                    proxy=True))
+                                    f"{solver_steps} steps{', guided' if d.guidance else ''}, UNet {d.unet})"))
         else:
             stages.append(StageCost("sampling", 0.0, 0.0, None,
                                     f"{g.name}: {g.num_samples:,} images on the CPU (no GPU estimate)"))
         if pseudo_labels:
-            stages.append(StageCost("labelling", float(g.num_samples), gf, "fp32",
-                                    f"{g.num_samples:,} images x 1 forward of {c.arch}", proxy=True))
+            lb = cfg.label
+            stages.append(StageCost("labelling", float(g.num_samples), gf,
+                                    find_rate("labelling", c.arch, image_shape, gf, precision=lb.precision,
+                                              channels_last=lb.channels_last, compile=lb.compile),
+                                    f"{g.num_samples:,} images x 1 forward of {c.arch}"))
         # uint8 images plus label, confidence and condition per image; the labelled copy shares the images
         disk += g.num_samples * (pixels + 24)
+    stored = [src.path for src in cfg.data.sources if src.path not in ("train", "generated")]
+    if stored:  # data made before this run (an imported set such as Wang et al.'s): nothing to sample or label
+        stages.append(StageCost("sampling", 0.0, 0.0, None,
+                                f"none: data.sources reads {', '.join(stored)} as stored (no sampling or labelling)"))
     for name, v in variants:
         t = v.train
         gf, params = forward_gflops(t.arch, image_shape, num_classes)
@@ -188,18 +265,20 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
         per_image = step_forward_equivalents(t.loss, k)
         runs = f" x {t.runs} runs" if t.runs > 1 else ""
         stages.append(StageCost(f"train[{name}]", float(s.total_steps) * s.batch_size * per_image * t.runs, gf,
-                                _train_rate(t.precision, t.arch),
+                                find_rate("trades-step" if t.loss == "trades" else "pgd-at-step", t.arch, image_shape,
+                                          gf, precision=t.precision, channels_last=t.channels_last is not False,
+                                          compile=t.compile),
                                 f"{t.arch}, {s.total_steps:,} steps x {s.batch_size} images x {per_image} "
                                 f"({t.loss.upper()}-{k}){runs}"))
         evals = math.ceil(s.total_steps / s.eval_every_steps) + 1
         watched = val + min(t.monitor_train_images, n_real)  # the validation and the monitored training images
-        stages.append(StageCost(f"model selection[{name}]", float(evals) * 2 * watched * 82 * t.runs, gf, "fp32",
-                                f"{evals} evaluations x 2 (raw, EMA) x {watched} images x 82 (PGD-40){runs}",
-                                proxy=True))
+        attack_rate = find_rate("attack", t.arch, image_shape, gf, precision="fp32")
+        stages.append(StageCost(f"model selection[{name}]", float(evals) * 2 * watched * 82 * t.runs, gf, attack_rate,
+                                f"{evals} evaluations x 2 (raw, EMA) x {watched} images x 82 (PGD-40){runs}"))
         n = min(v.eval.n or n_test, n_test)
         per_point = sum(st.forward_equivalents for st in get_attack(v.eval.attack, norm=v.threat.norm, eps=v.threat.eps))
-        stages.append(StageCost(f"eval[{name}]", float(n) * per_point, gf, "fp32",
-                                f"{n:,} images x {per_point:,} at most ({v.eval.attack})", proxy=True))
+        stages.append(StageCost(f"eval[{name}]", float(n) * per_point, gf, attack_rate,
+                                f"{n:,} images x {per_point:,} at most ({v.eval.attack})"))
     # best + last weights, and state.pt with weights, EMA weights and momentum: 5 float32 copies
     disk += params_total * 4 * 5
     detail = f"{cfg.generator.num_samples:,} generated images + checkpoints" if disk > params_total * 20 else "checkpoints"

@@ -85,8 +85,14 @@ def measure(train: ImageSet, test: ImageSet, sources: dict[str, ImageSet], *, ex
         raise RobustgenError("nothing to measure: give at least one generated set")
     t0 = time.perf_counter()
     device = extractor.device
+    needs_test = "complementarity" in metrics or reference == "test"
+    if needs_test and n is not None and n > len(test):  # Alg. 1 compares N images of every set
+        raise RobustgenError(f"{test.name}: {len(test)} images, fewer than the {n} requested; complementarity and "
+                             f"--reference test need N test images (paper: N = 10K): lower --n, or measure "
+                             f"FID / IS / KID against the train split alone (--metrics fid,is,kid)")
     f_train, _ = _features(extractor, train, n, seed, batch_size, progress)
-    f_test, _ = _features(extractor, test, n, seed + 1, batch_size, progress)
+    # the test split is read only where it is used: FID at the paper's 50K needs more images than it has
+    f_test = _features(extractor, test, n, seed + 1, batch_size, progress)[0] if needs_test else None
     t_ref = time.perf_counter() - t0
     out: dict = {"extractor": extractor.name, "n": n, "pca_components": pca_components, "reference": reference,
                  "seed": seed, "feature_dim": int(f_train.shape[1]), "rows": {}}
