@@ -48,7 +48,8 @@ from trades_step import device_peak_tflops  # the same bf16 peak table (this fol
 # preset -> (image size, channels, classes or None); the guided-diffusion UNets output 3 channels here, not
 # their 6 (learned variances): the last convolution's extra channels are < 0.1% of a call's FLOPs
 SHAPES = {"digits-small": (8, 1, 10), "ho-cifar10": (32, 3, None), "tiny": (8, 1, 10), "cifar-small": (32, 3, 10),
-          "guided-diffusion-imagenet64": (64, 3, 1000), "guided-diffusion-imagenet256": (256, 3, 1000)}
+          "guided-diffusion-imagenet64": (64, 3, 1000), "guided-diffusion-imagenet256": (256, 3, 1000),
+          "edm-ddpmpp-cifar10": (32, 3, 10)}  # EDM's DDPM++ (Wang et al. 2023's generators): edm-heun calls D itself
 
 def _hardware(device: torch.device) -> str:
     if device.type == "cuda":

@@ -32,7 +32,8 @@
 #      sampling of the presets' UNets (Ho et al.'s CIFAR-10 UNet: ddpm / DPM-Solver++ / wang2023 in fp32,
 #      bf16, bf16 + channels_last; guided-diffusion ImageNet 64 and 256: ddpm in fp32 and bf16) and
 #      labelling (WRN-28-10, PreAct ResNet-18) into $OUT/measured_rates.json; 5.5 minutes at most.
-# The limits sum to 35.5 minutes, more than two 10-minute device calls: name the steps to run only
+#  13. rates_edm: EDM's DDPM++ network with the wang2023 sampler into the same table; 2.5 minutes at most.
+# The limits sum to 38 minutes, more than two 10-minute device calls: name the steps to run only
 # those (`gpu_checks.sh diffusion label`: 4.5 min; the first six: 7.5 min; cifar_oracle: 7 min;
 # cifar_generator: 9.5 min).
 # `benchmarks/gpu_checks.sh --tiny` runs the same steps on the CPU with tiny models and sizes,
@@ -145,7 +146,13 @@ step rates 330 bash -c "set -e
   python3 benchmarks/diffusion_sampling.py $R_IN64 --repeats 1 --samplers ddpm --record $TABLE
   python3 benchmarks/diffusion_sampling.py $R_IN256 --repeats 1 --samplers ddpm --record $TABLE
   for arch in $R_ARCHS; do python3 benchmarks/label_throughput.py $R_LABEL --arch \$arch --repeats 2 --record $TABLE; done"
-selected rates && grep -c '"workload"' "$TABLE" | sed 's/^/rows in the rates table: /'
+# 13. rates_edm: sampling EDM's 55.7M DDPM++ network (edm-ddpmpp-cifar10, the architecture of Wang et al.
+#     2023's generators) with their sampler, in fp32 / bf16 / bf16 + channels_last, into the same table
+selected rates_edm && [ ! -f "$TABLE" ] && cp src/robustgen/measured_rates.json "$TABLE"
+R_EDM="--device cuda --preset edm-ddpmpp-cifar10 --batch 256 --variants fp32,bf16,bf16+cl"
+[ $TINY = 1 ] && R_EDM="--device cpu --preset tiny --batch 4 --variants fp32"
+step rates_edm 150 python3 benchmarks/diffusion_sampling.py $R_EDM --repeats 2 --samplers wang2023 --record "$TABLE"
+for s in rates rates_edm; do selected $s && grep -c '"workload"' "$TABLE" | sed 's/^/rows in the rates table: /'; done
 
 # 10. CIFAR-10 oracle arm: the data's test split is sorted by class, and eval.n takes the first images
 CIFAR=${CIFAR:-../shared/data/cifar10-jpeg}

@@ -574,10 +574,10 @@ def _validate_label(lab: LabelConfig, key: str, source: str) -> None:
 
 def _validate_ddpm(d: DDPMConfig, source: str) -> None:
     from robustgen.generate.diffusion.samplers import SAMPLER_SETTINGS, SAMPLERS
-    from robustgen.generate.diffusion.unet import UNET_PRESETS
+    from robustgen.generate.diffusion.unet import unet_preset_names
 
-    _check(d.unet in UNET_PRESETS, source,
-           f"generator.ddpm.unet: unknown UNet preset {d.unet!r} (known: {', '.join(sorted(UNET_PRESETS))})")
+    _check(d.unet in unet_preset_names(), source,
+           f"generator.ddpm.unet: unknown UNet preset {d.unet!r} (known: {', '.join(unet_preset_names())})")
     known = SAMPLERS + tuple(SAMPLER_SETTINGS)
     _check(d.sampler in known, source, f"generator.ddpm.sampler must be one of {', '.join(known)}, got {d.sampler!r}")
     _check(d.precision in ("fp32", "bf16"), source, f"generator.ddpm.precision must be fp32 or bf16, got {d.precision!r}")

@@ -177,8 +177,10 @@ def _check_source(path: str, report: Preflight) -> None:
 def _check_pretrained(source: str, report: Preflight) -> None:
     p = Path(source).expanduser()
     if p.exists():
-        if not p.is_dir() or not any((p / f).is_file() for f in ("model_index.json", "config.json", "unet/config.json")):
-            report.problems.append(f"{p}: not a diffusers model folder (no model_index.json, config.json or unet/config.json)")
+        markers = ("model_index.json", "config.json", "unet/config.json", "edm_network.json")
+        if not p.is_dir() or not any((p / f).is_file() for f in markers):
+            report.problems.append(f"{p}: not a diffusers model folder (no model_index.json, config.json or "
+                                   f"unet/config.json) nor a converted EDM network (edm_network.json)")
         return
     if source.startswith((".", "/", "~")) or source.count("/") != 1:
         report.problems.append(f"{source}: generator.ddpm.pretrained is neither an existing folder nor a hub id (org/name)")

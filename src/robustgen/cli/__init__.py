@@ -1,5 +1,5 @@
 """Command line: ``robustgen {run, sweep, presets, config show, classifier, train, eval, export,
-convert-guided-diffusion, store, report, measure, diagnose}``.
+convert-guided-diffusion, convert-edm, store, report, measure, diagnose}``.
 
 Each verb is thin: it parses its options, builds the config, calls one library function and
 prints the result. The verbs live by group: ``pipeline`` (run, sweep), ``stages`` (one training

@@ -1,5 +1,5 @@
 """One verb per training stage (``classifier``, ``train``, ``eval``), ``export`` and
-``convert-guided-diffusion``; generating and labelling are ``robustgen store generate`` / ``label``.
+``convert-guided-diffusion``, ``convert-edm``; generating and labelling are ``robustgen store generate`` / ``label``.
 
 Each builds the config (the verb's options are config keys) and calls the stage's ``run`` in
 ``robustgen.stages``: the same function, with the same fingerprint, as ``robustgen run``.
@@ -181,3 +181,15 @@ def convert_guided_diffusion_cmd(checkpoint, preset, out, class_names):
     from robustgen.generate.diffusion.convert import convert_guided_diffusion
 
     click.echo(f"wrote {convert_guided_diffusion(checkpoint, out, preset, class_names_file=class_names)}")
+
+
+@cli.command("convert-edm")
+@click.argument("network_pkl", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="folder to write")
+@click.option("--key", default="ema", show_default=True, help="the pickle's entry holding the network")
+def convert_edm_cmd(network_pkl, out, key):
+    """Convert an EDM network pickle (NVlabs/edm, Wang et al. 2023) to a state-dict folder for
+    generator.ddpm.pretrained, without running the pickle's code."""
+    from robustgen.generate.diffusion.edm_pickle import convert_edm_pickle
+
+    click.echo(f"wrote {convert_edm_pickle(network_pkl, out, key=key)}")

@@ -25,10 +25,15 @@ __all__ = ["fingerprint", "fit_data", "run"]
 
 
 def fingerprint(cfg: RunConfig, data_fp: str) -> str:
-    """Only what this generator reads, so another generator's settings change nothing."""
+    """Only what this generator reads, so another generator's settings change nothing (a local
+    pretrained folder by its files' names, sizes and times: a re-converted model invalidates the cache)."""
     g = cfg.generator
-    return stage_fingerprint("generate", "generate-store", data_fp, g.name, g.num_samples, g.seed,
-                             generator_fit_kwargs(g))
+    parts = [data_fp, g.name, g.num_samples, g.seed, generator_fit_kwargs(g)]
+    folder = Path(g.ddpm.pretrained).expanduser() if g.name == "ddpm" and g.ddpm.pretrained else None
+    if folder is not None and folder.is_dir():
+        parts.append([(str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
+                      for f in sorted(folder.rglob("*")) if f.is_file()])
+    return stage_fingerprint("generate", "generate-store", *parts)
 
 
 def _fits_on_heldout(cfg: RunConfig) -> bool:

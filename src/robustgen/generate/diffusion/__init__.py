@@ -5,7 +5,8 @@ pretrained, sampled with per-sample seeds, registered as the ``ddpm`` generator.
 * ``unet``: UNet presets (``ho-cifar10``, ``digits-small``), Ho et al.'s schedule, diffusers loader;
 * ``train``: the DDPM training loop (EMA, resumable checkpoints);
 * ``samplers``: DDPM ancestral, DDIM, DPM-Solver++ and EDM Heun, per-sample noise;
-* ``adapter``: the registry adapter (fit / sample / range_sampler / save_fit / load_fit).
+* ``adapter``: the registry adapter (fit / sample / range_sampler / save_fit / load_fit);
+* ``edm_net`` / ``edm_pickle``: EDM's networks and the code-free reader of their pickles.
 """
 
 from robustgen.generate.diffusion.adapter import DDPMFit, DDPMGenerator, DDPMRangeSampler, fit_ddpm

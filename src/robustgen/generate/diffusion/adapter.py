@@ -324,11 +324,15 @@ class DDPMGenerator:
         from safetensors import SafetensorError, safe_open
         from safetensors.torch import load_file
 
+        from robustgen.generate.diffusion.edm_net import edm_unet
+
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = json.loads((f.metadata() or {})[_META_KEY])
             state = load_file(str(path))
-            unet = UNet2DModel.from_config(meta["unet_config"])
+            config = meta["unet_config"]
+            unet = edm_unet(config["edm_network"], meta["scheduler_config"]) if "edm_network" in config \
+                else UNet2DModel.from_config(config)
             unet.load_state_dict(state)
         except (KeyError, ValueError, OSError, RuntimeError, SafetensorError) as e:
             raise RobustgenError(f"{path}: not a readable DDPM fit ({type(e).__name__})") from None

@@ -6,8 +6,9 @@ Karras et al. 2022), as functions of a UNet, its schedule and per-sample noise g
 * ``dpm-solver++``: second-order multistep DPM-Solver++, diffusers ``DPMSolverMultistepScheduler``;
 * ``edm-heun``: Karras et al. 2022 Alg. 1 (Heun's 2nd order ODE solver, rho = 7 noise levels,
   no churn) on the denoiser D(x; sigma) = x - sigma eps(x / sqrt(1 + sigma^2), t(sigma)) of the
-  VP-trained UNet (``VPDenoiser``; t(sigma) interpolates the training timesteps in log sigma).
-  ``steps`` noise levels cost 2 * steps - 1 UNet evaluations.
+  VP-trained UNet (``VPDenoiser``; t(sigma) interpolates the training timesteps in log sigma);
+  an EDM network (``edm_net``), a denoiser itself, is called directly on EDM's noise levels
+  (0.002 to 80). ``steps`` noise levels cost 2 * steps - 1 UNet evaluations.
 
 Named settings (``SAMPLER_SETTINGS``) fix a solver and its steps as published: ``wang2023`` is
 the EDM Heun schedule with 20 noise levels (39 UNet calls) that Wang et al. 2023 sampled their
@@ -39,6 +40,9 @@ __all__ = ["SAMPLERS", "SAMPLER_SETTINGS", "VPDenoiser", "auto_batch_size", "edm
 SAMPLERS = ("ddpm", "ddim", "dpm-solver++", "edm-heun")
 # name -> (solver, steps), as published (see the module doc)
 SAMPLER_SETTINGS = {"wang2023": ("edm-heun", 20), "karras2022": ("edm-heun", 18)}
+
+
+EDM_SIGMA_RANGE = (0.002, 80.0)  # Karras et al. 2022 Sec. 3 / edm generate.py: the noise levels sampled
 
 
 def resolve_sampler(name: str, steps: int) -> tuple[str, int]:
@@ -168,6 +172,19 @@ def sample_diffusion(unet, scheduler_config: dict, *, generators: Sequence[torch
     learned_variance = scheduler_config.get("variance_type") in ("learned", "learned_range")
 
     x = per_sample_noise(generators, (c, size, size), device)  # [B, C, H, W]
+    if sampler == "edm-heun" and getattr(unet, "native_denoiser", False):
+        # an EDM network is a denoiser: EDM's sampler on its own noise levels (edm/generate.py: 0.002 to 80,
+        # within the network's range, rho 7)
+        def denoise(x: torch.Tensor, sigma: float) -> torch.Tensor:
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast:
+                out = run(x, None, class_labels=class_labels, sigma=torch.full((x.shape[0],), sigma, device=device))
+            return out.sample.float()
+
+        sigmas = edm_sigma_steps(steps, sigma_min=max(EDM_SIGMA_RANGE[0], unet.network.sigma_min),
+                                 sigma_max=min(EDM_SIGMA_RANGE[1], unet.network.sigma_max))
+        return edm_heun_sample(denoise, x, sigmas=sigmas).clamp(-1, 1)
     if sampler == "edm-heun":
         from robustgen.generate.diffusion.unet import alphas_cumprod
 

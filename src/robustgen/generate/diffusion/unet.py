@@ -25,7 +25,8 @@ import torch
 
 from robustgen.errors import RobustgenError
 
-__all__ = ["UNET_PRESETS", "build_unet", "ho_scheduler_config", "load_pretrained", "unet_num_classes"]
+__all__ = ["UNET_PRESETS", "build_unet", "ho_scheduler_config", "load_pretrained", "unet_num_classes",
+           "unet_preset_names"]
 
 def _guided_diffusion_unet(preset: str) -> dict:
     from robustgen.generate.diffusion.convert import GUIDED_DIFFUSION_PRESETS, unet_config
@@ -64,6 +65,13 @@ UNET_PRESETS: dict[str, dict] = {
 }
 
 
+def unet_preset_names() -> list[str]:
+    """Every UNet preset ``build_unet`` knows: the diffusers ones and EDM's networks."""
+    from robustgen.generate.diffusion.edm_net import EDM_NETWORK_PRESETS
+
+    return sorted([*UNET_PRESETS, *EDM_NETWORK_PRESETS])
+
+
 def ho_scheduler_config(num_train_timesteps: int = 1000) -> dict:
     """Ho et al.'s VP schedule as a diffusers DDPMScheduler config (linear betas, fixed-small variance)."""
     return {"num_train_timesteps": num_train_timesteps, "beta_start": 1e-4, "beta_end": 0.02,
@@ -76,8 +84,14 @@ def build_unet(preset: str, *, image_size: int, in_channels: int, num_classes: i
     """A freshly initialised ``UNet2DModel`` of ``preset`` (``num_classes``: None = unconditional)."""
     from diffusers import UNet2DModel
 
+    from robustgen.generate.diffusion.edm_net import EDM_NETWORK_PRESETS, edm_unet
+
+    if preset in EDM_NETWORK_PRESETS:  # EDM's networks: the architecture of a converted pickle (cost, benchmarks)
+        kwargs = {**EDM_NETWORK_PRESETS[preset], "img_resolution": image_size, "img_channels": in_channels,
+                  "label_dim": num_classes or 0}
+        return edm_unet(kwargs if dropout is None else {**kwargs, "dropout": float(dropout)})
     if preset not in UNET_PRESETS:
-        raise RobustgenError(f"unknown UNet preset {preset!r} (known: {', '.join(sorted(UNET_PRESETS))})")
+        raise RobustgenError(f"unknown UNet preset {preset!r} (known: {', '.join(unet_preset_names())})")
     kwargs = dict(UNET_PRESETS[preset])
     if dropout is not None:
         kwargs["dropout"] = float(dropout)
@@ -101,7 +115,8 @@ def _first_line(e: BaseException) -> str:
 
 
 def load_pretrained(source: str, *, local_files_only: bool = False):
-    """(UNet2DModel in eval mode, scheduler config dict) from a diffusers-format folder or hub id.
+    """(UNet2DModel in eval mode, scheduler config dict) from a diffusers-format folder or hub id, or
+    (EDMNetworkUNet, Ho et al.'s schedule) from a folder ``robustgen convert-edm`` wrote.
 
     The UNet is read from ``unet/`` if present, else from the top level (older hub repos such as
     ``google/ddpm-cifar10-32`` keep both); the scheduler config likewise from ``scheduler/``, or Ho
@@ -110,8 +125,15 @@ def load_pretrained(source: str, *, local_files_only: bool = False):
     """
     from diffusers import DDPMScheduler, UNet2DModel
 
+    from robustgen.generate.diffusion.edm_pickle import is_edm_folder, load_edm_folder
+
     src = str(source)
     local = Path(src).expanduser()
+    if is_edm_folder(local):  # an EDM network converted by robustgen convert-edm
+        from robustgen.generate.diffusion.edm_net import EDMNetworkUNet
+
+        config = ho_scheduler_config()
+        return EDMNetworkUNet(load_edm_folder(local), alphas_cumprod(config)).eval(), config
     is_local = local.exists() or src.startswith((".", "/", "~")) or src.count("/") != 1
     if is_local and not local.is_dir():
         raise RobustgenError(f"pretrained diffusion model {src!r}: no such folder (give a diffusers folder or a "
