@@ -124,12 +124,23 @@ class DDPMConfig:
 
 
 @dataclass(frozen=True)
+class PluginConfig:
+    """A pretrained generator behind a Python entry point (``generate/plugin.py`` has the protocol)."""
+
+    entry_point: Optional[str] = None  # "package.module:factory" or "path/to/file.py:factory"
+    checkpoint: Optional[str] = None  # its weights file, passed to the factory (identified in the cache key)
+    options: dict = field(default_factory=dict)  # further keyword arguments of the factory
+    batch_size: int = 256  # images per call of the plug-in's sample()
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     name: str = "gaussian"  # a registered generator
     num_samples: int = 1_000_000  # images to generate (the paper: 100K per CIFAR-10 class)
     pca_components: int = 200  # gaussian: PCA dimension per class (App. D)
     seed: int = 0
     ddpm: DDPMConfig = field(default_factory=DDPMConfig)  # ddpm: diffusion model settings
+    plugin: PluginConfig = field(default_factory=PluginConfig)  # plugin: a pretrained generator from your code
 
 
 @dataclass(frozen=True)
@@ -313,6 +324,10 @@ def _coerce(value: Any, annotation: Any, *, key: str, source: str) -> Any:
         if not isinstance(value, str):
             raise RobustgenError(f"{source}: {key} must be a string, got {value!r}")
         return value
+    if annotation is dict or origin is dict:  # free-form keyword arguments (generator.plugin.options)
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise RobustgenError(f"{source}: {key} must be a mapping with string keys, got {value!r}")
+        return dict(value)
     if annotation is list or origin is list:
         if not isinstance(value, (list, tuple)):
             raise RobustgenError(f"{source}: {key} must be a list, got {value!r}")
@@ -529,6 +544,10 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _check(cfg.generator.num_samples >= 0, source, "generator.num_samples must be >= 0")
     _check(cfg.generator.pca_components > 0, source, "generator.pca_components must be > 0")
     _validate_ddpm(cfg.generator.ddpm, source)
+    plug = cfg.generator.plugin
+    _check(cfg.generator.name != "plugin" or (plug.entry_point or "").count(":") == 1, source,
+           f"generator.plugin.entry_point must be 'module:factory' or 'file.py:factory', got {plug.entry_point!r}")
+    _check(plug.batch_size > 0, source, "generator.plugin.batch_size must be > 0")
     _validate_label(cfg.label, "label", source)
     for i, arm in enumerate(cfg.arms):
         if arm.label is not None:

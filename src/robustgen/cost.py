@@ -242,8 +242,9 @@ def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tup
                                     f"{g.num_samples:,} images x {calls} UNet calls ({d.sampler}, "
                                     f"{solver_steps} steps{', guided' if d.guidance else ''}, UNet {d.unet})"))
         else:
-            stages.append(StageCost("sampling", 0.0, 0.0, None,
-                                    f"{g.name}: {g.num_samples:,} images on the CPU (no GPU estimate)"))
+            where = ("the plug-in's own cost, not known here" if g.name == "plugin"
+                     else "on the CPU (no GPU estimate)")
+            stages.append(StageCost("sampling", 0.0, 0.0, None, f"{g.name}: {g.num_samples:,} images, {where}"))
         if pseudo_labels:
             lb = cfg.label
             stages.append(StageCost("labelling", float(g.num_samples), gf,

@@ -54,3 +54,4 @@ from robustgen.generate import gaussian as _gaussian  # noqa: E402,F401
 from robustgen.generate import diffusion as _diffusion  # noqa: E402,F401
 from robustgen.generate import heldout as _heldout  # noqa: E402,F401
 from robustgen.generate import augmentations as _augmentations  # noqa: E402,F401
+from robustgen.generate import plugin as _plugin  # noqa: E402,F401
