@@ -173,8 +173,8 @@ def test_kid_matches_torch_fidelity_and_is_zero_mean_for_one_distribution():
 
 
 # --------------------------------------------------------------------------- feature extractors
-def test_registry_lists_both_extractors_and_rejects_unknown_names():
-    assert list_extractors() == ["classifier", "inception"]
+def test_registry_lists_the_extractors_and_rejects_unknown_names():
+    assert list_extractors() == ["classifier", "inception", "lpips"]
     with pytest.raises(RobustgenError, match="unknown feature extractor"):
         get_extractor("vgg")
     with pytest.raises(RobustgenError, match="classifier:PATH"):

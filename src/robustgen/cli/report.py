@@ -73,12 +73,14 @@ def _open_sets(generated) -> dict:
     return sources
 
 
-def _extractor(features: str, data, *, arch, inception_weights, download: bool, device: str):
+def _extractor(features: str, data, *, arch, inception_weights, download: bool, device: str, lpips_weights=None):
     from robustgen.metrics.features import get_extractor
     from robustgen.stages import resolve_device
 
-    options = {"weights_path": inception_weights, "download": download} if features == "inception" else \
-        {"arch": arch, "num_classes": data.num_classes, "in_channels": data.image_shape[2]}
+    if features in ("inception", "lpips"):
+        options = {"weights_path": inception_weights if features == "inception" else lpips_weights, "download": download}
+    else:
+        options = {"arch": arch, "num_classes": data.num_classes, "in_channels": data.image_shape[2]}
     return get_extractor(features, device=resolve_device(device), **options)
 
 
@@ -87,13 +89,16 @@ def _extractor(features: str, data, *, arch, inception_weights, download: bool, 
 @click.option("--generated", "generated", multiple=True, required=True, metavar="[NAME=]PATH",
               help="a store folder or released-layout .npz to measure (repeatable)")
 @click.option("--features", "features", default="inception", show_default=True,
-              help="inception, or classifier:CHECKPOINT (penultimate layer)")
+              help="inception, lpips (LPIPS-VGG: complementarity only, paper Table 4), or classifier:CHECKPOINT "
+                   "(penultimate layer)")
 @click.option("--arch", default=None, help="architecture of a plain state dict for classifier:PATH")
 @click.option("--inception-weights", type=click.Path(path_type=Path), default=None,
               help="local copy of torch-fidelity's Inception weights (offline use)")
-@click.option("--no-download", is_flag=True, help="never download the Inception weights")
-@click.option("--metrics", default="complementarity,fid,is,kid", show_default=True,
-              help="comma-separated: complementarity, fid, is, kid")
+@click.option("--lpips-weights", type=click.Path(path_type=Path), default=None,
+              help="local copy of torchvision's VGG16 weights (vgg16-397923af.pth) for --features lpips")
+@click.option("--no-download", is_flag=True, help="never download the Inception or VGG16 weights")
+@click.option("--metrics", default=None,
+              help="comma-separated: complementarity, fid, is, kid (default: all four; lpips: complementarity)")
 @click.option("--reference", type=click.Choice(["train", "test"]), default="train", show_default=True,
               help="the real split FID / KID compare against")
 @click.option("--n", "n", type=int, default=10_000, show_default=True, help="samples per set (paper: 10K)")
@@ -103,13 +108,13 @@ def _extractor(features: str, data, *, arch, inception_weights, download: bool, 
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="JSON file (markdown next to it)")
 @click.option("--quiet", is_flag=True)
-def measure(config, overrides, generated, features, arch, inception_weights, no_download, metrics, reference, n,
-            pca, seed, batch_size, device, out, quiet):
+def measure(config, overrides, generated, features, arch, inception_weights, lpips_weights, no_download, metrics,
+            reference, n, pca, seed, batch_size, device, out, quiet):
     """Complementarity and coverage (paper Alg. 1), FID, IS and KID of generated sets against the
     config's real train / test splits, in the layout of paper Table 1."""
     from robustgen.data import load_split
     from robustgen.io import write_json, write_text
-    from robustgen.metrics.measure import ImageSet, measure as measure_sets
+    from robustgen.metrics.measure import METRICS, ImageSet, measure as measure_sets
 
     cfg = load_cli_config(config, overrides)
     if n < 2:
@@ -117,7 +122,9 @@ def measure(config, overrides, generated, features, arch, inception_weights, no_
     train, test = load_split(cfg.data, "train"), load_split(cfg.data, "test")
     sources = _open_sets(generated)
     extractor = _extractor(features, train, arch=arch, inception_weights=inception_weights,
-                           download=not no_download, device=device)
+                           lpips_weights=lpips_weights, download=not no_download, device=device)
+    if metrics is None:
+        metrics = ",".join(getattr(extractor, "metrics", METRICS))
     result = measure_sets(ImageSet("train", train.images, train.labels), ImageSet("test", test.images, test.labels),
                           sources, extractor=extractor, n=n, reference=reference, seed=seed, batch_size=batch_size,
                           pca_components=pca, metrics=[m.strip() for m in metrics.split(",") if m.strip()],

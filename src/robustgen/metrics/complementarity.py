@@ -82,9 +82,14 @@ def pca_fit(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise RobustgenError(f"PCA: {k} components requested from {x.shape[0]} samples of dimension {x.shape[1]}")
     mean = x.mean(dim=0)
     xc = x - mean
-    cov = xc.T @ xc / max(1, x.shape[0] - 1)  # [D, D]
-    w, v = torch.linalg.eigh(cov)
-    v = v[:, torch.argsort(w, descending=True)[:k]]
+    denom = max(1, x.shape[0] - 1)
+    if x.shape[0] < x.shape[1]:  # fewer samples than dimensions (LPIPS: 124,928): the [N, N] Gram matrix
+        w, u = torch.linalg.eigh(xc @ xc.T / denom)  # has the covariance's nonzero eigenvalues, and
+        top = torch.argsort(w, descending=True)[:k]  # v = xc^T u / sqrt(N - 1 lambda) its eigenvectors
+        v = xc.T @ u[:, top] / (w[top] * denom).clamp_min(torch.finfo(x.dtype).tiny).sqrt()
+    else:
+        w, v = torch.linalg.eigh(xc.T @ xc / denom)  # [D, D]
+        v = v[:, torch.argsort(w, descending=True)[:k]]
     sign = torch.sign(v.gather(0, v.abs().argmax(dim=0, keepdim=True)))
     return mean, v * sign
 

@@ -7,6 +7,8 @@ tensors on the batch's device; ``extract_features`` runs one over a whole set ba
                        implementation): pool3 features (2048-d) and its 1008 unbiased logits for IS.
                        ``weights_path`` loads the weights from a local file (offline); without it
                        the standard file is taken from the torch hub cache, downloaded when online.
+    lpips              LPIPS-VGG activations, normalised and weighted so that squared L2 distances are
+                       LPIPS distances (paper Table 4); torchvision's VGG16 file, local or downloaded.
     classifier:PATH    the penultimate layer (the input of the final linear layer) of a robustgen
                        checkpoint, or of a plain state dict with ``arch=`` (load_external_model), and
                        its logits; for domains where Inception is meaningless (digits).
@@ -18,6 +20,7 @@ tensors on the batch's device; ``extract_features`` runs one over a whole set ba
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Protocol
 
@@ -30,7 +33,7 @@ from robustgen.errors import RobustgenError
 from robustgen.registry import Registry
 
 __all__ = ["FeatureExtractor", "register_extractor", "list_extractors", "get_extractor", "extract_features", "gather_rows",
-           "InceptionExtractor", "ClassifierExtractor", "inception_weights_file"]
+           "InceptionExtractor", "LpipsExtractor", "ClassifierExtractor", "inception_weights_file"]
 
 
 class FeatureExtractor(Protocol):
@@ -101,6 +104,32 @@ def inception_weights_file() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / _INCEPTION_FILE
 
 
+def _local_weights(given, file_name: str, *, download: bool, what: str, option: str) -> Path | None:
+    """The weights file to read: ``given``, else the torch hub cache's ``file_name``; None when it
+    is not there and may be downloaded; a one-line error naming the file to place otherwise."""
+    if given is None:
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+        if cached.is_file():
+            return cached
+        if download:
+            return None
+        raise RobustgenError(f"{what} weights not found ({cached} is missing and download is off); "
+                             f"place {file_name} there or pass a local copy with {option} PATH")
+    path = Path(given)
+    if not path.is_file():
+        raise RobustgenError(f"{path}: {what} weights file not found")
+    return path
+
+
+def _state_dict(path: Path, what: str) -> dict:
+    """A weights file's tensors, read without running pickled code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise RobustgenError(f"{path}: not loadable as {what} weights ({type(e).__name__}: {first})") from None
+
+
 class InceptionExtractor(nn.Module):
     """torch-fidelity InceptionV3: uint8 images resized to 299 (TF1-compatible bilinear) ->
     pool3 features [B, 2048] and unbiased logits [B, 1008] (torch-fidelity's IS layer).
@@ -112,25 +141,11 @@ class InceptionExtractor(nn.Module):
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError:
-            raise RobustgenError("the inception extractor needs torch-fidelity: pip install torch-fidelity "
-                                 "(or pip install 'robustgen[metrics]')") from None
-        if weights_path is None:
-            cached = inception_weights_file()
-            if cached.is_file():
-                weights_path = cached
-            elif not download:
-                raise RobustgenError(f"Inception weights not found ({cached} is missing and download is off); "
-                                     f"pass a local copy of {_INCEPTION_FILE} with --inception-weights PATH")
+            raise RobustgenError("the inception extractor needs torch-fidelity: pip install torch-fidelity") from None
+        weights_path = _local_weights(weights_path, _INCEPTION_FILE, download=download, what="Inception",
+                                      option="--inception-weights")
         if weights_path is not None:
-            weights_path = Path(weights_path)
-            if not weights_path.is_file():
-                raise RobustgenError(f"{weights_path}: Inception weights file not found")
-            try:  # refuse pickled code before torch-fidelity loads the file
-                torch.load(weights_path, map_location="cpu", weights_only=True)
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [""])[0]
-                raise RobustgenError(f"{weights_path}: not loadable as Inception weights "
-                                     f"({type(e).__name__}: {first})") from None
+            _state_dict(weights_path, "Inception")  # refuse pickled code before torch-fidelity loads the file
         try:
             self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                    feature_extractor_weights_path=None if weights_path is None
@@ -161,6 +176,78 @@ def _inception(arg, *, device, weights_path=None, download=True, **_) -> Incepti
     if arg is not None:
         raise RobustgenError(f"inception takes no argument (got 'inception:{arg}'); use --inception-weights PATH")
     return InceptionExtractor(weights_path=weights_path, download=download, device=device).eval()
+
+
+# --------------------------------------------------------------------------- LPIPS
+_VGG16_FILE = "vgg16-397923af.pth"  # torchvision's ImageNet VGG16, the backbone of LPIPS-VGG
+_VGG16_URL = "https://download.pytorch.org/models/" + _VGG16_FILE
+_LPIPS_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))  # VGG16 features up to relu1_2 ... relu5_3
+
+
+class LpipsExtractor(nn.Module):
+    """LPIPS-VGG features (Zhang et al. 2018; the ``lpips`` package's calibrated linear weights on
+    torchvision's VGG16), for Alg. 1 in LPIPS space (paper Table 4): at each of the five layers the
+    channel-normalised activations scaled by sqrt(w_l / (H_l W_l)), flattened and concatenated, so
+    the squared L2 distance of two feature vectors *is* their LPIPS distance (124,928 values per
+    32x32 image, as the paper's). Images are mapped to [-1, 1]; grayscale is repeated to 3 channels.
+    No logits: these features serve complementarity and coverage, not IS / FID."""
+
+    metrics = ("complementarity",)  # what measure() may compute with these features
+
+    def __init__(self, *, weights_path=None, download: bool = True, device: torch.device = torch.device("cpu")):
+        super().__init__()
+        try:
+            import lpips
+        except ImportError:
+            raise RobustgenError("the lpips extractor needs the lpips package: pip install lpips") from None
+        path = _local_weights(weights_path, _VGG16_FILE, download=download, what="LPIPS (VGG16)",
+                              option="--lpips-weights")
+        if path is None:
+            try:
+                torch.hub.load_state_dict_from_url(_VGG16_URL, file_name=_VGG16_FILE, progress=False)
+            except Exception as e:  # offline
+                raise RobustgenError(f"could not download the VGG16 weights for LPIPS ({type(e).__name__}); offline, "
+                                     f"place {_VGG16_FILE} in {Path(torch.hub.get_dir()) / 'checkpoints'} or pass "
+                                     f"it with --lpips-weights PATH") from None
+            path = Path(torch.hub.get_dir()) / "checkpoints" / _VGG16_FILE
+        state = _state_dict(path, "VGG16")
+        with warnings.catch_warnings():  # torchvision's note on lpips's deprecated 'pretrained' argument
+            warnings.simplefilter("ignore", UserWarning)
+            self.lpips = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)  # its linear layers
+        mapped = {f"slice{k + 1}.{i}.{p}": state.get(f"features.{i}.{p}")
+                  for k, (lo, hi) in enumerate(_LPIPS_SLICES) for i in range(lo, hi) for p in ("weight", "bias")
+                  if f"slice{k + 1}.{i}.{p}" in self.lpips.net.state_dict()}
+        if any(v is None for v in mapped.values()):
+            raise RobustgenError(f"{path}: not torchvision's VGG16 weights (no features.N.weight / bias tensors)")
+        try:
+            self.lpips.net.load_state_dict(mapped, strict=True)
+        except RuntimeError as e:
+            raise RobustgenError(f"{path}: weights do not match VGG16 ({str(e).strip().splitlines()[0]})") from None
+        self.name = "lpips-vgg (5 layers, channel-normalised, weighted)"
+        self.device = device
+        self.eval().requires_grad_(False).to(device)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        import lpips
+
+        x = images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)  # [B, C, H, W] in [-1, 1]
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if x.shape[1] != 3 or min(x.shape[2:]) < 16:
+            raise RobustgenError(f"LPIPS-VGG takes 1 or 3 channels and at least 16x16 pixels, got {tuple(x.shape[1:])}")
+        layers = self.lpips.net(self.lpips.scaling_layer(x))
+        feats = []
+        for f, lin in zip(layers, self.lpips.lins):
+            w = lin.model[-1].weight.clamp(min=0).view(1, -1, 1, 1)
+            feats.append((lpips.normalize_tensor(f) * (w / (f.shape[2] * f.shape[3])).sqrt()).flatten(1))
+        return torch.cat(feats, 1).float(), x.new_zeros(len(x), 0)
+
+
+@register_extractor("lpips")
+def _lpips(arg, *, device, weights_path=None, download=True, **_) -> LpipsExtractor:
+    if arg is not None:
+        raise RobustgenError(f"lpips takes no argument (got 'lpips:{arg}'); use --lpips-weights PATH")
+    return LpipsExtractor(weights_path=weights_path, download=download, device=device)
 
 
 # --------------------------------------------------------------------------- classifier

@@ -85,6 +85,10 @@ def measure(train: ImageSet, test: ImageSet, sources: dict[str, ImageSet], *, ex
         raise RobustgenError("nothing to measure: give at least one generated set")
     t0 = time.perf_counter()
     device = extractor.device
+    served = getattr(extractor, "metrics", METRICS)
+    if set(metrics) - set(served):
+        raise RobustgenError(f"{extractor.name} features serve {', '.join(served)} only, not "
+                             f"{', '.join(m for m in metrics if m not in served)} (use --features inception for those)")
     needs_test = "complementarity" in metrics or reference == "test"
     if needs_test and n is not None and n > len(test):  # Alg. 1 compares N images of every set
         raise RobustgenError(f"{test.name}: {len(test)} images, fewer than the {n} requested; complementarity and "
