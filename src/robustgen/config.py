@@ -201,6 +201,9 @@ class TrainConfig:
     label_smoothing_generated: float = 0.1
     label_smoothing_real: float = 0.0
     generated_sampling: str = "with_replacement"  # or permutation
+    # train on the first N rows of the run's labelled generated set only (None: all of it); paper Fig. 6
+    # varies the number of generated samples at a fixed store, so one sampling serves every point
+    generated_rows: Optional[int] = None
     # real / generated rows counted per group of this many images, the whole batch made of groups
     # (the authors: 10 real of every 32-image TPU core, 320 of 1024); null: round(alpha * batch)
     mix_group_size: Optional[int] = None
@@ -506,6 +509,7 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _check(t.inner.init in INITS, source, f"train.inner.init must be one of {INITS}")
     _check(len(t.inner.adam_lr) == len(t.inner.adam_lr_boundaries) + 1, source,
            "train.inner.adam_lr needs exactly one more value than train.inner.adam_lr_boundaries")
+    _check(t.generated_rows is None or t.generated_rows > 0, source, "train.generated_rows must be > 0 or null")
     _check(t.generated_sampling in ("with_replacement", "permutation"), source,
            "train.generated_sampling must be with_replacement or permutation")
     _check(cfg.eval.split == "test" or (cfg.eval.split.startswith("generated:") and len(cfg.eval.split) > 10),

@@ -29,6 +29,8 @@ __all__ = [
     "ArraySource",
     "BatchSource",
     "ClassSubset",
+    "FirstRows",
+    "RowSubset",
     "check_sources_agree",
     "Prefetcher",
     "gather_rows",
@@ -70,10 +72,24 @@ class ArraySource:
         return np.take(self.images, np.asarray(indices, dtype=np.int64), axis=0, out=out)
 
 
-class ClassSubset:
-    """The images of ``source`` labelled with one of ``classes``, as a source of their own (the
-    paper's Fig. 4 experiments: generated data for some classes only). Holds an int64 index map
-    of the selected rows (8 bytes per selected image)."""
+class RowSubset:
+    """Some rows of ``source`` as a source of their own (an int64 index map, 8 bytes per row)."""
+
+    def __init__(self, source, rows: np.ndarray, name: str):
+        self.source, self.rows, self.name = source, np.asarray(rows, dtype=np.int64), name
+        self.labels = np.asarray(source.labels)[self.rows]
+        self.num_classes, self.image_shape = int(source.num_classes), tuple(source.image_shape)
+
+    def __len__(self) -> int:
+        return int(self.rows.size)
+
+    def gather(self, indices, out: np.ndarray | None = None) -> np.ndarray:
+        return self.source.gather(self.rows[np.asarray(indices, dtype=np.int64)], out=out)
+
+
+class ClassSubset(RowSubset):
+    """The images of ``source`` labelled with one of ``classes`` (the paper's Fig. 4 experiments:
+    generated data for some classes only)."""
 
     def __init__(self, source, classes: Sequence[int]):
         wanted = sorted({int(c) for c in classes})
@@ -81,19 +97,21 @@ class ClassSubset:
         bad = [c for c in wanted if not 0 <= c < int(source.num_classes)]
         if not wanted or bad:
             raise RobustgenError(f"{name}: classes {bad or wanted} are not in 0..{int(source.num_classes) - 1}")
-        self.rows = np.flatnonzero(np.isin(source.labels, wanted)).astype(np.int64)
-        if self.rows.size == 0:
+        rows = np.flatnonzero(np.isin(source.labels, wanted))
+        if rows.size == 0:
             raise RobustgenError(f"{name}: no images labelled with classes {wanted}")
-        self.source, self.classes = source, tuple(wanted)
-        self.labels = np.asarray(source.labels)[self.rows]
-        self.num_classes, self.image_shape = int(source.num_classes), tuple(source.image_shape)
-        self.name = f"{name}[classes {','.join(map(str, wanted))}]"
+        super().__init__(source, rows, f"{name}[classes {','.join(map(str, wanted))}]")
+        self.classes = tuple(wanted)
 
-    def __len__(self) -> int:
-        return int(self.rows.size)
 
-    def gather(self, indices, out: np.ndarray | None = None) -> np.ndarray:
-        return self.source.gather(self.rows[np.asarray(indices, dtype=np.int64)], out=out)
+class FirstRows(RowSubset):
+    """The first ``n`` rows of ``source`` (``train.generated_rows``: the paper's Fig. 6 sample counts)."""
+
+    def __init__(self, source, n: int):
+        name = str(getattr(source, "name", "source"))
+        if not 0 < int(n) <= len(source):
+            raise RobustgenError(f"{name}: train.generated_rows = {n}, but the set holds {len(source)} images")
+        super().__init__(source, np.arange(int(n)), f"{name}[:{int(n)}]")
 
 
 def check_sources_agree(sources: Sequence) -> None:

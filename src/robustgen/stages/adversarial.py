@@ -60,7 +60,10 @@ def source_fingerprints(cfg: RunConfig) -> list:
 def fingerprint(cfg: RunConfig, data_fp: str, generated_fp: str | None) -> str:
     """``generated_fp`` identifies the labelled generated data (the label stage's fingerprint, or
     the ``--generated`` path); it counts only when this config reads generated data."""
-    train = {k: v for k, v in asdict(cfg.train).items() if k != "runs"}  # one run's result: not how many run
+    # one run's result: not how many run; generated_rows only when it is set and read (so the caches from
+    # before it stay valid, and the baseline of every sample count is one training)
+    reads_rows = cfg.train.generated_rows is not None and needs_generated(cfg)
+    train = {k: v for k, v in asdict(cfg.train).items() if k != "runs" and (k != "generated_rows" or reads_rows)}
     return stage_fingerprint("train", "train", data_fp, generated_fp if needs_generated(cfg) else None,
                              train, asdict(cfg.threat), cfg.data.crop_padding, cfg.data.flip, cfg.seed,
                              cfg.eval.batch_size, *([source_fingerprints(cfg)] if cfg.data.sources else []))
@@ -116,23 +119,28 @@ def training_sources(cfg: RunConfig, splits: Splits, generated: Path | None) -> 
     Without ``data.sources``: the generated set ``generated`` at 1 - alpha (none when alpha = 1).
     With it: each listed source in order, ``generated`` standing for the run's labelled samples
     (or ``--generated``), ``classes`` keeping those classes only."""
-    from robustgen.data.sources import ClassSubset
+    from robustgen.data.sources import ClassSubset, FirstRows
 
     t, real = cfg.train, splits.train
+
+    def run_generated():  # the run's labelled samples, the first train.generated_rows of them when set
+        source = read_generated(generated, real.num_classes, real.image_shape)
+        return source if t.generated_rows is None else FirstRows(source, t.generated_rows)
+
     if not cfg.data.sources:
         if is_baseline(t.alpha):
             return [], (1.0,)
         if generated is None:
             raise RobustgenError(f"train.alpha = {t.alpha} < 1 needs generated data")
-        return [read_generated(generated, real.num_classes, real.image_shape)], (t.alpha, 1.0 - t.alpha)
+        return [run_generated()], (t.alpha, 1.0 - t.alpha)
     sources, weights = [], [sum(src.weight for src in cfg.data.sources if src.path == "train")]
     for src in cfg.data.sources:
         if src.path == "train":
             continue
         if src.path == "generated" and generated is None:
             raise RobustgenError("data.sources lists 'generated' but this run has no generated data (use --generated)")
-        source = read_generated(generated if src.path == "generated" else Path(src.path), real.num_classes,
-                                real.image_shape)
+        source = run_generated() if src.path == "generated" else read_generated(Path(src.path), real.num_classes,
+                                                                                 real.image_shape)
         sources.append(ClassSubset(source, src.classes) if src.classes is not None else source)
         weights.append(src.weight)
     return sources, tuple(weights)
