@@ -66,3 +66,61 @@ def test_an_augmentation_is_measured_and_trained_on_like_a_generator(tmp_path, c
     main(["run", "digits_demo", "--out", str(tmp_path / "run"), "--quiet", *[a for t in tiny for a in ("--set", t)]])
     names = [m["name"] for m in json.loads((tmp_path / "run" / "results.json").read_text())["models"]]
     assert names == ["baseline", "gaussian-alpha0.8", "mixup-alpha0.5"]
+
+
+# --------------------------------------------------------------------------- as the training augmentation
+def _batch(n=8, c=3, size=8):
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    return torch.rand(n, c, size, size, generator=g), torch.eye(10)[torch.arange(n) % 10]
+
+
+def test_training_mixes_follow_their_definitions_with_soft_labels():
+    import torch
+
+    from robustgen.data.augment import mix_augment
+
+    x, t = _batch()
+    y, ty = mix_augment(x, t, "mixup", torch.Generator().manual_seed(1))
+    for i in range(len(x)):  # x_i' = lam x_i + (1 - lam) x_p, with lam the target's weight on x_i's own class
+        lam = float(ty[i, i % 10])
+        p = int(ty[i].clone().index_fill_(0, torch.tensor([i % 10]), 0).argmax()) if lam < 1 else i
+        partner = next(j for j in range(len(x)) if j % 10 == p and j != i) if lam < 1 else i
+        assert torch.allclose(y[i], lam * x[i] + (1 - lam) * x[partner], atol=1e-6)
+    y, ty = mix_augment(x, t, "cutmix", torch.Generator().manual_seed(1))
+    for i in range(len(x)):  # pixels either own or one partner's; the target weights are the pixel shares
+        own = (y[i] == x[i]).all(0).float().mean()
+        assert float(ty[i, i % 10]) == pytest.approx(float(own), abs=1e-6) or torch.equal(y[i], x[i])
+    assert torch.allclose(ty.sum(1), torch.ones(len(x)))
+    y, ty = mix_augment(x, t, "cutout", torch.Generator().manual_seed(1))
+    zeroed = (y == 0).all(1).flatten(1).float().sum(1)
+    assert torch.equal(ty, t) and (zeroed > 0).all() and (zeroed <= 16).all()  # at most a 4x4 box of 8x8
+    assert torch.equal(torch.where(y == 0, x, y), x)  # nothing else changed
+
+
+@pytest.mark.parametrize("kind", ["mixup", "cutmix", "cutout", "autoaugment", "randaugment"])
+def test_training_augmentations_are_reproducible_and_keep_the_batch_shape(kind):
+    import torch
+
+    from robustgen.data.augment import mix_augment
+
+    for channels in (1, 3):
+        x, t = _batch(c=channels)
+        a = mix_augment(x, t, kind, torch.Generator().manual_seed(3))
+        b = mix_augment(x, t, kind, torch.Generator().manual_seed(3))
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].shape == x.shape
+        assert 0 <= float(a[0].min()) and float(a[0].max()) <= 1
+
+
+def test_a_run_trains_with_cutmix_and_weight_averaging(tmp_path):
+    from robustgen.config import load_config
+    from robustgen.errors import RobustgenError
+
+    tiny = ["data.val_size=64", "train.epochs=1", "train.batch_size=64", "train.inner.steps=2", "eval.n=40",
+            "eval.attack=pgd40", "train.alpha=1", "baseline=false", "train.augment=cutmix", "train.ema_decay=0.999"]
+    main(["run", "digits_demo", "--out", str(tmp_path / "run"), "--quiet", *[a for t in tiny for a in ("--set", t)]])
+    (model,) = json.loads((tmp_path / "run" / "results.json").read_text())["models"]
+    assert model["n_eval"] == 40 and 0 <= model["robust_accuracy"] <= model["clean_accuracy"] <= 1
+    with pytest.raises(RobustgenError, match="train.augment must be one of none, mixup"):
+        load_config("digits_demo", ["train.augment=mosaic"])

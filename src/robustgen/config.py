@@ -204,6 +204,9 @@ class TrainConfig:
     # train on the first N rows of the run's labelled generated set only (None: all of it); paper Fig. 6
     # varies the number of generated samples at a fixed store, so one sampling serves every point
     generated_rows: Optional[int] = None
+    # a training augmentation after crop and flip (data/augment.py): none, mixup, cutmix (Rebuffi et al. 2021:
+    # with weight averaging, train.ema_decay), cutout, autoaugment, randaugment; soft labels for the mixes
+    augment: str = "none"
     # real / generated rows counted per group of this many images, the whole batch made of groups
     # (the authors: 10 real of every 32-image TPU core, 320 of 1024); null: round(alpha * batch)
     mix_group_size: Optional[int] = None
@@ -510,6 +513,10 @@ def validate(cfg: RunConfig, *, source: str) -> None:
     _check(len(t.inner.adam_lr) == len(t.inner.adam_lr_boundaries) + 1, source,
            "train.inner.adam_lr needs exactly one more value than train.inner.adam_lr_boundaries")
     _check(t.generated_rows is None or t.generated_rows > 0, source, "train.generated_rows must be > 0 or null")
+    from robustgen.data.augment import TRAIN_AUGMENTATIONS
+
+    _check(t.augment in TRAIN_AUGMENTATIONS, source,
+           f"train.augment must be one of {', '.join(TRAIN_AUGMENTATIONS)}, got {t.augment!r}")
     _check(t.generated_sampling in ("with_replacement", "permutation"), source,
            "train.generated_sampling must be with_replacement or permutation")
     _check(cfg.eval.split == "test" or (cfg.eval.split.startswith("generated:") and len(cfg.eval.split) > 10),

@@ -60,10 +60,12 @@ def source_fingerprints(cfg: RunConfig) -> list:
 def fingerprint(cfg: RunConfig, data_fp: str, generated_fp: str | None) -> str:
     """``generated_fp`` identifies the labelled generated data (the label stage's fingerprint, or
     the ``--generated`` path); it counts only when this config reads generated data."""
-    # one run's result: not how many run; generated_rows only when it is set and read (so the caches from
-    # before it stay valid, and the baseline of every sample count is one training)
+    # one run's result: not how many run; generated_rows only when it is set and read, augment only when on
+    # (so the caches from before them stay valid, and the baseline of every sample count is one training)
     reads_rows = cfg.train.generated_rows is not None and needs_generated(cfg)
-    train = {k: v for k, v in asdict(cfg.train).items() if k != "runs" and (k != "generated_rows" or reads_rows)}
+    unset = {"runs"} | ({"generated_rows"} if not reads_rows else set()) | ({"augment"} if cfg.train.augment == "none"
+                                                                           else set())
+    train = {k: v for k, v in asdict(cfg.train).items() if k not in unset}
     return stage_fingerprint("train", "train", data_fp, generated_fp if needs_generated(cfg) else None,
                              train, asdict(cfg.threat), cfg.data.crop_padding, cfg.data.flip, cfg.seed,
                              cfg.eval.batch_size, *([source_fingerprints(cfg)] if cfg.data.sources else []))
@@ -94,7 +96,7 @@ def loop_settings(cfg: RunConfig, n_real: int, source_weights: tuple[float, ...]
         t, cfg.data, total_steps=total, warmup_steps=int(round(t.warmup_epochs * per_epoch)), seed=robust_seed(cfg),
         nesterov=t.nesterov, source_weights=source_weights, label_smoothing_real=t.label_smoothing_real,
         label_smoothing_generated=t.label_smoothing_generated, generated_sampling=t.generated_sampling,
-        mix_group_size=t.mix_group_size,
+        mix_group_size=t.mix_group_size, augment=t.augment,
         ema_decay=t.ema_decay if t.ema_decay > 0 else None,
         eval_every_steps=max(1, int(round(t.eval_every_epochs * per_epoch))),
         checkpoint_every_steps=max(1, int(round(t.checkpoint_every_epochs * per_epoch))),

@@ -26,6 +26,7 @@ from robustgen.tracking import MetricsLog, open_trackers
 from robustgen import preempt
 from robustgen.checkpoint import resume_state, save_model, save_state
 from robustgen.data import ImageDataset, crop_flip
+from robustgen.data.augment import mix_augment
 from robustgen.data.sources import BatchSource
 from robustgen.errors import NonFiniteError
 from robustgen.io import write_json
@@ -67,6 +68,7 @@ class LoopSettings:
     log_every_steps: int = 50
     crop_padding: int = 4
     flip: bool = True
+    augment: str = "none"  # after crop and flip (data.augment.mix_augment): mixup, cutmix, cutout, ...
     channels_last: bool = False
     micro_batches: int = 1  # chunks per device and step (gradient accumulation); BN statistics per chunk
     bn_group_size: int | None = None  # chunks are ordered so every group of this many images keeps the mix
@@ -147,10 +149,13 @@ def _accumulate_gradients(chunks: list[Chunk], step: int, s: LoopSettings, step_
     for k, chunk in enumerate(chunks):
         x = crop_flip(chunk.images, padding=s.crop_padding, flip=s.flip, memory_format=memory_format,
                       generator=_step_generator(device, s.seed, step, chunk.index, 0))
+        targets = chunk.targets
+        if s.augment != "none":
+            x, targets = mix_augment(x, targets, s.augment, _step_generator(device, s.seed, step, chunk.index, 2))
         # Gradients are all-reduced once per step, after the last chunk.
         sync = train_model.no_sync() if ctx.enabled and k < len(chunks) - 1 else contextlib.nullcontext()
         with sync:
-            loss = step_loss(attack_model, train_model, x, chunk.targets,
+            loss = step_loss(attack_model, train_model, x, targets,
                              _step_generator(device, s.seed, step, chunk.index, 1))
             (loss * chunk.weight).backward()
         running += loss.detach() * (chunk.weight / ctx.world_size)
