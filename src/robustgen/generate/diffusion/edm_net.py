@@ -168,6 +168,25 @@ class FourierEmbedding(nn.Module):
         return torch.cat([x.cos(), x.sin()], dim=1)
 
 
+def _decoder_levels(dec: nn.ModuleDict, img_resolution, channel_mult, model_channels, num_blocks, cout, skips, block,
+                    attention):
+    """EDM's decoder, deepest level first: two middle blocks (the first with attention) or an
+    up-sampling block, then ``num_blocks + 1`` blocks each taking one encoder skip (``attention(idx,
+    res)`` says which attend); yields (level, resolution, channels) after each level, so a caller
+    can add its per-level modules in EDM's order."""
+    for level, mult in reversed(list(enumerate(channel_mult))):
+        res = img_resolution >> level
+        if level == len(channel_mult) - 1:
+            dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
+            dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
+        else:
+            dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
+        for idx in range(num_blocks + 1):
+            cin, cout = cout + skips.pop(), model_channels * mult
+            dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attention(idx, res), **block)
+        yield level, res, cout
+
+
 class SongUNet(nn.Module):
     """DDPM++ (positional embedding, standard encoder) and NCSN++ (Fourier, residual) of Song et al.
     2021 as EDM writes them."""
@@ -211,17 +230,9 @@ class SongUNet(nn.Module):
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
         skips = [b.out_channels for name, b in self.enc.items() if "aux" not in name]
         self.dec = nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                attention = idx == num_blocks and res in attn_resolutions
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attention, **block)
+        levels = _decoder_levels(self.dec, img_resolution, channel_mult, model_channels, num_blocks, cout, skips, block,
+                                 attention=lambda idx, res: idx == num_blocks and res in attn_resolutions)
+        for level, res, cout in levels:
             if decoder_type == "skip" or level == 0:
                 if decoder_type == "skip" and level < len(channel_mult) - 1:
                     self.dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
@@ -292,16 +303,9 @@ class DhariwalUNet(nn.Module):
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
         skips = [b.out_channels for b in self.enc.values()]
         self.dec = nn.ModuleDict()
-        for level, mult in reversed(list(enumerate(channel_mult))):
-            res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(cout, cout, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(cout, cout, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
-            for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
-                self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions, **block)
+        levels = _decoder_levels(self.dec, img_resolution, channel_mult, model_channels, num_blocks, cout, skips, block,
+                                 attention=lambda idx, res: res in attn_resolutions)
+        cout = [channels for *_, channels in levels][-1]  # the levels are added as they are walked
         self.out_norm = GroupNorm(cout)
         self.out_conv = Conv2d(cout, out_channels, 3)
 
