@@ -152,6 +152,12 @@ def test_accuracy_vs_sample_count_on_a_generated_test_split_is_one_command(tmp_p
     assert [(r["point"], r["n_eval"]) for r in summary["records"]] == [("num_samples100", 60), ("num_samples1000", 60)]
     ev = json.loads(next((tmp_path / "s" / "stages").glob("eval-*/eval.json")).read_text())
     assert ev["dataset"] == f"generated:{held}"
+    # the same models on the real test split: only the evaluation runs again (the split is read there only)
+    trains = sorted(p.name for p in (tmp_path / "s" / "stages").glob("train-*"))
+    main(["sweep", "digits_demo", *[a for t in tiny[:-2] for a in ("--set", t)], "--set", "generator.pca_components=10",
+          "--grid", "generator.num_samples=100,1000", "--seeds", "0", "--out", str(tmp_path / "s"), "--quiet"])
+    assert sorted(p.name for p in (tmp_path / "s" / "stages").glob("train-*")) == trains
+    assert len(list((tmp_path / "s" / "stages").glob("eval-*"))) == 4
     assert (tmp_path / "s" / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(RobustgenError, match="eval.split must be test or generated:PATH"):
         load_config("digits_demo", ["eval.split=validation"])

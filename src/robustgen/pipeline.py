@@ -35,7 +35,7 @@ from robustgen.provenance import environment, localize, portable, write_run_reco
 from robustgen.locks import FolderLock
 from robustgen.results import ClassifierResult, EvalResult, ModelResult, RunResults, TrainingResult
 from robustgen.stages.code import changed_modules, module_digests
-from robustgen.stages.common import fingerprint_key
+from robustgen.stages.common import eval_points, fingerprint_key
 from robustgen.stages import (Splits, adversarial, classifier, data_fingerprint, diagnose, evaluate, generate, label,
                               load_splits, resolve_device, robust_seed)
 from robustgen.train.distributed import DistContext, barrier, context_from_env, main_first
@@ -379,7 +379,7 @@ def _robust_model(name: str, variant: RunConfig, splits: Splits, out: Path, data
             + ", ".join(f"{v:.4f}" for v in score) + ")")
     eval_stage = Stage(out, f"eval-{name}", evaluate.fingerprint(run_cfg, train_fp), EvalResult)
     metrics = eval_stage.run(
-        lambda d: evaluate.run(run_cfg, stage.dir / "best.safetensors", splits.test, device=device,
+        lambda d: evaluate.run(run_cfg, stage.dir / "best.safetensors", eval_points(run_cfg, splits), device=device,
                                progress=progress, out=d / "eval.json", ctx=ctx),
         {"train": train_fp}, ctx=ctx, all_ranks=True)
     if ctx.is_main:

@@ -19,12 +19,12 @@ import torch.nn as nn
 
 from robustgen.config import RunConfig, config_to_dict, is_baseline
 from robustgen.config import replace as replace_config
-from robustgen.data.store_format import file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.io import write_json
 from robustgen.models.ghost_batchnorm import use_bn_groups
 from robustgen.results import TrainingResult
-from robustgen.stages.common import Splits, build_model, robust_seed, selection_evaluator, stage_fingerprint
+from robustgen.stages.common import (Splits, build_model, robust_seed, selection_evaluator, source_identity,
+                                     stage_fingerprint)
 from robustgen.stages.common import loop_settings as common_loop_settings
 from robustgen.train.distributed import DistContext
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
@@ -45,16 +45,7 @@ def needs_generated(cfg: RunConfig) -> bool:
 def source_fingerprints(cfg: RunConfig) -> list:
     """What identifies the external sources listed in ``data.sources`` (a store's manifest, an
     .npz file's size and time), so a changed source invalidates a cached training."""
-    out = []
-    for src in cfg.data.sources:
-        path = Path(src.path)
-        if src.path in ("train", "generated"):
-            out.append(src.path)
-        elif (path / "manifest.json").is_file():
-            out.append(file_sha256(path / "manifest.json"))
-        else:
-            out.append([str(path.resolve()), *((path.stat().st_size, path.stat().st_mtime) if path.exists() else ())])
-    return out
+    return [src.path if src.path in ("train", "generated") else source_identity(src.path) for src in cfg.data.sources]
 
 
 def fingerprint(cfg: RunConfig, data_fp: str, generated_fp: str | None) -> str:

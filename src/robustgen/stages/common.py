@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -94,14 +95,39 @@ def load_test_split(cfg: RunConfig) -> ImageDataset:
     return ImageDataset(images, np.asarray(source.labels, dtype=np.int64), names, name=f"generated:{path}")
 
 
+def _check_points(test: ImageDataset, train: ImageDataset, where: str) -> ImageDataset:
+    if test.image_shape != train.image_shape:
+        raise RobustgenError(f"{where}: train images are {train.image_shape} but test images are {test.image_shape}")
+    if test.num_classes > train.num_classes:
+        raise RobustgenError(f"{where}: the test split has labels beyond the train split's {train.num_classes} classes")
+    return test
+
+
+def source_identity(path: str):
+    """What identifies a store or .npz given as a path (a store's manifest hash, a file's size and
+    time), so that a changed source invalidates the stages that read it."""
+    from robustgen.data.store_format import file_sha256
+
+    p = Path(path)
+    if (p / "manifest.json").is_file():
+        return file_sha256(p / "manifest.json")
+    return [str(p.resolve()), *((p.stat().st_size, p.stat().st_mtime) if p.exists() else ())]
+
+
+def eval_points(cfg: RunConfig, splits: Splits) -> ImageDataset:
+    """The points the evaluation stage attacks: the real test split, or ``eval.split: generated:PATH``
+    (read only here, so the stages before evaluation do not depend on it and are shared)."""
+    if cfg.eval.split == "test":
+        return splits.test
+    return _check_points(load_test_split(cfg), splits.train, cfg.eval.split)
+
+
 def load_splits(cfg: RunConfig) -> Splits:
+    """The real splits; ``splits.test`` is the dataset's test split whatever ``eval.split`` says (f_NR's
+    reported accuracy, figures); the evaluation reads its points through ``eval_points``."""
     d = cfg.data
     full = load_split(d, "train")
-    test = load_test_split(cfg)
-    if test.image_shape != full.image_shape:
-        raise RobustgenError(f"{d.dataset}: train images are {full.image_shape} but test images are {test.image_shape}")
-    if test.num_classes > full.num_classes:
-        raise RobustgenError(f"{d.dataset}: the test split has labels beyond the train split's {full.num_classes} classes")
+    test = _check_points(load_split(d, "test"), full, d.dataset)
     train, val = train_val_split(full, d.val_size, d.split_seed)
     heldout = None
     if d.train_size is not None:

@@ -23,14 +23,17 @@ from robustgen.evaluate import evaluate_robustness
 from robustgen.generate.runner import array_fingerprint
 from robustgen.io import write_json
 from robustgen.results import EvalResult
-from robustgen.stages.common import stage_fingerprint
+from robustgen.stages.common import source_identity, stage_fingerprint
 from robustgen.train.distributed import DistContext
 
 __all__ = ["fingerprint", "load_for_eval", "run", "training_log_check"]
 
 
 def fingerprint(cfg: RunConfig, train_fp: str) -> str:
-    return stage_fingerprint("eval", "eval", train_fp, asdict(cfg.eval), asdict(cfg.threat))
+    """The trained model, ``eval.*``, the threat and, for ``eval.split: generated:PATH``, that file's identity."""
+    split = cfg.eval.split
+    points = [] if split == "test" else [source_identity(split.removeprefix("generated:"))]
+    return stage_fingerprint("eval", "eval", train_fp, asdict(cfg.eval), asdict(cfg.threat), *points)
 
 
 def training_log_check(info: dict, clean_accuracy: float, n: int) -> dict | None:
