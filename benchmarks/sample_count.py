@@ -54,13 +54,16 @@ def generated_validation(out: Path, count: int):
 def evaluate_on_generated(out: Path, points: dict, seeds, cfg, x, y) -> list[dict]:
     from robustgen.api import evaluate, load_run
 
-    rows = []
+    rows, done = [], {}
     for name in points:
         for seed in seeds:
             run = load_run(out / "points" / f"{name}-seed{seed}")
-            for model_name in run.checkpoints:
-                r = evaluate(run.models[model_name], x, y, attack=cfg.eval.attack, norm=cfg.threat.norm,
-                             eps=cfg.threat.eps, batch_size=cfg.eval.batch_size, seed=cfg.seed)
+            for model_name, checkpoint in run.checkpoints.items():
+                if checkpoint not in done:  # the baseline is one model per seed, shared by every point
+                    done[checkpoint] = evaluate(run.models[model_name], x, y, attack=cfg.eval.attack,
+                                                norm=cfg.threat.norm, eps=cfg.threat.eps,
+                                                batch_size=cfg.eval.batch_size, seed=cfg.seed)
+                r = done[checkpoint]
                 rows.append({"point": name, "seed": seed, "model": model_name, "clean": r.clean_accuracy,
                              "robust": r.robust_accuracy})
     return rows
