@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["EDM_P_MEAN", "EDM_P_STD", "EDM_SIGMA_DATA", "EDMEpsModel", "GuidedModel", "edm_coefficients",
-           "edm_loss"]
+           "edm_loss", "eps_from_denoiser", "vp_log_sigmas", "vp_sigma_at"]
 
 EDM_P_MEAN, EDM_P_STD, EDM_SIGMA_DATA = -1.2, 1.2, 0.5  # Karras et al. Table 1 (CIFAR-10)
 NOISE_SCALE = 250.0  # c_noise = NOISE_SCALE * ln(sigma): EDM's ln(sigma) / 4 on a 0..1000 timestep scale
@@ -57,27 +57,44 @@ def edm_loss(unet, x0: torch.Tensor, log_sigma: torch.Tensor, noise: torch.Tenso
     return F.mse_loss(unet(c_in * x, c_noise.flatten(), class_labels=class_labels).sample.float(), target)
 
 
+def vp_log_sigmas(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """log sigma_t = log sqrt((1 - abar_t) / abar_t) of a discrete VP schedule, float64 [T], increasing in t."""
+    a = alphas_cumprod.to(torch.float64)
+    return 0.5 * torch.log((1 - a) / a)
+
+
+def vp_sigma_at(log_sigmas: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """sigma_t at (fractional) timesteps ``t``, linear in log sigma between integer timesteps (the
+    inverse of ``samplers.VPDenoiser.timestep``), in ``log_sigmas``' dtype."""
+    t = t.to(log_sigmas.dtype).clamp(0, len(log_sigmas) - 1)
+    lo = t.floor().long().clamp(max=len(log_sigmas) - 2)
+    w = t - lo
+    return ((1 - w) * log_sigmas[lo] + w * log_sigmas[lo + 1]).exp()
+
+
+def eps_from_denoiser(x_vp: torch.Tensor, sigma: torch.Tensor, denoise) -> torch.Tensor:
+    """The VP eps a denoiser implies: (x - D(x; sigma)) / sigma at x = x_vp sqrt(1 + sigma^2); sigma [B]."""
+    s = sigma.view(-1, 1, 1, 1)
+    x = x_vp.float() * (1 + s ** 2).sqrt()
+    return (x - denoise(x, sigma)) / s
+
+
 class EDMEpsModel:
     """An EDM-trained ``unet`` seen as an eps-prediction UNet of the discrete VP schedule
     ``alphas_cumprod`` (timesteps possibly fractional), called like a diffusers UNet."""
 
     def __init__(self, unet, alphas_cumprod: torch.Tensor):
         self.unet = unet
-        a = alphas_cumprod.to(torch.float64).cpu()
-        self.log_sigmas = 0.5 * torch.log((1 - a) / a)  # [T], increasing in t
+        self.log_sigmas = vp_log_sigmas(alphas_cumprod.cpu())  # [T], increasing in t
 
     def sigma(self, t: torch.Tensor) -> torch.Tensor:
-        """sigma_t, linear in log sigma between integer timesteps (the inverse of VPDenoiser.timestep)."""
-        t = t.detach().to(torch.float64).cpu().clamp(0, len(self.log_sigmas) - 1)
-        lo = t.floor().long().clamp(max=len(self.log_sigmas) - 2)
-        w = t - lo
-        return ((1 - w) * self.log_sigmas[lo] + w * self.log_sigmas[lo + 1]).exp()
+        """sigma_t (float64, on the CPU) at timesteps ``t``."""
+        return vp_sigma_at(self.log_sigmas, t.detach().cpu())
 
     def __call__(self, x_vp: torch.Tensor, t: torch.Tensor, class_labels=None):
         sigma = self.sigma(t.reshape(-1).expand(x_vp.shape[0])).to(device=x_vp.device, dtype=torch.float32)
-        s = sigma.view(-1, 1, 1, 1)
-        x = x_vp.float() * (1 + s ** 2).sqrt()
-        return SimpleNamespace(sample=(x - edm_denoise(self.unet, x, sigma, class_labels)) / s)
+        return SimpleNamespace(sample=eps_from_denoiser(x_vp, sigma,
+                                                        lambda x, s: edm_denoise(self.unet, x, s, class_labels)))
 
 
 class GuidedModel:

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustgen.errors import RobustgenError
+from robustgen.generate.diffusion.edm import eps_from_denoiser, vp_log_sigmas, vp_sigma_at
 
 __all__ = ["EDM_NETWORK_PRESETS", "EDMNetwork", "EDMNetworkUNet", "UNetConfig", "edm_unet", "vp_sigma_inv"]
 
@@ -404,8 +405,8 @@ class EDMNetworkUNet(nn.Module):
         self.network = network
         self.config = UNetConfig(sample_size=network.img_resolution, in_channels=network.img_channels,
                                  num_class_embeds=network.label_dim or None, edm_network=network.init_kwargs)
-        a = alphas_cumprod.to(torch.float64)  # (on the meta device too: the cost model counts FLOPs there)
-        self.register_buffer("log_sigmas", (0.5 * torch.log((1 - a) / a)).float(), persistent=False)
+        # on the device, in float32 (and on the meta device too: the cost model counts FLOPs there)
+        self.register_buffer("log_sigmas", vp_log_sigmas(alphas_cumprod).float(), persistent=False)
 
     def forward(self, x: torch.Tensor, timestep: torch.Tensor | None = None, class_labels=None, sigma=None):
         onehot = None
@@ -413,11 +414,8 @@ class EDMNetworkUNet(nn.Module):
             onehot = F.one_hot(class_labels.long(), self.network.label_dim).float()
         if sigma is not None:
             return SimpleNamespace(sample=self.network(x, sigma, onehot))
-        t = timestep.float().reshape(-1).expand(x.shape[0]).clamp(0, len(self.log_sigmas) - 1)
-        lo = t.floor().long().clamp(max=len(self.log_sigmas) - 2)
-        s = ((1 - (t - lo)) * self.log_sigmas[lo] + (t - lo) * self.log_sigmas[lo + 1]).exp().view(-1, 1, 1, 1)
-        xs = x.float() * (1 + s ** 2).sqrt()
-        return SimpleNamespace(sample=(xs - self.network(xs, s.flatten(), onehot)) / s)
+        sigma = vp_sigma_at(self.log_sigmas, timestep.reshape(-1).expand(x.shape[0]))
+        return SimpleNamespace(sample=eps_from_denoiser(x, sigma, lambda xs, s: self.network(xs, s, onehot)))
 
 
 def edm_unet(network_kwargs: dict, scheduler_config: dict | None = None) -> EDMNetworkUNet:

@@ -101,9 +101,10 @@ class VPDenoiser:
     fractional timestep t(sigma) by linear interpolation in log sigma."""
 
     def __init__(self, eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], alphas_cumprod: torch.Tensor):
+        from robustgen.generate.diffusion.edm import vp_log_sigmas
+
         self.eps_model = eps_model
-        a = alphas_cumprod.to(torch.float64).cpu()
-        self.log_sigmas = 0.5 * torch.log((1 - a) / a)  # [T], increasing in t
+        self.log_sigmas = vp_log_sigmas(alphas_cumprod.cpu())  # [T], increasing in t
         self.sigma_min = float(self.log_sigmas[0].exp())
         self.sigma_max = float(self.log_sigmas[-1].exp())
 
