@@ -145,3 +145,18 @@ def test_dry_run_names_a_missing_plug_in_file_and_checkpoint(tmp_path, capsys):
               "--set", f"generator.plugin.checkpoint={tmp_path}/gone.safetensors"])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "gone.py: file not found" in err and "gone.safetensors: file not found" in err
+
+
+def test_changed_weights_are_a_new_cache_key(plugin):
+    import os
+
+    from robustgen.config import load_config
+    from robustgen.stages.generate import fingerprint
+
+    code, ckpt = plugin
+    cfg = load_config("digits_demo", ["generator.name=plugin", f"generator.plugin.entry_point={code}:make",
+                                      f"generator.plugin.checkpoint={ckpt}"])
+    before = fingerprint(cfg, "data")
+    assert fingerprint(cfg, "data") == before
+    os.utime(ckpt, ns=(ckpt.stat().st_atime_ns, ckpt.stat().st_mtime_ns + 1_000_000_000))
+    assert fingerprint(cfg, "data") != before

@@ -17,14 +17,14 @@ and which returns an object with
 
 Loading the weights safely is the factory's job (``torch.load(weights_only=True)``,
 safetensors, or a converted state dict such as ``robustgen convert-edm`` writes). The checkpoint
-file's size and modification time enter the cache key, so changed weights are sampled again;
+file's size and modification time enter the generate stage's cache key, so changed weights are
+sampled again;
 the saved fit (``generator_fit.json``) records the entry point, options and the checkpoint's
 SHA-256, and a resumed run refuses a checkpoint whose bytes changed.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustgen.data.store_format import file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.generate import register_generator
 
@@ -78,11 +79,7 @@ def _sha256(path: str | None) -> str | None:
     p = Path(path).expanduser()
     if not p.is_file():
         raise RobustgenError(f"{p}: file not found (generator.plugin.checkpoint)")
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(p)
 
 
 @dataclass
@@ -158,16 +155,12 @@ class PluginGenerator:
     @staticmethod
     def fit_kwargs(g) -> dict:
         p = g.plugin
-        ident = None
-        if p.checkpoint is not None and Path(p.checkpoint).expanduser().is_file():
-            st = Path(p.checkpoint).expanduser().stat()
-            ident = [st.st_size, st.st_mtime_ns]  # changed weights: a new cache key (the fit checks the bytes)
         return {"entry_point": p.entry_point, "checkpoint": p.checkpoint, "options": dict(p.options),
-                "batch_size": int(p.batch_size), "checkpoint_file": ident}
+                "batch_size": int(p.batch_size)}
 
     @staticmethod
     def fit(images: np.ndarray, labels: np.ndarray, *, num_classes: int, entry_point: str, checkpoint=None,
-            options=None, batch_size: int = 256, checkpoint_file=None, device="cpu") -> PluginFit:
+            options=None, batch_size: int = 256, device="cpu") -> PluginFit:
         fit = PluginFit(str(entry_point), checkpoint, _sha256(checkpoint), dict(options or {}), int(batch_size),
                         int(num_classes), tuple(int(v) for v in images.shape[1:]))
         return _build(fit, device)

@@ -25,14 +25,17 @@ __all__ = ["fingerprint", "fit_data", "run"]
 
 
 def fingerprint(cfg: RunConfig, data_fp: str) -> str:
-    """Only what this generator reads, so another generator's settings change nothing (a local
-    pretrained folder by its files' names, sizes and times: a re-converted model invalidates the cache)."""
+    """Only what this generator reads, so another generator's settings change nothing (local weights
+    by their files' names, sizes and times: a re-converted model or changed checkpoint is sampled again)."""
     g = cfg.generator
     parts = [data_fp, g.name, g.num_samples, g.seed, generator_fit_kwargs(g)]
-    folder = Path(g.ddpm.pretrained).expanduser() if g.name == "ddpm" and g.ddpm.pretrained else None
-    if folder is not None and folder.is_dir():
-        parts.append([(str(f.relative_to(folder)), f.stat().st_size, f.stat().st_mtime_ns)
-                      for f in sorted(folder.rglob("*")) if f.is_file()])
+    # weights read from local files: a pretrained DDPM folder, a plug-in's checkpoint
+    weights = (g.ddpm.pretrained if g.name == "ddpm" else g.plugin.checkpoint if g.name == "plugin" else None)
+    path = Path(weights).expanduser() if weights else None
+    if path is not None and path.exists():
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        parts.append([(f.name if f == path else str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns)
+                      for f in files])
     return stage_fingerprint("generate", "generate-store", *parts)
 
 

@@ -22,7 +22,6 @@ constructor arguments from the recorded ``init_kwargs``.
 from __future__ import annotations
 
 import collections
-import hashlib
 import io
 import json
 import pickle
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from robustgen.data.store_format import file_sha256
 from robustgen.errors import RobustgenError
 from robustgen.generate.diffusion.edm_net import EDMNetwork
 
@@ -180,7 +180,7 @@ def convert_edm_pickle(pkl, out_dir, *, key: str = "ema") -> Path:
     _network(config, state, str(pkl))  # the conversion is checked before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(Path(pkl).read_bytes()).hexdigest()
+    digest = file_sha256(Path(pkl))
     tensors = {k: v.contiguous() for k, v in state.items()}
     atomic_write(out_dir / EDM_FOLDER_FILES[1], lambda tmp: save_file(tensors, tmp))
     write_json(out_dir / EDM_FOLDER_FILES[0], {"edm_network": config, "source": str(pkl), "sha256": digest,
