@@ -101,14 +101,19 @@ _INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 
 def inception_weights_file() -> Path:
     """Where torch-fidelity's downloaded Inception weights live (the torch hub cache)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / _INCEPTION_FILE
+    return _hub_file(_INCEPTION_FILE)
+
+
+def _hub_file(file_name: str) -> Path:
+    """Where torch hub keeps (and downloads) a weights file."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / file_name
 
 
 def _local_weights(given, file_name: str, *, download: bool, what: str, option: str) -> Path | None:
     """The weights file to read: ``given``, else the torch hub cache's ``file_name``; None when it
     is not there and may be downloaded; a one-line error naming the file to place otherwise."""
     if given is None:
-        cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+        cached = _hub_file(file_name)
         if cached.is_file():
             return cached
         if download:
@@ -207,9 +212,9 @@ class LpipsExtractor(nn.Module):
                 torch.hub.load_state_dict_from_url(_VGG16_URL, file_name=_VGG16_FILE, progress=False)
             except Exception as e:  # offline
                 raise RobustgenError(f"could not download the VGG16 weights for LPIPS ({type(e).__name__}); offline, "
-                                     f"place {_VGG16_FILE} in {Path(torch.hub.get_dir()) / 'checkpoints'} or pass "
+                                     f"place {_VGG16_FILE} in {_hub_file(_VGG16_FILE).parent} or pass "
                                      f"it with --lpips-weights PATH") from None
-            path = Path(torch.hub.get_dir()) / "checkpoints" / _VGG16_FILE
+            path = _hub_file(_VGG16_FILE)
         state = _state_dict(path, "VGG16")
         with warnings.catch_warnings():  # torchvision's note on lpips's deprecated 'pretrained' argument
             warnings.simplefilter("ignore", UserWarning)
