@@ -76,7 +76,9 @@ def measured_row(workload: str, network: str, image_shape, *, precision: str, ch
                  batch: int, detail: str, gflop: float, images_per_s: float, tflops: float, device: torch.device,
                  source: str, solver: str | None = None) -> dict:
     """One row of the rates table, as the benchmarks record it (the device's name and torch's version added)."""
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    from robustgen.train.speed import hardware_name
+
+    gpu = hardware_name(device)
     return {"workload": workload, "network": network, "image_shape": [int(d) for d in image_shape], "solver": solver,
             "precision": precision, "channels_last": bool(channels_last), "compile": bool(compile), "batch": int(batch),
             "detail": detail, "gflop": float(f"{gflop:.4g}"), "images_per_s": float(f"{images_per_s:.4g}"),
