@@ -24,7 +24,7 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robustgen.errors import RobustgenError
+from robustgen.errors import RobustgenError, first_line
 from robustgen.io import atomic_write
 
 _META_KEY = "robustgen"
@@ -75,7 +75,7 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
             meta = f.metadata() or {}
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise _NotRobustgenCheckpoint(f"{path}: not a readable safetensors checkpoint ({_first_line(e)})") from None
+        raise _NotRobustgenCheckpoint(f"{path}: not a readable safetensors checkpoint ({first_line(e, limit=None)})") from None
     return state, meta
 
 
@@ -120,11 +120,6 @@ def _build_model(path: str | Path, state: dict[str, torch.Tensor], info: dict) -
     return model
 
 
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The flat name -> tensor mapping in a ``.pt``/``.pth``/``.safetensors`` file, unwrapped from
     ``{"state_dict": ...}``-style containers and DataParallel/compile prefixes."""
@@ -137,7 +132,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # not a torch file, corrupt, or pickled objects beyond tensors/containers
             raise RobustgenError(f"{path}: not loadable as weights (torch.load weights_only=True: "
-                                 f"{type(e).__name__}: {_first_line(e)})") from None
+                                 f"{type(e).__name__}: {first_line(e, limit=None)})") from None
     while isinstance(obj, dict) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         inner = next((k for k in _CONTAINER_KEYS if isinstance(obj.get(k), dict)), None)
         if inner is None:
@@ -200,7 +195,7 @@ def load_external_model(path: str | Path, *, arch: str, num_classes: int = 10, i
     try:
         model.load_state_dict(state, strict=False)
     except RuntimeError as e:  # e.g. a dtype that cannot be copied
-        raise RobustgenError(f"{path}: weights do not load into {arch} ({_first_line(e)})") from None
+        raise RobustgenError(f"{path}: weights do not load into {arch} ({first_line(e, limit=None)})") from None
     return model.to(device).eval()
 
 

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.errors import RobustgenError
+from robustgen.errors import RobustgenError, first_line
 
 __all__ = ["FileList", "FolderImages", "decode_image", "folder_files", "imagenet_files", "load_file_dataset",
            "tinyimagenet_files"]
@@ -169,7 +169,7 @@ def decode_image(path: str, size: int | None) -> np.ndarray:
                         (left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise RobustgenError(f"{path}: cannot decode image ({type(e).__name__}: {str(e).splitlines()[0][:120]})") from None
+        raise RobustgenError(f"{path}: cannot decode image ({type(e).__name__}: {first_line(e, limit=120)})") from None
 
 
 class FolderImages:

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from robustgen.data.store_format import file_sha256
-from robustgen.errors import RobustgenError
+from robustgen.errors import RobustgenError, first_line
 from robustgen.generate import register_generator
 
 __all__ = ["PluginFit", "PluginGenerator", "load_entry_point"]
@@ -69,8 +69,7 @@ def load_entry_point(spec: str):
 
 
 def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {lines[0][:300] if lines else ''}"
+    return f"{type(e).__name__}: {first_line(e)}"
 
 
 def _sha256(path: str | None) -> str | None:

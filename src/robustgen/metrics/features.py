@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from robustgen.data.npz import validate_images
-from robustgen.errors import RobustgenError
+from robustgen.errors import RobustgenError, first_line
 from robustgen.registry import Registry
 
 __all__ = ["FeatureExtractor", "register_extractor", "list_extractors", "get_extractor", "extract_features", "gather_rows",
@@ -131,8 +131,8 @@ def _state_dict(path: Path, what: str) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = (str(e).strip().splitlines() or [""])[0]
-        raise RobustgenError(f"{path}: not loadable as {what} weights ({type(e).__name__}: {first})") from None
+        raise RobustgenError(f"{path}: not loadable as {what} weights ({type(e).__name__}: "
+                             f"{first_line(e, limit=None)})") from None
 
 
 class InceptionExtractor(nn.Module):
@@ -158,7 +158,7 @@ class InceptionExtractor(nn.Module):
         except RuntimeError as e:  # state dict of another network
             where = weights_path or "the downloaded file"
             raise RobustgenError(f"{where}: weights do not match torch-fidelity's InceptionV3 "
-                                 f"({str(e).strip().splitlines()[0]})") from None
+                                 f"({first_line(e, limit=None)})") from None
         except OSError as e:  # no network
             raise RobustgenError(f"could not download the Inception weights ({type(e).__name__}: {e}); offline, "
                                  f"pass a local copy of {_INCEPTION_FILE} with --inception-weights PATH") from None
@@ -227,7 +227,7 @@ class LpipsExtractor(nn.Module):
         try:
             self.lpips.net.load_state_dict(mapped, strict=True)
         except RuntimeError as e:
-            raise RobustgenError(f"{path}: weights do not match VGG16 ({str(e).strip().splitlines()[0]})") from None
+            raise RobustgenError(f"{path}: weights do not match VGG16 ({first_line(e, limit=None)})") from None
         self.name = "lpips-vgg (5 layers, channel-normalised, weighted)"
         self.device = device
         self.eval().requires_grad_(False).to(device)

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from robustgen.data.store_format import file_sha256
-from robustgen.errors import RobustgenError
+from robustgen.errors import RobustgenError, first_line
 from robustgen.generate.diffusion.edm_net import EDMNetwork
 
 __all__ = ["EDM_FOLDER_FILES", "convert_edm_pickle", "is_edm_folder", "load_edm_folder", "read_edm_pickle"]
@@ -164,9 +164,8 @@ def _network(config: dict, state: dict[str, torch.Tensor], source: str) -> EDMNe
             net = EDMNetwork(**config)
         net.load_state_dict(state, strict=True, assign=True)
     except (TypeError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0][:300]
         raise RobustgenError(f"{source}: the tensors do not fit an EDM {config.get('precond')} / "
-                             f"{config.get('model_type', 'SongUNet')} network ({first})") from None
+                             f"{config.get('model_type', 'SongUNet')} network ({first_line(e)})") from None
     return net.eval().requires_grad_(False)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from robustgen.errors import RobustgenError
+from robustgen.errors import RobustgenError, first_line
 
 __all__ = ["UNET_PRESETS", "build_unet", "ho_scheduler_config", "load_pretrained", "unet_num_classes",
            "unet_preset_names"]
@@ -109,11 +109,6 @@ def unet_num_classes(unet) -> int | None:
     return None if n is None else int(n)
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]
-
-
 def load_pretrained(source: str, *, local_files_only: bool = False):
     """(UNet2DModel in eval mode, scheduler config dict) from a diffusers-format folder or hub id, or
     (EDMNetworkUNet, Ho et al.'s schedule) from a folder ``robustgen convert-edm`` wrote.
@@ -149,7 +144,7 @@ def load_pretrained(source: str, *, local_files_only: bool = False):
             try:
                 return cls.from_pretrained(where, subfolder=sub, local_files_only=local_files_only), errors
             except Exception as e:  # diffusers raises OSError/ValueError/EnvironmentError/hub errors
-                errors.append(_first_line(e))
+                errors.append(first_line(e))
         return None, errors
 
     unet, errors = first_loadable(UNet2DModel, "unet", "config.json")
