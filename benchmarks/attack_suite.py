@@ -20,7 +20,7 @@ import torch
 from robustgen.checkpoint import load_model, model_info
 from robustgen.data import load_dataset
 from robustgen.evaluate import evaluate_robustness
-from robustgen.evaluate.autoattack import run_reference_autoattack
+from robustgen.attacks.autoattack import run_reference_autoattack
 
 
 def main() -> None:

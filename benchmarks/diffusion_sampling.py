@@ -37,13 +37,14 @@ import statistics
 import time
 
 import torch
+from trades_step import (
+    device_peak_tflops,  # the same bf16 peak table (this folder is on the path)
+)
 
 from robustgen.cost import measured_row, record_rates, unet_gflops
-from robustgen.generate.diffusion.samplers import (SAMPLER_SETTINGS, auto_batch_size, sample_diffusion,
-                                                   sample_generators)
+from robustgen.generate.diffusion.samplers import SAMPLER_SETTINGS, auto_batch_size, sample_diffusion, sample_generators
 from robustgen.generate.diffusion.unet import build_unet, ho_scheduler_config
 from robustgen.models.inference import InferenceOptions, prepare_for_inference
-from trades_step import device_peak_tflops  # the same bf16 peak table (this folder is on the path)
 
 # preset -> (image size, channels, classes or None); the guided-diffusion UNets output 3 channels here, not
 # their 6 (learned variances): the last convolution's extra channels are < 0.1% of a call's FLOPs

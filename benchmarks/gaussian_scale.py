@@ -1,7 +1,7 @@
 """Class-conditional Gaussian at paper scale (paper App. D; issue: generated data at paper scale).
 
 Fits the Gaussian (PCA 200 per class) on the 50K CIFAR-10 train images in shared/data, then
-samples 1M images into a store in a temporary folder with ``robustgen.generate.runner`` (shards
+samples 1M images into a store in a temporary folder with ``robustgen.generate.sample_to_store`` (shards
 of 100K: sampling + sha256 + fsync'd writes). Prints the fit seconds, the sampling seconds and
 images/s. Baselines in the same run, on one class: the previous code's partial eigh with
 OpenBLAS's default threads (10-100x slower when the cores are shared), the same eigh on one
@@ -27,7 +27,7 @@ import scipy.linalg
 
 from robustgen.data import read_npz
 from robustgen.generate.gaussian import _pca_directions, fit_class_conditional_gaussian
-from robustgen.generate.runner import generate_store
+from robustgen.generate.sample_to_store import generate_store
 
 TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg" / "train.npz"
 

@@ -71,8 +71,8 @@ def choose(diagnostics: dict[str, dict], reference: str = REFERENCE) -> tuple[st
 
 
 def run_variant(out: Path, point: str, variant: str, extra=()) -> dict:
-    from robustgen.io import write_json
     from robustgen.pipeline import generated_data
+    from robustgen.runtime.io import write_json
 
     cfg, settings = point_config(POINTS[point], (variant,), 0, "autoattack", extra)
     t0 = time.perf_counter()
@@ -86,8 +86,8 @@ def run_variant(out: Path, point: str, variant: str, extra=()) -> dict:
 
 
 def write_report(records: list[dict], prefix: Path, point: str) -> dict:
-    from robustgen.io import write_json, write_text
     from robustgen.metrics.diagnostics import format_diagnostics
+    from robustgen.runtime.io import write_json, write_text
 
     every = {r["variant"]: r["diagnostics"] for r in records}
     diagnostics = {n: d for n, d in every.items() if n in CANDIDATES}

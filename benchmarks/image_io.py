@@ -32,7 +32,7 @@ from PIL import Image
 
 from robustgen.data.folder import FolderImages
 from robustgen.data.store import Store
-from robustgen.data.store_writer import StoreWriter
+from robustgen.data.store.writer import StoreWriter
 
 
 def peak_rss_mib() -> float:

@@ -42,7 +42,7 @@ def inner_variants(eps: float, dims: int) -> dict[str, dict]:
 
 
 def base_config(eps: float):
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
 
     return load_config("digits_demo", ["threat.norm=l2", f"threat.eps={eps}", "train.alpha=1", "baseline=false",
                                        "eval.attack=apgd-ce+apgd-t", "eval.batch_size=540"])
@@ -53,8 +53,8 @@ def attack_strength(model, x, y, eps: float, variants: dict) -> list[dict]:
     import torch
     import torch.nn.functional as F
 
-    from robustgen.attacks.pgd import frozen_parameters, soft_cross_entropy, cross_entropy
-    from robustgen.evaluate import autoattack as aa
+    from robustgen.attacks.pgd import cross_entropy, frozen_parameters, soft_cross_entropy
+    from robustgen.attacks import autoattack as aa
     from robustgen.train.steps import TrainingAttack
 
     model.eval()

@@ -26,15 +26,14 @@ import time
 
 import numpy as np
 import torch
+from diffusion_sampling import bf16_peak, parse_variant  # noqa: E402  (same folder)
 
 from robustgen.cost import forward_gflops, measured_row, record_rates
 from robustgen.data.store import Store
-from robustgen.data.store_writer import StoreWriter
+from robustgen.data.store.writer import StoreWriter
 from robustgen.label.pseudo import predict_probabilities
 from robustgen.models import create_model
 from robustgen.models.inference import prepare_for_inference
-
-from diffusion_sampling import bf16_peak, parse_variant  # noqa: E402  (same folder)
 
 
 @torch.no_grad()

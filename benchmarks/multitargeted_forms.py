@@ -27,7 +27,7 @@ from robustgen.attacks.multitargeted import multitargeted_attack, target_ranks
 from robustgen.data import load_dataset
 from robustgen.data.datasets import ImageDataset
 from robustgen.evaluate import AttackStage, run_cascade
-from robustgen.evaluate.autoattack import apgd_targeted
+from robustgen.attacks.autoattack import apgd_targeted
 from robustgen.models.small_cnn import SmallCNN
 from robustgen.train.loop import LoopSettings, train_loop
 from robustgen.train.steps import TrainingAttack, trades_step_loss

@@ -91,7 +91,7 @@ def point_overrides(changes: dict, arms) -> dict:
 
 def map_config(attack: str):
     """The settings every point shares (model selection every 25 epochs unless a point says otherwise)."""
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
 
     return load_config("digits_demo", ["train.eval_every_epochs=25", "generator.num_samples=5000",
                                        f"eval.attack={attack}", "eval.batch_size=540"])

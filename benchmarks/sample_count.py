@@ -29,7 +29,7 @@ VALIDATION = 1000  # generated rows after the largest count: the generated valid
 
 
 def config(counts, validation: int, extra=()):
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
 
     return load_config("digits_generator", ["arms=[]", "train.alpha=0",
                                             f"generator.num_samples={max(counts) + validation}", *extra])
@@ -39,8 +39,8 @@ def generated_validation(out: Path, count: int):
     """(images float NCHW in [0, 1], f_NR labels) of the shared labelled store's last ``count`` rows."""
     import torch
 
-    from robustgen.data.store import Store
     from robustgen.data.augment import to_float_nchw
+    from robustgen.data.store import Store
 
     stores = sorted(out.glob("stages/label-*/store"))
     if len(stores) != 1:
@@ -100,7 +100,7 @@ def plot(series: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from robustgen.io import save_figure
+    from robustgen.runtime.io import save_figure
 
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     for key, style, label in (("test", "-o", "real test set"), ("generated", "--s", "generated validation set")):
@@ -118,7 +118,7 @@ def plot(series: dict, path: Path) -> None:
 
 
 def main(argv=None) -> int:
-    from robustgen.io import write_json, write_text
+    from robustgen.runtime.io import write_json, write_text
     from robustgen.sweep import dry_run_sweep, run_sweep
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

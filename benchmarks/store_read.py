@@ -1,7 +1,7 @@
 """Training data path over a large store with flat memory (issue: generated data at paper scale).
 
 Writes an N-image 32x32x3 store (default 2M images, 6.1 GB; random pixels) in a temporary
-folder, then runs the training loop's data path over it (``robustgen.train.batches.TrainingBatches``, what
+folder, then runs the training loop's data path over it (``robustgen.train.mixing.batches.TrainingBatches``, what
 ``train_loop`` reads each step from): batches of 1024 mixing 30% real images (the 50K CIFAR-10
 train set from shared/data, held on the device as uint8) with 70% store images drawn with
 replacement, gathered by its prefetch thread, returned as uint8 images and soft targets on the
@@ -31,17 +31,16 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 import torch
 
 from robustgen.data import ImageDataset
-from robustgen.data.indices import WeightedIndices
-from robustgen.data.sources import ArraySource, gather_rows
 from robustgen.data.store import Store
-from robustgen.data.store_writer import StoreWriter
-from robustgen.train.distributed import DistContext
-from robustgen.train.batches import TrainingBatches
-from robustgen.train.loop import LoopSettings
+from robustgen.data.store.writer import StoreWriter
+from robustgen.runtime.distributed import DistContext
+from robustgen.train.mixing.settings import MixSettings
+from robustgen.train.mixing.batches import TrainingBatches
+from robustgen.train.mixing.indices import WeightedIndices
+from robustgen.train.mixing.sources import ArraySource, gather_rows
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg" / "train.npz"
 SHAPE = (32, 32, 3)
@@ -92,8 +91,8 @@ def read_pass(real: ArraySource, store: Store, args, steps: int, start: int, com
     device = torch.device(args.device)
     real_set = ImageDataset(images=real.images, labels=real.labels, class_names=tuple(map(str, range(10))),
                             name=real.name)
-    settings = LoopSettings(batch_size=args.batch_size, total_steps=start + steps, warmup_steps=0, peak_lr=0.1,
-                            source_weights=(args.alpha, 1 - args.alpha), seed=0)
+    settings = MixSettings(batch_size=args.batch_size, total_steps=start + steps,
+                           source_weights=(args.alpha, 1 - args.alpha), seed=0)
     batches = TrainingBatches(real_set, [store], settings, 10, device, DistContext(), start_step=start)
     waited = 0.0
     t0 = time.perf_counter()

@@ -52,8 +52,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from robustgen.cost import measured_row, record_rates
 from robustgen.models import create_model
-from robustgen.train.speed import hardware_name, choose_step_options
 from robustgen.models.ghost_batchnorm import use_bn_groups
+from robustgen.train.speed import choose_step_options, hardware_name
 from robustgen.train.steps import TrainingAttack, trades_step_loss
 
 # Dense bf16 tensor-core peaks from the vendor data sheets (SXM parts), TFLOP/s.

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 
 from robustgen.data import ImageDataset
-from robustgen.data.sources import ArraySource
 from robustgen.models import create_model
-from robustgen.train.distributed import context_from_env
+from robustgen.runtime.distributed import context_from_env
 from robustgen.train.loop import LoopSettings, train_loop
+from robustgen.train.mixing.sources import ArraySource
 from robustgen.train.steps import TrainingAttack, trades_step_loss
 
 

@@ -20,14 +20,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robustgen import preempt
 from robustgen.checkpoint import load_model
 from robustgen.data import load_dataset
-from robustgen.data.store import MANIFEST, file_sha256
+from robustgen.data.store import MANIFEST
 from robustgen.evaluate import AttackStage, get_attack, run_cascade
-from robustgen.generate.runner import generate_store
-from robustgen.label.runner import label_store
-from robustgen.train.distributed import context_from_env
+from robustgen.generate.sample_to_store import generate_store
+from robustgen.label.label_store import label_store
+from robustgen.runtime import preempt
+from robustgen.runtime.distributed import context_from_env
+from robustgen.runtime.fingerprint import file_sha256
 
 NUM_SAMPLES, SHARD_SIZE, EVAL_N, EVAL_BATCH, EPS = 560, 60, 24, 6, 0.1
 

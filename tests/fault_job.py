@@ -13,15 +13,15 @@ from pathlib import Path
 import torch
 
 from robustgen.checkpoint import load_model
-from robustgen.io import write_json
 from robustgen.data import load_dataset
-from robustgen.data.sources import open_source
-from robustgen.data.store_link import link_store
+from robustgen.data.store.link import link_store
 from robustgen.evaluate import evaluate_robustness
-from robustgen.generate.runner import generate_store
-from robustgen.label.runner import label_store, select_store
+from robustgen.generate.sample_to_store import generate_store
+from robustgen.label.label_store import label_store, select_store
 from robustgen.models import create_model
+from robustgen.runtime.io import write_json
 from robustgen.train.loop import LoopSettings, train_loop
+from robustgen.train.mixing.sources import open_source
 from robustgen.train.steps import TrainingAttack, trades_step_loss
 
 SPEC = {"arch": "small-cnn", "num_classes": 10, "in_channels": 1, "activation": "silu", "image_size": 8}

@@ -6,8 +6,8 @@ so tests can check the converter against the original layout without downloading
 import math
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 def timestep_embedding(t, dim, max_period=10000):

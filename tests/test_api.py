@@ -11,7 +11,7 @@ import torch
 import robustgen
 from robustgen.cli import main
 from robustgen.data import load_split
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 TINY = ["data.val_size=64", "classifier.epochs=1", "classifier.batch_size=64", "generator.num_samples=300",
         "train.epochs=1", "train.batch_size=64", "train.inner.steps=2", "train.eval_every_epochs=1", "eval.n=60",
@@ -140,7 +140,7 @@ def test_generator_samples_the_stores_sequence_and_given_classes(run):
 
 
 def test_ddpm_generator_samples_given_classes_as_the_store_does(tmp_path):
-    from robustgen.generate.runner import generate_store
+    from robustgen.generate.sample_to_store import generate_store
 
     d = load_split(robustgen.load_config("digits_demo").data, "train")
     fit = dict(unet="tiny", train_steps=2, batch_size=8, warmup_steps=1, sampling_steps=2, sample_batch_size=4,

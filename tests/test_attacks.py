@@ -8,7 +8,7 @@ from robustgen.attacks.pgd import (batch_stats_without_update, frozen_parameters
                                    perturbation_norm, piecewise_constant, project, projected_gradient_attack,
                                    random_start, soft_cross_entropy)
 from robustgen.evaluate import evaluate_robustness
-from robustgen.evaluate.attacks import pgd40_stage
+from robustgen.attacks.suites import pgd40_stage
 
 
 def _model(seed=0, classes=5):

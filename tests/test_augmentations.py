@@ -114,8 +114,8 @@ def test_training_augmentations_are_reproducible_and_keep_the_batch_shape(kind):
 
 
 def test_a_run_trains_with_cutmix_and_weight_averaging(tmp_path):
-    from robustgen.config import load_config
-    from robustgen.errors import RobustgenError
+    from robustgen.presets import load_config
+    from robustgen.runtime.errors import RobustgenError
 
     tiny = ["data.val_size=64", "train.epochs=1", "train.batch_size=64", "train.inner.steps=2", "eval.n=40",
             "eval.attack=pgd40", "train.alpha=1", "baseline=false", "train.augment=cutmix", "train.ema_decay=0.999"]

@@ -10,13 +10,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robustgen.data import ImageDataset
-from robustgen.data.sources import ArraySource
-from robustgen.errors import RobustgenError
 from robustgen.models import create_model
 from robustgen.models.ghost_batchnorm import GroupBatchNorm2d, use_bn_groups
-from robustgen.train.distributed import DistContext
-from robustgen.train.batches import TrainingBatches
+from robustgen.runtime.distributed import DistContext
+from robustgen.runtime.errors import RobustgenError
 from robustgen.train.loop import LoopSettings
+from robustgen.train.mixing.batches import TrainingBatches
+from robustgen.train.mixing.sources import ArraySource
 from robustgen.train.steps import TrainingAttack, trades_step_loss
 
 
@@ -90,7 +90,7 @@ def test_every_group_keeps_the_batch_mix_and_bad_sizes_are_refused():
     gen = [ArraySource(np.full((50, 8, 8, 1), 255, np.uint8), np.zeros(50, np.int64), num_classes=4)]
     s = LoopSettings(batch_size=32, total_steps=2, warmup_steps=0, peak_lr=0.1, source_weights=(0.3, 0.7), crop_padding=0,
                      flip=False, bn_group_size=8)
-    batches = TrainingBatches(real, gen, s, 4, torch.device("cpu"), DistContext())
+    batches = TrainingBatches(real, gen, s.mix, 4, torch.device("cpu"), DistContext())
     (chunk,) = batches(0)
     white = (chunk.images.flatten(1) == 255).all(1).view(4, 8).sum(1)  # generated rows per group of 8
     assert int(white.sum()) == 32 - round(0.3 * 32) and int(white.max() - white.min()) <= 1
@@ -98,6 +98,6 @@ def test_every_group_keeps_the_batch_mix_and_bad_sizes_are_refused():
     batches.close()
     with pytest.raises(RobustgenError, match="bn_group_size 8 must divide"):
         TrainingBatches(real, gen, LoopSettings(batch_size=36, total_steps=1, warmup_steps=0, peak_lr=0.1, source_weights=(0.3, 0.7),
-                                                bn_group_size=8), 4, torch.device("cpu"), DistContext())
+                                                bn_group_size=8).mix, 4, torch.device("cpu"), DistContext())
     with pytest.raises(RobustgenError, match="multiple of 4"):
         use_bn_groups(_model(), 4)(torch.rand(6, 3, 8, 8))

@@ -103,7 +103,7 @@ def test_eval_warns_when_its_first_n_images_miss_classes(tiny_run, tmp_path, cap
 
 
 def test_stratified_rows_cover_every_class_and_are_seeded():
-    from robustgen.data.indices import stratified_rows
+    from robustgen.data.datasets import stratified_rows
 
     labels = np.repeat(np.arange(1000), 50)  # ImageNet val as a class-sorted folder
     rows = stratified_rows(labels, 5000, seed=0)
@@ -114,7 +114,8 @@ def test_stratified_rows_cover_every_class_and_are_seeded():
     assert len(odd) <= 9 and set(np.repeat(np.arange(3), [10, 2, 10])[odd]) == {0, 1, 2}
 
 def test_classifier_verb_and_pipeline_compute_the_same_fingerprint(tiny_run, tmp_path, capsys):
-    from robustgen.config import load_config, replace
+    from robustgen.config import replace
+    from robustgen.presets import load_config
     from robustgen.stages import classifier, data_fingerprint, load_splits
 
     main(["classifier", "digits_demo", "--out", str(tmp_path / "c"), "--quiet", *_sets(TINY)])
@@ -421,7 +422,7 @@ def test_tensorboard_mirrors_the_training_scalars(tmp_path):
 
 
 def test_presets_and_config_show(capsys):
-    from robustgen.config import list_presets
+    from robustgen.presets import list_presets
 
     main(["presets"])
     text = capsys.readouterr().out
@@ -438,7 +439,7 @@ def test_presets_and_config_show(capsys):
 
 
 def test_progress_is_a_heartbeat_off_a_terminal(capsys):
-    from robustgen.progress import Heartbeat, progress_bar
+    from robustgen.runtime.progress import Heartbeat, progress_bar
 
     bar = progress_bar(total=10, desc="train[x]", unit="step")
     assert isinstance(bar, Heartbeat)  # pytest's stderr is not a terminal

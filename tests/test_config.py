@@ -2,8 +2,9 @@
 
 import pytest
 
-from robustgen.config import list_presets, load_config, parse_number
-from robustgen.errors import RobustgenError
+from robustgen.config import parse_number
+from robustgen.presets import list_presets, load_config
+from robustgen.runtime.errors import RobustgenError
 
 
 def test_default_is_the_generator_demo_and_presets_validate():
@@ -84,7 +85,8 @@ def test_bad_files(tmp_path):
 
 
 def test_replace_round_trip_keeps_values_and_types():
-    from robustgen.config import config_to_dict, load_config, replace
+    from robustgen.config import config_to_dict, replace
+    from robustgen.presets import load_config
 
     cfg = load_config("digits_demo", ["data.sources=[{path: train, weight: 1}, {path: x.npz, weight: 0, classes: [1, 2]}]",
                              "train.alpha=1"])

@@ -5,11 +5,11 @@ import dataclasses
 
 import pytest
 import torch
-
 from guided_diffusion_reference import UNetModel
-from robustgen.errors import RobustgenError
+
 from robustgen.generate.diffusion.convert import (GUIDED_DIFFUSION_PRESETS, GuidedDiffusionConfig,
                                                   convert_guided_diffusion, scheduler_config, unet_config)
+from robustgen.runtime.errors import RobustgenError
 
 TINY = GuidedDiffusionConfig(image_size=16, model_channels=32, channel_mult=(1, 2, 2), num_res_blocks=1,
                              attention_resolutions=(8, 4), num_head_channels=16, num_classes=5, learn_sigma=True,

@@ -83,7 +83,7 @@ def test_the_package_table_has_gpu_rows_for_the_presets_workloads():
 
 
 def test_the_paper_preset_prices_sampling_and_labelling_with_their_own_rates():
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
     from robustgen.cost import estimate_cost
 
     est = estimate_cost(load_config("cifar10_linf_wrn-28-10"), n_train=50000, n_test=10000, image_shape=(32, 32, 3),
@@ -100,7 +100,7 @@ def test_the_paper_preset_prices_sampling_and_labelling_with_their_own_rates():
 
 
 def test_imported_sources_cost_no_sampling():
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
     from robustgen.cost import estimate_cost
 
     est = estimate_cost(load_config("cifar10_linf_wrn-28-10_wang2023"), n_train=50000, n_test=10000,

@@ -23,8 +23,8 @@ from robustgen.data import (
     write_npz,
 )
 from robustgen.data import datasets as datasets_mod
-from robustgen.data.indices import WeightedIndices, source_counts
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
+from robustgen.train.mixing.indices import WeightedIndices, source_counts
 
 SHARED_CIFAR = Path("/work/shared/data/cifar10-jpeg")
 

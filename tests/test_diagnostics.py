@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from robustgen.config import load_config
-from robustgen.errors import RobustgenError
+from robustgen.presets import load_config
 from robustgen.metrics.diagnostics import copy_statistics, diagnose, format_diagnostics, label_statistics
 from robustgen.metrics.features import ClassifierExtractor
 from robustgen.metrics.measure import ImageSet
+from robustgen.runtime.errors import RobustgenError
 from robustgen.stages import load_splits
 
 
@@ -101,7 +101,7 @@ def test_diagnose_is_deterministic_and_subsamples_class_balanced(splits):
 def test_diagnose_cli_on_a_store_and_an_npz(tmp_path, capsys):
     from robustgen.cli import main
     from robustgen.data.npz import write_npz
-    from robustgen.data.store_writer import StoreWriter
+    from robustgen.data.store.writer import StoreWriter
 
     s = load_splits(load_config("digits_oracle", []))
     with StoreWriter.create(tmp_path / "copies", image_shape=(8, 8, 1), num_classes=10, shard_size=100) as w:
@@ -171,7 +171,7 @@ def test_diagnostics_appear_in_the_run_report(tmp_path):
 
 # --------------------------------------------------------------------------- filters, per arm (issue 23, item 3)
 def _labelled_store(path, images, labels, conditions, confidences):
-    from robustgen.data.store_writer import StoreWriter
+    from robustgen.data.store.writer import StoreWriter
 
     with StoreWriter.create(path, image_shape=images.shape[1:], num_classes=10, shard_size=40) as w:
         w.append(images, labels, conditions=conditions, confidences=confidences)
@@ -181,7 +181,7 @@ def _labelled_store(path, images, labels, conditions, confidences):
 def test_filters_drop_disagreeing_labels_and_near_copies_before_the_per_class_rules(tmp_path, splits):
     from robustgen.config import LabelConfig
     from robustgen.data.store import Store
-    from robustgen.label.runner import select_store
+    from robustgen.label.label_store import select_store
     from robustgen.stages.label import filter_rows
 
     # 75 copies of the kept digits, then 75 withheld real digits; every third label disagrees
@@ -259,7 +259,9 @@ def test_the_default_demo_is_the_regime_map_job_where_the_generator_gains(study)
     # the demo's numbers are the map's eps-0.1 seed-0 job (ddpm-steps1000 and the oracle), only the
     # evaluation attack differs (its APGD stages; FAB-T and Square broke no point there)
     import regime_map as rm
-    from robustgen.config import load_config, replace
+
+    from robustgen.config import replace
+    from robustgen.presets import load_config
 
     demo = load_config()
     job, _ = rm.point_config(rm.POINTS["eps-0.1"], ("baseline", "ddpm-steps1000", "heldout"), 0, "autoattack")

@@ -3,24 +3,23 @@ per-sample seeds, pretrained loading, the ``ddpm`` adapter through the store run
 
 import json
 
+# imported once at collection (several seconds on a busy CPU), not inside the first test; a
+# dependency, so a missing install fails here instead of skipping
+import diffusers  # noqa: F401
 import numpy as np
 import pytest
 import torch
 
-# imported once at collection (several seconds on a busy CPU), not inside the first test; a
-# dependency, so a missing install fails here instead of skipping
-import diffusers  # noqa: F401
-
-from robustgen.config import load_config
+from robustgen.presets import load_config
 from robustgen.data import load_dataset
 from robustgen.data.store import Store
-from robustgen.errors import RobustgenError
 from robustgen.generate import generator_fit_kwargs, get_generator
 from robustgen.generate.diffusion import samplers as S
 from robustgen.generate.diffusion.adapter import DDPMFit, DDPMGenerator, DDPMRangeSampler, fit_ddpm
 from robustgen.generate.diffusion.unet import build_unet, ho_scheduler_config, load_pretrained
-from robustgen.generate.runner import generate_store
-from robustgen.label.runner import label_store, select_store
+from robustgen.generate.sample_to_store import generate_store
+from robustgen.label.label_store import label_store, select_store
+from robustgen.runtime.errors import RobustgenError
 
 # A few steps of a tiny run: settings shared by the tests below.
 TINY = dict(unet="tiny", train_steps=4, batch_size=8, warmup_steps=2, sampling_steps=3, sample_batch_size=4,

@@ -9,7 +9,7 @@ import click
 import pytest
 
 from robustgen.cli import cli
-from robustgen.config import list_presets
+from robustgen.presets import list_presets
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]

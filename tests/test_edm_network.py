@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustgen.errors import RobustgenError
 from robustgen.generate.diffusion.edm_net import EDMNetwork
 from robustgen.generate.diffusion.edm_pickle import convert_edm_pickle, load_edm_folder, read_edm_pickle
+from robustgen.runtime.errors import RobustgenError
 
 TINY_SONG = dict(img_resolution=8, img_channels=1, label_dim=10, use_fp16=False, model_type="SongUNet",
                  model_channels=16, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.13,
@@ -144,8 +144,7 @@ def test_the_edm_preset_is_edms_cifar10_network():
 
 
 def test_a_converted_network_samples_as_a_pretrained_generator_with_edms_noise_levels(tmp_path, monkeypatch):
-    from robustgen.generate.diffusion import DDPMGenerator, fit_ddpm
-    from robustgen.generate.diffusion import samplers
+    from robustgen.generate.diffusion import DDPMGenerator, fit_ddpm, samplers
 
     write_edm_pickle(tmp_path / "net.pkl", _random_network(), "VPPrecond", TINY_SONG, source_code="")
     folder = convert_edm_pickle(tmp_path / "net.pkl", tmp_path / "edm")
@@ -183,7 +182,7 @@ def test_convert_edm_verb_then_run_generates_labels_by_condition_and_trains(tmp_
 
 
 def test_a_reconverted_folder_invalidates_the_cached_samples(tmp_path):
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
     from robustgen.stages.generate import fingerprint
 
     write_edm_pickle(tmp_path / "a.pkl", _random_network(), "VPPrecond", TINY_SONG, source_code="")

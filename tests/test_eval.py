@@ -8,10 +8,10 @@ import torch.nn as nn
 
 from robustgen.attacks.multitargeted import multitargeted_attack, target_order
 from robustgen.attacks.pgd import frozen_parameters, perturbation_norm
-from robustgen.errors import RobustgenError
 from robustgen.evaluate import AttackStage, evaluate_robustness, get_attack, list_attacks, run_cascade
-from robustgen.evaluate.autoattack import apgd, run_reference_autoattack
-from robustgen.evaluate.cascade import masking_warnings
+from robustgen.attacks.autoattack import apgd, run_reference_autoattack
+from robustgen.attacks.cascade import masking_warnings
+from robustgen.runtime.errors import RobustgenError
 
 
 def _cnn(classes=4, seed=0):

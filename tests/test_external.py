@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import randomize
 from safetensors.torch import save_file
 from torch import nn
 
-from model_helpers import randomize
 from robustgen.checkpoint import load_external_model, load_model
-from robustgen.errors import RobustgenError
 from robustgen.models import create_model
+from robustgen.runtime.errors import RobustgenError
 
 ARCH = "resnet-18-kuangliu"
 CIFAR_TEST = Path("/work/shared/data/cifar10-jpeg/test.npz")

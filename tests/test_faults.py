@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from robustgen import preempt
 from robustgen.data import ImageDataset
-from robustgen.data.sources import ArraySource
-from robustgen.errors import NonFiniteError, RobustgenError
-from robustgen.locks import FolderLock, LockHeld
 from robustgen.models import create_model
+from robustgen.runtime import preempt
+from robustgen.runtime.errors import NonFiniteError, RobustgenError
+from robustgen.runtime.locks import FolderLock, LockHeld
 from robustgen.train.loop import LoopSettings, train_loop
+from robustgen.train.mixing.sources import ArraySource
 from robustgen.train.steps import TrainingAttack, trades_step_loss
 
 SPEC = {"arch": "small-cnn", "num_classes": 4, "in_channels": 1, "activation": "silu", "image_size": 8}
@@ -47,7 +47,7 @@ def _env():
 # --------------------------------------------------------------------------- locks
 def _holder(folder, seconds):
     """A process owning ``folder`` for ``seconds``; returns once it holds the lock."""
-    code = ("import sys, time; from robustgen.locks import FolderLock\n"
+    code = ("import sys, time; from robustgen.runtime.locks import FolderLock\n"
             "with FolderLock(sys.argv[1]):\n    print('held', flush=True); time.sleep(float(sys.argv[2]))\n")
     proc = subprocess.Popen([sys.executable, "-c", code, str(folder), str(seconds)], stdout=subprocess.PIPE,
                             env=_env())
@@ -224,8 +224,8 @@ def test_cli_exits_75_on_sigterm_and_the_rerun_finishes(tmp_path):
 def test_store_jobs_and_evaluation_stop_on_a_signal_and_resume_identically(tmp_path):
     from robustgen.data.store import Store
     from robustgen.evaluate import evaluate_robustness
-    from robustgen.generate.runner import generate_store
-    from robustgen.label.runner import label_store
+    from robustgen.generate.sample_to_store import generate_store
+    from robustgen.label.label_store import label_store
 
     data = _dataset()
     kw = dict(generator="gaussian", train_images=data.images, train_labels=data.labels, num_classes=4,
@@ -364,7 +364,7 @@ def _flip_byte(path, offset=-1):
 
 def test_corrupt_image_shard_is_never_read(tmp_path):
     from robustgen.data.store import Store
-    from robustgen.data.store_writer import StoreWriter
+    from robustgen.data.store.writer import StoreWriter
 
     data = _dataset(40)
     with StoreWriter.create(tmp_path / "s", image_shape=(8, 8, 1), num_classes=4, shard_size=16) as w:
@@ -376,7 +376,7 @@ def test_corrupt_image_shard_is_never_read(tmp_path):
     with pytest.raises(RobustgenError, match=r"images-00001.npy: sha256 does not match the manifest .* not used"):
         store.gather(np.array([3, 20]))
     # training reads generated stores this way
-    from robustgen.stages.adversarial import read_generated
+    from robustgen.stages.train import read_generated
 
     source = read_generated(tmp_path / "s", 4, (8, 8, 1))
     with pytest.raises(RobustgenError, match="images-00001.npy: sha256"):
@@ -441,7 +441,7 @@ def test_corrupt_generated_shard_in_a_run_folder_is_regenerated(tmp_path, capfd)
     again = json.loads((out / "results.json").read_text())
     strip = lambda r: [{k: v for k, v in m.items() if not k.endswith("time_s")} for m in r["models"]]  # noqa: E731
     assert strip(again) == strip(first)
-    from robustgen.data.store_inspect import verify_store
+    from robustgen.data.store.inspect import verify_store
 
     for store in out.glob("stages/*/store"):
         assert verify_store(store) == []
@@ -453,7 +453,7 @@ def _enospc(*a, **k):
 
 
 def test_full_disk_at_a_checkpoint_keeps_the_previous_state_and_resumes_identically(tmp_path, monkeypatch):
-    from robustgen.io import DiskFullError
+    from robustgen.runtime.io import DiskFullError
 
     full, _ = _train(tmp_path / "full", checkpoint_every=2)
     real_save = torch.save
@@ -481,9 +481,9 @@ def test_full_disk_at_a_checkpoint_keeps_the_previous_state_and_resumes_identica
 
 
 def test_full_disk_while_writing_a_shard_resumes_to_identical_bytes(tmp_path, monkeypatch):
-    from robustgen.io import DiskFullError
-    from robustgen.data.store_inspect import verify_store
-    from robustgen.generate.runner import generate_store
+    from robustgen.data.store.inspect import verify_store
+    from robustgen.generate.sample_to_store import generate_store
+    from robustgen.runtime.io import DiskFullError
 
     data = _dataset()
     kw = dict(generator="gaussian", train_images=data.images, train_labels=data.labels, num_classes=4,
@@ -509,8 +509,8 @@ def test_full_disk_while_writing_a_shard_resumes_to_identical_bytes(tmp_path, mo
 
 
 def test_too_little_free_space_is_reported_before_writing(tmp_path, monkeypatch):
-    from robustgen import io
-    from robustgen.io import DiskFullError, write_json
+    from robustgen.runtime import io
+    from robustgen.runtime.io import DiskFullError, write_json
 
     write_json(tmp_path / "results.json", {"old": 1})
     monkeypatch.setattr(io, "_free_bytes", lambda folder: 10)
@@ -528,7 +528,7 @@ def _read_fully(path):
     """Read a file as its consumer would; a partial file raises."""
     from safetensors.torch import load_file
 
-    from robustgen.data.store_format import npy_layout
+    from robustgen.data.store.format import npy_layout
 
     if path.suffix == ".json":
         json.loads(path.read_text())

@@ -10,8 +10,8 @@ from PIL import Image
 
 from robustgen.data import load_dataset
 from robustgen.data.folder import decode_image
-from robustgen.data.sources import ArraySource
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
+from robustgen.train.mixing.sources import ArraySource
 
 
 def _write_jpeg(path, rng, size=(16, 16), quality=95):
@@ -69,7 +69,7 @@ def test_split_larger_than_the_memory_budget_is_decoded_on_demand_with_the_same_
     assert sub.decoded_on_demand and sub.labels.tolist() == [0, 0, 2]
     np.testing.assert_array_equal(sub.in_memory().images, eager.images[[5, 1, 17]])
     np.testing.assert_allclose(np.array(lazy.mean_std()), np.array(eager.mean_std()))
-    from robustgen.generate.runner import array_fingerprint
+    from robustgen.runtime.fingerprint import array_fingerprint
 
     assert array_fingerprint(lazy.images) == array_fingerprint(lazy.images)
     assert array_fingerprint(lazy.images) != array_fingerprint(sub.images)
@@ -142,9 +142,9 @@ def test_bad_image_folders_fail_with_one_line_naming_the_file(tmp_path, case):
 def test_training_batches_from_files_equal_batches_from_memory(tmp_path):
     """The loop gathers a lazily decoded real split on the host: same images, labels and exact
     alpha mix as the device copy of the same split."""
-    from robustgen.train.batches import TrainingBatches
-    from robustgen.train.distributed import DistContext
+    from robustgen.runtime.distributed import DistContext
     from robustgen.train.loop import LoopSettings
+    from robustgen.train.mixing.batches import TrainingBatches
 
     root = make_folder_tree(tmp_path / "imgs", per_class=(10, 1))
     eager = load_dataset(f"folder:{root}", "train")
@@ -153,8 +153,8 @@ def test_training_batches_from_files_equal_batches_from_memory(tmp_path):
     generated = ArraySource(rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 40),
                             num_classes=3, name="gen")
     s = LoopSettings(batch_size=8, total_steps=4, warmup_steps=0, peak_lr=0.1, source_weights=(0.75, 0.25), micro_batches=2)
-    a = TrainingBatches(eager, [generated], s, 3, torch.device("cpu"), DistContext())
-    b = TrainingBatches(lazy, [generated], s, 3, torch.device("cpu"), DistContext())
+    a = TrainingBatches(eager, [generated], s.mix, 3, torch.device("cpu"), DistContext())
+    b = TrainingBatches(lazy, [generated], s.mix, 3, torch.device("cpu"), DistContext())
     try:
         for step in range(4):
             chunks_b = b(step)
@@ -208,7 +208,7 @@ def test_presets_dry_run_print_the_cost_and_name_what_is_missing(preset, unet, t
 
 
 def test_folder_dataset_sizes_for_the_cost_estimate(tmp_path):
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
     from robustgen.preflight import data_shape
 
     root = make_folder_tree(tmp_path / "imgs", per_class=(5, 2), size=(16, 12))
@@ -223,7 +223,7 @@ def test_dlr_stages_fall_back_to_cross_entropy_below_their_class_counts(classes)
     APGD-DLR use the cross-entropy with a warning instead of pyautoattack's IndexError."""
     import torch
 
-    from robustgen.evaluate import autoattack as aa
+    from robustgen.attacks import autoattack as aa
     from robustgen.models import create_model
 
     torch.manual_seed(0)

@@ -7,7 +7,6 @@ import pytest
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
-from robustgen.errors import RobustgenError
 from robustgen.generate import GENERATORS, get_generator, list_generators
 from robustgen.generate.gaussian import (
     NOISE_CHUNK,
@@ -16,6 +15,7 @@ from robustgen.generate.gaussian import (
     fit_class_conditional_gaussian,
     sample_gaussian_range,
 )
+from robustgen.runtime.errors import RobustgenError
 
 
 def _digits():

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from robustgen.data import ImageDataset
-from robustgen.data.sources import ArraySource
 from robustgen.models import create_model
 from robustgen.train.loop import LoopSettings, train_loop
+from robustgen.train.mixing.sources import ArraySource
 from robustgen.train.steps import TrainingAttack, trades_step_loss
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -9,12 +9,14 @@ import torch
 
 from robustgen import pipeline
 from robustgen.checkpoint import load_model
-from robustgen.config import load_config
+from robustgen.presets import load_config
 from robustgen.data import ImageDataset, holdout_split, write_npz
 from robustgen.data.store import Store
-from robustgen.errors import RobustgenError
 from robustgen.label import predict_probabilities
-from robustgen.stages import adversarial as adversarial_stage, classifier as classifier_stage, load_splits
+from robustgen.runtime.errors import RobustgenError
+from robustgen.stages import train as adversarial_stage
+from robustgen.stages import classifier as classifier_stage
+from robustgen.stages import load_splits
 from robustgen.stages.generate import fit_data
 
 

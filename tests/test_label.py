@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustgen.errors import RobustgenError
 from robustgen.label import predict_probabilities, pseudo_label, top_k_per_class
 from robustgen.report.grid import save_sample_grid
+from robustgen.runtime.errors import RobustgenError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

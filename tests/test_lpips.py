@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,12 @@ import pytest
 import scipy.linalg
 import torch
 
-from robustgen.errors import RobustgenError
 from robustgen.metrics import (balanced_sample, complementarity_coverage, extract_features, fid_from_features,
                                frechet_distance, get_extractor, inception_score, kernel_inception_distance,
                                nearest_neighbors)
 from robustgen.metrics.complementarity import format_table, pca_fit
 from robustgen.metrics.features import ClassifierExtractor, list_extractors
+from robustgen.runtime.errors import RobustgenError
 
 
 # --------------------------------------------------------------------------- nearest neighbours
@@ -369,7 +369,7 @@ def test_gpu_gives_the_cpu_results(tiny_images):
 
 def test_measure_reads_a_store_and_an_npz_alike(tmp_path):
     from robustgen.data.npz import write_npz
-    from robustgen.data.store_writer import StoreWriter
+    from robustgen.data.store.writer import StoreWriter
     from robustgen.metrics.measure import ImageSet, measure, open_image_set
 
     rng = np.random.default_rng(0)

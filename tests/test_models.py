@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import randomize
 from torch import nn
 
-from robustgen.errors import RobustgenError
-from model_helpers import randomize
 from robustgen.models import create_model, example_arch, is_known_arch, list_models, register_model
+from robustgen.runtime.errors import RobustgenError
 
 # One small concrete architecture per registered name or pattern (wrn-<depth>-<width> -> wrn-16-2).
 ARCHS = [example_arch(name) for name in list_models()]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from robustgen.cli import main
-from robustgen.config import list_presets, load_config
+from robustgen.presets import list_presets, load_config
 from robustgen.preflight import npz_headers, preflight
 
 PAPER_ROWS = ["cifar10_linf_wrn-28-10", "cifar10_linf_wrn-70-16", "cifar10_l2_wrn-70-16", "cifar100_linf_wrn-70-16",
@@ -60,7 +60,7 @@ WANG_PRESETS = ["cifar10_linf_wrn-28-10_wang2023", "cifar10_linf_wrn-70-16_wang2
 def test_the_wang2023_presets_are_their_released_command():
     # github.com/wzekai99/DM-Improves-AT README: train-wa.py --batch-size 512 --lr 0.2 --beta 5.0
     # --unsup-fraction 0.7 --ls 0.1 --num-adv-epochs 400, linf-pgd inner attack (10 x 2/255), --tau 0.995
-    from robustgen.data.indices import source_counts
+    from robustgen.train.mixing.indices import source_counts
 
     for name, arch in zip(WANG_PRESETS, ("wrn-28-10", "wrn-70-16")):
         cfg = load_config(name)

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from robustgen.errors import RobustgenError
 from robustgen.metrics.landscape import landscape_grid, loss_landscape, rademacher_direction
-from robustgen.report.plots import (plot_accuracy_vs_samples, plot_loss_landscapes, plot_sweep,
-                                    plot_training_curves, read_history)
+from robustgen.report.plots import (plot_accuracy_vs_samples, plot_loss_landscapes, plot_sweep, plot_training_curves,
+                                    read_history)
+from robustgen.runtime.errors import RobustgenError
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -40,7 +40,7 @@ def test_sweep_and_samples_plots_write_pngs(tmp_path):
 
 
 def test_training_curves_from_a_history_file(tmp_path):
-    from robustgen.io import write_json
+    from robustgen.runtime.io import write_json
 
     history = [{"step": s, "samples": 128 * s, "loss": 2.0 / s, "lr": 0.1} for s in range(1, 20)]
     history += [{"step": 10, "samples": 1280, "model": m, "score": 0.4, "val_clean_accuracy": 0.9,
@@ -53,8 +53,8 @@ def test_training_curves_from_a_history_file(tmp_path):
 
 
 def test_report_curves_cli(tmp_path, capsys):
-    from robustgen.io import write_json
     from robustgen.cli import main
+    from robustgen.runtime.io import write_json
 
     write_json(tmp_path / "history.json", [{"step": 1, "samples": 1, "loss": 1.0, "lr": 0.1}])
     main(["report", "curves", str(tmp_path), "--out", str(tmp_path / "c.png")])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 PLUGIN = textwrap.dedent('''
     import torch
@@ -113,7 +113,7 @@ def test_class_counts_must_match_the_data(plugin):
 
 
 def test_config_names_a_malformed_entry_point():
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
 
     with pytest.raises(RobustgenError, match="generator.plugin.entry_point must be 'module:factory'"):
         load_config("digits_demo", ["generator.name=plugin", "generator.plugin.entry_point=just_a_module"])
@@ -150,7 +150,7 @@ def test_dry_run_names_a_missing_plug_in_file_and_checkpoint(tmp_path, capsys):
 def test_changed_weights_are_a_new_cache_key(plugin):
     import os
 
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
     from robustgen.stages.generate import fingerprint
 
     code, ckpt = plugin

@@ -57,7 +57,6 @@ def test_paired_differences_and_their_standard_errors():
         paired_point_difference("10", "1")
 def test_report_shows_class_counts_before_and_after_the_selection(tmp_path):
     from robustgen.report.markdown import write_report
-
     from robustgen.results import RunResults
 
     labeling = {"num_labeled": 20, "mean_confidence": 0.9, "counts_before": [12, 15], "counts_per_class": [10, 10]}

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from robustgen.data.indices import WeightedIndices, source_counts
-from robustgen.data.sources import ArraySource, Prefetcher, gather_rows, host_buffer, open_source
 from robustgen.data.store import Store
-from robustgen.data.store_writer import StoreWriter
-from robustgen.errors import RobustgenError
+from robustgen.data.store.writer import StoreWriter
+from robustgen.runtime.errors import RobustgenError
+from robustgen.train.mixing.indices import WeightedIndices, source_counts
+from robustgen.train.mixing.sources import ArraySource, Prefetcher, gather_rows, host_buffer, open_source
 
 
 def test_source_counts_hand_cases():
@@ -32,7 +32,7 @@ def test_source_counts_per_group_are_the_authors_per_core_mix():
     assert source_counts(64, [0.3, 0.7], group_size=64) == source_counts(64, [0.3, 0.7])
     with pytest.raises(RobustgenError, match="must divide the batch size 1000"):
         source_counts(1000, [0.3, 0.7], group_size=32)
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
 
     assert load_config("cifar10_linf_wrn-28-10").train.mix_group_size == 32
     with pytest.raises(RobustgenError, match="train.mix_group_size must divide"):
@@ -142,7 +142,7 @@ def test_prefetcher_yields_the_same_batches_in_order(tmp_path):
 
 
 def test_prefetcher_with_a_callable(tmp_path):
-    from robustgen.data.sources import host_buffer
+    from robustgen.train.mixing.sources import host_buffer
 
     _, gen, images, labels = _sources(tmp_path)
     indices = WeightedIndices([20, len(gen)], [0.25, 0.75], batch_size=8, seed=2,
@@ -189,9 +189,9 @@ def test_open_source(tmp_path):
 def test_generated_rows_trains_on_the_first_rows_of_the_runs_samples(tmp_path):
     """Fig. 6's sample-count axis: train.generated_rows reads a prefix of one labelled store, so every
     count shares one sampling; unset, the training fingerprint is what it was before the option."""
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
     from robustgen.data import write_npz
-    from robustgen.stages.adversarial import fingerprint, training_sources
+    from robustgen.stages.train import fingerprint, training_sources
     from robustgen.stages.common import load_splits
 
     rng = np.random.default_rng(0)

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from robustgen.cli import main
-from robustgen.data.sources import ArraySource, check_sources_agree
-from robustgen.data.store import MANIFEST, Store, file_sha256
-from robustgen.data.store_inspect import verify_store
-from robustgen.data.store_writer import StoreWriter
-from robustgen.data.store_npz import export_npz, import_npz
-from robustgen.errors import RobustgenError
+from robustgen.data.store import MANIFEST, Store
+from robustgen.data.store.inspect import verify_store
+from robustgen.data.store.npz import export_npz, import_npz
+from robustgen.data.store.writer import StoreWriter
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import file_sha256
+from robustgen.train.mixing.sources import ArraySource, check_sources_agree
 
 
 def _data(n=35, shape=(8, 8, 3), k=4, seed=0):
@@ -268,7 +269,7 @@ def test_cli_import_info_verify_export(tmp_path, capsys):
 
 
 def test_linked_store_relabels_without_touching_the_source(store, tmp_path):
-    from robustgen.data.store_link import link_store
+    from robustgen.data.store.link import link_store
 
     path, images, labels = store
     before = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file() and p.name != ".lock"}

@@ -16,9 +16,8 @@ import torch
 from robustgen.checkpoint import model_spec, save_model
 from robustgen.cli import main
 from robustgen.data import load_dataset
-from robustgen.data.store import MANIFEST, Store, file_sha256
-from robustgen.data.store_inspect import verify_store
-from robustgen.errors import RobustgenError
+from robustgen.data.store import MANIFEST, Store
+from robustgen.data.store.inspect import verify_store
 from robustgen.generate.gaussian import (
     NOISE_CHUNK,
     RANGE_BLOCK,
@@ -29,10 +28,12 @@ from robustgen.generate.gaussian import (
     fit_class_conditional_gaussian,
     sample_gaussian_range,
 )
-from robustgen.generate.runner import generate_store
-from robustgen.label.runner import label_store, select_store
+from robustgen.generate.sample_to_store import generate_store
+from robustgen.label.label_store import label_store, select_store
 from robustgen.label.select import keep_counts, select_per_class
 from robustgen.models import create_model
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import file_sha256
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 
@@ -91,7 +92,7 @@ def test_subspace_pca_matches_exact_eigh():
 GEN_SCRIPT = """
 import sys, time
 from robustgen.data import load_dataset
-from robustgen.generate.runner import generate_store
+from robustgen.generate.sample_to_store import generate_store
 d = load_dataset("digits", "train")
 generate_store(sys.argv[1], generator="gaussian", train_images=d.images, train_labels=d.labels, num_classes=10,
                num_samples=int(sys.argv[2]), seed=0, fit_config={"num_components": 20}, shard_size=50,
@@ -180,7 +181,7 @@ def test_generation_extends_and_refuses_other_settings(tmp_path, digits):
 LABEL_SCRIPT = """
 import sys, time, torch
 from robustgen.checkpoint import load_model
-from robustgen.label.runner import label_store
+from robustgen.label.label_store import label_store
 torch.set_num_threads(2)
 model = load_model(sys.argv[2])
 label_store(sys.argv[1], model, labeller={"id": "test"}, mode=sys.argv[3], batch_size=32, progress=False,

@@ -10,10 +10,10 @@ import pytest
 
 from robustgen.cli import main
 from robustgen.data.store import MANIFEST, Store
-from robustgen.data.store_inspect import verify_store
-from robustgen.data.store_writer import StoreWriter
-from robustgen.data.store_merge import merge_stores
-from robustgen.errors import RobustgenError
+from robustgen.data.store.inspect import verify_store
+from robustgen.data.store.merge import merge_stores
+from robustgen.data.store.writer import StoreWriter
+from robustgen.runtime.errors import RobustgenError
 
 
 def _store(path, n, *, seed, shard_size=7, shape=(4, 4, 3), classes=3, confidences=True, labeller="clf:argmax"):

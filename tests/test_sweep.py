@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from robustgen.config import load_config
-from robustgen.errors import RobustgenError
+from robustgen.presets import load_config
 from robustgen.results import ModelResult
+from robustgen.runtime.errors import RobustgenError
 from robustgen.sweep import grid_points, parse_grid, point_configs, run_sweep, summarize
 
 

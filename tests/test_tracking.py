@@ -6,7 +6,7 @@ import json
 import pytest
 
 from robustgen.config import LoggingConfig
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 from robustgen.tracking import MetricsLog, open_trackers, read_metrics
 
 

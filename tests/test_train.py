@@ -9,14 +9,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from robustgen.data import ImageDataset
-from robustgen.data.sources import ArraySource
-from robustgen.errors import RobustgenError
 from robustgen.models import create_model
-from robustgen.train.distributed import DistContext, chunk_rows
+from robustgen.runtime.distributed import DistContext
+from robustgen.runtime.errors import RobustgenError
 from robustgen.train.ema import WeightAverage
-from robustgen.train.batches import TrainingBatches
 from robustgen.train.loop import LoopSettings, parameter_groups, train_loop
 from robustgen.train.losses import kl_clean_adv, pgd_at_loss, smoothed_targets, trades_loss
+from robustgen.train.mixing.batches import TrainingBatches
+from robustgen.train.mixing.indices import chunk_rows
+from robustgen.train.mixing.sources import ArraySource
 from robustgen.train.schedule import ema_decay, scaled_lr, warmup_cosine_lr
 from robustgen.train.steps import TrainingAttack, standard_step_loss, trades_step_loss
 
@@ -116,7 +117,7 @@ def test_batches_mix_exactly(alpha, batch):
     s = LoopSettings(batch_size=batch, total_steps=5, warmup_steps=0, peak_lr=0.1,
                      source_weights=(alpha, 1 - alpha) if alpha < 1 else (1.0,),
                      label_smoothing_generated=0.1, label_smoothing_real=0.0, crop_padding=0, flip=False)
-    batches = TrainingBatches(real, gen if alpha < 1 else [], s, 4, torch.device("cpu"), DistContext())
+    batches = TrainingBatches(real, gen if alpha < 1 else [], s.mix, 4, torch.device("cpu"), DistContext())
     n_real = math.floor(alpha * batch + 0.5)
     for step in range(5):
         (chunk,) = batches(step)
@@ -256,7 +257,7 @@ def test_micro_batches_train_and_weight_the_global_mean(tmp_path):
     model = create_model("small-cnn", num_classes=4, in_channels=1)
     s = LoopSettings(batch_size=16, total_steps=3, warmup_steps=1, peak_lr=0.05, micro_batches=4, log_every_steps=1,
                      source_weights=(0.5, 0.5))
-    batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s, 4,
+    batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s.mix, 4,
                        torch.device("cpu"), DistContext())
     chunks = batches(0)
     assert [len(c.images) for c in chunks] == [4, 4, 4, 4]
@@ -272,7 +273,7 @@ def test_micro_batches_train_and_weight_the_global_mean(tmp_path):
 # --------------------------------------------------------------------------- training from stores
 def _store_of(tmp_path, ds, shard_size=16):
     from robustgen.data.store import Store
-    from robustgen.data.store_writer import StoreWriter
+    from robustgen.data.store.writer import StoreWriter
 
     path = tmp_path / "store"
     with StoreWriter.create(path, image_shape=ds.image_shape, num_classes=4, shard_size=shard_size) as w:
@@ -304,7 +305,7 @@ def test_training_from_a_store_equals_training_from_memory(tmp_path, sampling):
 
 
 def test_several_weighted_sources_and_class_filters_mix_exactly(tmp_path):
-    from robustgen.data.sources import ClassSubset
+    from robustgen.train.mixing.sources import ClassSubset
 
     # real rows are < 250, store A rows are 251, store B rows are 252 and B keeps classes 1 and 3 only
     real = _dataset()
@@ -316,7 +317,7 @@ def test_several_weighted_sources_and_class_filters_mix_exactly(tmp_path):
     assert len(b) == 20 and set(b.labels.tolist()) == {1, 3}
     s = LoopSettings(batch_size=20, total_steps=6, warmup_steps=0, peak_lr=0.1, source_weights=(0.3, 0.6, 0.1),
                      crop_padding=0, flip=False, micro_batches=3)
-    batches = TrainingBatches(real, [a, b], s, 4, torch.device("cpu"), DistContext())
+    batches = TrainingBatches(real, [a, b], s.mix, 4, torch.device("cpu"), DistContext())
     try:
         for step in range(6):
             chunks = batches(step)
@@ -332,7 +333,7 @@ def test_several_weighted_sources_and_class_filters_mix_exactly(tmp_path):
 
 def test_batches_must_be_read_in_step_order():
     s = LoopSettings(batch_size=8, total_steps=4, warmup_steps=0, peak_lr=0.1, source_weights=(0.5, 0.5))
-    batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s, 4, torch.device("cpu"),
+    batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s.mix, 4, torch.device("cpu"),
                        DistContext(), start_step=1)
     try:
         with pytest.raises(RuntimeError, match="step order"):

@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import randomize
 
 import robustgen
-from model_helpers import randomize
 from robustgen.checkpoint import model_spec, save_model
 from robustgen.cli import main
-from robustgen.errors import RobustgenError
-from robustgen.models import create_model
-from robustgen.models import CIFAR10_MEAN_STD
+from robustgen.models import CIFAR10_MEAN_STD, create_model
+from robustgen.runtime.errors import RobustgenError
 from robustgen.zoo import export_robustbench
 
 R18 = "Gowal2021Improving_R18_ddpm_100m"

@@ -16,7 +16,7 @@ and the ``robustgen`` command line. Names are imported on first use, so ``import
 
 import importlib
 
-__version__ = "0.1.0"
+from robustgen.runtime.version import __version__
 
 
 def load_model(path, *, device="cpu", model_dir=None, dataset="cifar10", norm="linf"):
@@ -42,7 +42,7 @@ def load_model(path, *, device="cpu", model_dir=None, dataset="cifar10", norm="l
 
 def load_config(config=None, overrides=()):
     """The resolved, validated run config (preset name or YAML path, plus ``key=value`` overrides)."""
-    from robustgen.config import load_config as _load
+    from robustgen.presets import load_config as _load
 
     return _load(config, overrides)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -24,7 +24,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
+from robustgen.evaluate.tensors import Evaluation, evaluate, uint8_to_float
 
 __all__ = ["Evaluation", "GeneratorHandle", "Run", "StoreDataset", "evaluate", "load_generator", "load_run",
            "open_store", "run"]
@@ -75,7 +76,7 @@ class Run:
 
         test = load_test_split(self.config)
         n = len(test.labels) if n is None else min(int(n), len(test.labels))
-        return _uint8_to_float(test.images[:n]), torch.from_numpy(np.asarray(test.labels[:n], dtype=np.int64))
+        return uint8_to_float(test.images[:n]), torch.from_numpy(np.asarray(test.labels[:n], dtype=np.int64))
 
     def table(self) -> list[dict]:
         """One row per model: name, alpha, generator, clean and robust accuracy, attack."""
@@ -88,7 +89,7 @@ def run(config: str | None = None, out: str | Path = "runs/default", *, override
     """``robustgen run`` from Python: every stage of ``config`` (a preset name or YAML file, with
     ``key=value`` ``overrides``) into ``out``, cached and resumable as on the command line; returns
     ``load_run(out)``."""
-    from robustgen.config import load_config
+    from robustgen.presets import load_config
     from robustgen.pipeline import run as pipeline_run
 
     pipeline_run(load_config(config, list(overrides)), Path(out), progress=progress,
@@ -99,9 +100,9 @@ def run(config: str | None = None, out: str | Path = "runs/default", *, override
 def load_run(out: str | Path, *, device: str | torch.device = "cpu") -> Run:
     """The results, config and trained models of the run folder ``out`` (``results.json``)."""
     from robustgen.config import config_from_dict
-    from robustgen.io import read_json
     from robustgen.provenance import localize
     from robustgen.results import RunResults
+    from robustgen.runtime.io import read_json
 
     out = Path(out)
     path = out / "results.json"
@@ -115,86 +116,11 @@ def load_run(out: str | Path, *, device: str | torch.device = "cpu") -> Run:
                models=_LazyModels(checkpoints, device), checkpoints=checkpoints)
 
 
-# --------------------------------------------------------------------------- evaluation
-@dataclass(frozen=True)
-class Evaluation:
-    """Clean and robust accuracy of one model under one attack cascade.
-
-    ``stages``: per stage, the points attacked and broken and the robust accuracy after it (paper
-    Table 3 layout); ``robust_accuracy_after``: e.g. AutoAttack's own number inside
-    worst-of-aa-and-aa+mt; ``robust``: bool [N], per point; ``adversarial``: float [N, C, H, W]
-    (CPU) when asked for, the candidate that fooled the model, else the input itself."""
-
-    attack: str
-    norm: str
-    eps: float
-    n: int
-    clean_accuracy: float
-    robust_accuracy: float
-    stages: list
-    robust_accuracy_after: dict
-    robust: torch.Tensor
-    warnings: list
-    time_s: float
-    adversarial: torch.Tensor | None = field(default=None, repr=False)
-
-
-def _as_tensors(x, y) -> tuple[torch.Tensor, torch.Tensor]:
-    """(float NCHW in [0, 1], int64 labels) from tensors, or from a DataLoader / iterable of
-    (x, y) batches; uint8 NHWC numpy arrays (robustgen's own datasets) are converted."""
-    from robustgen.attacks.objects import check_images_labels
-
-    if y is None:
-        if isinstance(x, (torch.Tensor, np.ndarray)):
-            raise RobustgenError("evaluate needs labels: evaluate(model, x, y, ...) or a DataLoader of (x, y)")
-        batches = list(x)
-        if not batches:
-            raise RobustgenError("evaluate: the DataLoader yielded no batches")
-        x = torch.cat([torch.as_tensor(b[0]) for b in batches])
-        y = torch.cat([torch.as_tensor(b[1]) for b in batches])
-    if isinstance(x, np.ndarray):
-        if x.dtype != np.uint8 or x.ndim != 4:
-            raise RobustgenError(f"numpy images must be uint8 [N, H, W, C], got {x.dtype} {x.shape}; "
-                                 f"pass float tensors [N, C, H, W] in [0, 1] otherwise")
-        x = _uint8_to_float(x)
-    return check_images_labels(x, y)
-
-
-def _uint8_to_float(images: np.ndarray) -> torch.Tensor:
-    """uint8 [N, H, W, C] numpy -> float32 [N, C, H, W] in [0, 1] (CPU)."""
-    from robustgen.data.augment import to_float_nchw
-
-    return to_float_nchw(torch.from_numpy(np.ascontiguousarray(images)))
-
-
-def evaluate(model: nn.Module, x, y=None, *, attack: str = "autoattack", norm: str = "linf", eps: float = 8 / 255,
-             batch_size: int = 500, seed: int = 0, device: str | torch.device | None = None,
-             return_adversarial: bool = False, progress: bool = False) -> Evaluation:
-    """Clean and per-point worst-case robust accuracy of ``model`` (float NCHW in [0, 1] -> logits)
-    on ``x`` (float tensor [N, C, H, W] in [0, 1], with labels ``y``; or a DataLoader of (x, y)
-    batches) under the registered cascade ``attack`` ("pgd40", "autoattack", "aa+mt",
-    "worst-of-aa-and-aa+mt", ...; ``robustgen.evaluate.list_attacks()``). ``device``: default the
-    model's. The numbers equal ``robustgen eval`` on the same points with the same seed and batch size."""
-    from robustgen.evaluate import evaluate_robustness
-
-    x, y = _as_tensors(x, y)
-    if device is None:
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    with torch.enable_grad():  # the attacks take input gradients, also when called under torch.no_grad()
-        r = evaluate_robustness(model, x, y, attack=attack, norm=norm, eps=float(eps), batch_size=batch_size,
-                                device=device, seed=seed, progress=progress, keep_adversarial=return_adversarial)
-    robust = torch.tensor([c == "1" for c in r["robust_points"]], dtype=torch.bool)
-    return Evaluation(attack=attack, norm=norm, eps=float(eps), n=r["n"], clean_accuracy=r["clean_accuracy"],
-                      robust_accuracy=r["robust_accuracy"], stages=r["stages"],
-                      robust_accuracy_after=r["robust_accuracy_after"], robust=robust, warnings=r["warnings"],
-                      time_s=r["time_s"], adversarial=r.get("adversarial"))
-
-
 # --------------------------------------------------------------------------- generators
 def _store_folder(path: Path) -> Path | None:
     """The store folder at ``path``: the ``store`` of a generate stage folder (whose own
     manifest.json is the stage's), or ``path`` itself."""
-    from robustgen.data.store_format import is_store
+    from robustgen.data.store.format import is_store
 
     for candidate in (path / "store", path):
         if candidate.is_dir() and is_store(candidate):
@@ -232,7 +158,7 @@ class GeneratorHandle:
                 indices[k] = c + self.num_classes * seen[c]
                 seen[c] += 1
             images, conditions = sampler.sample_indices(indices)
-        return _uint8_to_float(images), None if conditions is None else torch.from_numpy(np.asarray(conditions, dtype=np.int64))
+        return uint8_to_float(images), None if conditions is None else torch.from_numpy(np.asarray(conditions, dtype=np.int64))
 
     def __repr__(self) -> str:
         return f"GeneratorHandle({self.name!r}, classes={self.num_classes}, from {self.source})"
@@ -242,9 +168,9 @@ def load_generator(path: str | Path, *, name: str | None = None, device: str | t
     """A fitted generator from a store that ``robustgen store generate`` or a run's generate stage
     wrote (the store folder, or the stage folder holding it), or from a fit file with ``name``
     ("gaussian" or "ddpm")."""
-    from robustgen.data.store_format import read_manifest
+    from robustgen.data.store.format import read_manifest
     from robustgen.generate import get_generator, runtime_kwargs
-    from robustgen.generate.runner import FIT_FILE
+    from robustgen.generate.sample_to_store import FIT_FILE
 
     path = Path(path)
     store = _store_folder(path)
@@ -300,7 +226,7 @@ class StoreDataset(torch.utils.data.Dataset):
         if not -len(self) <= i < len(self):
             raise IndexError(f"index {i} out of range for {len(self)} images")
         image = self._reader().gather([i % len(self)])[0]
-        return _uint8_to_float(image[None])[0], int(self.labels[i])
+        return uint8_to_float(image[None])[0], int(self.labels[i])
 
     def __getstate__(self) -> dict:  # spawned workers reopen the store
         return {"path": self.path, "_use_selection": self._use_selection, "labels": self.labels,

@@ -9,7 +9,7 @@
   kuangliu-layout ResNet-18 (``resnet-18-kuangliu``).
 * RobustBench form (``robustgen.zoo.export_robustbench``): a plain state dict plus a JSON sidecar
   (arch, mean / std) and a model card; ``load_exported`` reads it back.
-Every write goes through ``robustgen.io.atomic_write`` (fsynced, renamed into place; a full disk
+Every write goes through ``robustgen.runtime.io.atomic_write`` (fsynced, renamed into place; a full disk
 is a one-line ``DiskFullError`` and leaves the old file intact).
 """
 
@@ -24,8 +24,8 @@ import torch.nn as nn
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from robustgen.errors import RobustgenError, first_line
-from robustgen.io import atomic_write
+from robustgen.runtime.errors import RobustgenError, first_line
+from robustgen.runtime.io import atomic_write
 
 _META_KEY = "robustgen"
 
@@ -201,7 +201,7 @@ def load_external_model(path: str | Path, *, arch: str, num_classes: int = 10, i
 
 def load_exported(path: str | Path, *, device: str | torch.device = "cpu") -> nn.Module:
     """A model written by ``robustgen export`` (``PATH`` + its ``PATH.json`` sidecar), in eval mode."""
-    from robustgen.io import read_json
+    from robustgen.runtime.io import read_json
 
     path = Path(path)
     sidecar = read_json(path.with_name(path.name + ".json"))

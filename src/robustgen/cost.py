@@ -60,7 +60,7 @@ def rate_table(path: str | None = None) -> tuple[dict, ...]:
 def record_rates(path: str | Path, rows: list[dict]) -> None:
     """Add ``rows`` to the table at ``path`` (a new table when missing), replacing
     rows of the same measurement (``RATE_KEY``); one row per line, atomically."""
-    from robustgen.io import write_text
+    from robustgen.runtime.io import write_text
 
     path = Path(path)
     table = json.loads(path.read_text()) if path.exists() else {**json.loads(RATE_TABLE.read_text()), "rows": []}
@@ -203,107 +203,101 @@ def _unet_calls(sampler: str, steps: int) -> int:
 def estimate_cost(cfg: RunConfig, *, n_train: int, n_test: int, image_shape: tuple[int, int, int],
                   num_classes: int) -> CostEstimate:
     """The cost of ``robustgen run cfg`` on a dataset of these sizes (see the module docstring)."""
-    from robustgen.evaluate import get_attack
-    from robustgen.generate.diffusion.samplers import resolve_sampler
     from robustgen.pipeline import model_variants
-    from robustgen.stages.adversarial import loop_settings, needs_generated
-    from robustgen.stages.label import labels_are_conditions
-    from robustgen.train.loop import steps_for
+    from robustgen.stages.train import needs_generated
 
     image_shape = tuple(image_shape)
     n_real = max(n_train - cfg.data.val_size, 1)
-    if cfg.data.train_size is not None:  # the real images kept; the withheld ones reach no stage's steps
+    if cfg.data.train_size is not None:  # the real images kept; the held-out ones reach no stage's steps
         n_real = min(n_real, cfg.data.train_size)
-    val = min(cfg.data.val_size, n_train)
-    pixels = math.prod(image_shape)
     stages: list[StageCost] = []
     disk, params_total = 0, 0
     variants = model_variants(cfg)
     if any(needs_generated(v) for _, v in variants):
-        c, g = cfg.classifier, cfg.generator
-        gf, params = forward_gflops(c.arch, image_shape, num_classes)
-        pseudo_labels = not labels_are_conditions(cfg)  # else no f_NR: labels are the conditioning classes
-        if c.checkpoint is None and pseudo_labels:
-            steps = steps_for(epochs=c.epochs, epoch_size=n_real, batch_size=c.batch_size)
-            stages.append(StageCost("classifier", 3.0 * steps * c.batch_size, gf,
-                                    find_rate("standard-step", c.arch, image_shape, gf, precision="fp32"),
-                                    f"{c.arch}, {steps:,} steps x {c.batch_size} images x 3"))
-            params_total += params
-        if g.name == "ddpm":
-            d = g.ddpm
-            ug = unet_gflops(d.unet, image_shape, num_classes if d.class_conditional else None)
-            if d.pretrained is None:
-                stages.append(StageCost("generator training", 3.0 * d.train_steps * d.batch_size, ug,
-                                        find_rate("unet-train-step", d.unet, image_shape, ug, precision=d.precision),
-                                        f"UNet {d.unet}, {d.train_steps:,} steps x {d.batch_size} images x 3"))
-            solver, solver_steps = resolve_sampler(d.sampler, d.sampling_steps)  # a named setting fixes both
-            calls = _unet_calls(solver, solver_steps) * (2 if d.guidance else 1)  # guidance: conditional + null
-            rate = find_rate("sampling", d.unet, image_shape, ug, precision=d.precision,
-                             channels_last=d.channels_last, compile=d.compile, solver=solver)
-            stages.append(StageCost("sampling", float(g.num_samples) * calls, ug, rate,
-                                    f"{g.num_samples:,} images x {calls} UNet calls ({d.sampler}, "
-                                    f"{solver_steps} steps{', guided' if d.guidance else ''}, UNet {d.unet})"))
-        else:
-            where = ("the plug-in's own cost, not known here" if g.name == "plugin"
-                     else "on the CPU (no GPU estimate)")
-            stages.append(StageCost("sampling", 0.0, 0.0, None, f"{g.name}: {g.num_samples:,} images, {where}"))
-        if pseudo_labels:
-            lb = cfg.label
-            stages.append(StageCost("labelling", float(g.num_samples), gf,
-                                    find_rate("labelling", c.arch, image_shape, gf, precision=lb.precision,
-                                              channels_last=lb.channels_last, compile=lb.compile),
-                                    f"{g.num_samples:,} images x 1 forward of {c.arch}"))
+        params_total += _generated_data_costs(cfg, n_real, image_shape, num_classes, stages)
         # uint8 images plus label, confidence and condition per image; the labelled copy shares the images
-        disk += g.num_samples * (pixels + 24)
+        disk += cfg.generator.num_samples * (math.prod(image_shape) + 24)
     stored = [src.path for src in cfg.data.sources if src.path not in ("train", "generated")]
     if stored:  # data made before this run (an imported set such as Wang et al.'s): nothing to sample or label
         stages.append(StageCost("sampling", 0.0, 0.0, None,
                                 f"none: data.sources reads {', '.join(stored)} as stored (no sampling or labelling)"))
     for name, v in variants:
-        t = v.train
-        gf, params = forward_gflops(t.arch, image_shape, num_classes)
-        params_total += params
-        s = loop_settings(v, n_real, source_weights=(1.0,))  # steps and batch size do not depend on the mix
-        k = t.inner.steps
-        per_image = step_forward_equivalents(t.loss, k)
-        runs = f" x {t.runs} runs" if t.runs > 1 else ""
-        stages.append(StageCost(f"train[{name}]", float(s.total_steps) * s.batch_size * per_image * t.runs, gf,
-                                find_rate("trades-step" if t.loss == "trades" else "pgd-at-step", t.arch, image_shape,
-                                          gf, precision=t.precision, channels_last=t.channels_last is not False,
-                                          compile=t.compile),
-                                f"{t.arch}, {s.total_steps:,} steps x {s.batch_size} images x {per_image} "
-                                f"({t.loss.upper()}-{k}){runs}"))
-        evals = math.ceil(s.total_steps / s.eval_every_steps) + 1
-        watched = val + min(t.monitor_train_images, n_real)  # the validation and the monitored training images
-        attack_rate = find_rate("attack", t.arch, image_shape, gf, precision="fp32")
-        stages.append(StageCost(f"model selection[{name}]", float(evals) * 2 * watched * 82 * t.runs, gf, attack_rate,
-                                f"{evals} evaluations x 2 (raw, EMA) x {watched} images x 82 (PGD-40){runs}"))
-        n = min(v.eval.n or n_test, n_test)
-        per_point = sum(st.forward_equivalents for st in get_attack(v.eval.attack, norm=v.threat.norm, eps=v.threat.eps))
-        stages.append(StageCost(f"eval[{name}]", float(n) * per_point, gf, attack_rate,
-                                f"{n:,} images x {per_point:,} at most ({v.eval.attack})"))
+        params_total += _model_costs(name, v, n_real, min(cfg.data.val_size, n_train), n_test, image_shape,
+                                     num_classes, stages)
     # best + last weights, and state.pt with weights, EMA weights and momentum: 5 float32 copies
     disk += params_total * 4 * 5
     detail = f"{cfg.generator.num_samples:,} generated images + checkpoints" if disk > params_total * 20 else "checkpoints"
     return CostEstimate(stages, int(disk), detail)
 
 
-def preset_summaries() -> list[dict]:
-    """Name, dataset, model, description and estimated GPU-hours (``estimate_cost``; None where the
-    dataset's size cannot be read here) of every preset."""
-    from robustgen.config import DEFAULT_PRESET, list_presets, load_config, preset_description
-    from robustgen.errors import RobustgenError
-    from robustgen.preflight import data_shape
+def _generated_data_costs(cfg: RunConfig, n_real: int, image_shape: tuple, num_classes: int,
+                          stages: list[StageCost]) -> int:
+    """Append the costs of f_NR, the generator, sampling and labelling; returns f_NR's parameters (0 if not trained)."""
+    from robustgen.generate.diffusion.samplers import resolve_sampler
+    from robustgen.stages.label import labels_are_conditions
+    from robustgen.train.loop import steps_for
 
-    rows = []
-    for name in list_presets():
-        cfg = load_config(name)
-        try:
-            shape = data_shape(cfg)
-            hours = estimate_cost(cfg, n_train=shape.n_train, n_test=shape.n_test, image_shape=shape.image_shape,
-                                  num_classes=shape.num_classes).gpu_hours
-        except RobustgenError:
-            hours = None
-        rows.append({"name": name, "default": name == DEFAULT_PRESET, "dataset": cfg.data.dataset,
-                     "model": cfg.train.arch, "gpu_hours": hours, "description": preset_description(name)})
-    return rows
+    c, g = cfg.classifier, cfg.generator
+    gf, params = forward_gflops(c.arch, image_shape, num_classes)
+    pseudo_labels = not labels_are_conditions(cfg)  # else no f_NR: labels are the conditioning classes
+    trained = 0
+    if c.checkpoint is None and pseudo_labels:
+        steps = steps_for(epochs=c.epochs, epoch_size=n_real, batch_size=c.batch_size)
+        stages.append(StageCost("classifier", 3.0 * steps * c.batch_size, gf,
+                                find_rate("standard-step", c.arch, image_shape, gf, precision="fp32"),
+                                f"{c.arch}, {steps:,} steps x {c.batch_size} images x 3"))
+        trained = params
+    if g.name == "ddpm":
+        d = g.ddpm
+        ug = unet_gflops(d.unet, image_shape, num_classes if d.class_conditional else None)
+        if d.pretrained is None:
+            stages.append(StageCost("generator training", 3.0 * d.train_steps * d.batch_size, ug,
+                                    find_rate("unet-train-step", d.unet, image_shape, ug, precision=d.precision),
+                                    f"UNet {d.unet}, {d.train_steps:,} steps x {d.batch_size} images x 3"))
+        solver, solver_steps = resolve_sampler(d.sampler, d.sampling_steps)  # a named setting fixes both
+        calls = _unet_calls(solver, solver_steps) * (2 if d.guidance else 1)  # guidance: conditional + null
+        rate = find_rate("sampling", d.unet, image_shape, ug, precision=d.precision,
+                         channels_last=d.channels_last, compile=d.compile, solver=solver)
+        stages.append(StageCost("sampling", float(g.num_samples) * calls, ug, rate,
+                                f"{g.num_samples:,} images x {calls} UNet calls ({d.sampler}, "
+                                f"{solver_steps} steps{', guided' if d.guidance else ''}, UNet {d.unet})"))
+    else:
+        where = "the plug-in's own cost, not known here" if g.name == "plugin" else "on the CPU (no GPU estimate)"
+        stages.append(StageCost("sampling", 0.0, 0.0, None, f"{g.name}: {g.num_samples:,} images, {where}"))
+    if pseudo_labels:
+        lb = cfg.label
+        stages.append(StageCost("labelling", float(g.num_samples), gf,
+                                find_rate("labelling", c.arch, image_shape, gf, precision=lb.precision,
+                                          channels_last=lb.channels_last, compile=lb.compile),
+                                f"{g.num_samples:,} images x 1 forward of {c.arch}"))
+    return trained
+
+
+def _model_costs(name: str, v: RunConfig, n_real: int, val: int, n_test: int, image_shape: tuple, num_classes: int,
+                 stages: list[StageCost]) -> int:
+    """Append the costs of training, selecting and evaluating one model; returns its parameters."""
+    from robustgen.evaluate import get_attack
+    from robustgen.stages.train import training_loop_settings
+
+    t = v.train
+    gf, params = forward_gflops(t.arch, image_shape, num_classes)
+    s = training_loop_settings(v, n_real, source_weights=(1.0,))  # steps and batch size do not depend on the mix
+    k = t.inner.steps
+    per_image = step_forward_equivalents(t.loss, k)
+    runs = f" x {t.runs} runs" if t.runs > 1 else ""
+    stages.append(StageCost(f"train[{name}]", float(s.total_steps) * s.batch_size * per_image * t.runs, gf,
+                            find_rate("trades-step" if t.loss == "trades" else "pgd-at-step", t.arch, image_shape,
+                                      gf, precision=t.precision, channels_last=t.channels_last is not False,
+                                      compile=t.compile),
+                            f"{t.arch}, {s.total_steps:,} steps x {s.batch_size} images x {per_image} "
+                            f"({t.loss.upper()}-{k}){runs}"))
+    evals = math.ceil(s.total_steps / s.eval_every_steps) + 1
+    watched = val + min(t.monitor_train_images, n_real)  # the validation and the monitored training images
+    attack_rate = find_rate("attack", t.arch, image_shape, gf, precision="fp32")
+    stages.append(StageCost(f"model selection[{name}]", float(evals) * 2 * watched * 82 * t.runs, gf, attack_rate,
+                            f"{evals} evaluations x 2 (raw, EMA) x {watched} images x 82 (PGD-40){runs}"))
+    n = min(v.eval.n or n_test, n_test)
+    per_point = sum(st.forward_equivalents for st in get_attack(v.eval.attack, norm=v.threat.norm, eps=v.threat.eps))
+    stages.append(StageCost(f"eval[{name}]", float(n) * per_point, gf, attack_rate,
+                            f"{n:,} images x {per_point:,} at most ({v.eval.attack})"))
+    return params

@@ -17,29 +17,28 @@ writes (manifests, ``results.json``) are relative to the run folder, so the fold
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict
-from dataclasses import replace as replace_dataclass
 import sys
 import time
+from dataclasses import asdict, dataclass
+from dataclasses import replace as replace_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from robustgen import __version__
 from robustgen.config import RunConfig, config_to_dict, is_baseline, replace
-from robustgen.data.store_format import cached_sha256
-from robustgen.errors import RobustgenError
-from robustgen.io import read_json, write_json
 from robustgen.provenance import environment, localize, portable, write_run_records
-from robustgen.locks import FolderLock
 from robustgen.results import ClassifierResult, EvalResult, ModelResult, RunResults, TrainingResult
+from robustgen.runtime.distributed import DistContext, barrier, context_from_env, main_first
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import cached_sha256
+from robustgen.runtime.io import read_json, write_json
+from robustgen.runtime.locks import FolderLock
+from robustgen.runtime.version import __version__
+from robustgen.stages import (Splits, classifier, data_fingerprint, diagnose, evaluate, generate, label,
+                              load_splits, resolve_device, robust_seed, train)
 from robustgen.stages.code import changed_modules, module_digests
 from robustgen.stages.common import eval_points, fingerprint_key
-from robustgen.stages import (Splits, adversarial, classifier, data_fingerprint, diagnose, evaluate, generate, label,
-                              load_splits, resolve_device, robust_seed)
-from robustgen.train.distributed import DistContext, barrier, context_from_env, main_first
-
 
 _LOG_FILES: list[Path] = []  # the log.txt of the run in progress (innermost last)
 
@@ -208,7 +207,7 @@ def data_name(variant: RunConfig, cfg: RunConfig) -> str:
 def plan(cfg: RunConfig) -> dict:
     """What ``run`` would do, without loading data or computing anything."""
     stages = []
-    data = {data_name(v, cfg): v for _, v in model_variants(cfg) if adversarial.needs_generated(v)}
+    data = {data_name(v, cfg): v for _, v in model_variants(cfg) if train.needs_generated(v)}
     if any(not label.labels_are_conditions(v) for v in data.values()):
         stages.append({"stage": "classifier", "arch": cfg.classifier.arch, "epochs": cfg.classifier.epochs,
                        "checkpoint": cfg.classifier.checkpoint})
@@ -235,7 +234,7 @@ def run(cfg: RunConfig, out: Path, *, progress: bool = True, wait: bool = False,
         command: dict | None = None) -> RunResults:
     """classifier -> generate -> label -> train (each variant) -> eval, then results + report.
 
-    The run folder is owned by one process at a time (``robustgen.locks``): another owner is an
+    The run folder is owned by one process at a time (``robustgen.runtime.locks``): another owner is an
     error, or with ``wait`` waited for. Under torchrun rank 0 holds the lock. ``command``: what
     the CLI parsed (preset, overrides), recorded in ``command.json``."""
     out = Path(out)
@@ -257,8 +256,8 @@ def generated_data(cfg: RunConfig, out: Path, *, progress: bool = True, wait: bo
         splits = main_first(ctx, lambda: load_splits(cfg))
         labelled, diagnostics = _generated_data(cfg, model_variants(cfg), splits, out, data_fingerprint(cfg, splits),
                                                 device, ctx, progress)
-    return {name: {"store": str(store), "labeling": summary, "diagnostics": diagnostics.get(name)}
-            for name, (_, store, summary) in labelled.items()}
+    return {name: {"store": str(data.store), "labeling": data.summary, "diagnostics": diagnostics.get(name)}
+            for name, data in labelled.items()}
 
 
 def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, progress: bool) -> RunResults:
@@ -277,26 +276,37 @@ def _run(cfg: RunConfig, out: Path, ctx: DistContext, device: torch.device, prog
     labelled, diagnostics = _generated_data(cfg, variants, splits, out, data_fp, device, ctx, progress)
     models = []
     for name, variant in variants:
-        label_fp, generated, _ = labelled.get(data_name(variant, cfg), (None, None, None))
-        models.append(_robust_model(name, variant, splits, out, data_fp, label_fp, generated, device, ctx, progress))
+        data = labelled.get(data_name(variant, cfg), LabelledData(None, None, None))
+        models.append(_train_and_evaluate(name, variant, splits, out, data_fp, data.fingerprint, data.store, device, ctx,
+                                          progress))
     results = RunResults(
         version=__version__, dataset=cfg.data.dataset, device=str(device),
         threat={"norm": cfg.threat.norm, "eps": cfg.threat.eps}, models=models,
-        labeling=labelled[cfg.generator.name][2] if cfg.generator.name in labelled else None,
-        labeling_by_generator={name: entry[2] for name, entry in labelled.items()},
+        labeling=labelled[cfg.generator.name].summary if cfg.generator.name in labelled else None,
+        labeling_by_generator={name: data.summary for name, data in labelled.items()},
         diagnostics_by_generator=diagnostics,
         wall_time_s=round(time.perf_counter() - started, 2), config=config_to_dict(cfg))
     if ctx.is_main:
         from robustgen.report.figures import model_figures
 
         # the configured generator's labelled images, as training sees them
-        samples = labelled[cfg.generator.name][1] if cfg.generator.name in labelled else None
+        samples = labelled[cfg.generator.name].store if cfg.generator.name in labelled else None
         figures = [fig for m in models
                    for fig in model_figures(out, m.name, Path(m.checkpoint), splits.test,
                                             norm=cfg.threat.norm, eps=cfg.threat.eps, device=device)]
         write_report(out, results, samples_path=samples, figures=figures)
         write_json(out / "results.json", portable(results.to_dict(), out))
     return results
+
+
+@dataclass(frozen=True)
+class LabelledData:
+    """Generated data ready for training: the label (or generate) stage's fingerprint, the store
+    training reads and the labelling summary (None when the labels are the conditioning classes)."""
+
+    fingerprint: str | None
+    store: Path | None
+    summary: dict | None
 
 
 def _classifier(cfg: RunConfig, splits: Splits, out: Path, data_fp: str, device, ctx: DistContext,
@@ -318,25 +328,24 @@ def _generated_data(cfg: RunConfig, variants: list[tuple[str, RunConfig]], split
                     device, ctx: DistContext, progress: bool):
     """The classifier, generate, label and diagnose stages of every generated data set a variant
     trains on (``data_name``: a generator, with an arm's own label settings):
-    ({data name: (the labelled data's fingerprint, the store training reads, the label summary)},
-    {data name: its diagnostics against the kept and validation images})."""
-    labelled: dict[str, tuple[str, Path, dict | None]] = {}
+    ({data name: its ``LabelledData``}, {data name: its diagnostics against the kept and validation images})."""
+    labelled: dict[str, LabelledData] = {}
     diagnostics: dict[str, dict] = {}
-    if not any(adversarial.needs_generated(v) for _, v in variants):
+    if not any(train.needs_generated(v) for _, v in variants):
         return labelled, diagnostics
     classifier_fp, classifier_path = (None, None) if all(
-        label.labels_are_conditions(v) for _, v in variants if adversarial.needs_generated(v)) else \
+        label.labels_are_conditions(v) for _, v in variants if train.needs_generated(v)) else \
         _classifier(cfg, splits, out, data_fp, device, ctx, progress)
     for _, variant in variants:
         name = data_name(variant, cfg)
-        if not adversarial.needs_generated(variant) or name in labelled:
+        if not train.needs_generated(variant) or name in labelled:
             continue
         generate_fp = generate.fingerprint(variant, data_fp)
         gen_stage = Stage(out, "generate", generate_fp)  # shared by the data sets of one generator
         gen_stage.run(lambda d: generate.run(variant, generate.fit_data(variant, splits), d / "store", device=device,
                                              progress=progress, ctx=ctx), {"data": data_fp}, ctx=ctx, all_ranks=True)
         if label.labels_are_conditions(variant):  # the generated store's labels are its conditioning classes
-            labelled[name] = (label.conditions_fingerprint(generate_fp), gen_stage.dir / "store", None)
+            labelled[name] = LabelledData(label.conditions_fingerprint(generate_fp), gen_stage.dir / "store", None)
             fnr_fp, fnr_path = None, None
         else:
             fnr_fp, fnr_path = classifier_fp, classifier_path
@@ -346,8 +355,8 @@ def _generated_data(cfg: RunConfig, variants: list[tuple[str, RunConfig]], split
                 lambda d: label.run(classifier_path, gen_stage.dir / "store", d / "store", settings=variant.label,
                                     device=device, progress=progress, ctx=ctx, real=splits),
                 {"generate": generate_fp, "classifier": classifier_fp}, ctx=ctx, all_ranks=True)
-            labelled[name] = (label_fp, label_stage.dir / "store", label_result)  # the store training reads
-        labelled_fp, store, _ = labelled[name]
+            labelled[name] = LabelledData(label_fp, label_stage.dir / "store", label_result)
+        labelled_fp, store = labelled[name].fingerprint, labelled[name].store
         # the diagnostics' scale comes from the validation images; a kept split decoded on demand
         # (ImageNet-size folders) is too large to hold for the pixel distances
         if len(splits.val) >= 2 and not splits.train.decoded_on_demand:
@@ -357,18 +366,18 @@ def _generated_data(cfg: RunConfig, variants: list[tuple[str, RunConfig]], split
     return labelled, diagnostics
 
 
-def _robust_model(name: str, variant: RunConfig, splits: Splits, out: Path, data_fp: str, label_fp: str | None,
+def _train_and_evaluate(name: str, variant: RunConfig, splits: Splits, out: Path, data_fp: str, label_fp: str | None,
                   generated: Path | None, device, ctx: DistContext, progress: bool) -> ModelResult:
     """The adversarial training stage(s) of one model (``train.runs``: the best on validation is
     kept, the paper's protocol) and the evaluation of the kept one."""
     runs = []
-    for k, run_cfg in enumerate(adversarial.run_variants(variant)):
+    for k, run_cfg in enumerate(train.run_variants(variant)):
         stage_name = f"train-{name}" + (f"-run{k}" if k else "")
-        fp = adversarial.fingerprint(run_cfg, data_fp, label_fp)
+        fp = train.fingerprint(run_cfg, data_fp, label_fp)
         stage = Stage(out, stage_name, fp, TrainingResult)
-        trained = stage.run(lambda d: adversarial.run(run_cfg, splits, generated, d, device=device, data_fp=data_fp,
+        trained = stage.run(lambda d: train.run(run_cfg, splits, generated, d, device=device, data_fp=data_fp,
                                                       generated_fp=label_fp, name=name, progress=progress, ctx=ctx),
-                            {"data": data_fp, "label": label_fp if adversarial.needs_generated(run_cfg) else None},
+                            {"data": data_fp, "label": label_fp if train.needs_generated(run_cfg) else None},
                             ctx=ctx, all_ranks=True)
         runs.append((run_cfg, fp, stage, trained))
     score = [(t.selection or {}).get("score", float("-inf")) for _, _, _, t in runs]
@@ -387,7 +396,7 @@ def _robust_model(name: str, variant: RunConfig, splits: Splits, out: Path, data
             f"({metrics.attack}, n={metrics.n})")
         for warning in metrics.sanity["warnings"]:
             log(f"{name}: warning: {warning}")
-    generator = variant.generator.name if adversarial.needs_generated(variant) else None
+    generator = variant.generator.name if train.needs_generated(variant) else None
     result = ModelResult.from_stages(trained, metrics, generator=generator)
     if len(runs) > 1:
         result = replace_dataclass(result, runs=[{"seed": robust_seed(c), "val_score": v, "kept": k == best}

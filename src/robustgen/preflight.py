@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from robustgen.config import RunConfig
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
-__all__ = ["DataShape", "Preflight", "data_shape", "npz_headers", "preflight"]
+__all__ = ["DataShape", "Preflight", "data_shape", "npz_headers", "preflight", "preset_summaries"]
 
 # Splits of the torchvision datasets: (train images, test images, (H, W, C), classes, expected file).
 _TORCHVISION = {
@@ -54,7 +54,7 @@ class Preflight:
 
 def npz_headers(path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """Shape and dtype of every array in an .npz, from its zip directory and .npy headers only."""
-    from robustgen.data.store_format import read_npy_header
+    from robustgen.data.store.format import read_npy_header
 
     path = Path(path)
     if not path.is_file():
@@ -88,12 +88,12 @@ def _check_image_npz(path: Path) -> tuple[int, tuple[int, int, int]]:
 def data_shape(cfg: RunConfig, report: Preflight | None = None) -> DataShape | None:
     """Sizes of the run's dataset from headers (npz) or the known torchvision splits; problems go
     to ``report`` (then None is returned) or raise."""
-    from robustgen.data.datasets import _npz_split_paths, default_data_root
+    from robustgen.data.datasets import default_data_root, npz_split_paths
 
     spec = cfg.data.dataset
     try:
         if spec.startswith("npz:"):
-            paths = _npz_split_paths(spec[4:])
+            paths = npz_split_paths(spec[4:])
             n_train, shape = _check_image_npz(paths["train"])
             n_test, test_shape = _check_image_npz(paths["test"])
             if test_shape != shape:
@@ -114,7 +114,9 @@ def data_shape(cfg: RunConfig, report: Preflight | None = None) -> DataShape | N
             return DataShape(n_train, n_test, shape, classes)
         if spec in _IMAGE_FILES or spec.startswith("folder:"):
             return _file_data_shape(cfg, report)
-        from robustgen.data import load_dataset  # small bundled datasets (digits): just load them
+        from robustgen.data import (
+            load_dataset,  # small bundled datasets (digits): just load them
+        )
 
         train = load_dataset(spec, "train", data_root=cfg.data.data_root, download=cfg.data.download,
                              seed=cfg.data.split_seed)
@@ -136,7 +138,7 @@ def _file_data_shape(cfg: RunConfig, report: Preflight | None) -> DataShape:
     """Sizes of a dataset of image files: from its file lists when present (the first image gives
     the size unless data.image_size is set); for tinyimagenet / imagenet not present, the published
     split sizes, with a problem naming the missing folder."""
-    from robustgen.data.datasets import _FILE_LAYOUTS, default_data_root
+    from robustgen.data.datasets import FILE_LAYOUTS, default_data_root
     from robustgen.data.folder import FolderImages, folder_files
 
     spec, d = cfg.data.dataset, cfg.data
@@ -145,7 +147,7 @@ def _file_data_shape(cfg: RunConfig, report: Preflight | None) -> DataShape:
             train, test = (folder_files(Path(spec[7:]), split) for split in ("train", "test"))
         else:
             root = default_data_root(d.data_root)
-            train, test = (_FILE_LAYOUTS[spec](root, split) for split in ("train", "test"))
+            train, test = (FILE_LAYOUTS[spec](root, split) for split in ("train", "test"))
     except RobustgenError as e:
         if report is None or spec not in _IMAGE_FILES:
             raise
@@ -230,7 +232,7 @@ def _existing_parent(path: Path) -> Path:
 def preflight(cfg: RunConfig, out: Path, *, disk_bytes: int | None = None) -> tuple[Preflight, DataShape | None]:
     """Check the run's inputs and the output folder; ``disk_bytes``: the estimated need."""
     from robustgen.pipeline import model_variants
-    from robustgen.stages.adversarial import needs_generated
+    from robustgen.stages.train import needs_generated
 
     report = Preflight()
     shape = data_shape(cfg, report)
@@ -309,3 +311,23 @@ def dry_run(cfg: RunConfig, out: Path) -> tuple[list[str], list[str]]:
     lines += ["preflight: " + ("ok" if report.ok else f"{len(report.problems)} problem(s)")]
     lines += [f"  note: {n}" for n in report.notes]
     return lines, report.problems
+
+
+def preset_summaries() -> list[dict]:
+    """Name, dataset, model, description and estimated GPU-hours (``estimate_cost``; None where the
+    dataset's size cannot be read here) of every preset."""
+    from robustgen.cost import estimate_cost
+    from robustgen.presets import DEFAULT_PRESET, list_presets, load_config, preset_description
+
+    rows = []
+    for name in list_presets():
+        cfg = load_config(name)
+        try:
+            shape = data_shape(cfg)
+            hours = estimate_cost(cfg, n_train=shape.n_train, n_test=shape.n_test, image_shape=shape.image_shape,
+                                  num_classes=shape.num_classes).gpu_hours
+        except RobustgenError:
+            hours = None
+        rows.append({"name": name, "default": name == DEFAULT_PRESET, "dataset": cfg.data.dataset,
+                     "model": cfg.train.arch, "gpu_hours": hours, "description": preset_description(name)})
+    return rows

@@ -54,7 +54,7 @@ def environment(device=None) -> dict[str, Any]:
     """The software and hardware a result came from (JSON-ready)."""
     import torch
 
-    from robustgen import __version__
+    from robustgen.runtime.version import __version__
 
     devices = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] \
         if torch.cuda.is_available() else []
@@ -77,7 +77,7 @@ def write_run_records(out: Path, config: dict, *, command: dict | None, device=N
     returns the environment."""
     import yaml
 
-    from robustgen.io import write_json, write_text
+    from robustgen.runtime.io import write_json, write_text
 
     env = environment(device)
     write_text(out / "config.yaml", yaml.safe_dump(config, sort_keys=False))

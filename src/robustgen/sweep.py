@@ -32,11 +32,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-
 from robustgen.config import RunConfig, config_to_dict, parse_override, replace
-from robustgen.errors import RobustgenError
-from robustgen.io import write_json, write_text
 from robustgen.metrics.paired import mean_and_se, paired_seed_difference
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.io import write_json, write_text
+from robustgen.stages import check_names
 
 __all__ = ["SEED_KEYS", "dry_run_sweep", "grid_points", "parse_grid", "point_configs", "run_sweep", "summarize",
            "sweep_table"]
@@ -103,6 +103,7 @@ def point_configs(cfg: RunConfig, points: dict[str, dict], seeds, *, seed_key: s
         changes = {k: parse_override(f"{k}={v}")[1] if isinstance(v, str) else v for k, v in overrides.items()}
         try:
             configs[name] = replace(cfg, **changes)
+            check_names(configs[name], source="replace")
         except RobustgenError as e:
             raise RobustgenError(f"sweep point {name}: {e}") from None
     out = []

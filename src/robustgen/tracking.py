@@ -16,8 +16,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from robustgen.errors import RobustgenError
-from robustgen.io import atomic_write
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.io import atomic_write
 
 __all__ = ["MetricsLog", "TRACKERS", "open_trackers", "read_metrics"]
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["DM_MODELS", "RB_EPS", "export_robustbench", "load_robustbench", "parse_robustbench_name",
            "robustbench_benchmark", "robustbench_file", "robustbench_test_set"]
@@ -138,9 +138,9 @@ def export_robustbench(checkpoint_path: str | Path, out_path: str | Path, *, eva
     """Write ``out_path`` (``torch.save`` of a tensors-only state dict), ``<out_path>.json`` (what it
     is and how to load it) and ``<out_path>.md`` (a model card: architecture, threat model, the
     accuracies in ``evaluations`` or the checkpoint's, extra data, versions). Returns the JSON."""
-    from robustgen import __version__
     from robustgen.checkpoint import load_model, model_info
-    from robustgen.io import atomic_write, write_json, write_text
+    from robustgen.runtime.io import atomic_write, write_json, write_text
+    from robustgen.runtime.version import __version__
 
     checkpoint_path, out_path = Path(checkpoint_path), Path(out_path)
     model, info = load_model(checkpoint_path), model_info(checkpoint_path)
@@ -278,7 +278,7 @@ def robustbench_benchmark(model: nn.Module, cfg, *, device, n: int | None = None
     ``test``: as ``robustbench_test_set``."""
     from importlib.metadata import version
 
-    from robustgen.evaluate.autoattack import run_reference_autoattack
+    from robustgen.attacks.autoattack import run_reference_autoattack
 
     x, y, points = robustbench_test_set(cfg, n=n, test=test)
     x, y = x.to(device), y.to(device)

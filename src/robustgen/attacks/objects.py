@@ -1,10 +1,10 @@
 """Attacks as objects, in the torchattacks style: ``atk = PGD(model, norm="linf", eps=8/255)``, then
 ``x_adv = atk(x, y)`` on float NCHW tensors in [0, 1] (RobustBench's and AutoAttack's convention).
 
-Each object runs the code robustgen's own evaluation runs (``robustgen.evaluate.attacks``): the
+Each object runs the code robustgen's own evaluation runs (``robustgen.attacks.suites``): the
 authors' PGD-40, MultiTargeted with AA+MT's settings (the one attack of the paper no library
 ships), APGD-CE / APGD-T from ``pyautoattack``, and any registered cascade (``AutoAttack``, with
-``attack="aa+mt"``, ``"worst-of-aa-and-aa+mt"``, ...) through ``robustgen.evaluate``. During a
+``attack="aa+mt"``, ``"worst-of-aa-and-aa+mt"``, ...) through the evaluation cascade (``attacks.cascade``). During a
 call the model is in eval mode with frozen parameters (input gradients only) and is restored
 after; the result is checked to lie in the eps-ball and [0, 1].
 """
@@ -17,7 +17,7 @@ import torch.nn as nn
 from robustgen.attacks.multitargeted import multitargeted_attack
 from robustgen.attacks.pgd import (NORMS, frozen_parameters, margin, misclassified, perturbation_norm,
                                    projected_gradient_attack, scaled_piecewise_constant, within_ball)
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["APGD", "APGDT", "Attack", "AutoAttack", "MultiTargeted", "PGD", "check_images_labels"]
 
@@ -124,7 +124,7 @@ class APGD(Attack):
         self.loss, self.restarts, self.steps = loss, int(restarts), int(steps)
 
     def perturb(self, x, y):
-        from robustgen.evaluate import autoattack as aa
+        from robustgen.attacks import autoattack as aa
 
         return aa.apgd(self.model, x, y, norm=self.norm, eps=self.eps, seed=self.seed, loss=self.loss,
                        restarts=self.restarts, steps=self.steps)
@@ -138,7 +138,7 @@ class APGDT(Attack):
         self.target_classes, self.steps = int(target_classes), int(steps)
 
     def perturb(self, x, y):
-        from robustgen.evaluate import autoattack as aa
+        from robustgen.attacks import autoattack as aa
 
         return aa.apgd_targeted(self.model, x, y, norm=self.norm, eps=self.eps, seed=self.seed,
                                 target_classes=self.target_classes, steps=self.steps)
@@ -146,23 +146,24 @@ class APGDT(Attack):
 
 class AutoAttack(Attack):
     """A registered cascade (``attack``: "autoattack" = AutoAttack standard, "aa+mt",
-    "worst-of-aa-and-aa+mt", "apgd-ce+apgd-t", ...; ``robustgen.evaluate.list_attacks()``): each
+    "worst-of-aa-and-aa+mt", "apgd-ce+apgd-t", ...; ``robustgen.attacks.suites.list_attacks()``): each
     point gets the first candidate that fools the model, else stays as it is. The numbers of the
     same run come from ``robustgen.evaluate(..., return_adversarial=True)``."""
 
     def __init__(self, model, *, norm="linf", eps=8 / 255, attack: str = "autoattack", batch_size: int = 500,
                  seed: int = 0):
         super().__init__(model, norm=norm, eps=eps, seed=seed)
-        from robustgen.evaluate import list_attacks
+        from robustgen.attacks.suites import list_attacks
 
         if attack not in list_attacks():
             raise RobustgenError(f"unknown attack {attack!r} (known: {', '.join(list_attacks())})")
         self.attack, self.batch_size = attack, int(batch_size)
 
     def perturb(self, x, y):
-        from robustgen.evaluate import evaluate_robustness
+        from robustgen.attacks.cascade import run_cascade
+        from robustgen.attacks.suites import get_attack
 
-        result = evaluate_robustness(self.model, x, y, attack=self.attack, norm=self.norm, eps=self.eps,
-                                     batch_size=self.batch_size, device=x.device, seed=self.seed,
-                                     keep_adversarial=True)
+        stages = get_attack(self.attack, norm=self.norm, eps=self.eps)
+        result = run_cascade(self.model, x, y, stages, norm=self.norm, eps=self.eps, batch_size=self.batch_size,
+                             device=x.device, seed=self.seed, keep_adversarial=True)
         return result["adversarial"].to(x.device)

@@ -7,7 +7,7 @@ stage each, export), ``store`` (generated data: generate, label, import / export
 merge), ``report`` (figures and measurements), ``presets`` (presets and resolved configs); ``app`` holds the group and its error handling.
 """
 
-from robustgen.cli.app import cli, main
 from robustgen.cli import pipeline, presets, report, stages, store  # noqa: F401  (registers the verbs)
+from robustgen.cli.app import cli, main
 
 __all__ = ["cli", "main"]

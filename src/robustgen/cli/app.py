@@ -14,9 +14,10 @@ from typing import Any
 
 import click
 
-from robustgen import __version__
-from robustgen.config import RunConfig, load_config
-from robustgen.errors import RobustgenError
+from robustgen.config import RunConfig
+from robustgen.presets import load_config
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.version import __version__
 
 __all__ = ["cli", "config_options", "echo_json", "load_cli_config", "main", "owned", "wait_option"]
 
@@ -40,8 +41,8 @@ wait_option = click.option("--wait", is_flag=True,
 
 
 def owned(folder: Path, wait: bool, what: str):
-    """Own ``folder`` while a verb writes into it (``robustgen.locks``)."""
-    from robustgen.locks import FolderLock
+    """Own ``folder`` while a verb writes into it (``robustgen.runtime.locks``)."""
+    from robustgen.runtime.locks import FolderLock
 
     return FolderLock(folder, wait=wait, what=what)
 
@@ -57,7 +58,7 @@ def echo_json(obj: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from robustgen import preempt
+    from robustgen.runtime import preempt
 
     previous = preempt.install()  # SIGTERM / SIGUSR1: save at the next step boundary, exit EXIT_PREEMPTED
     try:

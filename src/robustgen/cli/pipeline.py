@@ -10,7 +10,7 @@ import yaml
 
 from robustgen.cli.app import cli, config_options, load_cli_config, wait_option
 from robustgen.config import config_to_dict
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 
 @cli.command()
@@ -26,7 +26,8 @@ def run(config, overrides, out, dry_run, wait, quiet):
 
     CONFIG is a preset name (see configs/) or a YAML file; without it, the embedded digits demo.
     """
-    from robustgen.pipeline import describe_plan, run as run_pipeline
+    from robustgen.pipeline import describe_plan
+    from robustgen.pipeline import run as run_pipeline
 
     cfg = load_cli_config(config, overrides)
     if dry_run:

@@ -14,7 +14,7 @@ from robustgen.config import config_to_dict
 @click.option("--json", "as_json", is_flag=True, help="one JSON record per preset instead of a table")
 def presets(as_json):
     """Every preset: name, dataset, model, one-line description and estimated H200 GPU-hours."""
-    from robustgen.cost import preset_summaries
+    from robustgen.preflight import preset_summaries
 
     rows = preset_summaries()
     if as_json:

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from robustgen.cli.app import cli, config_options, echo_json, load_cli_config
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 
 @cli.group()
@@ -21,11 +21,11 @@ def report():
 @click.argument("out", metavar="RUN_FOLDER", type=click.Path(path_type=Path, file_okay=False))
 def report_run(out):
     """Rebuild RUN_FOLDER/report.md from its results.json and figures (a moved or shared folder too)."""
-    from robustgen.io import read_json
     from robustgen.provenance import localize
     from robustgen.report import write_report
     from robustgen.report.figures import existing_figures
     from robustgen.results import RunResults
+    from robustgen.runtime.io import read_json
 
     path = out / "results.json"
     results = RunResults.from_dict(localize(read_json(path), out))
@@ -113,8 +113,9 @@ def measure(config, overrides, generated, features, arch, inception_weights, lpi
     """Complementarity and coverage (paper Alg. 1), FID, IS and KID of generated sets against the
     config's real train / test splits, in the layout of paper Table 1."""
     from robustgen.data import load_split
-    from robustgen.io import write_json, write_text
-    from robustgen.metrics.measure import METRICS, ImageSet, measure as measure_sets
+    from robustgen.metrics.measure import METRICS, ImageSet
+    from robustgen.metrics.measure import measure as measure_sets
+    from robustgen.runtime.io import write_json, write_text
 
     cfg = load_cli_config(config, overrides)
     if n < 2:
@@ -158,8 +159,9 @@ def diagnose(config, overrides, generated, features, arch, inception_weights, no
     """Near copies of the kept real images, novelty, f_NR's agreement with the conditioning class,
     complementarity / coverage against the kept and validation images, KID / FID: does a
     generator add anything to the real data it was fitted on? Never reads the test split."""
-    from robustgen.io import write_json, write_text
-    from robustgen.metrics.diagnostics import COPY_RATIO, diagnose as diagnose_set, format_diagnostics
+    from robustgen.metrics.diagnostics import COPY_RATIO, format_diagnostics
+    from robustgen.metrics.diagnostics import diagnose as diagnose_set
+    from robustgen.runtime.io import write_json, write_text
     from robustgen.stages import load_splits
 
     cfg = load_cli_config(config, overrides)

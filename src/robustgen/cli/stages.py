@@ -14,7 +14,7 @@ import click
 
 from robustgen.cli.app import cli, config_options, echo_json, load_cli_config, owned, wait_option
 from robustgen.config import parse_number
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 
 @cli.command()
@@ -24,7 +24,8 @@ from robustgen.errors import RobustgenError
 @click.option("--quiet", is_flag=True)
 def classifier(config, overrides, out, wait, quiet):
     """Train the non-robust classifier f_NR (the pseudo-labeller); prints its test accuracy."""
-    from robustgen.stages import classifier as stage, data_fingerprint, load_splits, resolve_device
+    from robustgen.stages import classifier as stage
+    from robustgen.stages import data_fingerprint, load_splits, resolve_device
 
     cfg = load_cli_config(config, overrides)
     splits = load_splits(cfg)
@@ -43,8 +44,9 @@ def classifier(config, overrides, out, wait, quiet):
 @click.option("--quiet", is_flag=True)
 def train(config, overrides, generated, out, wait, quiet):
     """Adversarial training (TRADES by default) on batches mixing real and generated data."""
-    from robustgen.stages import adversarial as stage, data_fingerprint, load_splits, resolve_device
-    from robustgen.train.distributed import context_from_env
+    from robustgen.runtime.distributed import context_from_env
+    from robustgen.stages import train as stage
+    from robustgen.stages import data_fingerprint, load_splits, resolve_device
 
     cfg = load_cli_config(config, overrides)
     if stage.needs_generated(cfg) and generated is None:
@@ -84,8 +86,9 @@ def evaluate(config, overrides, checkpoint, arch, model_dir, protocol, attack, n
              quiet):
     """Clean and robust accuracy of a checkpoint on the test split, per attack stage (JSON)."""
     from robustgen.data import load_split
-    from robustgen.stages import evaluate as stage, load_test_split, resolve_device
-    from robustgen.train.distributed import context_from_env, main_first
+    from robustgen.runtime.distributed import context_from_env, main_first
+    from robustgen.stages import evaluate as stage
+    from robustgen.stages import load_test_split, resolve_device
 
     options = {"eval.attack": attack, "threat.norm": norm, "eval.n": n, "eval.batch_size": batch_size,
                "eval.seed": seed, "threat.eps": None if eps is None else parse_number(eps, key="--eps",
@@ -105,7 +108,7 @@ def evaluate(config, overrides, checkpoint, arch, model_dir, protocol, attack, n
         result = robustbench_benchmark(model, cfg, device=device, n=n, batch_size=cfg.eval.batch_size,
                                        seed=cfg.eval.seed, test=test)
         if out is not None:
-            from robustgen.io import write_json
+            from robustgen.runtime.io import write_json
 
             write_json(out, {"checkpoint": str(checkpoint), **result})
         echo_json({"checkpoint": str(checkpoint), **result})
@@ -163,7 +166,7 @@ def _trained_for(checkpoint: Path) -> dict:
 def export(checkpoint, out, eval_json):
     """Export a model in RobustBench form: a state dict that loads into RobustBench's own class
     (DMWideResNet / DMPreActResNet for wrn-* / preact-resnet-18), a JSON sidecar and a model card."""
-    from robustgen.io import read_json
+    from robustgen.runtime.io import read_json
     from robustgen.zoo import export_robustbench
 
     evaluations = [read_json(p) for p in eval_json]

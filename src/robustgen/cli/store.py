@@ -13,8 +13,8 @@ import click
 
 from robustgen.cli.app import cli, config_options, echo_json, load_cli_config
 from robustgen.config import LabelConfig
-from robustgen.data.store_format import DEFAULT_SHARD_SIZE
-from robustgen.errors import RobustgenError
+from robustgen.data.store.format import DEFAULT_SHARD_SIZE
+from robustgen.runtime.errors import RobustgenError
 
 
 @cli.group()
@@ -38,8 +38,9 @@ def _check_shard_size(shard_size: int) -> None:
 def store_generate(store_dir, config, overrides, num_samples, shard_size, seed, no_verify_existing, quiet):
     """Fit the configured generator on the real train split and write samples shard by shard; resumes.
     Under torchrun the processes share the shards (the same store as one process)."""
-    from robustgen.stages import generate as stage, load_splits, resolve_device
-    from robustgen.train.distributed import context_from_env, main_first
+    from robustgen.runtime.distributed import context_from_env, main_first
+    from robustgen.stages import generate as stage
+    from robustgen.stages import load_splits, resolve_device
 
     _check_shard_size(shard_size)
     cfg = load_cli_config(config, overrides, **{"generator.num_samples": num_samples, "generator.seed": seed})
@@ -77,8 +78,9 @@ def store_label(store_dir, checkpoint, out, top_k, balanced, per_class, per_clas
                 agree_with_condition, arch, batch_size, device, bf16, channels_last, compile_model, quiet):
     """Pseudo-label a store shard by shard (resumes), then select rows per class. Under torchrun
     the processes share every shard's rows (the same labels as one process)."""
-    from robustgen.stages import label as stage, resolve_device
-    from robustgen.train.distributed import context_from_env
+    from robustgen.runtime.distributed import context_from_env
+    from robustgen.stages import label as stage
+    from robustgen.stages import resolve_device
 
     if top_k is not None and top_k <= 0:
         raise RobustgenError(f"--top-k must be > 0, got {top_k}")
@@ -106,7 +108,7 @@ def store_label(store_dir, checkpoint, out, top_k, balanced, per_class, per_clas
 @click.option("--quiet", is_flag=True)
 def store_import(npz, store_dir, shard_size, num_classes, quiet):
     """Stream an .npz in the released layout (image uint8 NHWC, label) into a new store; resumes."""
-    from robustgen.data.store_npz import import_npz
+    from robustgen.data.store.npz import import_npz
 
     _check_shard_size(shard_size)
     echo_json(import_npz(npz, store_dir, shard_size=shard_size, num_classes=num_classes, progress=not quiet))
@@ -119,7 +121,7 @@ def store_import(npz, store_dir, shard_size, num_classes, quiet):
 @click.option("--quiet", is_flag=True)
 def store_export(store_dir, out, all_rows, quiet):
     """Write a store as an .npz in the released layout (image, label, ...), streaming."""
-    from robustgen.data.store_npz import export_npz
+    from robustgen.data.store.npz import export_npz
 
     echo_json(export_npz(store_dir, out, use_selection=not all_rows, progress=not quiet))
 
@@ -128,7 +130,7 @@ def store_export(store_dir, out, all_rows, quiet):
 @click.argument("store_dir", metavar="STORE", type=click.Path(path_type=Path))
 def store_info(store_dir):
     """Summary of a store (sizes, classes, provenance) as JSON; reads no images."""
-    from robustgen.data.store_inspect import describe_store
+    from robustgen.data.store.inspect import describe_store
 
     echo_json(describe_store(store_dir))
 
@@ -137,7 +139,7 @@ def store_info(store_dir):
 @click.argument("store_dir", metavar="STORE", type=click.Path(path_type=Path))
 def store_verify(store_dir):
     """Check every shard (layout, sha256, label range, counts); lists each problem, exit 1 if any."""
-    from robustgen.data.store_inspect import verify_store
+    from robustgen.data.store.inspect import verify_store
 
     problems = verify_store(store_dir)
     for line in problems:
@@ -153,7 +155,7 @@ def store_verify(store_dir):
 def store_merge(stores):
     """Merge stores (same image shape and classes) into the new store OUT: shards are hard links,
     sha256s and provenance are kept."""
-    from robustgen.data.store_merge import merge_stores
+    from robustgen.data.store.merge import merge_stores
 
     if len(stores) < 2:
         raise RobustgenError("store merge needs input stores and an output folder: STORE... OUT")

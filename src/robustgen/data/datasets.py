@@ -17,10 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from robustgen.errors import RobustgenError
 from robustgen.data import folder
 from robustgen.data.npz import read_npz, validate_dataset, validate_images, validate_labels
-from robustgen.registry import Registry
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.registry import Registry
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -33,6 +33,7 @@ __all__ = [
     "train_val_split",
     "validate_dataset",
     "default_data_root",
+    "stratified_rows",
 ]
 
 SPLITS = ("train", "test")
@@ -124,7 +125,7 @@ class ImageDataset:
 LoaderFn = Callable[..., ImageDataset]
 _REGISTRY = Registry("dataset")  # name -> LoaderFn
 # Local copies kept as image files: name -> (root, split) -> FileList (robustgen.data.folder)
-_FILE_LAYOUTS = {"tinyimagenet": folder.tinyimagenet_files, "imagenet": folder.imagenet_files}
+FILE_LAYOUTS = {"tinyimagenet": folder.tinyimagenet_files, "imagenet": folder.imagenet_files}
 
 
 def register_dataset(name: str):
@@ -136,7 +137,7 @@ def register_dataset(name: str):
 
 def list_datasets() -> list[str]:
     """Registered dataset names, plus the ``npz:PATH`` and ``folder:PATH`` forms."""
-    return sorted([*_REGISTRY, *_FILE_LAYOUTS]) + ["npz:PATH", "folder:PATH"]
+    return sorted([*_REGISTRY, *FILE_LAYOUTS]) + ["npz:PATH", "folder:PATH"]
 
 
 def load_dataset(spec: str, split: str, *, data_root: str | None = None, download: bool = True,
@@ -155,8 +156,8 @@ def load_dataset(spec: str, split: str, *, data_root: str | None = None, downloa
             raise RobustgenError("dataset 'folder:' needs a path, e.g. folder:data/my-images (with train/ and test/)")
         files = folder.folder_files(Path(spec[len("folder:"):]), split)
         return folder.load_file_dataset(files, name=spec, **decoding)
-    if spec in _FILE_LAYOUTS:
-        files = _FILE_LAYOUTS[spec](default_data_root(data_root), split)
+    if spec in FILE_LAYOUTS:
+        files = FILE_LAYOUTS[spec](default_data_root(data_root), split)
         return folder.load_file_dataset(files, name=spec, **decoding)
     if spec not in _REGISTRY:
         raise RobustgenError(f"unknown dataset {spec!r}; choose from {list_datasets()}")
@@ -187,7 +188,7 @@ def train_val_split(ds: ImageDataset, val_size: int, seed: int) -> tuple[ImageDa
 
 def holdout_split(ds: ImageDataset, keep: int, seed: int) -> tuple[ImageDataset, ImageDataset]:
     """Keep ``keep`` examples (seeded, stratified: each class keeps its share, largest remainders
-    rounded up); withhold the rest. Both parts keep the original order of their rows."""
+    rounded up); hold out the rest. Both parts keep the original order of their rows."""
     n = len(ds)
     if not 0 < keep <= n:
         raise RobustgenError(f"{ds.name}: data.train_size {keep} must be in [1, {n}] (the real training "
@@ -303,7 +304,7 @@ def _load_svhn(split: str, *, data_root=None, download=True, seed: int = 0) -> I
 # ---------------------------------------------------------------------------------------------
 # npz:PATH (released-data layout)
 
-def _npz_split_paths(path: str) -> dict[str, Path]:
+def npz_split_paths(path: str) -> dict[str, Path]:
     """Where the train and test files of ``npz:PATH`` live (see ``load_dataset``)."""
     if "{split}" in path:
         return {s: Path(path.replace("{split}", s)).expanduser() for s in SPLITS}
@@ -317,7 +318,7 @@ def _npz_split_paths(path: str) -> dict[str, Path]:
 def _load_npz_dataset(path: str, split: str, *, spec: str) -> ImageDataset:
     if not path:
         raise RobustgenError("dataset 'npz:' needs a path, e.g. npz:data/cifar10 or npz:data/{split}.npz")
-    paths = _npz_split_paths(path)
+    paths = npz_split_paths(path)
     target = paths[split]
     if not target.exists():
         raise RobustgenError(f"{target}: file not found (the {split} split of dataset {spec!r})")
@@ -345,3 +346,18 @@ def _load_npz_dataset(path: str, split: str, *, spec: str) -> ImageDataset:
         k = num_classes if num_classes is not None else int(arrays["label"].max()) + 1
         names = tuple(str(i) for i in range(k))
     return ImageDataset(arrays["image"], arrays["label"], names, spec)
+
+def stratified_rows(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Rows of an evaluation subset of ``n`` images spread over every class: n // K of each class
+    (the first n % K classes of a seeded order get one more), a seeded draw within each class, in
+    ascending row order (a class with fewer images gives all it has). A pure function of (labels, n,
+    seed), so a class-sorted folder (ImageNet val) is evaluated on every class, not on the first n / 50."""
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    quota = np.full(len(classes), n // len(classes))
+    quota[np.random.default_rng([seed, 1]).permutation(len(classes))[: n % len(classes)]] += 1
+    rows = []
+    for c, q in zip(classes, quota):
+        members = np.flatnonzero(labels == c)
+        rows.append(members[np.random.default_rng([seed, int(c)]).permutation(len(members))[:q]])
+    return np.sort(np.concatenate(rows))

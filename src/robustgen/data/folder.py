@@ -27,7 +27,6 @@ file.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,7 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.errors import RobustgenError, first_line
+from robustgen.runtime.errors import RobustgenError, first_line
+from robustgen.runtime.fingerprint import new_digest
 
 __all__ = ["FileList", "FolderImages", "decode_image", "folder_files", "imagenet_files", "load_file_dataset",
            "tinyimagenet_files"]
@@ -256,7 +256,7 @@ class FolderImages:
 
     def fingerprint(self) -> str:
         """sha256 over the paths, file sizes and modification times and the decoding settings."""
-        h = hashlib.sha256(f"{self.shape}|{self.size}".encode())
+        h = new_digest(f"{self.shape}|{self.size}".encode())
         for p in self.paths:
             st = os.stat(p)
             h.update(f"{p}|{st.st_size}|{st.st_mtime_ns}\n".encode())

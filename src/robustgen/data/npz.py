@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.errors import RobustgenError
-from robustgen.io import atomic_write
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.io import atomic_write
 
 __all__ = ["read_npz", "write_npz", "validate_dataset", "validate_images", "validate_labels"]
 

@@ -8,10 +8,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from robustgen.evaluate.attacks import get_attack
-from robustgen.evaluate.autoattack import collected_warnings
-from robustgen.evaluate.cascade import masking_warnings, run_cascade
-from robustgen.train.distributed import DistContext
+from robustgen.attacks.suites import get_attack
+from robustgen.attacks.autoattack import collected_warnings
+from robustgen.attacks.cascade import masking_warnings, run_cascade
+from robustgen.runtime.distributed import DistContext
 
 
 def evaluate_robustness(model: nn.Module, images: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor, *,

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from robustgen.errors import RobustgenError
-from robustgen.registry import Registry
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.registry import Registry
 
 __all__ = ["GENERATORS", "generator_fit_kwargs", "get_generator", "list_generators", "register_generator",
            "runtime_kwargs"]
@@ -50,8 +50,8 @@ def runtime_kwargs(adapter, options: dict | None) -> dict:
 
 
 # Registration side effects (after the registry exists, so the modules can import it).
-from robustgen.generate import gaussian as _gaussian  # noqa: E402,F401
-from robustgen.generate import diffusion as _diffusion  # noqa: E402,F401
-from robustgen.generate import heldout as _heldout  # noqa: E402,F401
 from robustgen.generate import augmentations as _augmentations  # noqa: E402,F401
+from robustgen.generate import diffusion as _diffusion  # noqa: E402,F401
+from robustgen.generate import gaussian as _gaussian  # noqa: E402,F401
+from robustgen.generate import heldout as _heldout  # noqa: E402,F401
 from robustgen.generate import plugin as _plugin  # noqa: E402,F401

@@ -3,7 +3,7 @@
 5: how far augmented samples are from being new data, measured with complementarity and coverage;
 footnote 5: mixup does not improve robust accuracy beyond random crops and flips).
 
-Each one fits on the real split (it keeps the images, as ``heldout`` keeps the withheld ones) and
+Each one fits on the real split (it keeps the images, as ``heldout`` keeps the held-out ones) and
 goes through the same path as any generator: ``store generate`` / the generate stage writes the
 augmented images into a store, ``robustgen measure`` scores them (Table 5), the label stage labels
 them and training mixes them at ``1 - alpha`` (``arms: [{generator: cutmix}]`` puts an augmentation
@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from robustgen.errors import RobustgenError
 from robustgen.generate import register_generator
 from robustgen.generate.heldout import load_images_fit, save_images_fit
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["AUGMENTATIONS"]
 

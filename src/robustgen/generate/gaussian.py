@@ -26,17 +26,16 @@ BLAS; another CPU may round a rare pixel differently).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-
-from collections import OrderedDict
 
 import numpy as np
 import scipy.linalg
 
 from robustgen.data.npz import validate_images
-from robustgen.errors import RobustgenError
 from robustgen.generate import register_generator
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = [
     "NOISE_CHUNK",
@@ -368,7 +367,7 @@ class GaussianGenerator:
         """The first ``n`` samples of the global sequence (class ``i % K``)."""
         return sample_gaussian_range(fitted, 0, n, seed=seed)
 
-    # Resumable, sharded generation (``robustgen.generate.runner``) needs the three below.
+    # Resumable, sharded generation (``robustgen.generate.sample_to_store``) needs the three below.
     @staticmethod
     def range_sampler(fitted: GaussianFit, *, seed: int) -> GaussianRangeSampler:
         """An object whose ``sample(start, stop)`` is a pure function of (fit, seed, index)."""

@@ -1,12 +1,12 @@
-"""The ``heldout`` generator: real training images withheld from the real split, served as if
+"""The ``heldout`` generator: real training images held-out from the real split, served as if
 generated (the paper's "perfect generator" reference: its 80M-Tiny-Images rows, Sec. 4 and
 Fig. 4, measure how far a generator is from real data of the same distribution).
 
 ``data.train_size: K`` keeps K images of the train split (after validation is removed) as the
-real split; the rest are withheld (``datasets.holdout_split``) and are the only images this
-generator can fit on (``fits_on = "heldout"``: the stages pass it the withheld split instead of
+real split; the rest are held out (``datasets.holdout_split``) and are the only images this
+generator can fit on (``fits_on = "heldout"``: the stages pass it the held-out split instead of
 the real one). It then goes through the same path as any generator: the generate stage writes
-the withheld images into a store (a seeded permutation, each image at most once; ``num_samples``
+the held-out images into a store (a seeded permutation, each image at most once; ``num_samples``
 is capped at their number), the label stage pseudo-labels them with f_NR (trained on the reduced
 real split only) and training mixes them at ``1 - alpha``. The true labels are kept as the
 samples' conditioning classes, so ``label.mode: condition`` trains on true labels instead.
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.errors import RobustgenError
 from robustgen.generate import register_generator
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["HeldoutGenerator", "load_images_fit", "save_images_fit"]
 
@@ -38,7 +38,7 @@ def load_images_fit(path) -> dict:
 
 
 class _PermutedRows:
-    """Rows start..stop-1 of a seeded permutation of the withheld images (a pure function of
+    """Rows start..stop-1 of a seeded permutation of the held-out images (a pure function of
     the fit, the seed and the index)."""
 
     def __init__(self, fitted: dict, seed: int):
@@ -54,15 +54,15 @@ class _PermutedRows:
 
 @register_generator("heldout")
 class HeldoutGenerator:
-    """Registry adapter: ``fit`` keeps the withheld images, ``range_sampler`` serves them."""
+    """Registry adapter: ``fit`` keeps the held-out images, ``range_sampler`` serves them."""
 
-    fits_on = "heldout"  # the stages fit it on the withheld real images, not the real split
+    fits_on = "heldout"  # the stages fit it on the held-out real images, not the real split
 
     @staticmethod
     def fit(images: np.ndarray, labels: np.ndarray, *, num_classes: int) -> dict:
         if len(labels) == 0:
             raise RobustgenError("generator 'heldout' has no images to serve: set data.train_size below the "
-                                 "number of real training images, so that the rest are withheld")
+                                 "number of real training images, so that the rest are held out")
         return {"image": np.ascontiguousarray(images), "label": np.asarray(labels, np.int64)}
 
     @staticmethod

@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from robustgen.data.store_format import file_sha256
-from robustgen.errors import RobustgenError, first_line
 from robustgen.generate import register_generator
+from robustgen.runtime.errors import RobustgenError, first_line
+from robustgen.runtime.fingerprint import file_sha256
 
 __all__ = ["PluginFit", "PluginGenerator", "load_entry_point"]
 
@@ -174,7 +174,7 @@ class PluginGenerator:
 
     @staticmethod
     def save_fit(fitted: PluginFit, path) -> None:
-        from robustgen.io import write_json
+        from robustgen.runtime.io import write_json
 
         write_json(path, {k: getattr(fitted, k) for k in ("entry_point", "checkpoint", "checkpoint_sha256", "options",
                                                            "batch_size", "num_classes")}

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustgen.progress import progress_bar
 from robustgen.data.npz import validate_images
-from robustgen.errors import RobustgenError
 from robustgen.models.inference import InferenceOptions, autocast, to_memory_format
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.progress import progress_bar
 
 __all__ = ["assign_labels", "predict_probabilities", "pseudo_label", "top_k_per_class"]
 

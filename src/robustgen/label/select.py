@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["keep_counts", "select_per_class"]
 

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["nearest_neighbors", "pca_fit", "pca_project", "complementarity_coverage", "coverage",
            "ComplementarityResult", "balanced_sample", "format_table"]

@@ -30,10 +30,10 @@ import time
 import numpy as np
 import torch
 
-from robustgen.errors import RobustgenError
 from robustgen.metrics.complementarity import balanced_sample, complementarity_coverage, nearest_neighbors
 from robustgen.metrics.features import FeatureExtractor, extract_features, gather_rows
 from robustgen.metrics.fid import fid_from_features, kernel_inception_distance
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["COPY_RATIO", "HISTOGRAM_EDGES", "nearest_distances", "copy_threshold", "near_copy_rows", "copy_statistics",
            "label_statistics",

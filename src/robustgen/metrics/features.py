@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from robustgen.data.npz import validate_images
-from robustgen.errors import RobustgenError, first_line
-from robustgen.registry import Registry
+from robustgen.runtime.errors import RobustgenError, first_line
+from robustgen.runtime.registry import Registry
 
 __all__ = ["FeatureExtractor", "register_extractor", "list_extractors", "get_extractor", "extract_features", "gather_rows",
            "InceptionExtractor", "LpipsExtractor", "ClassifierExtractor", "inception_weights_file"]
@@ -82,7 +82,7 @@ def extract_features(extractor: FeatureExtractor, images, *, batch_size: int = 2
     if rows.size == 0:
         raise RobustgenError("no images to extract features from")
     feats, logits = [], []
-    from robustgen.progress import progress_bar
+    from robustgen.runtime.progress import progress_bar
 
     for start in progress_bar(range(0, rows.size, batch_size), desc=f"features ({extractor.name})", unit="batch",
                       disable=not progress, leave=False):

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["feature_statistics", "frechet_distance", "fid_from_features", "inception_score",
            "kernel_inception_distance"]

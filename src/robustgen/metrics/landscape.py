@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustgen.attacks.pgd import (frozen_parameters, margin, misclassified, pgd40_schedule,
-                                   projected_gradient_attack)
-from robustgen.errors import RobustgenError
+from robustgen.attacks.pgd import frozen_parameters, margin, misclassified, pgd40_schedule, projected_gradient_attack
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["pgd_direction", "rademacher_direction", "loss_landscape"]
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.errors import RobustgenError
 from robustgen.metrics.complementarity import (balanced_sample, complementarity_coverage, coverage, format_table,
                                                nearest_neighbors, project_reference)
 from robustgen.metrics.features import FeatureExtractor, extract_features
 from robustgen.metrics.fid import fid_from_features, inception_score, kernel_inception_distance
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["METRICS", "ImageSet", "open_image_set", "measure"]
 

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from robustgen.errors import RobustgenError
 from robustgen.models.common import ACTIVATIONS, NormalizedClassifier
 from robustgen.models.kuangliu_resnet import KuangliuResNet
 from robustgen.models.preact_resnet import PreActResNet
 from robustgen.models.resnet import TorchvisionResNet, resnet_depth_error
 from robustgen.models.small_cnn import SmallCNN
 from robustgen.models.wide_resnet import WideResNet, wrn_depth_error
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = [
     "create_model", "external_normalization", "list_models", "is_known_arch", "register_model", "example_arch",

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 # The authors' BatchNorm decay of 0.99 is PyTorch momentum 0.01.
 PAPER_BN_MOMENTUM = 0.01

@@ -10,7 +10,7 @@ with the mean over groups of each group's mean and unbiased variance (each core 
 kept its own; with ``micro_batches`` emulation they are updated once per chunk instead).
 
 The training loop orders each batch so that every group holds the batch's mix of real and
-generated images (``train.batches.TrainingBatches``).
+generated images (``train.mixing.batches.TrainingBatches``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["GroupBatchNorm2d", "use_bn_groups"]
 

@@ -11,8 +11,8 @@ from typing import Sequence
 import numpy as np
 
 from robustgen.data.npz import validate_images
-from robustgen.errors import RobustgenError
-from robustgen.io import save_figure
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.io import save_figure
 
 __all__ = ["save_sample_grid", "save_store_grid"]
 

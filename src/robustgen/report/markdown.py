@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Sequence
 
 from robustgen.config import is_baseline
-from robustgen.io import write_text
 from robustgen.results import ModelResult, RunResults
+from robustgen.runtime.io import write_text
 
 
 def _pct(x: float) -> str:
@@ -87,7 +87,7 @@ def write_report(out: Path, results: RunResults, *, samples_path: Path | None,
     for name, lab in labelings.items():
         if lab is None:
             continue  # labels are the conditioning classes: no f_NR summary
-        # for withheld real images the conditioning class is the true label: agreement = f_NR's label accuracy
+        # for held-out real images the conditioning class is the true label: agreement = f_NR's label accuracy
         agree = "the true class" if name == "heldout" else "the generator's class"
         lines += [f"Pseudo-labels of `{name}`: {lab['num_labeled']:,} images, mean f_NR confidence "
                   f"{lab['mean_confidence']:.3f}" + (f", f_NR agrees with {agree} on "

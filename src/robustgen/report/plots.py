@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.errors import RobustgenError
-from robustgen.io import save_figure
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.io import save_figure
 
 __all__ = ["plot_sweep", "plot_accuracy_vs_samples", "plot_training_curves", "plot_loss_landscapes",
            "read_history"]
@@ -137,7 +137,7 @@ def plot_accuracy_vs_samples(records: list[dict], path, *, title: str | None = N
 def read_history(path) -> list[dict]:
     """A training stage's history.json (a list of {step, samples, loss, lr} and {step, samples,
     model, score, val_*} entries)."""
-    from robustgen.io import read_json
+    from robustgen.runtime.io import read_json
 
     path = Path(path)
     if path.is_dir():

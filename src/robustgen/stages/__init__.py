@@ -12,18 +12,18 @@ Each stage module owns its settings (built once from ``RunConfig``), its ``finge
 ``common`` holds what they share (splits, device, fresh models, model selection). No math here.
 """
 
-from robustgen.stages import adversarial, classifier, diagnose, evaluate, generate, label
-from robustgen.stages.common import (
-    Splits,
-    build_model,
-    clean_accuracy,
-    data_fingerprint,
-    hash_parts,
-    load_splits,
-    load_test_split,
-    resolve_device,
-    robust_seed,
-)
+from robustgen.config import RunConfig
+from robustgen.stages import classifier, diagnose, evaluate, generate, label, train
+from robustgen.stages.common import (Splits, build_model, check_dataset, clean_accuracy, data_fingerprint, load_splits,
+                                     load_test_split, resolve_device, robust_seed)
 
-__all__ = ["Splits", "adversarial", "build_model", "classifier", "clean_accuracy", "data_fingerprint", "diagnose", "evaluate",
-           "generate", "hash_parts", "label", "load_splits", "load_test_split", "resolve_device", "robust_seed"]
+__all__ = ["Splits", "build_model", "check_names", "classifier", "clean_accuracy", "data_fingerprint",
+           "diagnose", "evaluate", "generate", "label", "load_splits", "load_test_split", "resolve_device", "robust_seed", "train"]
+
+
+def check_names(cfg: RunConfig, *, source: str) -> None:
+    """Every registry name the config uses, checked by the stage that uses it; ``robustgen.presets``
+    runs this after the config's own checks, before any work."""
+    check_dataset(cfg, source)
+    for stage in (classifier, train, generate, evaluate):
+        stage.check_names(cfg, source)

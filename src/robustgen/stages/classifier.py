@@ -14,16 +14,24 @@ import torch
 
 from robustgen.checkpoint import load_model
 from robustgen.config import RunConfig, config_to_dict
-from robustgen.io import write_json
+from robustgen.config import require
 from robustgen.results import ClassifierResult
-from robustgen.stages.common import (Splits, build_model, clean_accuracy, hash_parts, selection_evaluator,
-                                     stage_fingerprint)
-from robustgen.stages.common import loop_settings as common_loop_settings
+from robustgen.runtime.fingerprint import hash_parts
+from robustgen.runtime.io import write_json
+from robustgen.stages.common import Splits, build_model, clean_accuracy, selection_evaluator, stage_fingerprint
+from robustgen.stages.common import section_loop_settings
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
 from robustgen.train.steps import standard_step_loss
 
-__all__ = ["external_fingerprint", "fingerprint", "loop_settings", "run"]
+__all__ = ["external_fingerprint", "fingerprint", "classifier_loop_settings", "run"]
 
+
+def check_names(cfg: RunConfig, source: str) -> None:
+    """The classifier's architecture is a registered model (before any work starts)."""
+    from robustgen.models import is_known_arch, list_models
+
+    c = cfg.classifier
+    require(is_known_arch(c.arch), source, f"classifier.arch: unknown architecture {c.arch!r} (known: {', '.join(list_models())})")
 
 def fingerprint(cfg: RunConfig, data_fp: str) -> str:
     """Everything the classifier depends on: the data, ``classifier.*``, augmentation and the seed."""
@@ -36,11 +44,11 @@ def external_fingerprint(path: Path) -> str:
     return hash_parts("external-classifier", str(path.resolve()), path.stat().st_mtime if path.exists() else None)
 
 
-def loop_settings(cfg: RunConfig, n_train: int) -> LoopSettings:
+def classifier_loop_settings(cfg: RunConfig, n_train: int) -> LoopSettings:
     c = cfg.classifier
     total = steps_for(epochs=c.epochs, epoch_size=n_train, batch_size=c.batch_size)
     warmup = steps_for(epochs=c.warmup_epochs, epoch_size=n_train, batch_size=c.batch_size) if c.warmup_epochs else 0
-    return common_loop_settings(c, cfg.data, total_steps=total, warmup_steps=warmup, seed=cfg.seed, nesterov=True,
+    return section_loop_settings(c, cfg.data, total_steps=total, warmup_steps=warmup, seed=cfg.seed, nesterov=True,
                                 label_smoothing_real=c.label_smoothing, checkpoint_every_steps=max(1, total // 10),
                                 log_every_steps=max(1, min(50, total // 20)))
 
@@ -51,7 +59,7 @@ def run(cfg: RunConfig, splits: Splits, out_dir: Path, *, device: torch.device, 
     c = cfg.classifier
     model, spec = build_model(c.arch, c.activation, splits.train, seed=cfg.seed)
     model.to(device)
-    settings = loop_settings(cfg, len(splits.train))
+    settings = classifier_loop_settings(cfg, len(splits.train))
     result = train_loop(model, settings=settings, real=splits.train, generated=[],
                         step_loss=standard_step_loss(),
                         evaluate=selection_evaluator(cfg, splits.val, device, robust=False),

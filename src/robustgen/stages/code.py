@@ -13,23 +13,24 @@ prints when a stage is recomputed because of it.
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
+from robustgen.runtime.fingerprint import short_digest
+
 __all__ = ["STAGE_CODE", "changed_modules", "code_digest", "module_digests"]
 
-_COMMON = ("robustgen.stages.common", "robustgen.models", "robustgen.data.augment", "robustgen.data.sources")
+_COMMON = ("robustgen.stages.common", "robustgen.models", "robustgen.data.augment", "robustgen.train.mixing.sources")
 STAGE_CODE: dict[str, tuple[str, ...]] = {
     "classifier": ("robustgen.stages.classifier", "robustgen.train", *_COMMON),
-    "generate": ("robustgen.stages.generate", "robustgen.generate", "robustgen.data.store_writer",
-                 "robustgen.data.store_format"),
+    "generate": ("robustgen.stages.generate", "robustgen.generate", "robustgen.data.store.writer",
+                 "robustgen.data.store.format"),
     "label": ("robustgen.stages.label", "robustgen.label", "robustgen.metrics.diagnostics",
               "robustgen.models.inference"),
     "diagnose": ("robustgen.stages.diagnose", "robustgen.metrics"),
     # adversarial training: the loop, losses, inner attacks, models, batches and augmentation
-    "train": ("robustgen.stages.adversarial", "robustgen.train", "robustgen.attacks", *_COMMON),
+    "train": ("robustgen.stages.train", "robustgen.train", "robustgen.attacks", *_COMMON),
     "eval": ("robustgen.stages.evaluate", "robustgen.evaluate", "robustgen.attacks", "robustgen.models"),
 }
 
@@ -56,7 +57,7 @@ def _strip_docstrings(tree: ast.AST) -> ast.AST:
 @lru_cache(maxsize=None)
 def _file_digest(path: Path, mtime_ns: int) -> str:
     tree = _strip_docstrings(ast.parse(path.read_text(encoding="utf-8")))
-    return hashlib.sha256(ast.dump(tree, include_attributes=False).encode()).hexdigest()[:12]
+    return short_digest(ast.dump(tree, include_attributes=False))
 
 
 def module_digests(stage: str) -> dict[str, str]:
@@ -72,7 +73,7 @@ def module_digests(stage: str) -> dict[str, str]:
 def code_digest(stage: str) -> str:
     """12 hex digits naming the code of ``stage`` (see the module doc)."""
     blob = "\n".join(f"{k} {v}" for k, v in module_digests(stage).items())
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+    return short_digest(blob)
 
 
 def changed_modules(old: dict[str, str], new: dict[str, str]) -> list[str]:

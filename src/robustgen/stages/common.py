@@ -7,8 +7,6 @@ training checkpoints record it, so a changed setting never resumes or reuses an 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,34 +14,27 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from robustgen import __version__
 from robustgen.checkpoint import model_spec
-from robustgen.config import DataConfig, RunConfig
+from robustgen.config import DataConfig, RunConfig, require
 from robustgen.data import ImageDataset, holdout_split, load_split, train_val_split
-from robustgen.errors import RobustgenError
 from robustgen.evaluate import evaluate_robustness
-from robustgen.generate.runner import array_fingerprint
 from robustgen.label import predict_probabilities
 from robustgen.models import create_model
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import array_fingerprint, hash_parts
 from robustgen.train.loop import LoopSettings
 from robustgen.train.schedule import scaled_lr
 
-__all__ = ["Splits", "build_model", "clean_accuracy", "data_fingerprint", "fingerprint_key", "hash_parts",
-           "load_splits", "loop_settings", "resolve_device", "robust_seed", "selection_evaluator", "stage_fingerprint"]
+__all__ = ["Splits", "build_model", "clean_accuracy", "data_fingerprint", "fingerprint_key",
+           "load_splits", "section_loop_settings", "resolve_device", "robust_seed", "selection_evaluator", "stage_fingerprint"]
 
 
 @dataclass(frozen=True)
 class Splits:
-    train: ImageDataset  # real training images, validation (and withheld) images removed
-    val: ImageDataset  # held-out training images for model selection
+    train: ImageDataset  # real training images, validation (and held-out) images removed
+    val: ImageDataset  # the validation split: training images set aside for model selection
     test: ImageDataset
-    heldout: ImageDataset | None = None  # withheld by data.train_size; only the heldout generator reads them
-
-
-def hash_parts(*parts) -> str:
-    """12 hex digits of sha256 over the package version and ``parts`` (JSON, keys sorted)."""
-    blob = json.dumps([__version__, *parts], sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
+    heldout: ImageDataset | None = None  # held out by data.train_size; only the heldout generator reads them
 
 
 # fingerprint -> (hash of the settings and inputs alone, the stage whose code it includes), for the
@@ -72,6 +63,15 @@ def data_fingerprint(cfg: RunConfig, splits: Splits) -> str:
     return hash_parts(cfg.data.dataset, cfg.data.val_size, cfg.data.split_seed, content)
 
 
+def check_dataset(cfg: RunConfig, source: str) -> None:
+    """``data.dataset`` names a registered dataset, an .npz or an image folder (before any work starts)."""
+    from robustgen.data import list_datasets
+
+    known = [d for d in list_datasets() if ":" not in d]
+    require(cfg.data.dataset.startswith(("npz:", "folder:")) or cfg.data.dataset in known, source,
+            f"data.dataset: unknown dataset {cfg.data.dataset!r} (known: {', '.join(known)}, npz:PATH, folder:PATH)")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -86,7 +86,7 @@ def load_test_split(cfg: RunConfig) -> ImageDataset:
     images and labels of a store or .npz of generated data (held in RAM)."""
     if cfg.eval.split == "test":
         return load_split(cfg.data, "test")
-    from robustgen.data.sources import open_source
+    from robustgen.train.mixing.sources import open_source
 
     path = cfg.eval.split.removeprefix("generated:")
     source = open_source(path)
@@ -106,7 +106,7 @@ def _check_points(test: ImageDataset, train: ImageDataset, where: str) -> ImageD
 def source_identity(path: str):
     """What identifies a store or .npz given as a path (a store's manifest hash, a file's size and
     time), so that a changed source invalidates the stages that read it."""
-    from robustgen.data.store_format import file_sha256
+    from robustgen.runtime.fingerprint import file_sha256
 
     p = Path(path)
     if (p / "manifest.json").is_file():
@@ -149,7 +149,7 @@ def build_model(arch: str, activation: str, data: ImageDataset, *, seed: int) ->
                              activation=activation, image_size=h)
 
 
-def loop_settings(section, data: DataConfig, *, total_steps: int, warmup_steps: int, seed: int,
+def section_loop_settings(section, data: DataConfig, *, total_steps: int, warmup_steps: int, seed: int,
                   **specific) -> LoopSettings:
     """The training loop's settings from a config section with ``batch_size``, ``lr_per_256``,
     ``momentum`` and ``weight_decay`` (``classifier`` or ``train``), the data's augmentation and
@@ -174,7 +174,7 @@ def clean_accuracy(model: nn.Module, images: np.ndarray, labels: np.ndarray, *, 
 
 def selection_evaluator(cfg: RunConfig, val: ImageDataset, device: torch.device, *, robust: bool,
                         train: ImageDataset | None = None):
-    """Model selection on the held-out split: PGD-40 robust accuracy (or clean accuracy). ``train``
+    """Model selection on the validation split: PGD-40 robust accuracy (or clean accuracy). ``train``
     (robust only): real training images measured the same way, for the robust generalisation gap;
     they do not enter the score."""
     seed = robust_seed(cfg) if robust else cfg.seed

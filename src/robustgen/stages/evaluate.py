@@ -15,19 +15,26 @@ import torch
 
 from robustgen.checkpoint import load_external_model, load_model, model_info
 from robustgen.config import RunConfig
+from robustgen.config import require
 from robustgen.data import ImageDataset
-from robustgen.data.indices import stratified_rows
-from robustgen.data.store_format import file_sha256
-from robustgen.errors import RobustgenError
+from robustgen.data.datasets import stratified_rows
 from robustgen.evaluate import evaluate_robustness
-from robustgen.generate.runner import array_fingerprint
-from robustgen.io import write_json
 from robustgen.results import EvalResult
+from robustgen.runtime.distributed import DistContext
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import array_fingerprint, file_sha256
+from robustgen.runtime.io import write_json
 from robustgen.stages.common import source_identity, stage_fingerprint
-from robustgen.train.distributed import DistContext
 
 __all__ = ["fingerprint", "load_for_eval", "run", "training_log_check"]
 
+
+def check_names(cfg: RunConfig, source: str) -> None:
+    """The evaluation's attack is registered (before any work starts)."""
+    from robustgen.evaluate import list_attacks
+
+    require(cfg.eval.attack in list_attacks(), source,
+            f"eval.attack: unknown attack {cfg.eval.attack!r} (known: {', '.join(list_attacks())})")
 
 def fingerprint(cfg: RunConfig, train_fp: str) -> str:
     """The trained model, ``eval.*``, the threat and, for ``eval.split: generated:PATH``, that file's identity."""

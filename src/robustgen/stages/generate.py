@@ -1,6 +1,6 @@
 """Stage 2: fit the generator on the real train split and sample into a store (paper Sec. 3.3, Sec. 4).
 
-Sharded and resumable (``generate.runner.generate_store``): a killed job resumes at its first
+Sharded and resumable (``generate.sample_to_store.generate_store``): a killed job resumes at its first
 incomplete shard. The generator's training state (a DDPM's checkpoints) lives in
 ``STORE/generator-work``. A store is the one on-disk form of generated data; ``robustgen store
 import`` / ``export`` convert from / to the released .npz layout.
@@ -13,16 +13,36 @@ from pathlib import Path
 import torch
 
 from robustgen.config import RunConfig
+from robustgen.config import require
 from robustgen.data import ImageDataset
-from robustgen.data.store_format import DEFAULT_SHARD_SIZE
-from robustgen.errors import RobustgenError
+from robustgen.data.store.format import DEFAULT_SHARD_SIZE
 from robustgen.generate import generator_fit_kwargs, get_generator
-from robustgen.generate.runner import generate_store
+from robustgen.generate.sample_to_store import generate_store
+from robustgen.runtime.distributed import DistContext
+from robustgen.runtime.errors import RobustgenError
 from robustgen.stages.common import Splits, stage_fingerprint
-from robustgen.train.distributed import DistContext
 
 __all__ = ["fingerprint", "fit_data", "run"]
 
+
+def check_names(cfg: RunConfig, source: str) -> None:
+    """The generators (the run's and its arms') are registered, the UNet preset and the sampler
+    known (before any work starts)."""
+    from robustgen.generate import list_generators
+    from robustgen.generate.diffusion.samplers import SAMPLER_SETTINGS, SAMPLERS
+    from robustgen.generate.diffusion.unet import unet_preset_names
+
+    known = ", ".join(list_generators())
+    require(cfg.generator.name in list_generators(), source,
+            f"generator.name: unknown generator {cfg.generator.name!r} (known: {known})")
+    for i, arm in enumerate(cfg.arms):
+        require(arm.generator in list_generators(), source,
+                f"arms[{i}].generator: unknown generator {arm.generator!r} (known: {known})")
+    d = cfg.generator.ddpm
+    require(d.unet in unet_preset_names(), source,
+            f"generator.ddpm.unet: unknown UNet preset {d.unet!r} (known: {', '.join(unet_preset_names())})")
+    samplers = SAMPLERS + tuple(SAMPLER_SETTINGS)
+    require(d.sampler in samplers, source, f"generator.ddpm.sampler must be one of {', '.join(samplers)}, got {d.sampler!r}")
 
 def fingerprint(cfg: RunConfig, data_fp: str) -> str:
     """Only what this generator reads, so another generator's settings change nothing (local weights
@@ -45,11 +65,11 @@ def _fits_on_heldout(cfg: RunConfig) -> bool:
 
 def fit_data(cfg: RunConfig, splits: Splits) -> ImageDataset:
     """The images the configured generator is fitted on: the real split, or for a generator that
-    fits on withheld images (``heldout``) the images ``data.train_size`` withheld."""
+    fits on held-out images (``heldout``) the images ``data.train_size`` held-out."""
     if not _fits_on_heldout(cfg):
         return splits.train
     if splits.heldout is None or len(splits.heldout) == 0:
-        raise RobustgenError(f"generator {cfg.generator.name!r} serves withheld real images: set data.train_size "
+        raise RobustgenError(f"generator {cfg.generator.name!r} serves held-out real images: set data.train_size "
                              f"below the {len(splits.train)} real training images")
     return splits.heldout
 
@@ -60,7 +80,7 @@ def run(cfg: RunConfig, train: ImageDataset, store_dir: Path, *, device: torch.d
     images with per-sample seeds into ``store_dir``, shard by shard. Under torchrun (``ctx``) the
     ranks share the shards."""
     g = cfg.generator
-    # a generator of withheld real images serves each of them at most once
+    # a generator of held-out real images serves each of them at most once
     num_samples = min(g.num_samples, len(train)) if _fits_on_heldout(cfg) else g.num_samples
     return generate_store(store_dir, generator=g.name, train_images=train.images, train_labels=train.labels,
                           num_classes=train.num_classes, num_samples=num_samples, seed=g.seed,

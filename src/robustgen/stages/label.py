@@ -1,8 +1,8 @@
 """Stage 3: pseudo-label generated images with f_NR and keep the most confident per class
 (paper Sec. 3.3; App. D for class balance; Wang et al. 2023 for ``mode="condition"``).
 
-The labelled store shares the generated store's images (hard links, ``data.store_link``) and gets
-f_NR's labels and confidences shard by shard (resumable, ``label.runner.label_store``) and the
+The labelled store shares the generated store's images (hard links, ``data.store.link``) and gets
+f_NR's labels and confidences shard by shard (resumable, ``label.label_store.label_store``) and the
 per-class selection of ``LabelConfig``; the generated store itself is never modified, so other
 classifiers can label the same samples. Labelling a store into itself works in place. With
 ``mode="condition"`` and no selection (``labels_are_conditions``) no f_NR is needed: training
@@ -21,14 +21,15 @@ import torch.nn as nn
 from robustgen.checkpoint import load_external_model, load_model, model_info
 from robustgen.config import LabelConfig, RunConfig
 from robustgen.data.store import Store
-from robustgen.data.store_format import file_sha256, read_manifest
-from robustgen.data.store_link import link_store
-from robustgen.errors import RobustgenError
-from robustgen.label.runner import label_store, select_store
+from robustgen.data.store.format import read_manifest
+from robustgen.data.store.link import link_store
+from robustgen.label.label_store import label_store, select_store
 from robustgen.metrics.diagnostics import near_copy_rows
 from robustgen.models.inference import InferenceOptions, prepare_for_inference
-from robustgen.stages.common import hash_parts, stage_fingerprint
-from robustgen.train.distributed import DistContext, on_main
+from robustgen.runtime.distributed import DistContext, on_main
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import file_sha256, hash_parts
+from robustgen.stages.common import stage_fingerprint
 
 __all__ = ["conditions_fingerprint", "filter_rows", "fingerprint", "inference_options", "labels_are_conditions",
            "load_labeller", "run"]

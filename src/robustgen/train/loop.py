@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -21,18 +21,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from robustgen.progress import peak_memory, progress_bar, progress_write
-from robustgen.tracking import MetricsLog, open_trackers
-from robustgen import preempt
 from robustgen.checkpoint import resume_state, save_model, save_state
 from robustgen.data import ImageDataset, crop_flip
 from robustgen.data.augment import mix_augment
-from robustgen.data.sources import BatchSource
-from robustgen.errors import NonFiniteError
-from robustgen.io import write_json
-from robustgen.train.batches import Chunk, TrainingBatches
-from robustgen.train.distributed import DistContext, barrier, sum_across
+from robustgen.runtime import preempt
+from robustgen.runtime.distributed import DistContext, barrier, sum_across
+from robustgen.runtime.errors import NonFiniteError
+from robustgen.runtime.io import write_json
+from robustgen.runtime.progress import peak_memory, progress_bar, progress_write
+from robustgen.tracking import MetricsLog, open_trackers
 from robustgen.train.ema import WeightAverage
+from robustgen.train.mixing.batches import Chunk, TrainingBatches
+from robustgen.train.mixing.settings import MixSettings
+from robustgen.train.mixing.sources import BatchSource
 from robustgen.train.schedule import warmup_cosine_lr
 from robustgen.train.steps import StepLoss
 
@@ -73,6 +74,11 @@ class LoopSettings:
     micro_batches: int = 1  # chunks per device and step (gradient accumulation); BN statistics per chunk
     bn_group_size: int | None = None  # chunks are ordered so every group of this many images keeps the mix
     seed: int = 0
+
+    @property
+    def mix(self) -> MixSettings:
+        """What the batch builder reads (``train.mixing``)."""
+        return MixSettings(**{f.name: getattr(self, f.name) for f in fields(MixSettings)})
 
 
 def steps_for(*, epochs: float, epoch_size: int, batch_size: int) -> int:
@@ -196,6 +202,51 @@ def _nonfinite_error(desc: str, first_bad_step: int, bad_loss: bool, done: int, 
     return NonFiniteError(f"{desc}: {step_text}; training stopped, {kept}; lower the learning rate or check the data")
 
 
+class _LoopState:
+    """What the loop keeps between steps besides the weights: history, the best selection, the log
+    window's loss sums (on the device: no host sync per step) and the checkpoint it last wrote."""
+
+    def __init__(self, resumed, device: torch.device, state_path: Path):
+        self.history, self.best, self.start_step, running = resumed
+        self.running = torch.zeros((), device=device) if running is None else running[0].to(device)
+        # the loss terms' log window (TRADES: natural CE, robust KL)
+        self.running_terms = {} if running is None else {k: v.to(device) for k, v in running[1].items()}
+        self.first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss
+        self.saved_step = self.start_step if state_path.exists() else None
+
+    def state(self, step: int, model: nn.Module, optimizer, ema, fingerprint: str) -> dict:
+        return {"fingerprint": fingerprint, "step": step, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema is not None else {},
+                "history": self.history, "best": self.best, "running_loss": self.running.detach().cpu(),
+                "running_terms": {k: v.detach().cpu() for k, v in self.running_terms.items()}}
+
+    def window_means(self, ctx: DistContext, count: int) -> tuple[float, dict]:
+        """The log window's mean loss and terms over ``count`` steps (summed over ranks), then reset."""
+        mean_loss = float(sum_across(ctx, self.running)) / count  # host sync only at log points
+        self.running.zero_()
+        terms = {}
+        if self.running_terms:
+            names = sorted(self.running_terms)
+            sums = sum_across(ctx, torch.stack([self.running_terms[k] for k in names])).tolist()
+            terms = {f"loss_{k}": v / count for k, v in zip(names, sums)}
+            for v in self.running_terms.values():
+                v.zero_()
+        return mean_loss, terms
+
+
+def _select(evaluate: Evaluator, model: nn.Module, ema, step: int, s: LoopSettings, loop: _LoopState, live: MetricsLog,
+            out_dir: Path, spec: dict, extra_meta: dict) -> None:
+    """Evaluate the raw and EMA weights; the best so far goes to ``best.safetensors``."""
+    variants = {"raw": model} if ema is None else {"raw": model, "ema": ema.model}
+    for name, metrics in evaluate(variants, step).items():
+        loop.history.append({"step": step, "samples": step * s.batch_size, "model": name, **metrics})
+        live.log({"step": step, "model": name, **metrics}, prefix=f"val/{name}/")
+        if loop.best is None or metrics["score"] > loop.best["score"]:
+            loop.best = {"step": step, "model": name, **metrics}
+            save_model(out_dir / "best.safetensors", variants[name], spec=spec, extra={**extra_meta, "selection": loop.best})
+    write_json(out_dir / "history.json", loop.history)
+
+
 def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
                generated: Sequence[BatchSource], step_loss: StepLoss,
                evaluate: Evaluator | None, out_dir: Path, device: torch.device, spec: dict,
@@ -205,119 +256,59 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     ``state.pt`` (resumable), ``last.safetensors`` (EMA weights when averaging, else raw),
     ``best.safetensors`` (the best of raw / EMA under ``evaluate``'s score), ``history.json`` and
     ``metrics.jsonl`` (``robustgen.tracking``; mirrored to the trackers ``logging`` turns on).
-    ``generated``: sources of generated images (``robustgen.data.sources``: arrays or stores),
+    ``generated``: sources of generated images (``robustgen.train.mixing.sources``: arrays or stores),
     mixed with the real split as ``settings.source_weights`` say.
     Under torchrun (``ctx.enabled``) the model is wrapped in DistributedDataParallel."""
-    s = settings
-    main = ctx.is_main
+    s, main = settings, ctx.is_main
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
     optimizer = torch.optim.SGD(parameter_groups(model, s.weight_decay), lr=0.0, momentum=s.momentum,
                                 nesterov=s.nesterov)
     ema = WeightAverage(model, decay=s.ema_decay) if s.ema_decay is not None else None
     state_path = out_dir / "state.pt"
-    history, best, start_step, resumed_running = _resume(state_path, fingerprint, model, optimizer, ema, ctx)
+    loop = _LoopState(_resume(state_path, fingerprint, model, optimizer, ema, ctx), device, state_path)
     if state_path.exists() and progress and main:
-        progress_write(f"{desc}: resuming from step {start_step}/{s.total_steps} ({state_path})")
+        progress_write(f"{desc}: resuming from step {loop.start_step}/{s.total_steps} ({state_path})")
     attack_model, train_model = _attack_and_training_models(model, ctx, device, compile_model)
-    live = None  # metrics.jsonl (rank 0)
-    if main:
-        live = MetricsLog(out_dir / "metrics.jsonl", resume_step=start_step, trackers=open_trackers(
-            logging, out_dir, name=out_dir.name, resume_step=start_step, config=extra_meta.get("config")))
-    saved_step = start_step if state_path.exists() else None
-
-    def save_checkpoint(step: int) -> None:
-        nonlocal saved_step
-        save_state(state_path, {
-            "fingerprint": fingerprint, "step": step, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "ema": ema.state_dict() if ema is not None else {},
-            "history": history, "best": best, "running_loss": running.detach().cpu(),
-            "running_terms": {k: v.detach().cpu() for k, v in running_terms.items()}})
-        saved_step = step
-
-    def check_health(done: int, stop: bool) -> bool:
-        """Raise ``NonFiniteError`` when the loss or the weights stopped being finite, before
-        anything is evaluated or saved; returns whether to stop (agreed by all ranks). One host
-        sync (and one all-reduce under torchrun), at boundaries only."""
-        flags = torch.stack([(first_bad > 0).float(), nonfinite_weights(model),
-                             torch.tensor(float(stop), device=device)])
-        bad_loss, bad_weights, stop_votes = sum_across(ctx, flags).tolist()
-        if bad_loss or bad_weights:
-            raise _nonfinite_error(desc, int(first_bad), bool(bad_loss), done, state_path, saved_step, best)
-        return stop_votes > 0
-
-    def run_evaluation(step: int) -> None:
-        nonlocal best
-        if evaluate is None:
-            return
-        variants = {"raw": model} if ema is None else {"raw": model, "ema": ema.model}
-        results = evaluate(variants, step)
-        for name, metrics in results.items():
-            history.append({"step": step, "samples": step * s.batch_size, "model": name, **metrics})
-            live.log({"step": step, "model": name, **metrics}, prefix=f"val/{name}/")
-            if best is None or metrics["score"] > best["score"]:
-                best = {"step": step, "model": name, **metrics}
-                save_model(out_dir / "best.safetensors", variants[name], spec=spec,
-                           extra={**extra_meta, "selection": best})
-        write_json(out_dir / "history.json", history)
-
+    live = None if not main else MetricsLog(out_dir / "metrics.jsonl", resume_step=loop.start_step, trackers=open_trackers(
+        logging, out_dir, name=out_dir.name, resume_step=loop.start_step, config=extra_meta.get("config")))
     t0 = last_log = time.perf_counter()
     model.train()
-    running = torch.zeros((), device=device) if resumed_running is None else resumed_running[0].to(device)
-    # the loss terms' log window (TRADES: natural CE, robust KL)
-    running_terms = {} if resumed_running is None else {k: v.to(device) for k, v in resumed_running[1].items()}
-    first_bad = torch.zeros((), dtype=torch.long, device=device)  # first step with a non-finite loss, 0: none
-    bar = progress_bar(total=s.total_steps, initial=start_step, desc=desc, unit="step", disable=not (progress and main),
-               dynamic_ncols=True)
+    bar = progress_bar(total=s.total_steps, initial=loop.start_step, desc=desc, unit="step",
+                       disable=not (progress and main), dynamic_ncols=True)
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
-    batches = TrainingBatches(real, generated, s, spec["num_classes"], device, ctx, start_step=start_step)
+    batches = TrainingBatches(real, generated, s.mix, spec["num_classes"], device, ctx, start_step=loop.start_step)
     try:
         with preempt.resumable():
-            for step in range(start_step, s.total_steps):
+            for step in range(loop.start_step, s.total_steps):
                 lr = warmup_cosine_lr(step, peak_lr=s.peak_lr, warmup_steps=s.warmup_steps, total_steps=s.total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 _accumulate_gradients(batches(step), step, s, step_loss, attack_model, train_model, device, ctx,
-                                      memory_format, running, running_terms)
+                                      memory_format, loop.running, loop.running_terms)
                 optimizer.step()
                 if ema is not None:
                     ema.update(model, step)
                 done = step + 1
                 bar.update(1)
                 # device-side record of the first non-finite loss: no host sync in the step
-                first_bad = torch.where((first_bad == 0) & ~torch.isfinite(running), done, first_bad)
+                loop.first_bad = torch.where((loop.first_bad == 0) & ~torch.isfinite(loop.running), done, loop.first_bad)
                 log_now, eval_now, save_now = _boundaries(done, s)
                 # a stop request is honoured at the next step; under torchrun at the next boundary, where ranks agree
                 stop = preempt.requested() is not None and (not ctx.enabled or log_now or eval_now or save_now)
                 if log_now or eval_now or save_now or stop:
-                    stop = check_health(done, stop)
+                    stop = _check_health(model, loop, ctx, device, done, stop, desc, state_path)
                 if log_now:
-                    count = done % s.log_every_steps or s.log_every_steps
-                    mean_loss = float(sum_across(ctx, running)) / count  # host sync only at log points
-                    running.zero_()
-                    terms = {}
-                    if running_terms:
-                        names = sorted(running_terms)
-                        sums = sum_across(ctx, torch.stack([running_terms[k] for k in names])).tolist()
-                        terms = {f"loss_{k}": v / count for k, v in zip(names, sums)}
-                        for v in running_terms.values():
-                            v.zero_()
-                    history.append({"step": done, "samples": done * s.batch_size, "loss": mean_loss, "lr": lr})
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
-                    if main:
-                        now = time.perf_counter()
-                        peak = peak_memory()
-                        live.log({"step": done, "samples": done * s.batch_size, "loss": mean_loss, **terms,
-                                  "lr": lr, "img_per_s": count * s.batch_size / max(now - last_log, 1e-9),
-                                  **({f"{peak[0]}_peak_gib": peak[1]} if peak else {})}, prefix="train/")
-                        last_log = now
+                    last_log = _log_window(loop, ctx, s, done, lr, bar, live, last_log)
                 if main and eval_now:
-                    run_evaluation(done)
+                    if evaluate is not None:
+                        _select(evaluate, model, ema, done, s, loop, live, out_dir, spec, extra_meta)
                     model.train()
                     last_log = time.perf_counter()  # img/s counts training, not model selection
                 if main and (save_now or stop):
-                    save_checkpoint(done)
+                    save_state(state_path, loop.state(done, model, optimizer, ema, fingerprint))
+                    loop.saved_step = done
                 if stop:
                     barrier(ctx)
                     preempt.stop_if_requested(f"in {desc} at step {done}/{s.total_steps} (state in {state_path})")
@@ -328,8 +319,34 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     bar.close()
     if main:
         _save_final(out_dir, ema.model if ema is not None else model, s, spec=spec, extra_meta=extra_meta,
-                    weights="ema" if ema is not None else "raw", selected=best is not None, history=history)
+                    weights="ema" if ema is not None else "raw", selected=loop.best is not None, history=loop.history)
     barrier(ctx)
-    return LoopResult(history=history, best=best, wall_time_s=time.perf_counter() - t0,
-                      resumed_from=start_step)
+    return LoopResult(history=loop.history, best=loop.best, wall_time_s=time.perf_counter() - t0, resumed_from=loop.start_step)
 
+
+def _check_health(model: nn.Module, loop: _LoopState, ctx: DistContext, device, done: int, stop: bool, desc: str,
+                  state_path: Path) -> bool:
+    """Raise ``NonFiniteError`` when the loss or the weights stopped being finite, before anything
+    is evaluated or saved; returns whether to stop (agreed by all ranks). One host sync (and one
+    all-reduce under torchrun), at boundaries only."""
+    flags = torch.stack([(loop.first_bad > 0).float(), nonfinite_weights(model), torch.tensor(float(stop), device=device)])
+    bad_loss, bad_weights, stop_votes = sum_across(ctx, flags).tolist()
+    if bad_loss or bad_weights:
+        raise _nonfinite_error(desc, int(loop.first_bad), bool(bad_loss), done, state_path, loop.saved_step, loop.best)
+    return stop_votes > 0
+
+
+def _log_window(loop: _LoopState, ctx: DistContext, s: LoopSettings, done: int, lr: float, bar, live, last_log: float) -> float:
+    """Close the log window ending at step ``done``: history, progress bar, ``metrics.jsonl``; returns its end time."""
+    count = done % s.log_every_steps or s.log_every_steps
+    mean_loss, terms = loop.window_means(ctx, count)
+    loop.history.append({"step": done, "samples": done * s.batch_size, "loss": mean_loss, "lr": lr})
+    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.3g}")
+    if not ctx.is_main:
+        return last_log
+    now = time.perf_counter()
+    peak = peak_memory()
+    live.log({"step": done, "samples": done * s.batch_size, "loss": mean_loss, **terms, "lr": lr,
+              "img_per_s": count * s.batch_size / max(now - last_log, 1e-9),
+              **({f"{peak[0]}_peak_gib": peak[1]} if peak else {})}, prefix="train/")
+    return now

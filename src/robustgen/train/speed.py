@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from robustgen.io import read_json, write_json
-from robustgen.train.distributed import DistContext
+from robustgen.runtime.distributed import DistContext
+from robustgen.runtime.io import read_json, write_json
 
 CACHE_FILE = "step_options.json"
 

@@ -18,21 +18,21 @@ the same whatever range, shard size or restart produced it (same machine and dev
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from robustgen import preempt
-from robustgen.errors import RobustgenError
 from robustgen.generate import register_generator
 from robustgen.generate.diffusion.edm import EDMEpsModel, GuidedModel
 from robustgen.generate.diffusion.samplers import (auto_batch_size, resolve_sampler, sample_diffusion,
                                                    sample_generators, to_uint8_nhwc)
 from robustgen.models.inference import InferenceOptions, prepare_for_inference
-from robustgen.train.distributed import in_process_group
+from robustgen.runtime import preempt
+from robustgen.runtime.distributed import in_process_group
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import new_digest, update_arrays
 
 __all__ = ["DDPMFit", "DDPMGenerator", "DDPMRangeSampler", "fit_ddpm"]
 
@@ -67,12 +67,8 @@ class DDPMFit:
 
 
 def _fingerprint(images: np.ndarray, labels, cfg: dict) -> str:
-    h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
-    for a in (images, labels):
-        if a is not None:
-            a = np.ascontiguousarray(a)
-            h.update(f"{a.dtype.str}{a.shape}".encode())
-            h.update(memoryview(a.reshape(-1).view(np.uint8)))
+    h = new_digest(json.dumps(cfg, sort_keys=True, default=str).encode())
+    update_arrays(h, images, labels)
     return h.hexdigest()
 
 
@@ -88,8 +84,7 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
              stop_after: int | None = None) -> DDPMFit:
     """Train a DDPM on uint8 NHWC ``train_images`` (or load ``pretrained``); see the module doc."""
     from robustgen.generate.diffusion.train import DDPMTrainSettings, train_ddpm
-    from robustgen.generate.diffusion.unet import (alphas_cumprod, build_unet, ho_scheduler_config,
-                                                   load_pretrained, unet_num_classes)
+    from robustgen.generate.diffusion.unet import alphas_cumprod, build_unet, ho_scheduler_config
 
     # only the shape is read when loading a pretrained model (images may be decoded on demand)
     if getattr(train_images, "dtype", None) != np.uint8 or getattr(train_images, "ndim", None) != 4:
@@ -105,42 +100,17 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
     sample_settings = dict(sampler=solver, steps=solver_steps, batch_size=int(sample_batch_size),
                            precision=precision, channels_last=bool(channels_last), compile=bool(compile),
                            setting=sampler if solver != sampler else None)
-    if objective not in ("eps", "edm"):
-        raise RobustgenError(f"objective must be eps or edm, got {objective!r}")
-    if guidance and not label_dropout:
-        raise RobustgenError("guidance needs a UNet trained with label_dropout > 0 (its null class)")
-    if pretrained and (objective != "eps" or label_dropout):
-        raise RobustgenError("a pretrained DDPM is an eps-prediction model without a null class "
-                             "(objective: eps, label_dropout: 0)")
+    _check_options(objective=objective, guidance=guidance, label_dropout=label_dropout, pretrained=pretrained,
+                   augment_shift=augment_shift, class_conditional=class_conditional)
     if pretrained:
-        model, sched = load_pretrained(pretrained)
-        k = unet_num_classes(model)
-        if (k is not None) != bool(class_conditional):
-            raise RobustgenError(f"{pretrained}: the model is {'class-conditional' if k else 'unconditional'} "
-                                 f"but generator.ddpm.class_conditional is {class_conditional}")
-        condition_classes = None
-        if class_map == "by-name" and k is not None:
-            condition_classes = _classes_by_name(pretrained, class_names, num_classes)
-        elif k is not None and k != num_classes:
-            raise RobustgenError(f"{pretrained}: the model has {k} classes but the data {num_classes} "
-                                 f"(generator.ddpm.class_map=by-name restricts it to the data's classes)")
-        size = model.config.sample_size
-        size = size if isinstance(size, int) else size[0]
-        if (size, model.config.in_channels) != (h, c):
-            raise RobustgenError(f"{pretrained}: the model makes {size}x{size}x{model.config.in_channels} images "
-                                 f"but the data are {h}x{w}x{c}")
-        return _with_batch_size(DDPMFit(model.to(device), sched, num_classes, bool(class_conditional), (h, w, c),
-                                        info={"pretrained": str(pretrained)}, condition_classes=condition_classes,
-                                        **sample_settings))
+        return _with_batch_size(_load_pretrained_fit(pretrained, class_conditional=class_conditional,
+                                                     class_map=class_map, class_names=class_names,
+                                                     num_classes=num_classes, shape=(h, w, c), device=device,
+                                                     sample_settings=sample_settings))
     train_images = np.asarray(train_images)
     labels = np.asarray(train_labels, dtype=np.int64) if class_conditional else None
     if labels is not None and labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         raise RobustgenError(f"labels must lie in [0, {num_classes})")
-    if augment_shift and not class_conditional:
-        raise RobustgenError("generator.ddpm.augment_shift needs class_conditional: true (the shift reaches the "
-                             "UNet through its class embedding)")
-    if label_dropout and not class_conditional:
-        raise RobustgenError("generator.ddpm.label_dropout needs class_conditional: true (it trains a null class)")
     from robustgen.generate.diffusion.train import num_shifts
 
     embeds = num_classes * (num_shifts(augment_shift) if augment_shift else 1)  # class x shift conditions
@@ -172,6 +142,50 @@ def fit_ddpm(train_images: np.ndarray, train_labels: np.ndarray, *, num_classes:
     return _with_batch_size(DDPMFit(model, sched, num_classes, bool(class_conditional), (h, w, c),
                                     info={"unet": unet, **summary}, objective=objective, guidance=float(guidance),
                                     null_class=null_class, **sample_settings))
+
+
+def _check_options(*, objective: str, guidance: float, label_dropout: float, pretrained, augment_shift: int,
+                   class_conditional: bool) -> None:
+    if objective not in ("eps", "edm"):
+        raise RobustgenError(f"objective must be eps or edm, got {objective!r}")
+    if guidance and not label_dropout:
+        raise RobustgenError("guidance needs a UNet trained with label_dropout > 0 (its null class)")
+    if pretrained and (objective != "eps" or label_dropout):
+        raise RobustgenError("a pretrained DDPM is an eps-prediction model without a null class "
+                             "(objective: eps, label_dropout: 0)")
+    if pretrained:
+        return
+    if augment_shift and not class_conditional:
+        raise RobustgenError("generator.ddpm.augment_shift needs class_conditional: true (the shift reaches the "
+                             "UNet through its class embedding)")
+    if label_dropout and not class_conditional:
+        raise RobustgenError("generator.ddpm.label_dropout needs class_conditional: true (it trains a null class)")
+
+
+def _load_pretrained_fit(pretrained: str, *, class_conditional: bool, class_map: str, class_names, num_classes: int,
+                         shape: tuple, device, sample_settings: dict) -> DDPMFit:
+    """A pretrained DDPM (diffusers folder or hub id) checked against the data's classes and image shape."""
+    from robustgen.generate.diffusion.unet import load_pretrained, unet_num_classes
+
+    h, w, c = shape
+    model, sched = load_pretrained(pretrained)
+    k = unet_num_classes(model)
+    if (k is not None) != bool(class_conditional):
+        raise RobustgenError(f"{pretrained}: the model is {'class-conditional' if k else 'unconditional'} "
+                             f"but generator.ddpm.class_conditional is {class_conditional}")
+    condition_classes = None
+    if class_map == "by-name" and k is not None:
+        condition_classes = _classes_by_name(pretrained, class_names, num_classes)
+    elif k is not None and k != num_classes:
+        raise RobustgenError(f"{pretrained}: the model has {k} classes but the data {num_classes} "
+                             f"(generator.ddpm.class_map=by-name restricts it to the data's classes)")
+    size = model.config.sample_size
+    size = size if isinstance(size, int) else size[0]
+    if (size, model.config.in_channels) != (h, c):
+        raise RobustgenError(f"{pretrained}: the model makes {size}x{size}x{model.config.in_channels} images "
+                             f"but the data are {h}x{w}x{c}")
+    return DDPMFit(model.to(device), sched, num_classes, bool(class_conditional), (h, w, c),
+                   info={"pretrained": str(pretrained)}, condition_classes=condition_classes, **sample_settings)
 
 
 def _with_batch_size(fit: DDPMFit) -> DDPMFit:
@@ -257,7 +271,7 @@ class DDPMRangeSampler:
         out = np.empty((stop - start, *f.image_shape), dtype=np.uint8)
         for b in range(start // B, -(-stop // B)):
             # a stop request drops this shard (redone on resume) rather than outlive the grace period;
-            # under torchrun the ranks stop together after the round instead (generate.runner)
+            # under torchrun the ranks stop together after the round instead (generate.sample_to_store)
             if not in_process_group():
                 preempt.stop_if_requested(f"while sampling images {start}..{stop - 1} (redone on resume)")
             lo, hi = max(start, b * B), min(stop, (b + 1) * B)
@@ -306,7 +320,7 @@ class DDPMGenerator:
     def save_fit(fitted: DDPMFit, path) -> None:
         from safetensors.torch import save_file
 
-        from robustgen.io import atomic_write
+        from robustgen.runtime.io import atomic_write
 
         state = {k: v.detach().contiguous().cpu() for k, v in fitted.unet.state_dict().items()}
         meta = {"unet_config": {k: v for k, v in dict(fitted.unet.config).items() if not k.startswith("_")},

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["GUIDED_DIFFUSION_PRESETS", "GuidedDiffusionConfig", "convert_guided_diffusion", "convert_state_dict",
            "scheduler_config", "unet_config"]

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustgen.errors import RobustgenError
 from robustgen.generate.diffusion.edm import eps_from_denoiser, vp_log_sigmas, vp_sigma_at
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["EDM_NETWORK_PRESETS", "EDMNetwork", "EDMNetworkUNet", "UNetConfig", "edm_unet", "vp_sigma_inv"]
 

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from robustgen.data.store_format import file_sha256
-from robustgen.errors import RobustgenError, first_line
 from robustgen.generate.diffusion.edm_net import EDMNetwork
+from robustgen.runtime.errors import RobustgenError, first_line
+from robustgen.runtime.fingerprint import file_sha256
 
 __all__ = ["EDM_FOLDER_FILES", "convert_edm_pickle", "is_edm_folder", "load_edm_folder", "read_edm_pickle"]
 
@@ -173,7 +173,7 @@ def convert_edm_pickle(pkl, out_dir, *, key: str = "ema") -> Path:
     """Write ``out_dir/edm_network.{safetensors,json}`` from an EDM network pickle (see the module doc)."""
     from safetensors.torch import save_file
 
-    from robustgen.io import atomic_write, write_json
+    from robustgen.runtime.io import atomic_write, write_json
 
     config, state = read_edm_pickle(pkl, key)
     _network(config, state, str(pkl))  # the conversion is checked before anything is written

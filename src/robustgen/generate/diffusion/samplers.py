@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["SAMPLERS", "SAMPLER_SETTINGS", "VPDenoiser", "auto_batch_size", "edm_heun_sample", "edm_sigma_steps",
            "per_sample_noise", "resolve_sampler", "sample_diffusion", "sample_generators", "to_uint8_nhwc"]

@@ -22,11 +22,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from robustgen.progress import progress_bar
-from robustgen import preempt
 from robustgen.checkpoint import resume_state, save_state
-from robustgen.errors import NonFiniteError, RobustgenError
 from robustgen.generate.diffusion.edm import EDM_P_MEAN, EDM_P_STD, edm_loss
+from robustgen.runtime.errors import NonFiniteError, RobustgenError
+from robustgen.runtime.distributed import DistContext
+from robustgen.runtime.jobs import run_rounds
+from robustgen.runtime.progress import progress_bar
 from robustgen.tracking import MetricsLog
 
 __all__ = ["DDPMTrainSettings", "StepBatch", "ddpm_loss", "num_shifts", "shift_images", "train_ddpm"]
@@ -132,6 +133,32 @@ def _step_batch(settings: DDPMTrainSettings, step: int, data: torch.Tensor, num_
     return StepBatch(x0, t, noise, idx, shift, drop, log_sigma)
 
 
+def _ddpm_step(unet, opt, params, ema, b: StepBatch, settings: DDPMTrainSettings, step: int, ys, abar,
+               device: torch.device, autocast) -> torch.Tensor:
+    """One optimiser step on batch ``b``, then the EMA update; returns the loss (on the device)."""
+    for group in opt.param_groups:
+        group["lr"] = _lr(settings, step)
+    condition = None if ys is None else ys[b.idx.to(device)]
+    if b.shift is not None:  # the augmentation's condition, through the class embedding
+        condition = condition + settings.num_classes * b.shift.to(device)
+    if b.drop is not None:
+        condition = torch.where(b.drop.to(device), settings.null_class, condition)
+    with autocast:
+        if settings.objective == "edm":
+            loss = edm_loss(unet, b.x0, b.log_sigma, b.noise.to(device), condition)
+        else:
+            loss = ddpm_loss(unet, b.x0, b.t.to(device), b.noise.to(device), abar, condition)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if settings.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
+    opt.step()
+    decay = min(settings.ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+    return loss.detach()
+
+
 def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cumprod: torch.Tensor,
                settings: DDPMTrainSettings, device: torch.device | str = "cpu", work_dir: Path | None = None,
                fingerprint: str = "", progress: bool = False, stop_after: int | None = None) -> dict:
@@ -143,30 +170,18 @@ def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cu
     steps are done (tests of resumption).
     """
     device = torch.device(device)
-    n = len(images)
-    if n == 0:
+    if len(images) == 0:
         raise RobustgenError("cannot train a diffusion model on 0 images")
     # uint8 NHWC -> float [-1, 1] NCHW, kept on the device
     data = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1
     ys = None if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.long, device=device)
     abar = alphas_cumprod.to(device=device, dtype=torch.float32)
-    T = len(abar)
     unet.to(device).train()
     params = [p for p in unet.parameters()]
     opt = torch.optim.Adam(params, lr=settings.lr)
     ema = [p.detach().clone() for p in params]
-    start = 0
     state_path = None if work_dir is None else Path(work_dir) / STATE_FILE
-    state = None if state_path is None else resume_state(
-        state_path, fingerprint, refusal="a checkpoint of another diffusion training (other data or settings); "
-                                         "remove it or use another work folder")
-    if state is not None:
-        unet.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        for e, v in zip(ema, state["ema"]):
-            e.copy_(v.to(device))
-        start = int(state["step"])
-
+    start = _resume(state_path, fingerprint, unet, opt, ema, device)
     saved_step = start if start else None
 
     def save(step: int) -> None:
@@ -183,55 +198,33 @@ def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cu
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if settings.bf16 and device.type == "cuda"
                 else contextlib.nullcontext())
     end = settings.steps if stop_after is None else min(settings.steps, stop_after)
-    t0 = last_log = time.perf_counter()
+    t0 = time.perf_counter()
     losses = []
     # live metrics next to the training state (robustgen.tracking): loss, lr and img/s every 50 steps
-    live = None if work_dir is None else MetricsLog(Path(work_dir) / "metrics.jsonl", resume_step=start)
+    live = None if work_dir is None else _LossLog(Path(work_dir) / "metrics.jsonl", start, settings)
+
+    def do_step(r: int, step: int) -> None:
+        loss = _ddpm_step(unet, opt, params, ema, _step_batch(settings, step, data, len(abar)), settings, step, ys,
+                          abar, device, autocast)
+        losses.append(float(loss))
+        if not np.isfinite(losses[-1]):  # before the weights reach a checkpoint
+            kept = (f"the last good checkpoint is {state_path} at step {saved_step}" if saved_step is not None
+                    else "no checkpoint was written yet")
+            raise NonFiniteError(f"ddpm: the loss became {losses[-1]} at step {step + 1}; training stopped, "
+                                 f"{kept}; lower generator.ddpm.lr")
+        bar.update(1)
+        if len(losses) % 50 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if live is not None:
+                live.log(step, losses)
+        if (step + 1) % settings.checkpoint_every_steps == 0 and step + 1 < settings.steps:
+            save(step + 1)
+
+    where = (f" (state in {state_path})" if state_path is not None else " (no work folder: restarts)")
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            progress_bar(total=settings.steps, initial=start, desc="ddpm", disable=not progress, unit="step") as bar, \
-            preempt.resumable():
-        for step in range(start, end):
-            b = _step_batch(settings, step, data, T)
-            for group in opt.param_groups:
-                group["lr"] = _lr(settings, step)
-            condition = None if ys is None else ys[b.idx.to(device)]
-            if b.shift is not None:  # the augmentation's condition, through the class embedding
-                condition = condition + settings.num_classes * b.shift.to(device)
-            if b.drop is not None:
-                condition = torch.where(b.drop.to(device), settings.null_class, condition)
-            with autocast:
-                if settings.objective == "edm":
-                    loss = edm_loss(unet, b.x0, b.log_sigma, b.noise.to(device), condition)
-                else:
-                    loss = ddpm_loss(unet, b.x0, b.t.to(device), b.noise.to(device), abar, condition)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(params, settings.grad_clip)
-            opt.step()
-            decay = min(settings.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-            losses.append(float(loss.detach()))
-            if not np.isfinite(losses[-1]):  # before the weights reach a checkpoint
-                kept = (f"the last good checkpoint is {state_path} at step {saved_step}" if saved_step is not None
-                        else "no checkpoint was written yet")
-                raise NonFiniteError(f"ddpm: the loss became {losses[-1]} at step {step + 1}; training stopped, "
-                                     f"{kept}; lower generator.ddpm.lr")
-            bar.update(1)
-            if len(losses) % 50 == 0:
-                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
-                if live is not None:
-                    now = time.perf_counter()
-                    live.log({"step": step + 1, "loss": float(np.mean(losses[-50:])), "lr": _lr(settings, step),
-                              "img_per_s": 50 * settings.batch_size / max(now - last_log, 1e-9)}, prefix="ddpm/")
-                    last_log = now
-            if (step + 1) % settings.checkpoint_every_steps == 0 and step + 1 < settings.steps:
-                save(step + 1)
-            if step + 1 < end:
-                preempt.stop_if_requested(f"in ddpm training at step {step + 1}/{settings.steps}"
-                                          + (f" (state in {state_path})" if state_path is not None else
-                                             " (no work folder: restarts)"), lambda: save(step + 1))
+            progress_bar(total=settings.steps, initial=start, desc="ddpm", disable=not progress, unit="step") as bar:
+        run_rounds(DistContext(), range(start, end), do_step, save=lambda r, step: save(step + 1),
+                   where=lambda r, step: f"in ddpm training at step {step + 1}/{settings.steps}{where}")
     if live is not None:
         live.close()
     if end == settings.steps:
@@ -241,3 +234,33 @@ def train_ddpm(unet, images: np.ndarray, labels: np.ndarray | None, *, alphas_cu
     return {"steps": end, "resumed_from": start, "wall_time_s": round(time.perf_counter() - t0, 2),
             "final_loss": round(float(np.mean(losses[-100:])), 5) if losses else None,
             "ema_state": {name: e.detach().cpu().clone() for name, e in zip(names, ema)}}
+
+
+def _resume(state_path: Path | None, fingerprint: str, unet, opt, ema: list, device) -> int:
+    """Load the saved training state (when there is one) into ``unet``, ``opt`` and ``ema``; the step it reached."""
+    state = None if state_path is None else resume_state(
+        state_path, fingerprint, refusal="a checkpoint of another diffusion training (other data or settings); "
+                                         "remove it or use another work folder")
+    if state is None:
+        return 0
+    unet.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    for e, v in zip(ema, state["ema"]):
+        e.copy_(v.to(device))
+    return int(state["step"])
+
+
+class _LossLog:
+    """``metrics.jsonl`` of DDPM training: the mean loss, lr and img/s of every 50 steps."""
+
+    def __init__(self, path: Path, start: int, settings: DDPMTrainSettings):
+        self.metrics, self.settings, self.last = MetricsLog(path, resume_step=start), settings, time.perf_counter()
+
+    def log(self, step: int, losses: list) -> None:
+        now = time.perf_counter()
+        self.metrics.log({"step": step + 1, "loss": float(np.mean(losses[-50:])), "lr": _lr(self.settings, step),
+                          "img_per_s": 50 * self.settings.batch_size / max(now - self.last, 1e-9)}, prefix="ddpm/")
+        self.last = now
+
+    def close(self) -> None:
+        self.metrics.close()

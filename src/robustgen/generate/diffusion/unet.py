@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from robustgen.errors import RobustgenError, first_line
+from robustgen.runtime.errors import RobustgenError, first_line
 
 __all__ = ["UNET_PRESETS", "build_unet", "ho_scheduler_config", "load_pretrained", "unet_num_classes",
            "unet_preset_names"]

@@ -9,12 +9,12 @@ from typing import Sequence
 
 import numpy as np
 
-from robustgen.data.store_format import (DEFAULT_SHARD_SIZE, FIELDS, MANIFEST, SELECTION, _check_layout,
-                                         _new_manifest, _refresh_totals, _write_manifest, code_version,
-                                         file_sha256, fmt_shape, is_store, npy_layout, read_manifest, shard_file,
-                                         write_npy)
-from robustgen.errors import RobustgenError
-from robustgen.locks import FolderLock
+from robustgen.data.store.format import (DEFAULT_SHARD_SIZE, FIELDS, MANIFEST, SELECTION, check_layout, code_version,
+                                         fmt_shape, is_store, new_manifest, npy_layout, read_manifest, refresh_totals,
+                                         shard_file, write_manifest, write_npy)
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import file_sha256
+from robustgen.runtime.locks import FolderLock
 
 __all__ = ["ShardFiles", "StoreWriter"]
 
@@ -115,7 +115,7 @@ class StoreWriter(ShardFiles):
         if len(image_shape) != 3 or image_shape[2] not in (1, 3):
             raise RobustgenError(f"{path}: image shape must be (H, W, C) with C in (1, 3), got {image_shape}")
         path.mkdir(parents=True, exist_ok=True)
-        writer = cls(path, _new_manifest(image_shape=image_shape, num_classes=num_classes,
+        writer = cls(path, new_manifest(image_shape=image_shape, num_classes=num_classes,
                                          class_names=class_names, shard_size=shard_size, info=info))
         writer.save()
         return writer
@@ -130,9 +130,9 @@ class StoreWriter(ShardFiles):
         return self.manifest["shards"]
 
     def save(self) -> None:
-        _refresh_totals(self.manifest)
+        refresh_totals(self.manifest)
         self.manifest["code_version"] = code_version()
-        _write_manifest(self.path / MANIFEST, self.manifest)
+        write_manifest(self.path / MANIFEST, self.manifest)
 
     def update(self, **fields) -> None:
         """Set top-level manifest fields (provenance: ``generator``, ``labeller``, ...) and save."""
@@ -153,7 +153,7 @@ class StoreWriter(ShardFiles):
             try:
                 shape, dtype, offset, size = npy_layout(p)
                 want = (int(e["count"]), *self.image_shape) if field == "images" else (int(e["count"]),)
-                _check_layout(p, shape, dtype, want, FIELDS[field], offset, size)
+                check_layout(p, shape, dtype, want, FIELDS[field], offset, size)
             except RobustgenError:
                 return False
             if check_sha and file_sha256(p) != f["sha256"]:
@@ -180,7 +180,7 @@ class StoreWriter(ShardFiles):
             self.shards.append(entry)
         else:
             self.shards[index] = entry
-        self._clear_selection()
+        self.clear_selection()
         self.save()
         return entry
 
@@ -199,7 +199,7 @@ class StoreWriter(ShardFiles):
         e["labeller"] = labeller
         e["counts_per_class"] = np.bincount(np.asarray(labels), minlength=self.num_classes).tolist()
         e.update(extra or {})
-        self._clear_selection()
+        self.clear_selection()
         self.save()
         return e
 
@@ -209,7 +209,7 @@ class StoreWriter(ShardFiles):
             for f in e["files"].values():
                 (self.path / f["name"]).unlink(missing_ok=True)
         del self.shards[num_shards:]
-        self._clear_selection()
+        self.clear_selection()
         self.save()
 
     def write_selection(self, indices: np.ndarray, info: dict) -> None:
@@ -222,7 +222,7 @@ class StoreWriter(ShardFiles):
         self.manifest["selection"] = {**info, "file": SELECTION, "sha256": sha, "count": int(idx.size)}
         self.save()
 
-    def _clear_selection(self) -> None:
+    def clear_selection(self) -> None:
         if self.manifest.get("selection"):
             self.manifest["selection"] = None
             (self.path / SELECTION).unlink(missing_ok=True)

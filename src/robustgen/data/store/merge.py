@@ -16,7 +16,6 @@ running the command again redoes it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -26,9 +25,10 @@ from typing import Sequence
 import numpy as np
 
 from robustgen.data.store import FIELDS, MANIFEST, SELECTION, is_store, read_manifest, shard_file, write_npy
-from robustgen.data.store_format import (_check_layout, _new_manifest, _refresh_totals, _write_manifest, npy_layout,
-                                         read_small_npy)
-from robustgen.errors import RobustgenError
+from robustgen.data.store.format import (check_layout, new_manifest, npy_layout, read_small_npy, refresh_totals,
+                                         write_manifest)
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import bytes_sha256
 
 __all__ = ["merge_stores"]
 
@@ -72,7 +72,7 @@ def _check_inputs(paths: list[Path], manifests: list[dict]) -> None:
                 p = path / f["name"]
                 shape, dtype, offset, size = npy_layout(p)
                 want = (int(e["count"]), *m["image_shape"]) if field == "images" else (int(e["count"]),)
-                _check_layout(p, shape, dtype, want, FIELDS[field], offset, size)
+                check_layout(p, shape, dtype, want, FIELDS[field], offset, size)
 
 
 def _prepare_out(out: Path) -> None:
@@ -112,7 +112,7 @@ def merge_stores(inputs: Sequence, out) -> dict:
     _check_inputs(paths, manifests)
     _prepare_out(out)
     m0 = manifests[0]
-    merged = _new_manifest(image_shape=m0["image_shape"], num_classes=m0["num_classes"],
+    merged = new_manifest(image_shape=m0["image_shape"], num_classes=m0["num_classes"],
                            class_names=next((m["class_names"] for m in manifests if m["class_names"]), None),
                            shard_size=max(int(m["shard_size"]) for m in manifests), info=None)
     shards, selection, offset, how = [], [], 0, {"link": 0, "copy": 0}
@@ -137,15 +137,15 @@ def merge_stores(inputs: Sequence, out) -> dict:
                   merged_from=[{"store": str(p), "num_images": int(m["num_images"]), "generator": m.get("generator"),
                                 "labeller": m.get("labeller"), "source": m.get("source"),
                                 "selection": m.get("selection"),
-                                "manifest_sha256": hashlib.sha256((p / MANIFEST).read_bytes()).hexdigest()}
+                                "manifest_sha256": bytes_sha256((p / MANIFEST).read_bytes())}
                                for p, m in zip(paths, manifests)])
     if any_selection:
         idx = np.concatenate(selection)
         kept = np.bincount(np.concatenate([_labels(out, e) for e in shards])[idx], minlength=int(m0["num_classes"]))
         merged["selection"] = {"rule": "merged", "counts_per_class": kept.tolist(), "file": SELECTION,
                                "sha256": write_npy(out / SELECTION, idx), "count": int(idx.size)}
-    _refresh_totals(merged)
-    _write_manifest(out / MANIFEST, merged)  # last: OUT is a store only once every file is in place
+    refresh_totals(merged)
+    write_manifest(out / MANIFEST, merged)  # last: OUT is a store only once every file is in place
     return {"store": str(out), "inputs": len(paths), "shards": len(shards), "num_images": merged["num_images"],
             "selected": merged["selection"]["count"] if any_selection else None,
             "hard_links": how["link"], "copies": how["copy"], "counts_per_class": merged["counts_per_class"]}

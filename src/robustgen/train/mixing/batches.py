@@ -1,8 +1,8 @@
 """This rank's share of every training batch: which rows of each source, gathered ahead, on the device.
 
-Source 0 is the real split, the others generated sets (``robustgen.data.sources``); every
+Source 0 is the real split, the others generated sets (``robustgen.train.mixing.sources``); every
 global batch holds exactly ``source_counts`` rows of each (paper Sec. 3.3, Eq. 3: a proportion
-alpha of real data), picked by ``robustgen.data.indices.WeightedIndices`` as a pure function of
+alpha of real data), picked by ``robustgen.train.mixing.indices.WeightedIndices`` as a pure function of
 (seed, step), so a resumed run sees the same batches. The batch is split into world_size x
 micro_batches chunks; a background thread prepares this rank's chunks a few steps ahead.
 """
@@ -10,20 +10,18 @@ micro_batches chunks; a background thread prepares this rank's chunks a few step
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from robustgen.data import ImageDataset
-from robustgen.data.indices import WeightedIndices
-from robustgen.data.sources import BatchSource, Prefetcher, check_sources_agree, gather_rows, host_buffer
-from robustgen.errors import RobustgenError
-from robustgen.train.distributed import DistContext, chunk_rows
+from robustgen.runtime.distributed import DistContext
+from robustgen.runtime.errors import RobustgenError
 from robustgen.train.losses import smoothed_targets
-
-if TYPE_CHECKING:
-    from robustgen.train.loop import LoopSettings
+from robustgen.train.mixing.indices import WeightedIndices, chunk_rows
+from robustgen.train.mixing.settings import MixSettings
+from robustgen.train.mixing.sources import BatchSource, Prefetcher, check_sources_agree, gather_rows, host_buffer
 
 
 @dataclass(frozen=True)
@@ -43,7 +41,7 @@ class TrainingBatches:
     world_size x micro_batches chunks. Indices and generated rows are prepared ahead of the step
     by a background thread, into pinned memory under CUDA, and only for this rank's chunks."""
 
-    def __init__(self, real: ImageDataset, generated: Sequence[BatchSource], s: LoopSettings, num_classes: int,
+    def __init__(self, real: ImageDataset, generated: Sequence[BatchSource], s: MixSettings, num_classes: int,
                  device: torch.device, ctx: DistContext, start_step: int = 0):
         self.device, self.ctx, self.s = device, ctx, s
         self.generated = list(generated)

@@ -21,7 +21,7 @@
                 MultiTargeted stage runs only on what they leave
     aa+mt-top10 aa+mt with MultiTargeted's targets limited to the 10 largest clean margins (App. B, ImageNet)
 
-Stages run in float32 on the model in eval mode; ``evaluate.cascade`` takes the per-point worst case.
+Stages run in float32 on the model in eval mode; ``attacks.cascade`` takes the per-point worst case.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ import torch
 
 from robustgen.attacks.multitargeted import multitargeted_attack
 from robustgen.attacks.pgd import margin, misclassified, pgd40_schedule, projected_gradient_attack
-from robustgen.errors import RobustgenError
-from robustgen.evaluate import autoattack as aa
-from robustgen.evaluate.cascade import AttackStage
-from robustgen.registry import Registry
+from robustgen.attacks import autoattack as aa
+from robustgen.attacks.cascade import AttackStage
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.registry import Registry
 
 CascadeBuilder = Callable[..., list[AttackStage]]  # (*, norm, eps) -> stages
 _ATTACKS = Registry("attack")  # name -> CascadeBuilder

@@ -3,7 +3,7 @@
 ``torchrun --nproc_per_node=N -m robustgen.cli train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
 each process then owns one device (cuda:LOCAL_RANK, or the CPU with the gloo backend). The
 global batch of B images is the same pure function of (seed, step) on every rank and is cut
-into world_size x micro_batches chunks (``chunk_rows``), so the per-batch mix of sources stays exact
+into world_size x micro_batches chunks (``train.mixing.indices.chunk_rows``), so the per-batch mix of sources stays exact
 whatever the number of processes. BatchNorm statistics are per chunk (per device, as the
 authors); DDP averages gradients, and each chunk's loss is weighted so that the update equals
 the gradient of the global batch mean. Checkpoints, evaluation and logs come from rank 0.
@@ -14,7 +14,7 @@ rank per round; ``on_main`` runs the single-writer part (manifests, results, the
 on rank 0 and hands its result (or its error, or its preemption) to every rank; ``all_gather``
 collects the ranks' results. What is recorded after a kill is a prefix of the rounds, which any
 number of ranks can continue. ``stop_if_requested`` makes a stop signal that reached any rank
-stop every rank after the same round (``robustgen.preempt``).
+stop every rank after the same round (``robustgen.runtime.preempt``).
 """
 
 from __future__ import annotations
@@ -25,10 +25,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
-
 
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(hours=72)  # longest wait in a collective
 
@@ -89,12 +87,6 @@ def sum_across(ctx: DistContext, value: torch.Tensor) -> torch.Tensor:
     return value
 
 
-def chunk_rows(counts, chunks: int) -> list[tuple[np.ndarray, ...]]:
-    """Split a batch's rows of each source (``counts[i]`` rows of source i) into ``chunks``
-    parts, each with an equal share (+-1) of every source, so every chunk keeps the mix.
-    Returns, per chunk, one array of row positions per source."""
-    per_source = [np.array_split(np.arange(int(n)), chunks) for n in counts]
-    return [tuple(parts[c] for parts in per_source) for c in range(chunks)]
 
 
 def broadcast(ctx: DistContext, obj: Any) -> Any:
@@ -119,8 +111,8 @@ def on_main(ctx: DistContext, fn: Callable[[], Any]) -> Any:
     """``fn()`` run on rank 0 only, its result broadcast; an error there is raised on every rank
     (the others would otherwise wait in the next collective until it times out), a preemption
     there (``preempt.Preempted``) as a preemption, so every rank exits with the same status."""
-    from robustgen import preempt
-    from robustgen.errors import RobustgenError
+    from robustgen.runtime import preempt
+    from robustgen.runtime.errors import RobustgenError
 
     result = error = None
     if ctx.is_main:
@@ -149,7 +141,7 @@ def stop_if_requested(ctx: DistContext, where: str, save: Callable[[], None] | N
     """``preempt.stop_if_requested`` for a loop that all ranks run in step: a collective (every
     rank calls it at the same boundary), so a stop signal that reached any rank stops them all
     after the same step, with the same exit status."""
-    from robustgen import preempt
+    from robustgen.runtime import preempt
 
     if not ctx.enabled:
         preempt.stop_if_requested(where, save)

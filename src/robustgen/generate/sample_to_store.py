@@ -16,11 +16,11 @@ refits, which is deterministic on the same machine), then every shard not alread
 in the manifest (listed, right size, sha256 of its files matching). A job killed at any point
 resumes at the first incomplete shard and produces byte-identical shards. Asking for more
 samples later extends the store; the last short shard is rewritten whole. Labels start as the
-conditioning class (``conditions``); ``robustgen.label.runner`` replaces them.
+conditioning class (``conditions``); ``robustgen.label.label_store`` replaces them.
 
 Under torchrun (``ctx``): rank 0 holds the store's writer, fits (or loads) the generator and
 lists the shards to do; the other ranks load the saved fit. Shards to do are dealt in rounds of
-one per rank (``train.distributed.rounds``); each rank samples and writes its shard's files, and
+one per rank (``runtime.jobs``); each rank samples and writes its shard's files, and
 after every round rank 0 records the round's shards in the manifest. Shard k's bytes depend only
 on (fit, seed, k), so the store is byte-identical to one process's whatever the number of ranks,
 and a job killed mid-round loses at most that round, which the next launch (any number of ranks)
@@ -29,7 +29,6 @@ redoes.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -37,32 +36,18 @@ from typing import Callable
 
 import numpy as np
 
-from robustgen.progress import progress_bar
-from robustgen import preempt
-from robustgen.data.store import DEFAULT_SHARD_SIZE, file_sha256, is_store, read_manifest
-from robustgen.data.store_writer import ShardFiles, StoreWriter
-from robustgen.errors import RobustgenError
+from robustgen.data.store import DEFAULT_SHARD_SIZE, is_store, read_manifest
+from robustgen.data.store.writer import ShardFiles, StoreWriter
 from robustgen.generate import get_generator, runtime_kwargs
-from robustgen.train.distributed import DistContext, all_gather, on_main, rounds, stop_if_requested
+from robustgen.runtime.distributed import DistContext, on_main
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import array_fingerprint, file_sha256
+from robustgen.runtime.jobs import JobPlan, run_dealt_job
 
-__all__ = ["FIT_FILE", "array_fingerprint", "generate_store"]
+__all__ = ["FIT_FILE", "generate_store"]
 
 FIT_FILE = "generator_fit.npz"
 _SHARD_FIELDS = ("images", "labels", "conditions")
-
-
-def array_fingerprint(*arrays: np.ndarray) -> str:
-    """sha256 over the arrays' shapes, dtypes and bytes (identifies the training data); images
-    decoded on demand from files (``data.folder.FolderImages``) contribute their file fingerprint."""
-    h = hashlib.sha256()
-    for a in arrays:
-        if hasattr(a, "fingerprint") and not isinstance(a, np.ndarray):
-            h.update(f"files{a.shape}{a.fingerprint()}".encode())
-            continue
-        a = np.ascontiguousarray(a)
-        h.update(f"{a.dtype.str}{a.shape}".encode())
-        h.update(memoryview(a.reshape(-1).view(np.uint8)))
-    return h.hexdigest()
 
 
 def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train_labels: np.ndarray,
@@ -79,19 +64,11 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
     Resuming needs the same generator, seed, fit config, shard size and training data (checked
     against the manifest). ``verify_existing``: re-hash finished shards before trusting them.
     ``fitted``: an already fitted generator (of these data and config) to save instead of fitting.
-    ``on_shard(k)`` is called after shard k is written (progress hooks, tests).
-    ``ctx``: this rank under torchrun (see the module doc). Returns a summary with wall times
-    (the same on every rank).
-    """
+    ``on_shard(k)``: called after shard k is written (hooks, tests). ``ctx``: this rank under
+    torchrun (module doc). Returns a summary with wall times (the same on every rank)."""
     store_dir = Path(store_dir)
-    adapter = get_generator(generator)
-    for needed in ("range_sampler", "save_fit", "load_fit"):
-        if not hasattr(adapter, needed):
-            raise RobustgenError(f"generator {generator!r} does not support sharded generation (no {needed})")
-    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
-        raise RobustgenError(f"number of samples must be a positive integer, got {num_samples!r}")
-    num_samples = int(num_samples)
-    fit_config = dict(fit_config or {})
+    adapter = _sharding_adapter(generator)
+    num_samples, fit_config = _count(num_samples), dict(fit_config or {})
     runtime = runtime_kwargs(adapter, fit_options)
     t0 = time.perf_counter()
     image_shape = tuple(int(v) for v in train_images.shape[1:])
@@ -100,73 +77,102 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
                            "sha256": array_fingerprint(train_images, train_labels)}}
     writer = None
 
-    def prepare() -> dict:
+    def prepare() -> JobPlan:
         """Rank 0: open or create the store, fit or load, and list the shards to write."""
         nonlocal writer, fitted
-        if is_store(store_dir):
-            writer = stack.enter_context(StoreWriter.open(store_dir))
-            _check_resume(writer, spec, image_shape, num_classes, shard_size, num_samples)
-        else:
-            writer = stack.enter_context(StoreWriter.create(
-                store_dir, image_shape=image_shape, num_classes=num_classes, class_names=class_names,
-                shard_size=shard_size, info={"generator": {**spec, "fit_file": None}}))
-        writer.update(target_num_images=num_samples)
+        writer = stack.enter_context(_open_writer(store_dir, spec, image_shape, num_classes, class_names,
+                                                  shard_size, num_samples))
         fitted, fit_s, refit = _fit_or_load(writer, adapter, spec, train_images, train_labels, num_classes,
                                             fit_config, fitted, runtime)
-        size = int(writer.manifest["shard_size"])
-        todo, done = [], 0
-        for k, start in enumerate(range(0, num_samples, size)):
-            stop = min(num_samples, start + size)
-            fields = _SHARD_FIELDS if k >= len(writer.shards) or "conditions" in writer.shards[k]["files"] \
-                else _SHARD_FIELDS[:2]
-            if writer.shard_ok(k, count=stop - start, fields=fields, check_sha=verify_existing):
-                done += stop - start
-            else:
-                todo.append((k, start, stop))
-        return {"todo": todo, "skipped": done, "fit_s": fit_s, "refit": refit,
-                "fit_file": getattr(adapter, "fit_file", FIT_FILE)}
+        todo, done = _shards_to_write(writer, num_samples, verify_existing)
+        w = ctx.world_size  # one shard per rank and round
+        return JobPlan(rounds=[todo[lo:lo + w] for lo in range(0, len(todo), w)], total=num_samples, done=done,
+                       info={"fit_s": fit_s, "refit": refit, "fit_file": getattr(adapter, "fit_file", FIT_FILE)})
+
+    def share(shards: list):
+        return shards[ctx.rank] if ctx.rank < len(shards) else None
+
+    def work(shard) -> dict:
+        k, start, stop = shard
+        images, conditions = sampler.sample(start, stop)
+        labels = np.zeros(len(images), np.int64) if conditions is None else conditions
+        return files.write_files(k, images=images, labels=labels, conditions=conditions)
+
+    def record(shards: list, entries: list) -> int:
+        nonlocal written, last_shard
+        count = 0
+        for e in sorted((e for e in entries if e is not None), key=lambda e: e["index"]):
+            if ctx.is_main:
+                writer.record_shard(e)
+            count += int(e["count"])
+            last_shard = e["index"]
+        written += count
+        if on_shard is not None and share(shards) is not None:  # this rank's shard is recorded
+            on_shard(share(shards)[0])
+        return count
 
     with ExitStack() as stack:  # rank 0's writer, closed (or its lock released on an error) at the end
         plan = on_main(ctx, prepare)
         if not ctx.is_main:  # the fit rank 0 saved (or found) in the store
-            fitted = adapter.load_fit(store_dir / plan["fit_file"], **runtime)
+            fitted = adapter.load_fit(store_dir / plan.info["fit_file"], **runtime)
         files = writer if ctx.is_main else ShardFiles(store_dir, read_manifest(store_dir))
         sampler = adapter.range_sampler(fitted, seed=int(seed))
         t1 = time.perf_counter()
-        written = 0
-        with progress_bar(total=num_samples, initial=plan["skipped"], unit="img", unit_scale=True, desc="generate",
-                  disable=not (progress and ctx.is_main), smoothing=0.1) as bar, preempt.resumable():
-            todo = rounds(ctx, plan["todo"])
-            for r, mine in enumerate(todo):
-                entry = None
-                if mine is not None:
-                    k, start, stop = mine
-                    images, conditions = sampler.sample(start, stop)
-                    labels = np.zeros(len(images), np.int64) if conditions is None else conditions
-                    entry = files.write_files(k, images=images, labels=labels, conditions=conditions)
-                recorded = sorted((e for e in all_gather(ctx, entry) if e is not None), key=lambda e: e["index"])
-                for e in recorded:
-                    if ctx.is_main:
-                        writer.record_shard(e)
-                    written += int(e["count"])
-                    bar.update(int(e["count"]))
-                if on_shard is not None and mine is not None:
-                    on_shard(mine[0])
-                if r + 1 < len(todo):  # every rank stops after the same round (its shards are recorded)
-                    stop_if_requested(ctx, f"while generating {store_dir}, after shard {recorded[-1]['index']} "
-                                           f"({plan['skipped'] + written} of {num_samples} images)")
+        written, last_shard = 0, None
+        run_dealt_job(ctx, plan, share=share, work=work, record=record, desc="generate", progress=progress,
+                      smoothing=0.1, where=lambda r, shards: f"while generating {store_dir}, after shard {last_shard} "
+                                                             f"({plan.done + written} of {num_samples} images)")
         sample_s = time.perf_counter() - t1
 
-        def summary() -> dict:
-            return {"store": str(store_dir), "generator": generator, "num_samples": num_samples,
-                    "shards": len(writer.shards), "written": written, "skipped": plan["skipped"],
-                    "refit": plan["refit"], "fit_time_s": round(plan["fit_s"], 2),
-                    "sample_time_s": round(sample_s, 2),
-                    "images_per_s": round(written / sample_s, 1) if written and sample_s > 0 else None,
-                    "wall_time_s": round(time.perf_counter() - t0, 2),
-                    "counts_per_class": writer.manifest["counts_per_class"]}
+        speed = round(written / sample_s, 1) if written and sample_s > 0 else None
+        return on_main(ctx, lambda: {  # leaving the stack closes rank 0's writer
+            "store": str(store_dir), "generator": generator, "num_samples": num_samples, "shards": len(writer.shards),
+            "written": written, "skipped": plan.done, "refit": plan.info["refit"],
+            "fit_time_s": round(plan.info["fit_s"], 2), "sample_time_s": round(sample_s, 2), "images_per_s": speed,
+            "wall_time_s": round(time.perf_counter() - t0, 2), "counts_per_class": writer.manifest["counts_per_class"]})
 
-        return on_main(ctx, summary)  # leaving the stack closes rank 0's writer
+
+def _sharding_adapter(generator: str):
+    adapter = get_generator(generator)
+    for needed in ("range_sampler", "save_fit", "load_fit"):
+        if not hasattr(adapter, needed):
+            raise RobustgenError(f"generator {generator!r} does not support sharded generation (no {needed})")
+    return adapter
+
+
+def _count(num_samples) -> int:
+    if isinstance(num_samples, bool) or int(num_samples) != num_samples or num_samples < 1:
+        raise RobustgenError(f"number of samples must be a positive integer, got {num_samples!r}")
+    return int(num_samples)
+
+
+def _open_writer(store_dir: Path, spec: dict, image_shape, num_classes, class_names, shard_size,
+                 num_samples) -> StoreWriter:
+    """The store's writer: an existing store checked against this job (``_check_resume``), or a new one."""
+    if is_store(store_dir):
+        writer = StoreWriter.open(store_dir)
+        _check_resume(writer, spec, image_shape, num_classes, shard_size, num_samples)
+    else:
+        writer = StoreWriter.create(store_dir, image_shape=image_shape, num_classes=num_classes,
+                                    class_names=class_names, shard_size=shard_size,
+                                    info={"generator": {**spec, "fit_file": None}})
+    writer.update(target_num_images=num_samples)
+    return writer
+
+
+def _shards_to_write(writer: StoreWriter, num_samples: int, verify_existing: bool) -> tuple[list, int]:
+    """([(shard, first row, end row)] not complete in the store, images already complete)."""
+    size = int(writer.manifest["shard_size"])
+    todo, done = [], 0
+    for k, start in enumerate(range(0, num_samples, size)):
+        stop = min(num_samples, start + size)
+        fields = _SHARD_FIELDS if k >= len(writer.shards) or "conditions" in writer.shards[k]["files"] \
+            else _SHARD_FIELDS[:2]
+        if writer.shard_ok(k, count=stop - start, fields=fields, check_sha=verify_existing):
+            done += stop - start
+        else:
+            todo.append((k, start, stop))
+    return todo, done
 
 
 def _check_resume(writer: StoreWriter, spec: dict, image_shape, num_classes, shard_size, num_samples) -> None:

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 
 from robustgen.data.store import Store
-from robustgen.data.store_format import (FIELDS, MANIFEST, SELECTION, _check_layout, file_sha256, npy_layout,
-                                         read_manifest, read_small_npy)
-from robustgen.errors import RobustgenError
+from robustgen.data.store.format import (FIELDS, MANIFEST, SELECTION, check_layout, npy_layout, read_manifest,
+                                         read_small_npy)
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import file_sha256
 
 __all__ = ["describe_store", "verify_store"]
 
@@ -55,7 +56,7 @@ def verify_store(path) -> list[str]:
             want = (n, *shape) if field == "images" else (n,)
             try:
                 got_shape, dtype, offset, size = npy_layout(p)
-                _check_layout(p, got_shape, dtype, want, FIELDS[field], offset, size)
+                check_layout(p, got_shape, dtype, want, FIELDS[field], offset, size)
             except RobustgenError as err:
                 problems.append(str(err))
                 continue

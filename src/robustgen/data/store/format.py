@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import mmap
@@ -14,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.errors import RobustgenError
-from robustgen.io import atomic_write, read_json
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import HASH_BLOCK, bytes_sha256, new_digest
+from robustgen.runtime.io import atomic_write, read_json
 
 MANIFEST = "manifest.json"
 FORMAT = "robustgen-store"
@@ -25,7 +25,6 @@ SELECTION = "selection.npy"
 # Per-shard arrays and their dtypes; "images" and "labels" are required.
 FIELDS = {"images": np.dtype(np.uint8), "labels": np.dtype(np.int64),
           "conditions": np.dtype(np.int64), "confidences": np.dtype(np.float32)}
-_HASH_BLOCK = 16 << 20
 
 
 def _file_mode() -> int:
@@ -47,13 +46,13 @@ def is_store(path) -> bool:
 
 
 def code_version() -> str:
-    from robustgen import __version__
+    from robustgen.runtime.version import __version__
 
     return __version__
 
 
 # --------------------------------------------------------------------------- .npy files
-def _npy_bytes_header(shape: tuple, dtype: np.dtype) -> bytes:
+def npy_bytes_header(shape: tuple, dtype: np.dtype) -> bytes:
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(
         buf, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)})
@@ -63,26 +62,26 @@ def _npy_bytes_header(shape: tuple, dtype: np.dtype) -> bytes:
 def write_npy(path: Path, array: np.ndarray) -> str:
     """Write ``array`` as .npy atomically (temp + fsync + rename); returns the file's sha256."""
     array = np.ascontiguousarray(array)
-    digest = hashlib.sha256()
+    digest = new_digest()
 
     def write(tmp):
         with open(tmp, "wb") as f:
-            header = _npy_bytes_header(array.shape, array.dtype)
+            header = npy_bytes_header(array.shape, array.dtype)
             f.write(header)
             digest.update(header)
             flat = memoryview(array.reshape(-1).view(np.uint8)) if array.size else memoryview(b"")
-            for start in range(0, len(flat), _HASH_BLOCK):
-                block = flat[start:start + _HASH_BLOCK]
+            for start in range(0, len(flat), HASH_BLOCK):
+                block = flat[start:start + HASH_BLOCK]
                 f.write(block)
                 digest.update(block)
         os.chmod(tmp, _FILE_MODE)
 
-    header_bytes = len(_npy_bytes_header(array.shape, array.dtype))
+    header_bytes = len(npy_bytes_header(array.shape, array.dtype))
     atomic_write(path, write, size=header_bytes + array.nbytes)  # fsynced there
     return digest.hexdigest()
 
 
-def _write_manifest(path: Path, manifest: dict) -> None:
+def write_manifest(path: Path, manifest: dict) -> None:
     def write(tmp):
         with open(tmp, "w") as f:
             json.dump(manifest, f, indent=1)
@@ -90,30 +89,6 @@ def _write_manifest(path: Path, manifest: dict) -> None:
         os.chmod(tmp, _FILE_MODE)
 
     atomic_write(path, write)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_HASH_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-_HASHED: dict[tuple, str] = {}  # (device, inode, size, mtime) -> sha256, for this process
-
-
-def cached_sha256(path: Path) -> str:
-    """``file_sha256``, remembered for this process while the file's inode, size and mtime stay
-    the same (any write changes the mtime; a hard link changes only the ctime): the pipeline
-    checks a reused stage's files, then training checks the same shards (hard-linked into the
-    label stage's store), and each file is read once."""
-    st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    digest = _HASHED.get(key)
-    if digest is None:
-        digest = _HASHED[key] = file_sha256(path)
-    return digest
 
 
 def read_npy_header(f, where: str, *, c_order: bool = True) -> tuple[tuple, np.dtype]:
@@ -148,7 +123,7 @@ def npy_layout(path: Path) -> tuple[tuple, np.dtype, int, int]:
     return shape, dtype, offset, size
 
 
-def _check_layout(path: Path, shape: tuple, dtype: np.dtype, expected_shape: tuple,
+def check_layout(path: Path, shape: tuple, dtype: np.dtype, expected_shape: tuple,
                   expected_dtype: np.dtype, offset: int, size: int) -> None:
     if dtype != expected_dtype:
         raise RobustgenError(f"{path}: dtype {dtype}, expected {expected_dtype}")
@@ -165,19 +140,19 @@ def _check_layout(path: Path, shape: tuple, dtype: np.dtype, expected_shape: tup
 def read_small_npy(path: Path, expected_shape: tuple, dtype: np.dtype, sha256: str | None) -> np.ndarray:
     """Read a (small) per-shard array fully, checking layout and, when given, its sha256."""
     shape, got_dtype, offset, size = npy_layout(path)
-    _check_layout(path, shape, got_dtype, expected_shape, dtype, offset, size)
+    check_layout(path, shape, got_dtype, expected_shape, dtype, offset, size)
     data = path.read_bytes()
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+    if sha256 is not None and bytes_sha256(data) != sha256:
         raise RobustgenError(f"{path}: sha256 does not match the manifest (corrupt or modified file)")
     return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
 
 
-class _MappedShard:
+class MappedShard:
     """A read-only memory map of one images shard, [n, H, W, C] uint8."""
 
     def __init__(self, path: Path, count: int, image_shape: tuple):
         shape, dtype, offset, size = npy_layout(path)
-        _check_layout(path, shape, dtype, (count, *image_shape), FIELDS["images"], offset, size)
+        check_layout(path, shape, dtype, (count, *image_shape), FIELDS["images"], offset, size)
         with open(path, "rb") as f:
             self.mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         self.array = np.frombuffer(self.mm, np.uint8, count * int(np.prod(image_shape)),
@@ -239,7 +214,7 @@ def read_manifest(path) -> dict:
     return m
 
 
-def _new_manifest(*, image_shape, num_classes, class_names, shard_size, info: dict | None) -> dict:
+def new_manifest(*, image_shape, num_classes, class_names, shard_size, info: dict | None) -> dict:
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "code_version": code_version(),
             "image_shape": [int(v) for v in image_shape], "num_classes": int(num_classes),
             "class_names": None if class_names is None else [str(c) for c in class_names],
@@ -248,7 +223,7 @@ def _new_manifest(*, image_shape, num_classes, class_names, shard_size, info: di
             "selection": None, **(info or {}), "shards": []}
 
 
-def _refresh_totals(m: dict) -> None:
+def refresh_totals(m: dict) -> None:
     m["num_images"] = sum(int(e["count"]) for e in m["shards"])
     counts = np.zeros(m["num_classes"], np.int64)
     for e in m["shards"]:

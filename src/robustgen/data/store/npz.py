@@ -17,13 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
-from robustgen.progress import progress_bar
 from robustgen.data.npz import validate_labels
 from robustgen.data.store import DEFAULT_SHARD_SIZE, FIELDS, Store, is_store
-from robustgen.data.store_format import _npy_bytes_header, read_npy_header
-from robustgen.data.store_writer import StoreWriter
-from robustgen.errors import RobustgenError
-from robustgen.io import atomic_write
+from robustgen.data.store.format import npy_bytes_header, read_npy_header
+from robustgen.data.store.writer import StoreWriter
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.io import atomic_write
+from robustgen.runtime.progress import progress_bar
 
 __all__ = ["export_npz", "import_npz"]
 
@@ -186,7 +186,7 @@ def export_npz(store, out_path, *, use_selection: bool = True, progress: bool = 
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             with zf.open("image.npy", "w", force_zip64=True) as f, \
                     progress_bar(total=n, unit="img", unit_scale=True, desc="export", disable=not progress) as bar:
-                f.write(_npy_bytes_header((n, *store.image_shape), FIELDS["images"]))
+                f.write(npy_bytes_header((n, *store.image_shape), FIELDS["images"]))
                 for start in range(0, n, chunk_rows):
                     rows = store.gather(np.arange(start, min(n, start + chunk_rows)))
                     f.write(memoryview(rows.reshape(-1)))

@@ -1,7 +1,7 @@
 """Stages backed by the official AutoAttack code (PyPI ``pyautoattack`` 0.2.0, paper App. A, Evaluation).
 
 Each function attacks one batch and returns candidate adversarial examples; the cascade in
-``evaluate.cascade`` decides success, so these wrappers only deal with pyautoattack's sharp
+``attacks.cascade`` decides success, so these wrappers only deal with pyautoattack's sharp
 edges: the device is always passed explicitly, every call re-seeds the global torch RNG (we
 save and restore it around the call), and its messages go to the 'auto-attack' logger (we
 collect warnings and surface them in the evaluation report).
@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 _NORMS = {"linf": "Linf", "l2": "L2"}
 LOGGER_NAME = "auto-attack"

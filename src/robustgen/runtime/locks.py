@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["FolderLock", "LockHeld", "LOCK_FILE", "HEARTBEAT_S", "STALE_S"]
 

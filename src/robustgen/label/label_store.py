@@ -33,15 +33,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from robustgen.progress import progress_bar
-from robustgen import preempt
-from robustgen.data.store import Store, _MappedShard, read_manifest, shard_file
-from robustgen.data.store_writer import StoreWriter
-from robustgen.errors import RobustgenError
+from robustgen.data.store import Store, read_manifest, shard_file
+from robustgen.data.store.format import MappedShard
+from robustgen.data.store.writer import StoreWriter
 from robustgen.label.pseudo import assign_labels, predict_probabilities
 from robustgen.label.select import keep_counts, select_per_class
 from robustgen.models.inference import InferenceOptions, effective_bf16
-from robustgen.train.distributed import DistContext, all_gather, on_main, stop_if_requested
+from robustgen.runtime.distributed import DistContext, on_main
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.jobs import JobPlan, run_dealt_job
 
 __all__ = ["LABEL_MODES", "label_store", "select_store"]
 
@@ -64,88 +64,101 @@ def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "arg
     labeller_id = f"{labeller['id']}:{mode}" + (":bf16" if bf16 else "")
     writer = None
 
-    def prepare() -> dict:
+    def prepare() -> JobPlan:
         """Rank 0: hold the store's writer, record the labeller, list the shards to label."""
         nonlocal writer
         writer = stack.enter_context(StoreWriter.open(store_dir))
-        m = writer.manifest
-        target = m.get("target_num_images")
-        if target is not None and m["num_images"] < int(target):
-            raise RobustgenError(f"{store_dir}: the store is incomplete ({m['num_images']} of {target} images); "
-                                 f"finish writing it first")
-        if mode == "condition" and not all("conditions" in e["files"] for e in writer.shards):
-            raise RobustgenError(f"{store_dir}: the store has no conditioning classes (not from a "
-                                 f"class-conditional generator); label with the classifier's argmax instead")
+        _check_labellable(writer, store_dir, mode)
         writer.update(labeller={**labeller, "mode": mode, "batch_size": int(batch_size), "id": labeller_id,
                                 "precision": "bf16" if bf16 else "fp32"})
         todo = [int(e["index"]) for e in writer.shards
                 if not (e.get("labeller") == labeller_id and writer.shard_ok(int(e["index"]),
                                                                             fields=("labels", "confidences")))]
-        return {"todo": todo, "total": int(m["num_images"])}
+        left = sum(int(writer.shards[k]["count"]) for k in todo)
+        return JobPlan(rounds=todo, total=int(writer.manifest["num_images"]),
+                       done=int(writer.manifest["num_images"]) - left)
+
+    def share(k: int):
+        """This rank's batches of shard k's rows (rows, not shards, are dealt: few shards keep every GPU busy)."""
+        n = int(shards[k]["count"])
+        mine = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)][ctx.rank::ctx.world_size]
+        return (k, mine) if mine else None
+
+    def work(part) -> tuple:
+        k, mine = part
+        shard = MappedShard(store_dir / shard_file("images", k), int(shards[k]["count"]), image_shape)
+        probs = predict_probabilities(model, shard.array, batch_size=batch_size, device=device, batches=mine,
+                                      options=options)
+        del shard  # unmapped: resident memory stays one shard's probabilities
+        if probs.shape[1] != num_classes:
+            raise RobustgenError(f"the classifier has {probs.shape[1]} classes but {store_dir} has {num_classes}")
+        idx = np.concatenate([np.arange(lo, hi) for lo, hi in mine])
+        conditions = _conditions(store_dir, shards[k])
+        labels, confidence = assign_labels(probs, mode=mode, source=str(store_dir),
+                                           conditions=None if conditions is None else conditions[idx])
+        return idx, labels, confidence, probs.argmax(axis=1)
+
+    def record(k: int, rows: list) -> int:
+        if ctx.is_main:
+            _write_shard_labels(writer, k, [r for r in rows if r is not None], _conditions(store_dir, shards[k]),
+                                labeller_id)
+        if on_shard is not None:
+            on_shard(k)
+        return int(shards[k]["count"])
 
     with ExitStack() as stack:  # rank 0's writer, closed (or its lock released on an error) at the end
         plan = on_main(ctx, prepare)
         manifest = writer.manifest if ctx.is_main else read_manifest(store_dir)
+        shards = {int(e["index"]): e for e in manifest["shards"]}
         image_shape, num_classes = tuple(manifest["image_shape"]), int(manifest["num_classes"])
         t0 = time.perf_counter()
-        done = 0
-        todo = set(plan["todo"])
-        with progress_bar(total=plan["total"], unit="img", unit_scale=True, desc="label",
-                  disable=not (progress and ctx.is_main)) as bar, preempt.resumable():
-            for e in manifest["shards"]:
-                k, n = int(e["index"]), int(e["count"])
-                if k not in todo:
-                    bar.update(n)
-                    continue
-                conditions = None
-                if "conditions" in e["files"]:
-                    conditions = np.load(store_dir / e["files"]["conditions"]["name"], allow_pickle=False)
-                batches = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
-                mine = batches[ctx.rank::ctx.world_size]
-                rows = None
-                if mine:
-                    shard = _MappedShard(store_dir / shard_file("images", k), n, image_shape)
-                    probs = predict_probabilities(model, shard.array, batch_size=batch_size, device=device,
-                                                  batches=mine, options=options)
-                    del shard  # unmapped: resident memory stays one shard's probabilities
-                    if probs.shape[1] != num_classes:
-                        raise RobustgenError(f"the classifier has {probs.shape[1]} classes but {store_dir} has "
-                                             f"{num_classes}")
-                    idx = np.concatenate([np.arange(lo, hi) for lo, hi in mine])
-                    labels, confidence = assign_labels(probs, mode=mode, source=str(store_dir),
-                                                       conditions=None if conditions is None else conditions[idx])
-                    rows = (idx, labels, confidence, probs.argmax(axis=1))
-                if ctx.is_main:
-                    parts = [r for r in all_gather(ctx, rows) if r is not None]
-                    idx = np.concatenate([r[0] for r in parts])
-                    labels, confidence, predicted = (np.empty(n, np.int64), np.empty(n, np.float32),
-                                                     np.empty(n, np.int64))
-                    for field, out in ((1, labels), (2, confidence), (3, predicted)):
-                        out[idx] = np.concatenate([r[field] for r in parts])
-                    extra = {} if conditions is None else {"agreement": float((predicted == conditions).mean())}
-                    writer.write_labels(k, labels=labels, confidences=confidence, labeller=labeller_id, extra=extra)
-                else:
-                    all_gather(ctx, rows)
-                done += n
-                bar.update(n)
-                if on_shard is not None:
-                    on_shard(k)
-                if k < max(todo):  # every rank stops after the same shard (it is written)
-                    stop_if_requested(ctx, f"while labelling {store_dir}, after shard {k}")
-        wall = time.perf_counter() - t0
+        run_dealt_job(ctx, plan, share=share, work=work, record=record, desc="label", progress=progress,
+                      where=lambda r, k: f"while labelling {store_dir}, after shard {k}")
+        done, wall = plan.total - plan.done, time.perf_counter() - t0
+        return on_main(ctx, lambda: _label_summary(writer, store_dir, mode, done, plan, wall, bf16, ctx))
 
-        def summary() -> dict:
-            shards = writer.shards
-            out = {"store": str(store_dir), "mode": mode, "labelled": done, "skipped": plan["total"] - done,
-                   "images_per_s": round(done / wall, 1) if done and wall > 0 else None,
-                   "precision": "bf16" if bf16 else "fp32", "processes": ctx.world_size,
-                   "counts_per_class": writer.manifest["counts_per_class"]}
-            if any("agreement" in e for e in shards):
-                out["agreement_with_condition"] = round(
-                    sum(e.get("agreement", 0.0) * int(e["count"]) for e in shards) / writer.manifest["num_images"], 4)
-            return out
 
-        return on_main(ctx, summary)  # leaving the stack closes rank 0's writer
+def _check_labellable(writer: StoreWriter, store_dir: Path, mode: str) -> None:
+    m = writer.manifest
+    target = m.get("target_num_images")
+    if target is not None and m["num_images"] < int(target):
+        raise RobustgenError(f"{store_dir}: the store is incomplete ({m['num_images']} of {target} images); "
+                             f"finish writing it first")
+    if mode == "condition" and not all("conditions" in e["files"] for e in writer.shards):
+        raise RobustgenError(f"{store_dir}: the store has no conditioning classes (not from a "
+                             f"class-conditional generator); label with the classifier's argmax instead")
+
+
+def _conditions(store_dir: Path, entry: dict) -> np.ndarray | None:
+    """A shard's conditioning classes, when the generator was class-conditional."""
+    if "conditions" not in entry["files"]:
+        return None
+    return np.load(store_dir / entry["files"]["conditions"]["name"], allow_pickle=False)
+
+
+def _write_shard_labels(writer: StoreWriter, k: int, parts: list, conditions: np.ndarray | None,
+                        labeller_id: str) -> None:
+    """Rank 0: the ranks' (rows, labels, confidences, argmax) of shard k, put in row order and written."""
+    n = int(writer.shards[k]["count"])
+    idx = np.concatenate([r[0] for r in parts])
+    labels, confidence, predicted = np.empty(n, np.int64), np.empty(n, np.float32), np.empty(n, np.int64)
+    for field, out in ((1, labels), (2, confidence), (3, predicted)):
+        out[idx] = np.concatenate([r[field] for r in parts])
+    extra = {} if conditions is None else {"agreement": float((predicted == conditions).mean())}
+    writer.write_labels(k, labels=labels, confidences=confidence, labeller=labeller_id, extra=extra)
+
+
+def _label_summary(writer: StoreWriter, store_dir: Path, mode: str, done: int, plan: JobPlan, wall: float,
+                   bf16: bool, ctx: DistContext) -> dict:
+    shards = writer.shards
+    out = {"store": str(store_dir), "mode": mode, "labelled": done, "skipped": plan.total - done,
+           "images_per_s": round(done / wall, 1) if done and wall > 0 else None,
+           "precision": "bf16" if bf16 else "fp32", "processes": ctx.world_size,
+           "counts_per_class": writer.manifest["counts_per_class"]}
+    if any("agreement" in e for e in shards):
+        out["agreement_with_condition"] = round(
+            sum(e.get("agreement", 0.0) * int(e["count"]) for e in shards) / writer.manifest["num_images"], 4)
+    return out
 
 
 def select_store(store_dir, *, top_k: int | None = None, top_fraction: float | None = None,
@@ -161,7 +174,7 @@ def select_store(store_dir, *, top_k: int | None = None, top_fraction: float | N
             **({"filters": filters} if filters else {}), **({"order": order} if order != "confidence" else {})}
     with StoreWriter.open(store_dir) as writer:
         if top_k is None and top_fraction is None and not balanced and per_class is None and eligible is None:
-            writer._clear_selection()
+            writer.clear_selection()
             writer.save()
             return {"selected": store.total, "of": store.total, "rule": None,
                     "counts_per_class": writer.manifest["counts_per_class"]}

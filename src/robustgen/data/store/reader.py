@@ -1,39 +1,5 @@
-"""The generated-data store: memory-mappable uint8 ``.npy`` shards plus a JSON manifest (the released sets, paper Sec. 7).
-
-Released generated sets are one ``.npz`` (``image`` uint8 [N, H, W, C], ``label`` [N]) that
-cannot be memory-mapped: 50M CIFAR images are 154 GB of RAM. A store keeps the same data as a
-folder that is read with constant memory and written shard by shard, so long jobs resume:
-
-    STORE/
-      manifest.json            format, image shape, classes, shard list with sha256, provenance
-      images-00000.npy         uint8 [n_0, H, W, C]   (shard k holds global rows offsets[k]..)
-      labels-00000.npy         int64 [n_0]            the training label of each image
-      conditions-00000.npy     int64 [n_0]            optional: the generator's conditioning class
-      confidences-00000.npy    float32 [n_0]          optional: the labeller's confidence in the label
-      selection.npy            int64 [M], optional: sorted rows kept by filtering (top-k, ...)
-      generator_fit.npz        optional: the fitted generator (``robustgen store generate``)
-      .lock                    the one writer's host and pid (``robustgen.locks``; a second writer is refused)
-
-Labels, conditions and confidences are per-shard files, so labelling rewrites one shard at a
-time and resumes like generation. Every file is written to a temporary name in the folder,
-fsynced and renamed; the manifest (written the same way) is updated after each shard and is
-the only record of what is complete: a file it does not list, or whose sha256 differs, is
-redone. A store opened for reading (``Store``) presents the selected rows when there is a
-selection; ``Store(path, use_selection=False)`` shows all of them.
-
-Reading: ``Store.gather(indices)`` reads only the requested rows, grouped by shard, with one
-``preadv`` per run of consecutive rows straight into the output buffer: resident memory is the
-batch, however large the store (the OS page cache, not the process, holds hot shards).
-Memory-mapping (``np.load(mmap_mode="r")``) is what ``shard_images`` uses for sequential scans
-(labelling, export), released after each shard: for random rows a map is a poor fit on current
-Linux kernels, whose page cache uses large folios, so one fault maps up to a few MB and a
-process's RSS climbs towards the size of the store.
-
-Bad input raises a one-line ``RobustgenError`` naming the file and the problem;
-``data.store_inspect.verify_store`` checks every byte and lists every problem. This module
-holds the reader; the writer is ``store_writer``, the file-level format (names, checked .npy
-I/O, the manifest's structure) ``store_format``.
-"""
+"""The store's reader, ``Store``: the presented rows' labels in RAM and ``gather`` of any rows with
+one ``preadv`` per run of consecutive rows (see the package doc for the layout)."""
 
 from __future__ import annotations
 
@@ -45,27 +11,14 @@ from typing import Sequence
 
 import numpy as np
 
-from robustgen.data.store_format import (DEFAULT_SHARD_SIZE, FIELDS, MANIFEST, SELECTION, _check_layout,
-                                         _MappedShard, cached_sha256, file_sha256, fmt_shape, is_store, npy_layout,
-                                         read_manifest, read_small_npy, shard_file, write_npy)
-from robustgen.errors import RobustgenError
+from robustgen.data.store.format import (FIELDS, MANIFEST, SELECTION, MappedShard, check_layout, fmt_shape, npy_layout,
+                                         read_manifest, read_small_npy, shard_file)
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.fingerprint import cached_sha256
 
-# The reader here, the format helpers re-exported from store_format.
-__all__ = [
-    "DEFAULT_SHARD_SIZE",
-    "FIELDS",
-    "MANIFEST",
-    "SELECTION",
-    "Store",
-    "file_sha256",
-    "is_store",
-    "read_manifest",
-    "shard_file",
-    "write_npy",
-]
+__all__ = ["Store"]
 
 
-# --------------------------------------------------------------------------- reader
 class Store:
     """A store opened read-only: ``len``, ``labels``, ``gather(indices)`` and the manifest.
 
@@ -114,7 +67,7 @@ class Store:
             # header and size of every images shard: a truncated file fails here, not mid-training
             f = self.path / e["files"]["images"]["name"]
             got_shape, dtype, offset, size = npy_layout(f)
-            _check_layout(f, got_shape, dtype, (int(e["count"]), *self.image_shape), FIELDS["images"], offset, size)
+            check_layout(f, got_shape, dtype, (int(e["count"]), *self.image_shape), FIELDS["images"], offset, size)
             self._data_offset.append(offset)
         self.labels_all = self._read_field("labels", required=True)
         self.conditions_all = self._read_field("conditions")
@@ -132,7 +85,7 @@ class Store:
         self.confidences = None if self.confidences_all is None else pick(self.confidences_all)
         self._row_bytes = int(np.prod(self.image_shape))
         self._fds: OrderedDict[int, int] = OrderedDict()
-        self._maps: OrderedDict[int, _MappedShard] = OrderedDict()
+        self._maps: OrderedDict[int, MappedShard] = OrderedDict()
         self._max_open = max(8, _fd_budget())
         self._lock = threading.Lock()
         self._verified: list[threading.Event] | None = None
@@ -209,10 +162,10 @@ class Store:
                 f"num_classes={self.num_classes}, shards={self.num_shards})")
 
     # -- images
-    def _map(self, k: int) -> _MappedShard:
+    def _map(self, k: int) -> MappedShard:
         shard = self._maps.get(k)
         if shard is None:
-            shard = _MappedShard(self.path / shard_file("images", k), int(self.counts[k]), self.image_shape)
+            shard = MappedShard(self.path / shard_file("images", k), int(self.counts[k]), self.image_shape)
             self._maps[k] = shard
             if len(self._maps) > 2:
                 self._maps.popitem(last=False)  # unmapped once no array refers to it

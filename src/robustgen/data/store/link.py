@@ -15,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from robustgen.data.store import MANIFEST, SELECTION, is_store, read_manifest
-from robustgen.data.store_writer import StoreWriter
-from robustgen.errors import RobustgenError
+from robustgen.data.store.writer import StoreWriter
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = ["link_store"]
 
@@ -45,7 +45,7 @@ def link_store(src, dst) -> Path:
     # the manifest last: dst is a store only once every shard is in place
     shutil.copy2(src / MANIFEST, dst / MANIFEST)
     with StoreWriter.open(dst) as writer:
-        writer._clear_selection()
+        writer.clear_selection()
         writer.save()
     return dst
 

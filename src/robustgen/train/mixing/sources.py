@@ -6,11 +6,11 @@
   ``robustgen.data.store.Store`` (memory-mapped shards). ``open_source(path)`` opens a store
   folder or reads an .npz; ``check_sources_agree`` refuses sources of different image sizes or
   class counts.
-* **Rows**: ``robustgen.data.indices.WeightedIndices`` says which rows of each source step t
+* **Rows**: ``robustgen.train.mixing.indices.WeightedIndices`` says which rows of each source step t
   takes; ``gather_rows`` copies them into (pinned) ``host_buffer``s.
 * **Prefetching**: ``Prefetcher(fetch, start_step=, stop_step=)`` computes ``fetch(step)`` a few
   steps ahead in a background thread, so the device never waits on disk. The training loop
-  (``robustgen.train.batches.TrainingBatches``) keeps the real split on the device and prefetches,
+  (``robustgen.train.mixing.batches.TrainingBatches``) keeps the real split on the device and prefetches,
   per step, only this rank's indices and generated rows.
 """
 
@@ -23,7 +23,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
 __all__ = [
     "ArraySource",

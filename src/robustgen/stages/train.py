@@ -18,22 +18,38 @@ import torch
 import torch.nn as nn
 
 from robustgen.config import RunConfig, config_to_dict, is_baseline
+from robustgen.config import require
 from robustgen.config import replace as replace_config
-from robustgen.errors import RobustgenError
-from robustgen.io import write_json
 from robustgen.models.ghost_batchnorm import use_bn_groups
 from robustgen.results import TrainingResult
+from robustgen.runtime.distributed import DistContext
+from robustgen.runtime.errors import RobustgenError
+from robustgen.runtime.io import write_json
 from robustgen.stages.common import (Splits, build_model, robust_seed, selection_evaluator, source_identity,
                                      stage_fingerprint)
-from robustgen.stages.common import loop_settings as common_loop_settings
-from robustgen.train.distributed import DistContext
+from robustgen.stages.common import section_loop_settings
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
 from robustgen.train.speed import choose_step_options
 from robustgen.train.steps import TrainingAttack, pgd_at_step_loss, trades_step_loss
 
-__all__ = ["RUN_SEED_STRIDE", "fingerprint", "loop_settings", "needs_generated", "read_generated", "run",
+__all__ = ["RUN_SEED_STRIDE", "fingerprint", "training_loop_settings", "needs_generated", "read_generated", "run",
            "run_variants", "source_fingerprints", "training_attack", "training_sources"]
 
+
+def check_names(cfg: RunConfig, source: str) -> None:
+    """The threat model, the training attack's options, the architecture and the augmentation
+    are ones the code has (before any work starts)."""
+    from robustgen.attacks.pgd import INITS, NORMS, STEP_RULES
+    from robustgen.data.augment import TRAIN_AUGMENTATIONS
+    from robustgen.models import is_known_arch, list_models
+
+    t = cfg.train
+    require(cfg.threat.norm in NORMS, source, f"threat.norm must be one of {NORMS}, got {cfg.threat.norm!r}")
+    require(is_known_arch(t.arch), source, f"train.arch: unknown architecture {t.arch!r} (known: {', '.join(list_models())})")
+    require(t.inner.step_rule in STEP_RULES, source, f"train.inner.step_rule must be one of {STEP_RULES}")
+    require(t.inner.init in INITS, source, f"train.inner.init must be one of {INITS}")
+    require(t.augment in TRAIN_AUGMENTATIONS, source,
+            f"train.augment must be one of {', '.join(TRAIN_AUGMENTATIONS)}, got {t.augment!r}")
 
 def needs_generated(cfg: RunConfig) -> bool:
     """Does training this config read the run's generated data (or ``--generated``)?"""
@@ -78,12 +94,12 @@ def training_attack(cfg: RunConfig) -> TrainingAttack:
                           sign_step_size=i.sign_step_size, init=i.init)
 
 
-def loop_settings(cfg: RunConfig, n_real: int, source_weights: tuple[float, ...]) -> LoopSettings:
+def training_loop_settings(cfg: RunConfig, n_real: int, source_weights: tuple[float, ...]) -> LoopSettings:
     t = cfg.train
     epoch = t.epoch_size or n_real
     total = steps_for(epochs=t.epochs, epoch_size=epoch, batch_size=t.batch_size)
     per_epoch = epoch / t.batch_size
-    return common_loop_settings(
+    return section_loop_settings(
         t, cfg.data, total_steps=total, warmup_steps=int(round(t.warmup_epochs * per_epoch)), seed=robust_seed(cfg),
         nesterov=t.nesterov, source_weights=source_weights, label_smoothing_real=t.label_smoothing_real,
         label_smoothing_generated=t.label_smoothing_generated, generated_sampling=t.generated_sampling,
@@ -98,7 +114,7 @@ def read_generated(path: Path, num_classes: int, image_shape: tuple):
     """A generated set as a batch source: a store folder (memory-mapped, constant memory; its
     images shards are checked against their sha256 before they are read) or an .npz in the
     released layout (read into RAM)."""
-    from robustgen.data.sources import open_source
+    from robustgen.train.mixing.sources import open_source
 
     path = Path(path)
     if not path.exists():
@@ -112,7 +128,7 @@ def training_sources(cfg: RunConfig, splits: Splits, generated: Path | None) -> 
     Without ``data.sources``: the generated set ``generated`` at 1 - alpha (none when alpha = 1).
     With it: each listed source in order, ``generated`` standing for the run's labelled samples
     (or ``--generated``), ``classes`` keeping those classes only."""
-    from robustgen.data.sources import ClassSubset, FirstRows
+    from robustgen.train.mixing.sources import ClassSubset, FirstRows
 
     t, real = cfg.train, splits.train
 
@@ -139,7 +155,7 @@ def training_sources(cfg: RunConfig, splits: Splits, generated: Path | None) -> 
     return sources, tuple(weights)
 
 
-def _robust_model(cfg: RunConfig, splits: Splits, device: torch.device, ctx: DistContext) -> tuple[nn.Module, dict]:
+def _fresh_robust_model(cfg: RunConfig, splits: Splits, device: torch.device, ctx: DistContext) -> tuple[nn.Module, dict]:
     """The freshly initialised model, with ghost BatchNorm groups and (under torchrun, when asked)
     synchronised BatchNorm, on ``device``."""
     t = cfg.train
@@ -160,7 +176,7 @@ def run(cfg: RunConfig, splits: Splits, generated: Path | None, out_dir: Path, *
     t = cfg.train
     fp = fingerprint(cfg, data_fp, generated_fp)
     sources, weights = training_sources(cfg, splits, generated)
-    model, spec = _robust_model(cfg, splits, device, ctx)
+    model, spec = _fresh_robust_model(cfg, splits, device, ctx)
     attack = training_attack(cfg)
 
     def make_step_loss(bf16: bool):
@@ -174,7 +190,7 @@ def run(cfg: RunConfig, splits: Splits, generated: Path | None, out_dir: Path, *
         log=print if progress else (lambda line: None))
     if options.channels_last:
         model.to(memory_format=torch.channels_last)
-    settings = dataclasses.replace(loop_settings(cfg, len(splits.train), weights), channels_last=options.channels_last)
+    settings = dataclasses.replace(training_loop_settings(cfg, len(splits.train), weights), channels_last=options.channels_last)
     n_monitor = min(t.monitor_train_images, len(splits.train))
     monitored = splits.train.subset(range(n_monitor)).in_memory() if n_monitor else None
     result = train_loop(model, settings=settings, real=splits.train, generated=sources,

@@ -1,5 +1,5 @@
-"""Which rows of each source every training batch takes: pure index math (paper Sec. 3.3, Eq. 3);
-and ``stratified_rows``, the rows of a class-balanced evaluation subset.
+"""Which rows of each source every training batch takes: pure index math (paper Sec. 3.3, Eq. 3),
+and how a batch's rows are cut into per-device chunks that keep the mix (``chunk_rows``).
 
 A proportion alpha of every batch is real data and the rest generated; with ``data.sources``,
 any number of sources with exact per-batch shares. The indices of step t are a pure function
@@ -25,9 +25,9 @@ from typing import Sequence
 
 import numpy as np
 
-from robustgen.errors import RobustgenError
+from robustgen.runtime.errors import RobustgenError
 
-__all__ = ["SAMPLING", "PermutationWalk", "WeightedIndices", "source_counts", "stratified_rows"]
+__all__ = ["SAMPLING", "PermutationWalk", "WeightedIndices", "chunk_rows", "source_counts"]
 
 SAMPLING = ("with_replacement", "permutation")
 
@@ -139,18 +139,9 @@ class WeightedIndices:
                 out.append(np.random.default_rng([self.seed, i, step]).integers(0, n, size=c, dtype=np.int64))
         return tuple(out)
 
-
-def stratified_rows(labels: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Rows of an evaluation subset of ``n`` images spread over every class: n // K of each class
-    (the first n % K classes of a seeded order get one more), a seeded draw within each class, in
-    ascending row order (a class with fewer images gives all it has). A pure function of (labels, n,
-    seed), so a class-sorted folder (ImageNet val) is evaluated on every class, not on the first n / 50."""
-    labels = np.asarray(labels)
-    classes = np.unique(labels)
-    quota = np.full(len(classes), n // len(classes))
-    quota[np.random.default_rng([seed, 1]).permutation(len(classes))[: n % len(classes)]] += 1
-    rows = []
-    for c, q in zip(classes, quota):
-        members = np.flatnonzero(labels == c)
-        rows.append(members[np.random.default_rng([seed, int(c)]).permutation(len(members))[:q]])
-    return np.sort(np.concatenate(rows))
+def chunk_rows(counts, chunks: int) -> list[tuple[np.ndarray, ...]]:
+    """Split a batch's rows of each source (``counts[i]`` rows of source i) into ``chunks``
+    parts, each with an equal share (+-1) of every source, so every chunk keeps the mix.
+    Returns, per chunk, one array of row positions per source."""
+    per_source = [np.array_split(np.arange(int(n)), chunks) for n in counts]
+    return [tuple(parts[c] for parts in per_source) for c in range(chunks)]
