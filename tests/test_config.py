@@ -94,3 +94,14 @@ def test_replace_round_trip_keeps_values_and_types():
     assert again == cfg and config_to_dict(again) == config_to_dict(cfg)
     assert cfg.train.inner.adam_lr_boundaries == [5] and cfg.data.sources[1].classes == [1, 2]
     assert all(type(v) is int for v in again.train.inner.adam_lr_boundaries)
+
+
+def test_alpha_is_stated_once_data_sources_alone_gives_the_real_share():
+    from robustgen.config import DEFAULT_ALPHA, RunConfig
+
+    mix = "data.sources=[{path: train, weight: 0.4}, {path: generated, weight: 0.6}]"
+    assert load_config("digits_demo", [mix, "train.alpha=null"]).train.alpha == pytest.approx(0.4)
+    assert load_config("digits_demo", [mix, "train.alpha=0.4"]).train.alpha == pytest.approx(0.4)
+    with pytest.raises(RobustgenError, match=r"set train.alpha=0.4 \(or null"):  # a second, different statement
+        load_config("digits_demo", [mix])
+    assert RunConfig().train.alpha == DEFAULT_ALPHA  # neither says: the authors' default

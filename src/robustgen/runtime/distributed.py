@@ -1,4 +1,5 @@
-"""Multi-process training through torch.distributed, launched by ``torchrun`` (DDP).
+"""The torchrun rank helpers: the process group, this rank's context and the collectives every
+multi-process job uses (DDP training, and the rank-dealt jobs of ``runtime.jobs``).
 
 ``torchrun --nproc_per_node=N -m robustgen.cli train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
 each process then owns one device (cuda:LOCAL_RANK, or the CPU with the gloo backend). The
@@ -9,8 +10,7 @@ authors); DDP averages gradients, and each chunk's loss is weighted so that the 
 the gradient of the global batch mean. Checkpoints, evaluation and logs come from rank 0.
 
 The same context runs the embarrassingly parallel jobs (``store generate`` / ``store label`` /
-``eval`` and those stages of ``run`` under torchrun): ``rounds`` deals out work items, one per
-rank per round; ``on_main`` runs the single-writer part (manifests, results, the store's lock)
+``eval`` and those stages of ``run`` under torchrun, through ``runtime.jobs``): ``on_main`` runs the single-writer part (manifests, results, the store's lock)
 on rank 0 and hands its result (or its error, or its preemption) to every rank; ``all_gather``
 collects the ranks' results. What is recorded after a kill is a prefix of the rounds, which any
 number of ranks can continue. ``stop_if_requested`` makes a stop signal that reached any rank
@@ -23,7 +23,7 @@ import atexit
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -161,9 +161,3 @@ def main_first(ctx: DistContext, fn: Callable[[], Any]) -> Any:
     if not ctx.is_main:
         result = fn()
     return result
-
-
-def rounds(ctx: DistContext, items: Sequence) -> list:
-    """``items`` dealt in rounds of ``world_size``: per round, this rank's item or None."""
-    w = ctx.world_size
-    return [items[lo + ctx.rank] if lo + ctx.rank < len(items) else None for lo in range(0, len(items), w)]
