@@ -1,6 +1,10 @@
+import signal
+
 import numpy as np
 import pytest
 import torch
+
+from robustgen.runtime import preempt
 
 torch.set_num_threads(2)
 
@@ -25,3 +29,14 @@ def _private_speed_cache(tmp_path_factory):
         os.environ.pop("ROBUSTGEN_CACHE", None)
     else:
         os.environ["ROBUSTGEN_CACHE"] = old
+
+
+@pytest.fixture
+def preemption_handlers_restored():
+    """The preemption handlers a test installs are removed after it, and no stop request outlives it."""
+    saved = {s: signal.getsignal(s) for s in preempt.SIGNALS}
+    preempt.reset()
+    yield
+    preempt.reset()
+    for s, h in saved.items():
+        signal.signal(s, h)

@@ -90,7 +90,7 @@ def test_every_group_keeps_the_batch_mix_and_bad_sizes_are_refused():
     gen = [ArraySource(np.full((50, 8, 8, 1), 255, np.uint8), np.zeros(50, np.int64), num_classes=4)]
     s = LoopSettings(batch_size=32, total_steps=2, warmup_steps=0, peak_lr=0.1, source_weights=(0.3, 0.7), crop_padding=0,
                      flip=False, bn_group_size=8)
-    batches = TrainingBatches(real, gen, s.mix, 4, torch.device("cpu"), DistContext())
+    batches = TrainingBatches(real, gen, s, 4, torch.device("cpu"), DistContext())
     (chunk,) = batches(0)
     white = (chunk.images.flatten(1) == 255).all(1).view(4, 8).sum(1)  # generated rows per group of 8
     assert int(white.sum()) == 32 - round(0.3 * 32) and int(white.max() - white.min()) <= 1
@@ -98,6 +98,6 @@ def test_every_group_keeps_the_batch_mix_and_bad_sizes_are_refused():
     batches.close()
     with pytest.raises(RobustgenError, match="bn_group_size 8 must divide"):
         TrainingBatches(real, gen, LoopSettings(batch_size=36, total_steps=1, warmup_steps=0, peak_lr=0.1, source_weights=(0.3, 0.7),
-                                                bn_group_size=8).mix, 4, torch.device("cpu"), DistContext())
+                                                bn_group_size=8), 4, torch.device("cpu"), DistContext())
     with pytest.raises(RobustgenError, match="multiple of 4"):
         use_bn_groups(_model(), 4)(torch.rand(6, 3, 8, 8))

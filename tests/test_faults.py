@@ -29,15 +29,7 @@ QUICK_RUN = ["--set", "data.val_size=64", "--set", "train.alpha=1", "--set", "tr
              "--set", "eval.n=40", "--set", "eval.batch_size=40", "--set", "train.log_every_steps=2"]
 
 
-@pytest.fixture(autouse=True)
-def _signals():
-    """The preemption handlers of each test are removed after it."""
-    saved = {s: signal.getsignal(s) for s in preempt.SIGNALS}
-    preempt.reset()
-    yield
-    preempt.reset()
-    for s, h in saved.items():
-        signal.signal(s, h)
+pytestmark = pytest.mark.usefixtures("preemption_handlers_restored")  # conftest.py
 
 
 def _env():

@@ -153,8 +153,8 @@ def test_training_batches_from_files_equal_batches_from_memory(tmp_path):
     generated = ArraySource(rng.integers(0, 256, (40, 16, 16, 3), dtype=np.uint8), rng.integers(0, 3, 40),
                             num_classes=3, name="gen")
     s = LoopSettings(batch_size=8, total_steps=4, warmup_steps=0, peak_lr=0.1, source_weights=(0.75, 0.25), micro_batches=2)
-    a = TrainingBatches(eager, [generated], s.mix, 3, torch.device("cpu"), DistContext())
-    b = TrainingBatches(lazy, [generated], s.mix, 3, torch.device("cpu"), DistContext())
+    a = TrainingBatches(eager, [generated], s, 3, torch.device("cpu"), DistContext())
+    b = TrainingBatches(lazy, [generated], s, 3, torch.device("cpu"), DistContext())
     try:
         for step in range(4):
             chunks_b = b(step)

@@ -12,13 +12,8 @@ from robustgen.runtime.jobs import JobPlan, run_dealt_job, run_rounds
 
 
 @pytest.fixture(autouse=True)
-def _handlers():
-    saved = {s: signal.getsignal(s) for s in preempt.SIGNALS}
+def _installed(preemption_handlers_restored):
     preempt.install()
-    yield
-    preempt.reset()
-    for s, h in saved.items():
-        signal.signal(s, h)
 
 
 def test_a_stop_signal_stops_after_its_round_and_saves_first():

@@ -117,7 +117,7 @@ def test_batches_mix_exactly(alpha, batch):
     s = LoopSettings(batch_size=batch, total_steps=5, warmup_steps=0, peak_lr=0.1,
                      source_weights=(alpha, 1 - alpha) if alpha < 1 else (1.0,),
                      label_smoothing_generated=0.1, label_smoothing_real=0.0, crop_padding=0, flip=False)
-    batches = TrainingBatches(real, gen if alpha < 1 else [], s.mix, 4, torch.device("cpu"), DistContext())
+    batches = TrainingBatches(real, gen if alpha < 1 else [], s, 4, torch.device("cpu"), DistContext())
     n_real = math.floor(alpha * batch + 0.5)
     for step in range(5):
         (chunk,) = batches(step)
@@ -257,7 +257,7 @@ def test_micro_batches_train_and_weight_the_global_mean(tmp_path):
     model = create_model("small-cnn", num_classes=4, in_channels=1)
     s = LoopSettings(batch_size=16, total_steps=3, warmup_steps=1, peak_lr=0.05, micro_batches=4, log_every_steps=1,
                      source_weights=(0.5, 0.5))
-    batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s.mix, 4,
+    batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s, 4,
                        torch.device("cpu"), DistContext())
     chunks = batches(0)
     assert [len(c.images) for c in chunks] == [4, 4, 4, 4]
@@ -317,7 +317,7 @@ def test_several_weighted_sources_and_class_filters_mix_exactly(tmp_path):
     assert len(b) == 20 and set(b.labels.tolist()) == {1, 3}
     s = LoopSettings(batch_size=20, total_steps=6, warmup_steps=0, peak_lr=0.1, source_weights=(0.3, 0.6, 0.1),
                      crop_padding=0, flip=False, micro_batches=3)
-    batches = TrainingBatches(real, [a, b], s.mix, 4, torch.device("cpu"), DistContext())
+    batches = TrainingBatches(real, [a, b], s, 4, torch.device("cpu"), DistContext())
     try:
         for step in range(6):
             chunks = batches(step)
@@ -333,7 +333,7 @@ def test_several_weighted_sources_and_class_filters_mix_exactly(tmp_path):
 
 def test_batches_must_be_read_in_step_order():
     s = LoopSettings(batch_size=8, total_steps=4, warmup_steps=0, peak_lr=0.1, source_weights=(0.5, 0.5))
-    batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s.mix, 4, torch.device("cpu"),
+    batches = TrainingBatches(_dataset(), [ArraySource.from_dataset(_dataset(40, seed=1))], s, 4, torch.device("cpu"),
                        DistContext(), start_step=1)
     try:
         with pytest.raises(RuntimeError, match="step order"):

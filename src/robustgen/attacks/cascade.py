@@ -108,7 +108,7 @@ class _Cascade:
         self.adversarial = None
         self.keep_adversarial = keep_adversarial
 
-    def save(self, *_) -> None:
+    def save(self) -> None:
         if self.state_path is not None and self.ctx.is_main:
             self.state.save(self.state_path)
 

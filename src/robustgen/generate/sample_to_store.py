@@ -100,15 +100,14 @@ def generate_store(store_dir, *, generator: str, train_images: np.ndarray, train
 
     def record(shards: list, entries: list) -> int:
         nonlocal written, last_shard
-        count = 0
-        for e in sorted((e for e in entries if e is not None), key=lambda e: e["index"]):
-            if ctx.is_main:
-                writer.record_shard(e)
-            count += int(e["count"])
-            last_shard = e["index"]
-        written += count
-        if on_shard is not None and share(shards) is not None:  # this rank's shard is recorded
-            on_shard(share(shards)[0])
+        entries = sorted((e for e in entries if e is not None), key=lambda e: e["index"])  # every round has one
+        for e in entries if ctx.is_main else ():
+            writer.record_shard(e)
+        count = sum(int(e["count"]) for e in entries)
+        written, last_shard = written + count, entries[-1]["index"]
+        mine = share(shards)
+        if on_shard is not None and mine is not None:  # this rank's shard is recorded
+            on_shard(mine[0])
         return count
 
     with ExitStack() as stack:  # rank 0's writer, closed (or its lock released on an error) at the end

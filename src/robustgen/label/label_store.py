@@ -94,14 +94,15 @@ def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "arg
             raise RobustgenError(f"the classifier has {probs.shape[1]} classes but {store_dir} has {num_classes}")
         idx = np.concatenate([np.arange(lo, hi) for lo, hi in mine])
         conditions = _conditions(store_dir, shards[k])
-        labels, confidence = assign_labels(probs, mode=mode, source=str(store_dir),
-                                           conditions=None if conditions is None else conditions[idx])
-        return idx, labels, confidence, probs.argmax(axis=1)
+        conditions = None if conditions is None else conditions[idx]
+        labels, confidence = assign_labels(probs, mode=mode, source=str(store_dir), conditions=conditions)
+        # how many of these rows f_NR's argmax gives the conditioning class (the shard's agreement)
+        agree = None if conditions is None else int((probs.argmax(axis=1) == conditions).sum())
+        return idx, labels, confidence, agree
 
     def record(k: int, rows: list) -> int:
         if ctx.is_main:
-            _write_shard_labels(writer, k, [r for r in rows if r is not None], _conditions(store_dir, shards[k]),
-                                labeller_id)
+            _write_shard_labels(writer, k, [r for r in rows if r is not None], labeller_id)
         if on_shard is not None:
             on_shard(k)
         return int(shards[k]["count"])
@@ -114,8 +115,8 @@ def label_store(store_dir, model: nn.Module, *, labeller: dict, mode: str = "arg
         t0 = time.perf_counter()
         run_dealt_job(ctx, plan, share=share, work=work, record=record, desc="label", progress=progress,
                       where=lambda r, k: f"while labelling {store_dir}, after shard {k}")
-        done, wall = plan.total - plan.done, time.perf_counter() - t0
-        return on_main(ctx, lambda: _label_summary(writer, store_dir, mode, done, plan, wall, bf16, ctx))
+        wall = time.perf_counter() - t0
+        return on_main(ctx, lambda: _label_summary(writer, store_dir, mode, plan, wall, bf16, ctx))
 
 
 def _check_labellable(writer: StoreWriter, store_dir: Path, mode: str) -> None:
@@ -136,22 +137,21 @@ def _conditions(store_dir: Path, entry: dict) -> np.ndarray | None:
     return np.load(store_dir / entry["files"]["conditions"]["name"], allow_pickle=False)
 
 
-def _write_shard_labels(writer: StoreWriter, k: int, parts: list, conditions: np.ndarray | None,
-                        labeller_id: str) -> None:
-    """Rank 0: the ranks' (rows, labels, confidences, argmax) of shard k, put in row order and written."""
+def _write_shard_labels(writer: StoreWriter, k: int, parts: list, labeller_id: str) -> None:
+    """Rank 0: the ranks' (rows, labels, confidences, agreeing rows) of shard k, put in row order and written."""
     n = int(writer.shards[k]["count"])
     idx = np.concatenate([r[0] for r in parts])
-    labels, confidence, predicted = np.empty(n, np.int64), np.empty(n, np.float32), np.empty(n, np.int64)
-    for field, out in ((1, labels), (2, confidence), (3, predicted)):
+    labels, confidence = np.empty(n, np.int64), np.empty(n, np.float32)
+    for field, out in ((1, labels), (2, confidence)):
         out[idx] = np.concatenate([r[field] for r in parts])
-    extra = {} if conditions is None else {"agreement": float((predicted == conditions).mean())}
+    extra = {} if parts[0][3] is None else {"agreement": sum(r[3] for r in parts) / n}
     writer.write_labels(k, labels=labels, confidences=confidence, labeller=labeller_id, extra=extra)
 
 
-def _label_summary(writer: StoreWriter, store_dir: Path, mode: str, done: int, plan: JobPlan, wall: float,
-                   bf16: bool, ctx: DistContext) -> dict:
-    shards = writer.shards
-    out = {"store": str(store_dir), "mode": mode, "labelled": done, "skipped": plan.total - done,
+def _label_summary(writer: StoreWriter, store_dir: Path, mode: str, plan: JobPlan, wall: float, bf16: bool,
+                   ctx: DistContext) -> dict:
+    shards, done = writer.shards, plan.total - plan.done
+    out = {"store": str(store_dir), "mode": mode, "labelled": done, "skipped": plan.done,
            "images_per_s": round(done / wall, 1) if done and wall > 0 else None,
            "precision": "bf16" if bf16 else "fp32", "processes": ctx.world_size,
            "counts_per_class": writer.manifest["counts_per_class"]}

@@ -4,17 +4,19 @@ multi-process job uses (DDP training, and the rank-dealt jobs of ``runtime.jobs`
 ``torchrun --nproc_per_node=N -m robustgen.cli train ...`` sets RANK / WORLD_SIZE / LOCAL_RANK;
 each process then owns one device (cuda:LOCAL_RANK, or the CPU with the gloo backend). The
 global batch of B images is the same pure function of (seed, step) on every rank and is cut
-into world_size x micro_batches chunks (``train.mixing.indices.chunk_rows``), so the per-batch mix of sources stays exact
-whatever the number of processes. BatchNorm statistics are per chunk (per device, as the
-authors); DDP averages gradients, and each chunk's loss is weighted so that the update equals
-the gradient of the global batch mean. Checkpoints, evaluation and logs come from rank 0.
+into world_size x micro_batches chunks (``train.mixing.indices.chunk_rows``), so the per-batch
+mix of sources stays exact whatever the number of processes. BatchNorm statistics are per chunk
+(per device, as the authors); DDP averages gradients, and each chunk's loss is weighted so that
+the update equals the gradient of the global batch mean. Checkpoints, evaluation and logs come
+from rank 0.
 
 The same context runs the embarrassingly parallel jobs (``store generate`` / ``store label`` /
-``eval`` and those stages of ``run`` under torchrun, through ``runtime.jobs``): ``on_main`` runs the single-writer part (manifests, results, the store's lock)
-on rank 0 and hands its result (or its error, or its preemption) to every rank; ``all_gather``
-collects the ranks' results. What is recorded after a kill is a prefix of the rounds, which any
-number of ranks can continue. ``stop_if_requested`` makes a stop signal that reached any rank
-stop every rank after the same round (``robustgen.runtime.preempt``).
+``eval`` and those stages of ``run`` under torchrun, through ``runtime.jobs``): ``on_main`` runs
+the single-writer part (manifests, results, the store's lock) on rank 0 and hands its result (or
+its error, or its preemption) to every rank; ``all_gather`` collects the ranks' results. What is
+recorded after a kill is a prefix of the rounds, which any number of ranks can continue.
+``stop_if_requested`` makes a stop signal that reached any rank stop every rank after the same
+round (``runtime.preempt``).
 """
 
 from __future__ import annotations

@@ -18,12 +18,12 @@ from robustgen.config import require
 from robustgen.results import ClassifierResult
 from robustgen.runtime.fingerprint import hash_parts
 from robustgen.runtime.io import write_json
-from robustgen.stages.common import Splits, build_model, clean_accuracy, selection_evaluator, stage_fingerprint
-from robustgen.stages.common import section_loop_settings
+from robustgen.stages.common import (Splits, build_model, clean_accuracy, section_loop_settings, selection_evaluator,
+                                     stage_fingerprint)
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
 from robustgen.train.steps import standard_step_loss
 
-__all__ = ["external_fingerprint", "fingerprint", "classifier_loop_settings", "run"]
+__all__ = ["classifier_loop_settings", "external_fingerprint", "fingerprint", "run"]
 
 
 def check_names(cfg: RunConfig, source: str) -> None:

@@ -21,7 +21,7 @@ from robustgen.evaluate import evaluate_robustness
 from robustgen.label import predict_probabilities
 from robustgen.models import create_model
 from robustgen.runtime.errors import RobustgenError
-from robustgen.runtime.fingerprint import array_fingerprint, hash_parts
+from robustgen.runtime.fingerprint import array_fingerprint, file_sha256, hash_parts
 from robustgen.train.loop import LoopSettings
 from robustgen.train.schedule import scaled_lr
 
@@ -106,8 +106,6 @@ def _check_points(test: ImageDataset, train: ImageDataset, where: str) -> ImageD
 def source_identity(path: str):
     """What identifies a store or .npz given as a path (a store's manifest hash, a file's size and
     time), so that a changed source invalidates the stages that read it."""
-    from robustgen.runtime.fingerprint import file_sha256
-
     p = Path(path)
     if (p / "manifest.json").is_file():
         return file_sha256(p / "manifest.json")
@@ -150,7 +148,7 @@ def build_model(arch: str, activation: str, data: ImageDataset, *, seed: int) ->
 
 
 def section_loop_settings(section, data: DataConfig, *, total_steps: int, warmup_steps: int, seed: int,
-                  **specific) -> LoopSettings:
+                          **specific) -> LoopSettings:
     """The training loop's settings from a config section with ``batch_size``, ``lr_per_256``,
     ``momentum`` and ``weight_decay`` (``classifier`` or ``train``), the data's augmentation and
     what is specific to the stage (``specific``: the other ``LoopSettings`` fields)."""

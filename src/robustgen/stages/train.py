@@ -25,9 +25,8 @@ from robustgen.results import TrainingResult
 from robustgen.runtime.distributed import DistContext
 from robustgen.runtime.errors import RobustgenError
 from robustgen.runtime.io import write_json
-from robustgen.stages.common import (Splits, build_model, robust_seed, selection_evaluator, source_identity,
-                                     stage_fingerprint)
-from robustgen.stages.common import section_loop_settings
+from robustgen.stages.common import (Splits, build_model, robust_seed, section_loop_settings, selection_evaluator,
+                                     source_identity, stage_fingerprint)
 from robustgen.train.loop import LoopSettings, steps_for, train_loop
 from robustgen.train.speed import choose_step_options
 from robustgen.train.steps import TrainingAttack, pgd_at_step_loss, trades_step_loss

@@ -13,7 +13,7 @@ import contextlib
 import inspect
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -49,20 +49,16 @@ def nonfinite_weights(model: nn.Module) -> torch.Tensor:
     return (~torch.stack([torch.isfinite(t).all() for t in tensors]).all()).float()
 
 
-@dataclass(frozen=True)
-class LoopSettings:
-    batch_size: int
-    total_steps: int
+@dataclass(frozen=True, kw_only=True)
+class LoopSettings(MixSettings):
+    """The training loop's settings: the batch's mix (``MixSettings``, all the batch builder reads)
+    plus the optimiser, schedule, weight averaging, periods and augmentation."""
+
     warmup_steps: int
     peak_lr: float
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    source_weights: tuple = (1.0,)  # share of each batch: the real split's, then each generated source's (normalised)
-    label_smoothing_real: float = 0.0
-    label_smoothing_generated: float = 0.1
-    generated_sampling: str = "with_replacement"
-    mix_group_size: int | None = None  # source rows counted per group of this many images (None: per batch)
     ema_decay: float | None = None  # None: no weight averaging
     eval_every_steps: int = 0  # 0: evaluate at the end only
     checkpoint_every_steps: int = 0  # 0: only at the end
@@ -71,14 +67,6 @@ class LoopSettings:
     flip: bool = True
     augment: str = "none"  # after crop and flip (data.augment.mix_augment): mixup, cutmix, cutout, ...
     channels_last: bool = False
-    micro_batches: int = 1  # chunks per device and step (gradient accumulation); BN statistics per chunk
-    bn_group_size: int | None = None  # chunks are ordered so every group of this many images keeps the mix
-    seed: int = 0
-
-    @property
-    def mix(self) -> MixSettings:
-        """What the batch builder reads (``train.mixing``)."""
-        return MixSettings(**{f.name: getattr(self, f.name) for f in fields(MixSettings)})
 
 
 def steps_for(*, epochs: float, epoch_size: int, batch_size: int) -> int:
@@ -277,7 +265,7 @@ def train_loop(model: nn.Module, *, settings: LoopSettings, real: ImageDataset,
     bar = progress_bar(total=s.total_steps, initial=loop.start_step, desc=desc, unit="step",
                        disable=not (progress and main), dynamic_ncols=True)
     memory_format = torch.channels_last if s.channels_last else torch.contiguous_format
-    batches = TrainingBatches(real, generated, s.mix, spec["num_classes"], device, ctx, start_step=loop.start_step)
+    batches = TrainingBatches(real, generated, s, spec["num_classes"], device, ctx, start_step=loop.start_step)
     try:
         with preempt.resumable():
             for step in range(loop.start_step, s.total_steps):

@@ -1,5 +1,6 @@
 """``MixSettings``: how every training batch is made from its sources (paper Sec. 3.3, Eq. 3), the
-only settings the batch builder reads (``batches.TrainingBatches``)."""
+only settings the batch builder reads (``batches.TrainingBatches``); the training loop's
+``LoopSettings`` extends it."""
 
 from __future__ import annotations
 
